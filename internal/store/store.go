@@ -1,0 +1,400 @@
+// Package store opens hibdisk's SQLite databases: it recognises them by
+// their header without opening them, applies the connection pragmas, and
+// runs ordered schema migrations.
+//
+// # Invariants
+//
+//   - Every database store creates carries ApplicationID in its header, and
+//     Open refuses a database with another application_id.
+//   - user_version is the schema version: the number of migrations applied.
+//     Migration i (1-based) runs in its own transaction together with the
+//     user_version update, so a crash leaves the database at version i-1 or
+//     i, never in between.
+//   - A database whose user_version is larger than the number of known
+//     migrations is refused (ErrNewerSchema), never modified.
+//   - Create never leaves a partly initialised file at the requested path:
+//     the database is built under a temporary name and linked into place,
+//     which also refuses an existing path atomically.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"github.com/ncruces/go-sqlite3"
+)
+
+// ApplicationID marks hibdisk databases: 'hibd' read as a big-endian uint32.
+const ApplicationID uint32 = 0x68696264 // 1751737956
+
+// HeaderSize is the size of the SQLite database header.
+const HeaderSize = 100
+
+const headerMagic = "SQLite format 3\x00"
+
+// Errors, wrapped with the path by every function of this package.
+var (
+	// ErrNotSQLite: the file does not start with the SQLite header (this
+	// includes an empty file).
+	ErrNotSQLite = errors.New("not an SQLite database")
+	// ErrOtherApplication: an SQLite database whose application_id is not
+	// ApplicationID.
+	ErrOtherApplication = errors.New("SQLite database of another application")
+	// ErrNewerSchema: user_version is larger than the migrations this build
+	// knows.
+	ErrNewerSchema = errors.New("schema newer than this build")
+	// ErrNeedsMigration: a read-only open of a database at an older schema
+	// version, which cannot be migrated without writing.
+	ErrNeedsMigration = errors.New("schema needs migration; open it writable once")
+	// ErrExists: Create was given a path that already exists.
+	ErrExists = errors.New("file exists")
+)
+
+// Header is the part of the 100-byte SQLite database header that hibdisk
+// looks at. Values are as stored in the main database file; in WAL mode a
+// newer page 1 may still be in the WAL, which Open accounts for.
+type Header struct {
+	PageSize      int    // bytes per page (offset 16; 1 means 65536)
+	ChangeCounter uint32 // file change counter (offset 24)
+	PageCount     uint32 // database size in pages (offset 28)
+	ValidFor      uint32 // version-valid-for number (offset 92)
+	UserVersion   uint32 // offset 60
+	ApplicationID uint32 // offset 68
+}
+
+// PageCountValid reports whether PageCount can be trusted: SQLite only
+// keeps it current when ValidFor equals ChangeCounter.
+func (h Header) PageCountValid() bool { return h.ValidFor == h.ChangeCounter && h.PageCount != 0 }
+
+// ReadHeader reads the SQLite header of the file at path without opening
+// it as a database. A file shorter than the header or without the SQLite
+// magic string is ErrNotSQLite.
+func ReadHeader(path string) (Header, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Header{}, fmt.Errorf("read header of %q: %w", path, err)
+	}
+	defer f.Close()
+	var b [HeaderSize]byte
+	if _, err := io.ReadFull(f, b[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return Header{}, fmt.Errorf("read header of %q: file shorter than %d bytes: %w", path, HeaderSize, ErrNotSQLite)
+		}
+		return Header{}, fmt.Errorf("read header of %q: %w", path, err)
+	}
+	return parseHeader(path, b[:])
+}
+
+func parseHeader(path string, b []byte) (Header, error) {
+	if string(b[:len(headerMagic)]) != headerMagic {
+		return Header{}, fmt.Errorf("read header of %q: %w", path, ErrNotSQLite)
+	}
+	be := binary.BigEndian
+	h := Header{
+		PageSize:      int(be.Uint16(b[16:])),
+		ChangeCounter: be.Uint32(b[24:]),
+		PageCount:     be.Uint32(b[28:]),
+		UserVersion:   be.Uint32(b[60:]),
+		ApplicationID: be.Uint32(b[68:]),
+		ValidFor:      be.Uint32(b[92:]),
+	}
+	if h.PageSize == 1 {
+		h.PageSize = 65536
+	}
+	return h, nil
+}
+
+// IsSQLite reports whether the file at path starts with the SQLite header,
+// and if so its application_id. It reads only the header: it is safe on
+// any file, including raw disk images of any size. A file that is not
+// SQLite is (false, 0, nil); only I/O errors are errors.
+func IsSQLite(path string) (ok bool, applicationID uint32, err error) {
+	h, err := ReadHeader(path)
+	if errors.Is(err, ErrNotSQLite) {
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, err
+	}
+	return true, h.ApplicationID, nil
+}
+
+// Migration is one step of a schema. Apply runs inside a transaction that
+// also sets user_version to the migration's position (1-based) in
+// Options.Migrations; it must not commit or roll back.
+type Migration struct {
+	Name  string
+	Apply func(conn *sqlite3.Conn) error
+}
+
+// Options configure Open and Create.
+type Options struct {
+	// ReadOnly opens the database with SQLITE_OPEN_READONLY. Migrations
+	// are not run; an older schema is ErrNeedsMigration.
+	ReadOnly bool
+	// PageSize applies to Create only (the page size of an existing
+	// database is fixed). 0 leaves SQLite's default.
+	PageSize int
+	// CacheBytes sets cache_size. It counts against MaxMemory.
+	CacheBytes int64
+	// MmapBytes sets mmap_size. The mapping lives in the connection's
+	// memory and counts against MaxMemory.
+	MmapBytes int64
+	// MaxMemory caps the connection's memory (ncruces/go-sqlite3 runs
+	// SQLite in a sandbox with its own heap). 0 means the library's
+	// default of 256 MiB.
+	MaxMemory int64
+	// Migrations is the ordered schema history; the schema version is the
+	// number applied.
+	Migrations []Migration
+}
+
+// Open opens an existing hibdisk database and brings its schema up to
+// date. It checks the header first, so a file that is not SQLite, or
+// belongs to another application, is refused without being opened.
+//
+// The connection uses WAL, synchronous=FULL (every commit syncs the WAL,
+// so a committed transaction survives power loss) and a busy timeout.
+func Open(path string, opts Options) (*sqlite3.Conn, error) {
+	h, err := ReadHeader(path)
+	if err != nil {
+		return nil, err
+	}
+	if h.ApplicationID != ApplicationID {
+		return nil, fmt.Errorf("open %q: application_id %#x, want %#x: %w", path, h.ApplicationID, ApplicationID, ErrOtherApplication)
+	}
+	if int(h.UserVersion) > len(opts.Migrations) {
+		return nil, fmt.Errorf("open %q: schema version %d, this build knows up to %d: %w", path, h.UserVersion, len(opts.Migrations), ErrNewerSchema)
+	}
+	conn, err := openConn(path, opts, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareExisting(conn, path, opts); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+func prepareExisting(conn *sqlite3.Conn, path string, opts Options) error {
+	// The header read above may be stale in WAL mode; these are authoritative.
+	appID, err := PragmaInt(conn, "application_id")
+	if err != nil {
+		return fmt.Errorf("open %q: %w", path, err)
+	}
+	if uint32(appID) != ApplicationID {
+		return fmt.Errorf("open %q: application_id %#x, want %#x: %w", path, uint32(appID), ApplicationID, ErrOtherApplication)
+	}
+	if !opts.ReadOnly {
+		if err := conn.Exec("PRAGMA journal_mode=WAL"); err != nil {
+			return fmt.Errorf("open %q: set WAL: %w", path, err)
+		}
+	}
+	version, err := PragmaInt(conn, "user_version")
+	if err != nil {
+		return fmt.Errorf("open %q: %w", path, err)
+	}
+	switch {
+	case int(version) > len(opts.Migrations):
+		return fmt.Errorf("open %q: schema version %d, this build knows up to %d: %w", path, version, len(opts.Migrations), ErrNewerSchema)
+	case int(version) < len(opts.Migrations) && opts.ReadOnly:
+		return fmt.Errorf("open %q: schema version %d, current is %d: %w", path, version, len(opts.Migrations), ErrNeedsMigration)
+	}
+	return migrate(conn, path, int(version), opts.Migrations)
+}
+
+// Create creates a new database at path with the given page size,
+// application_id and all migrations applied, and returns it open. It
+// refuses an existing path with ErrExists.
+func Create(path string, opts Options) (*sqlite3.Conn, error) {
+	if opts.ReadOnly {
+		return nil, fmt.Errorf("create %q: read-only create makes no sense", path)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("create %q: %w", path, ErrExists)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("create %q: %w", path, err)
+	}
+	tmp, err := tempName(path)
+	if err != nil {
+		return nil, fmt.Errorf("create %q: %w", path, err)
+	}
+	defer removeDatabaseFiles(tmp)
+	if err := initialise(tmp, opts); err != nil {
+		return nil, fmt.Errorf("create %q: %w", path, err)
+	}
+	// A hard link is atomic and fails if path appeared meanwhile.
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("create %q: %w", path, ErrExists)
+		}
+		return nil, fmt.Errorf("create %q: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("create %q: %w", path, err)
+	}
+	conn, err := Open(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	return conn, nil
+}
+
+// initialise builds the database at tmp and closes it, which checkpoints
+// and removes the WAL, leaving one self-contained, synced file.
+func initialise(tmp string, opts Options) (err error) {
+	conn, err := openConn(tmp, opts, true)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := conn.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("close: %w", cerr)
+		}
+	}()
+	if opts.PageSize != 0 {
+		// page_size only takes effect before the first table exists.
+		if err := conn.Exec(fmt.Sprintf("PRAGMA page_size=%d", opts.PageSize)); err != nil {
+			return fmt.Errorf("set page_size: %w", err)
+		}
+	}
+	if err := conn.Exec(fmt.Sprintf("PRAGMA application_id=%d", int32(ApplicationID))); err != nil {
+		return fmt.Errorf("set application_id: %w", err)
+	}
+	if err := conn.Exec("PRAGMA journal_mode=WAL"); err != nil {
+		return fmt.Errorf("set WAL: %w", err)
+	}
+	return migrate(conn, tmp, 0, opts.Migrations)
+}
+
+func migrate(conn *sqlite3.Conn, path string, from int, migrations []Migration) error {
+	for i := from; i < len(migrations); i++ {
+		m := migrations[i]
+		version := i + 1
+		if err := runMigration(conn, version, m); err != nil {
+			return fmt.Errorf("migrate %q to version %d (%s): %w", path, version, m.Name, err)
+		}
+	}
+	return nil
+}
+
+func runMigration(conn *sqlite3.Conn, version int, m Migration) (err error) {
+	tx, err := conn.BeginImmediate()
+	if err != nil {
+		return err
+	}
+	defer tx.End(&err)
+	// Re-read inside the write lock: another process may have migrated.
+	current, err := PragmaInt(conn, "user_version")
+	if err != nil {
+		return err
+	}
+	if int(current) >= version {
+		return nil
+	}
+	if err := m.Apply(conn); err != nil {
+		return err
+	}
+	return conn.Exec(fmt.Sprintf("PRAGMA user_version=%d", version))
+}
+
+func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
+	mode := "rw"
+	switch {
+	case opts.ReadOnly:
+		mode = "ro"
+	case create:
+		mode = "rwc"
+	}
+	ctx := context.Background()
+	if opts.MaxMemory > 0 {
+		ctx = sqlite3.WithMaxMemory(ctx, opts.MaxMemory)
+	}
+	// OpenContext is the only way to pass the memory limit, and it always
+	// creates missing files unless told otherwise by a URI's mode.
+	uri, err := fileURI(path, mode)
+	if err != nil {
+		return nil, fmt.Errorf("open %q: %w", path, err)
+	}
+	conn, err := sqlite3.OpenContext(ctx, uri)
+	if err != nil {
+		return nil, fmt.Errorf("open %q: %w", path, err)
+	}
+	pragmas := []string{
+		"PRAGMA busy_timeout=10000",
+		"PRAGMA synchronous=FULL",
+	}
+	if opts.CacheBytes > 0 {
+		pragmas = append(pragmas, fmt.Sprintf("PRAGMA cache_size=%d", -opts.CacheBytes/1024))
+	}
+	if opts.MmapBytes > 0 {
+		pragmas = append(pragmas, fmt.Sprintf("PRAGMA mmap_size=%d", opts.MmapBytes))
+	}
+	for _, p := range pragmas {
+		if err := conn.Exec(p); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("open %q: %s: %w", path, p, err)
+		}
+	}
+	return conn, nil
+}
+
+// fileURI turns a file name into an SQLite URI (https://sqlite.org/uri.html)
+// with the given access mode, escaping characters that URIs reserve.
+func fileURI(path, mode string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: "mode=" + mode}
+	return u.String(), nil
+}
+
+// PragmaInt returns the integer value of PRAGMA name.
+func PragmaInt(conn *sqlite3.Conn, name string) (int64, error) {
+	stmt, _, err := conn.Prepare("PRAGMA " + name)
+	if err != nil {
+		return 0, fmt.Errorf("PRAGMA %s: %w", name, err)
+	}
+	defer stmt.Close()
+	if !stmt.Step() {
+		if err := stmt.Err(); err != nil {
+			return 0, fmt.Errorf("PRAGMA %s: %w", name, err)
+		}
+		return 0, fmt.Errorf("PRAGMA %s: no result", name)
+	}
+	return stmt.ColumnInt64(0), nil
+}
+
+func tempName(path string) (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".creating-"+hex.EncodeToString(b[:])), nil
+}
+
+func removeDatabaseFiles(path string) {
+	for _, p := range []string{path, path + "-wal", path + "-shm", path + "-journal"} {
+		os.Remove(p)
+	}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
