@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian packages hibdisk's tests and benchmarks run against
+# (the real peers: QEMU, libnbd, nbdkit, fio, e2fsprogs) when any is missing.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+
+# command -> Debian package
+declare -A need=(
+  [qemu-img]=qemu-utils
+  [qemu-io]=qemu-utils
+  [qemu-nbd]=qemu-utils
+  [qemu-system-x86_64]=qemu-system-x86
+  [nbdinfo]=libnbd-bin
+  [nbdcopy]=libnbd-bin
+  [nbdsh]=libnbd-bin
+  [nbdkit]=nbdkit
+  [fio]=fio
+  [mkfs.ext4]=e2fsprogs
+  [debugfs]=e2fsprogs
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+# nbdsh is a Python program: it needs the libnbd binding for the system Python.
+if command -v /usr/bin/python3 >/dev/null 2>&1 && ! /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
+  missing+=(python3-libnbd)
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+pkgs=$(printf '%s\n' "${missing[@]}" python3-libnbd | sort -u | tr '\n' ' ')
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing Debian packages: $pkgs (run as root, or: sudo apt-get install $pkgs)" >&2
+  exit 1
+fi
+echo "deps: installing $pkgs" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
