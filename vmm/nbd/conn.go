@@ -1,0 +1,295 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Per-connection concurrency limits. QEMU keeps at most 16 requests in
+// flight; more are accepted and queued, and the byte budget bounds the
+// payload memory one client can pin (a request of MaxRequestLength always
+// fits).
+const (
+	maxWorkers       = 16
+	maxInFlight      = 64
+	maxInFlightBytes = 2 * MaxRequestLength
+)
+
+// conn is one client connection.
+//
+// Transmission phase: the goroutine running serve reads requests (and
+// WRITE payloads) in order and hands them to up to maxWorkers worker
+// goroutines, started on demand; workers execute requests against the
+// backend and send their replies, serialized by wmu, in whatever order
+// they finish. The reader stops at NBD_CMD_DISC, at end of stream, on a
+// protocol violation, or when Shutdown sets a read deadline; it then waits
+// for every dispatched request to be answered before the connection
+// closes.
+type conn struct {
+	srv    *Server
+	nc     net.Conn
+	br     *bufio.Reader
+	remote string
+
+	// Negotiated during the handshake; read-only afterwards.
+	noZeroes    bool
+	structured  bool
+	metaExport  *Export // export base:allocation was selected for, or nil
+	exp         *Export
+	tflags      uint16
+	blockStatus bool // base:allocation selected for exp
+
+	stopping atomic.Bool // Shutdown asked the reader to stop
+
+	queue    chan *request
+	workers  int          // started worker goroutines; reader only
+	pending  atomic.Int32 // dispatched, not yet answered
+	inflight sync.WaitGroup
+	budget   budget
+
+	wmu    sync.Mutex // serializes replies
+	broken bool       // a reply write failed; guarded by wmu
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{srv: s, nc: nc, remote: nc.RemoteAddr().String()}
+	c.budget.cond.L = &c.budget.mu
+	return c
+}
+
+// stopReading makes the reader stop at the next request boundary that
+// needs more bytes from the socket (used by Shutdown).
+func (c *conn) stopReading() {
+	c.stopping.Store(true)
+	c.nc.SetReadDeadline(time.Now())
+}
+
+func (c *conn) serve() {
+	defer c.nc.Close()
+	c.br = bufio.NewReaderSize(c.nc, 64<<10)
+	if err := c.handshake(); err != nil {
+		if !errors.Is(err, errEndSession) && !c.stopping.Load() {
+			c.srv.logf(slog.LevelInfo, "nbd: handshake ended", "remote", c.remote, "err", err)
+		}
+		return
+	}
+	c.transmit()
+}
+
+// request is one transmission-phase request.
+type request struct {
+	flags  uint16
+	typ    uint16
+	handle uint64
+	off    int64
+	length uint32
+	cost   int64   // bytes charged to the connection's budget
+	buf    *[]byte // WRITE payload
+	errno  Errno   // set when the request was refused before execution
+	errMsg string
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+func (c *conn) transmit() {
+	c.queue = make(chan *request, maxInFlight)
+	var hdr [requestHeaderLen]byte
+	disc := false
+	for {
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			if !errors.Is(err, io.EOF) && !c.stopping.Load() && !errors.Is(err, net.ErrClosed) {
+				c.srv.logf(slog.LevelInfo, "nbd: read request", "remote", c.remote, "err", err)
+			}
+			break
+		}
+		if m := binary.BigEndian.Uint32(hdr[0:]); m != magicRequest {
+			// The stream is out of sync; nothing after this can be
+			// trusted, so the spec's hard disconnect is the only option.
+			c.srv.logf(slog.LevelWarn, "nbd: bad request magic, disconnecting", "remote", c.remote, "magic", m)
+			break
+		}
+		r := requestPool.Get().(*request)
+		*r = request{
+			flags:  binary.BigEndian.Uint16(hdr[4:]),
+			typ:    binary.BigEndian.Uint16(hdr[6:]),
+			handle: binary.BigEndian.Uint64(hdr[8:]),
+			length: binary.BigEndian.Uint32(hdr[24:]),
+		}
+		off := binary.BigEndian.Uint64(hdr[16:])
+		if r.typ == cmdDisc {
+			requestPool.Put(r)
+			disc = true
+			break
+		}
+		c.validate(r, off)
+		if r.errno == 0 && (r.typ == cmdRead || r.typ == cmdWrite) {
+			r.cost = int64(r.length)
+		}
+		c.budget.acquire(r.cost)
+		if r.typ == cmdWrite {
+			if err := c.readPayload(r); err != nil {
+				c.budget.release(r.cost)
+				c.freeRequest(r)
+				if !c.stopping.Load() {
+					c.srv.logf(slog.LevelInfo, "nbd: read write payload", "remote", c.remote, "err", err)
+				}
+				break
+			}
+		}
+		c.dispatch(r)
+	}
+	c.inflight.Wait()
+	close(c.queue)
+	if disc && !c.exp.ReadOnly {
+		if err := c.exp.Backend.Flush(); err != nil {
+			c.srv.logf(slog.LevelWarn, "nbd: flush on disconnect", "remote", c.remote, "export", c.exp.Name, "err", err)
+		}
+	}
+}
+
+// validate checks a request against the negotiated features and the
+// export; a refused request gets errno set and is answered without
+// touching the backend.
+func (c *conn) validate(r *request, off uint64) {
+	size := uint64(c.exp.Backend.Size())
+	end := off + uint64(r.length) // for messages only; may wrap
+	inRange := off <= size && uint64(r.length) <= size-off
+	allowed := uint16(cmdFlagFUA) // valid on every command
+	write := false
+	switch r.typ {
+	case cmdRead:
+		if c.structured {
+			allowed |= cmdFlagDF
+		}
+	case cmdWrite, cmdTrim:
+		write = true
+	case cmdWriteZeroes:
+		write = true
+		allowed |= cmdFlagNoHole | cmdFlagFastZero
+	case cmdFlush, cmdCache:
+	case cmdBlockStatus:
+		allowed |= cmdFlagReqOne
+	default:
+		r.refuse(EINVAL, fmt.Sprintf("unknown command %d", r.typ))
+		return
+	}
+	r.off = int64(off) // used only when inRange, so at most size
+	switch {
+	case r.flags&^allowed != 0:
+		r.refuse(EINVAL, fmt.Sprintf("unsupported flags %#x for command %d", r.flags&^allowed, r.typ))
+	case write && c.exp.ReadOnly:
+		r.refuse(EPERM, "export is read-only")
+	case (r.typ == cmdRead || r.typ == cmdWrite) && r.length > MaxRequestLength:
+		r.refuse(EINVAL, fmt.Sprintf("request length %d exceeds the maximum %d", r.length, MaxRequestLength))
+	case r.typ == cmdBlockStatus && !c.blockStatus:
+		r.refuse(EINVAL, "base:allocation was not negotiated")
+	case r.typ == cmdBlockStatus && r.length == 0:
+		r.refuse(EINVAL, "zero-length block status")
+	case r.typ == cmdFlush:
+		// Offset and length are reserved; ignore them.
+	case !inRange && (r.typ == cmdWrite || r.typ == cmdWriteZeroes):
+		r.refuse(ENOSPC, fmt.Sprintf("range [%d, %d) is past the end of the %d-byte export", off, end, size))
+	case !inRange:
+		r.refuse(EINVAL, fmt.Sprintf("range [%d, %d) is past the end of the %d-byte export", off, end, size))
+	}
+}
+
+func (r *request) refuse(e Errno, msg string) {
+	r.errno, r.errMsg = e, msg
+}
+
+// readPayload reads a WRITE's data, or skips it for a refused request so
+// that the stream stays in sync.
+func (c *conn) readPayload(r *request) error {
+	if r.errno != 0 {
+		_, err := c.br.Discard(int(r.length))
+		return err
+	}
+	r.buf = getBuf(int(r.length))
+	_, err := io.ReadFull(c.br, *r.buf)
+	return err
+}
+
+func (c *conn) dispatch(r *request) {
+	c.inflight.Add(1)
+	if n := c.pending.Add(1); int(n) > c.workers && c.workers < maxWorkers {
+		c.workers++
+		go c.worker()
+	}
+	c.queue <- r
+}
+
+func (c *conn) freeRequest(r *request) {
+	if r.buf != nil {
+		putBuf(r.buf)
+	}
+	*r = request{}
+	requestPool.Put(r)
+}
+
+// budget bounds the requests and payload bytes one connection holds.
+type budget struct {
+	mu    sync.Mutex
+	cond  sync.Cond
+	reqs  int
+	bytes int64
+}
+
+func (b *budget) acquire(n int64) {
+	b.mu.Lock()
+	for b.reqs >= maxInFlight || (b.bytes > 0 && b.bytes+n > maxInFlightBytes) {
+		b.cond.Wait()
+	}
+	b.reqs++
+	b.bytes += n
+	b.mu.Unlock()
+}
+
+func (b *budget) release(n int64) {
+	b.mu.Lock()
+	b.reqs--
+	b.bytes -= n
+	b.mu.Unlock()
+	b.cond.Signal()
+}
+
+// send writes one reply (or several chunks of one reply) atomically with
+// respect to other replies.
+func (c *conn) send(b []byte) {
+	c.wmu.Lock()
+	if !c.broken {
+		if _, err := c.nc.Write(b); err != nil {
+			c.writeFailed(err)
+		}
+	}
+	c.wmu.Unlock()
+}
+
+func (c *conn) sendv(v *net.Buffers) {
+	c.wmu.Lock()
+	if !c.broken {
+		if _, err := v.WriteTo(c.nc); err != nil {
+			c.writeFailed(err)
+		}
+	}
+	c.wmu.Unlock()
+}
+
+// writeFailed closes the connection after a failed reply: the client can
+// no longer parse the stream. Called with wmu held.
+func (c *conn) writeFailed(err error) {
+	c.broken = true
+	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) {
+		c.srv.logf(slog.LevelInfo, "nbd: send reply", "remote", c.remote, "err", err)
+	}
+	c.nc.Close()
+}
