@@ -155,6 +155,10 @@ type Options struct {
 	// Migrations is the ordered schema history; the schema version is the
 	// number applied.
 	Migrations []Migration
+	// Init, if set, runs once in Create after the migrations, in its own
+	// transaction, before the file appears at its path: a database whose
+	// creation was interrupted never exists half-initialised.
+	Init func(conn *sqlite3.Conn) error
 }
 
 // Open opens an existing hibdisk database and brings its schema up to
@@ -274,7 +278,24 @@ func initialise(tmp string, opts Options) (err error) {
 	if err := conn.Exec("PRAGMA journal_mode=WAL"); err != nil {
 		return fmt.Errorf("set WAL: %w", err)
 	}
-	return migrate(conn, tmp, 0, opts.Migrations)
+	if err := migrate(conn, tmp, 0, opts.Migrations); err != nil {
+		return err
+	}
+	if opts.Init != nil {
+		if err := runInit(conn, opts.Init); err != nil {
+			return fmt.Errorf("initialise: %w", err)
+		}
+	}
+	return nil
+}
+
+func runInit(conn *sqlite3.Conn, init func(*sqlite3.Conn) error) (err error) {
+	tx, err := conn.BeginImmediate()
+	if err != nil {
+		return err
+	}
+	defer tx.End(&err)
+	return init(conn)
 }
 
 func migrate(conn *sqlite3.Conn, path string, from int, migrations []Migration) error {
@@ -322,7 +343,7 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 	}
 	// OpenContext is the only way to pass the memory limit, and it always
 	// creates missing files unless told otherwise by a URI's mode.
-	uri, err := fileURI(path, mode)
+	uri, err := FileURI(path, mode)
 	if err != nil {
 		return nil, fmt.Errorf("open %q: %w", path, err)
 	}
@@ -349,9 +370,11 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 	return conn, nil
 }
 
-// fileURI turns a file name into an SQLite URI (https://sqlite.org/uri.html)
-// with the given access mode, escaping characters that URIs reserve.
-func fileURI(path, mode string) (string, error) {
+// FileURI turns a file name into an SQLite URI (https://sqlite.org/uri.html)
+// with the given access mode ("ro", "rw", "rwc"), escaping characters that
+// URIs reserve. Use it wherever SQLite takes a file name (ATTACH), since
+// connections opened here interpret names as URIs.
+func FileURI(path, mode string) (string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return "", err

@@ -1,0 +1,49 @@
+package disklayer_test
+
+import (
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/layertest"
+)
+
+var conformanceFiles atomic.Int64
+
+func sqliteFactory() layertest.Factory {
+	return layertest.Factory{
+		New: func(t *testing.T, size int64, sectorSize int, hasParent bool) disklayer.Disk {
+			dir := t.TempDir()
+			path := checkedLayer(t, filepath.Join(dir, fmt.Sprintf("layer%d.hibdisk", conformanceFiles.Add(1))))
+			opts := disklayer.CreateOptions{Size: size, SectorSize: sectorSize}
+			if hasParent {
+				opts.Parent = rawParent(t, dir, size)
+			}
+			f, err := disklayer.Create(path, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		},
+		Reopen: func(t *testing.T, d disklayer.Disk) disklayer.Disk {
+			f := d.(*disklayer.File)
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			g, err := disklayer.Open(f.Path(), disklayer.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return g
+		},
+		SectorSizes:  []int{512, 4096, 65536},
+		WithParent:   true,
+		ExtentsExact: true,
+	}
+}
+
+func TestSQLiteConformance(t *testing.T) { layertest.Run(t, sqliteFactory()) }
+
+func FuzzSQLiteOps(f *testing.F) { layertest.FuzzOps(f, sqliteFactory()) }
