@@ -1,0 +1,140 @@
+package diffdisk
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
+)
+
+// copyChunk is the unit of bulk copies and comparisons.
+const copyChunk = 1 << 20
+
+// Commit folds the diff layer at path into its parent (`hibdisk commit`).
+// The chain is verified first.
+//
+//   - A hibdisk parent absorbs the layer's rows (disk sectors and
+//     hibernate blocks) in one transaction (disklayer.File.Absorb): it
+//     commits completely or not at all.
+//   - A raw parent gets the layer's data written into it and its
+//     tombstones zeroed; then the layer's recorded size and digest of the
+//     parent are updated, because the parent's content changed. The
+//     layer's hibernate blocks stay in the layer (a raw file has nowhere
+//     to keep them). This is not atomic: if it is interrupted, the layer
+//     still holds everything it held, so its view is intact, but its
+//     recorded digest no longer matches; `Rebase(path, parent, "raw",
+//     true)` re-records the parent, after which Commit can be run again.
+//
+// A parent smaller than the layer grows to the layer's size (as
+// qemu-img commit does). The layer is left as it was: after the commit
+// its rows duplicate what the parent now holds, so its view is unchanged
+// and it stays valid (qemu-img commit -d). Other layers built on the
+// parent see the committed data: for a hibdisk parent nothing detects
+// that (its uuid is unchanged, as with qcow2), for a raw parent their
+// recorded digest no longer matches and Open refuses them.
+func Commit(path string) error {
+	if err := commit(path); err != nil {
+		return fmt.Errorf("commit %q: %w", path, err)
+	}
+	return nil
+}
+
+func commit(path string) (err error) {
+	d, err := openChain(path, Options{}, true)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := d.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	if len(d.layers) < 2 {
+		return fmt.Errorf("%q has no backing file to commit into: %w", path, disklayer.ErrInvalid)
+	}
+	top := d.layers[0].(*disklayer.File)
+	if err := top.Flush(); err != nil {
+		return err
+	}
+	ref := *top.Info().Parent
+	switch parent := d.layers[1].(type) {
+	case *disklayer.File:
+		if err := parent.Absorb(top); err != nil {
+			return err
+		}
+		if err := parent.Flush(); err != nil {
+			return err
+		}
+		if size := parent.Size(); size != ref.Size {
+			ref.Size = size
+			return top.SetParent(&ref)
+		}
+		return nil
+	case disklayer.Disk:
+		parentPath := d.meta[1].path
+		if top.Size() > parent.Size() {
+			// A raw file grows by truncation; reopen it to see the size.
+			if err := parent.Close(); err != nil {
+				return err
+			}
+			d.layers[1] = nil
+			if err := os.Truncate(parentPath, top.Size()); err != nil {
+				return fmt.Errorf("grow backing file: %w", err)
+			}
+			grown, err := rawlayer.Open(parentPath, false)
+			if err != nil {
+				return err
+			}
+			d.layers[1] = grown
+			parent = grown
+		}
+		if err := copyOwn(parent, top); err != nil {
+			return fmt.Errorf("write into backing file %q: %w", parentPath, err)
+		}
+		if err := parent.Flush(); err != nil {
+			return err
+		}
+		digest, err := rawlayer.Digest(parentPath)
+		if err != nil {
+			return err
+		}
+		ref.Size, ref.Digest = parent.Size(), digest
+		return top.SetParent(&ref)
+	}
+	return fmt.Errorf("backing layer %T is not writable: %w", d.layers[1], disklayer.ErrInvalid)
+}
+
+// copyOwn writes src's own rows into dst: its data as data, its
+// tombstones as zeros. Absent ranges are left alone.
+func copyOwn(dst disklayer.Disk, src disklayer.Layer) error {
+	var own []disklayer.Extent
+	for e, err := range src.Extents(0, src.Size()) {
+		if err != nil {
+			return err
+		}
+		if e.Kind != disklayer.Absent {
+			own = append(own, e)
+		}
+	}
+	buf := make([]byte, copyChunk)
+	for _, e := range own {
+		if e.Kind == disklayer.Zero {
+			if err := dst.Zero(e.Off, e.Len); err != nil {
+				return err
+			}
+			continue
+		}
+		for off := e.Off; off < e.End(); off += copyChunk {
+			p := buf[:min(copyChunk, e.End()-off)]
+			if _, err := src.ReadAt(p, off); err != nil {
+				return err
+			}
+			if _, err := dst.WriteAt(p, off); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package diffdisk
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
+)
+
+// Open opens the chain whose top layer is the hibdisk file at path,
+// following parent references down to the base. The top is opened
+// writable unless opts.ReadOnly; every lower layer is opened read-only.
+// Each parent's identity is verified against what its child recorded
+// (hibdisk: uuid and size; raw: size and rawlayer.Digest); a missing or
+// changed parent, or a reference cycle, is an error wrapping
+// disklayer.ErrParentMismatch that names what was recorded and what was
+// found.
+func Open(path string, opts Options) (*Disk, error) {
+	d, err := openChain(path, opts, false)
+	if err != nil {
+		return nil, fmt.Errorf("open chain %q: %w", path, err)
+	}
+	return d, nil
+}
+
+// OpenImage opens the input of a read-only command: a hibdisk layer
+// (recognised by its header, disklayer.IsLayer) as its whole chain,
+// anything else as a raw image. The Disk is read-only.
+func OpenImage(path string) (*Disk, error) {
+	isLayer, err := disklayer.IsLayer(path)
+	if err != nil {
+		return nil, fmt.Errorf("open image %q: %w", path, err)
+	}
+	if isLayer {
+		return Open(path, Options{ReadOnly: true})
+	}
+	raw, err := rawlayer.Open(path, true)
+	if err != nil {
+		return nil, fmt.Errorf("open image %q: %w", path, err)
+	}
+	d, err := compose(Options{ReadOnly: true}, []disklayer.Layer{raw}, []layerMeta{{path: path, format: disklayer.FormatRaw}})
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("open image %q: %w", path, err)
+	}
+	return d, nil
+}
+
+// openChain opens the chain from the hibdisk layer at path. With
+// writableParent the layer right below the top is opened writable too
+// (Commit writes into it).
+func openChain(path string, opts Options, writableParent bool) (d *Disk, err error) {
+	var layers []disklayer.Layer
+	var metas []layerMeta
+	defer func() {
+		if err != nil {
+			closeLayers(layers)
+		}
+	}()
+	top, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: opts.ReadOnly, Strict: opts.Strict})
+	if err != nil {
+		return nil, err
+	}
+	layers = append(layers, top)
+	metas = append(metas, layerMeta{path: path, format: disklayer.FormatHibdisk})
+	topStat, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	seen := []fs.FileInfo{topStat}
+
+	childPath, ref := path, top.Info().Parent
+	for ref != nil {
+		writable := writableParent && len(layers) == 1
+		parentPath := ref.ResolvePath(childPath)
+		link := fmt.Sprintf("parent %q of %q", ref.Path, childPath)
+		l, st, next, err := openParent(link, parentPath, *ref, writable, opts.Strict)
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, l)
+		metas = append(metas, layerMeta{path: parentPath, format: ref.Format})
+		for _, s := range seen {
+			if os.SameFile(s, st) {
+				return nil, fmt.Errorf("%s: %q is already in the chain (a reference cycle): %w", link, parentPath, disklayer.ErrParentMismatch)
+			}
+		}
+		seen = append(seen, st)
+		childPath, ref = parentPath, next
+	}
+	return compose(opts, layers, metas)
+}
+
+// openParent opens the parent a child recorded as ref, found at path, and
+// verifies its identity. It returns the layer, its file info (for cycle
+// detection) and the parent's own parent reference.
+func openParent(link, path string, ref disklayer.ParentRef, writable, strict bool) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil, fmt.Errorf("%s: %s recorded, file %q is missing: %w", link, describeRef(ref), path, disklayer.ErrParentMismatch)
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+	}
+	switch ref.Format {
+	case disklayer.FormatHibdisk:
+		f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: !writable, Strict: strict})
+		if errors.Is(err, disklayer.ErrNotLayer) {
+			return nil, nil, nil, fmt.Errorf("%s: %s recorded, file is not a hibdisk layer: %w: %w", link, describeRef(ref), disklayer.ErrParentMismatch, err)
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+		}
+		info := f.Info()
+		switch {
+		case info.UUID != ref.UUID:
+			err = fmt.Errorf("%s: uuid %s recorded, file now has %s: %w", link, ref.UUID, info.UUID, disklayer.ErrParentMismatch)
+		case info.DiskSize != ref.Size:
+			err = fmt.Errorf("%s: size %d recorded, file now has %d: %w", link, ref.Size, info.DiskSize, disklayer.ErrParentMismatch)
+		}
+		if err != nil {
+			f.Close()
+			return nil, nil, nil, err
+		}
+		return f, st, info.Parent, nil
+	case disklayer.FormatRaw:
+		raw, err := rawlayer.Open(path, !writable)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+		}
+		if size := raw.Size(); size != ref.Size {
+			raw.Close()
+			return nil, nil, nil, fmt.Errorf("%s: size %d recorded, file now has %d: %w", link, ref.Size, size, disklayer.ErrParentMismatch)
+		}
+		digest, err := rawlayer.Digest(path)
+		if err != nil {
+			raw.Close()
+			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+		}
+		if digest != ref.Digest {
+			raw.Close()
+			return nil, nil, nil, fmt.Errorf("%s: digest %s recorded, file now has %s: %w", link, ref.Digest, digest, disklayer.ErrParentMismatch)
+		}
+		return raw, st, nil, nil
+	}
+	return nil, nil, nil, fmt.Errorf("%s: unknown parent format %q: %w", link, ref.Format, disklayer.ErrCorrupt)
+}
+
+// describeRef names the identity a child recorded for its parent.
+func describeRef(ref disklayer.ParentRef) string {
+	if ref.Format == disklayer.FormatRaw {
+		return fmt.Sprintf("raw image of %d bytes with digest %s", ref.Size, ref.Digest)
+	}
+	return fmt.Sprintf("hibdisk layer %s of %d bytes", ref.UUID, ref.Size)
+}
+
+// LayerInfo describes one layer of an open chain, for `hibdisk info`.
+type LayerInfo struct {
+	Depth      int    // 0 is the top
+	Path       string // as opened; "" for a layer composed without a file
+	Format     string // disklayer.FormatHibdisk, disklayer.FormatRaw, or "" when unknown
+	Size       int64
+	SectorSize int
+	// The rest is known for hibdisk layers only.
+	UUID      string
+	Label     string
+	CreatedAt time.Time
+	ReadOnly  bool                 // the layer's read_only flag
+	Parent    *disklayer.ParentRef // the reference as stored
+	Stats     *disklayer.Stats
+}
+
+// Layers describes every layer, top first.
+func (d *Disk) Layers() ([]LayerInfo, error) {
+	if d.closed.Load() {
+		return nil, fmt.Errorf("layers of %s: %w", d.name, disklayer.ErrClosed)
+	}
+	list := make([]LayerInfo, len(d.layers))
+	for i, l := range d.layers {
+		li := LayerInfo{Depth: i, Path: d.meta[i].path, Format: d.meta[i].format, Size: l.Size(), SectorSize: l.SectorSize()}
+		if f, ok := l.(*disklayer.File); ok {
+			info := f.Info()
+			stats, err := f.Stats()
+			if err != nil {
+				return nil, fmt.Errorf("layers of %s: %w", d.name, err)
+			}
+			li.Format = disklayer.FormatHibdisk
+			li.UUID, li.Label, li.CreatedAt, li.ReadOnly, li.Parent = info.UUID, info.Label, info.CreatedAt, info.ReadOnly, info.Parent
+			li.Stats = &stats
+		}
+		list[i] = li
+	}
+	return list, nil
+}

@@ -1,0 +1,157 @@
+package diffdisk
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+)
+
+// Rebase changes the backing file of the layer at path to newBase (a path
+// from the working directory, of format newBaseFormat as in
+// CreateOptions.BackingFormat); newBase "" makes the layer a base.
+//
+// Safe mode (unsafe false) keeps what the layer shows: the old chain and
+// the new one are both opened and verified, and wherever the layer stores
+// nothing and the old backing view differs from the new one, the old
+// content is copied into the layer (zeros as tombstones); only then is the
+// reference rewritten. If it is interrupted before that, the layer still
+// reads the same over its old backing file.
+//
+// Unsafe mode (-u) only rewrites the reference; the old backing file is
+// not opened at all (it may be gone: that is what -u is for). The new one
+// is opened only to record its identity.
+func Rebase(path, newBase, newBaseFormat string, unsafe bool) error {
+	var err error
+	if unsafe {
+		err = rebaseUnsafe(path, newBase, newBaseFormat)
+	} else {
+		err = rebaseSafe(path, newBase, newBaseFormat)
+	}
+	if err != nil {
+		return fmt.Errorf("rebase %q: %w", path, err)
+	}
+	return nil
+}
+
+func rebaseUnsafe(path, newBase, format string) (err error) {
+	top, err := disklayer.Open(path, disklayer.OpenOptions{})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := top.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	var ref *disklayer.ParentRef
+	if newBase != "" {
+		backing, r, err := openBacking(path, newBase, format)
+		if err != nil {
+			return err
+		}
+		ref = r
+		if err := backing.Close(); err != nil {
+			return err
+		}
+	}
+	return top.SetParent(ref)
+}
+
+func rebaseSafe(path, newBase, format string) (err error) {
+	old, err := openChain(path, Options{}, false)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := old.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	var ref *disklayer.ParentRef
+	var newView *Disk // nil: the new view is all zeros
+	if newBase != "" {
+		if newView, ref, err = openBacking(path, newBase, format); err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := newView.Close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}()
+	}
+	top := old.layers[0].(*disklayer.File)
+	if err := keepView(old, newView); err != nil {
+		return err
+	}
+	if err := top.Flush(); err != nil {
+		return err
+	}
+	return top.SetParent(ref)
+}
+
+// keepView copies into d's top, wherever the top stores nothing, the
+// sectors in which d's view below the top differs from newView (nil:
+// zeros), so that the top reads the same over newView.
+func keepView(d *Disk, newView *Disk) error {
+	ix, err := d.chainIndex()
+	if err != nil {
+		return err
+	}
+	var absent []disklayer.Extent
+	for e, err := range d.layers[0].Extents(0, d.size) {
+		if err != nil {
+			return err
+		}
+		if e.Kind == disklayer.Absent {
+			absent = append(absent, e)
+		}
+	}
+	ss := int(d.sectorSize)
+	oldBuf, newBuf := make([]byte, copyChunk), make([]byte, copyChunk)
+	for _, e := range absent {
+		for off := e.Off; off < e.End(); off += copyChunk {
+			n := min(copyChunk, e.End()-off)
+			oldP, newP := oldBuf[:n], newBuf[:n]
+			if err := d.readFrom(ix, 1, oldP, off); err != nil {
+				return err
+			}
+			if err := readClipped(newView, newP, off); err != nil {
+				return err
+			}
+			if bytes.Equal(oldP, newP) {
+				continue
+			}
+			// Write the runs of differing sectors.
+			for i := 0; i < len(oldP); {
+				if bytes.Equal(oldP[i:i+ss], newP[i:i+ss]) {
+					i += ss
+					continue
+				}
+				j := i + ss
+				for j < len(oldP) && !bytes.Equal(oldP[j:j+ss], newP[j:j+ss]) {
+					j += ss
+				}
+				if _, err := d.top.WriteAt(oldP[i:j], off+int64(i)); err != nil {
+					return err
+				}
+				i = j
+			}
+		}
+	}
+	return nil
+}
+
+// readClipped reads v's view at off, with zeros past its end (and
+// everywhere when v is nil).
+func readClipped(v *Disk, p []byte, off int64) error {
+	if v == nil || off >= v.size {
+		clear(p)
+		return nil
+	}
+	n := min(int64(len(p)), v.size-off)
+	clear(p[n:])
+	_, err := v.ReadAt(p[:n], off)
+	return err
+}
