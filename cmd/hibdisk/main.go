@@ -75,6 +75,13 @@ func run(ctx context.Context, args []string, e *env) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, new(exitError)):
+		var x exitError
+		errors.As(err, &x)
+		if x.msg != "" {
+			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(x.msg))
+		}
+		return x.code
 	case errors.As(err, new(usageError)):
 		fmt.Fprintf(e.stderr, "hibdisk %s: %v\n", c.name, err)
 		return 2
@@ -150,4 +157,29 @@ func parseArgs(fs *flag.FlagSet, args []string, min, max int) ([]string, error) 
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// exitError ends a command with a specific status; msg, when not empty, is
+// printed as the error line.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+// flagT names flag.Flag for Visit callbacks.
+type flagT = flag.Flag
+
+// fileSize is the size of path on disk (allocated bytes, as qemu-img's
+// "disk size" reports), or its length when that is unknown.
+func fileSize(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512, nil
+	}
+	return fi.Size(), nil
 }

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+)
+
+func init() {
+	register(command{name: "check", summary: "check a layer's consistency (every problem, not just the first)", run: runCheck})
+}
+
+func runCheck(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "check", "[--repair] FILE")
+	repair := fs.Bool("repair", false, "fix what is safely fixable and say exactly what changed")
+	pos, err := parseArgs(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	check := diffdisk.Check
+	if *repair {
+		check = diffdisk.Repair
+	}
+	r, err := check(pos[0])
+	if err != nil {
+		return err
+	}
+	for _, s := range r.Repairs {
+		fmt.Fprintf(e.stdout, "Repaired: %s\n", s)
+	}
+	for _, s := range r.Notes {
+		fmt.Fprintf(e.stdout, "Note: %s\n", s)
+	}
+	for _, s := range r.Problems {
+		fmt.Fprintf(e.stdout, "ERROR: %s\n", s)
+	}
+	if !r.OK() {
+		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) found in %s", len(r.Problems), pos[0])}
+	}
+	fmt.Fprintln(e.stdout, "No errors were found on the image.")
+	return nil
+}

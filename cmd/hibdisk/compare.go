@@ -1,0 +1,45 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+)
+
+func init() {
+	register(command{name: "compare", summary: "compare two images' contents (exit 0 identical, 1 different, 2 error)", run: runCompare})
+}
+
+// runCompare follows qemu-img compare: "Images are identical." and exit
+// 0, or "Content mismatch at offset N!" and exit 1; errors exit 2.
+func runCompare(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "compare", "A B")
+	pos, err := parseArgs(fs, args, 2, 2)
+	if err != nil {
+		return err
+	}
+	a, err := diffdisk.OpenImage(pos[0])
+	if err != nil {
+		return exitError{code: 2, msg: err.Error()}
+	}
+	defer a.Close()
+	b, err := diffdisk.OpenImage(pos[1])
+	if err != nil {
+		return exitError{code: 2, msg: err.Error()}
+	}
+	defer b.Close()
+	res, err := diffdisk.Compare(a, b)
+	if err != nil {
+		return exitError{code: 2, msg: err.Error()}
+	}
+	if res.SizeDiffers {
+		fmt.Fprintln(e.stdout, "Warning: Image size mismatch!")
+	}
+	if !res.Equal {
+		fmt.Fprintf(e.stdout, "Content mismatch at offset %d!\n", res.FirstDiff)
+		return exitError{code: 1}
+	}
+	fmt.Fprintln(e.stdout, "Images are identical.")
+	return nil
+}

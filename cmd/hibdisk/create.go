@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+)
+
+func init() {
+	register(command{name: "create", summary: "create a base layer, or a diff layer over a backing file", run: runCreate})
+}
+
+func runCreate(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F raw|hibdisk]] [--label L] FILE [SIZE]")
+	sizeFlag := fs.String("s", "", "virtual size (K/M/G/T suffixes); a diff layer defaults to its backing file's size")
+	sectorSize := fs.Int("sector-size", 0, "sector size in bytes, a power of two 512..65536 (default 4096, or the backing layer's)")
+	backing := fs.String("b", "", "backing file: the parent of the new diff layer")
+	format := fs.String("F", "", "backing file format: hibdisk (may be omitted) or raw (required for a raw file)")
+	label := fs.String("label", "", "free-text label stored in the layer")
+	pos, err := parseArgs(fs, args, 1, 2)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 2 { // qemu-img create FILE SIZE
+		if *sizeFlag != "" {
+			return usagef("size given twice (-s and a second argument)")
+		}
+		*sizeFlag = pos[1]
+	}
+	var size int64
+	if *sizeFlag != "" {
+		if size, err = parseSize(*sizeFlag); err != nil {
+			return usageError{err.Error()}
+		}
+	} else if *backing == "" {
+		return usagef("a base layer needs a size: -s SIZE")
+	}
+	if *format != "" && *backing == "" {
+		return usagef("-F needs -b")
+	}
+	path := pos[0]
+	if err := diffdisk.Create(path, diffdisk.CreateOptions{
+		Size: size, SectorSize: *sectorSize, Backing: *backing, BackingFormat: *format, Label: *label,
+	}); err != nil {
+		return err
+	}
+	d, err := diffdisk.Open(path, diffdisk.Options{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	layers, err := d.Layers()
+	if err != nil {
+		return err
+	}
+	top := layers[0]
+	fmt.Fprintf(e.stdout, "Formatting '%s', fmt=hibdisk size=%d sector_size=%d", path, top.Size, top.SectorSize)
+	if top.Parent != nil {
+		fmt.Fprintf(e.stdout, " backing_file=%s backing_fmt=%s", top.Parent.Path, top.Parent.Format)
+	}
+	fmt.Fprintln(e.stdout)
+	return nil
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+)
+
+func init() {
+	register(command{name: "info", summary: "show a layer and its whole backing chain", run: runInfo})
+}
+
+// layerJSON is one element of `hibdisk info --json`, top layer first.
+// Field names follow `qemu-img info --output=json` where it has them.
+// The format is stable: fields are only ever added.
+type layerJSON struct {
+	Filename              string `json:"filename"`
+	Format                string `json:"format"`
+	VirtualSize           int64  `json:"virtual-size"`
+	ActualSize            int64  `json:"actual-size,omitempty"`
+	SectorSize            int    `json:"sector-size"`
+	Depth                 int    `json:"depth"`
+	UUID                  string `json:"uuid,omitempty"`
+	Label                 string `json:"label,omitempty"`
+	Created               string `json:"created,omitempty"`
+	ReadOnly              bool   `json:"read-only"`
+	BackingFilename       string `json:"backing-filename,omitempty"`
+	FullBackingFilename   string `json:"full-backing-filename,omitempty"`
+	BackingFilenameFormat string `json:"backing-filename-format,omitempty"`
+	BackingUUID           string `json:"backing-uuid,omitempty"`
+	BackingSize           int64  `json:"backing-size,omitempty"`
+	BackingDigest         string `json:"backing-digest,omitempty"`
+	DataSectors           *int64 `json:"data-sectors,omitempty"`
+	TombstoneSectors      *int64 `json:"tombstone-sectors,omitempty"`
+	HibernateBlocks       *int64 `json:"hibernate-blocks,omitempty"`
+	PageSize              int    `json:"page-size,omitempty"`
+}
+
+func runInfo(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "info", "[--json] FILE")
+	asJSON := fs.Bool("json", false, "print JSON (an array, top layer first)")
+	pos, err := parseArgs(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	d, err := diffdisk.OpenImage(pos[0])
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	layers, err := d.Layers()
+	if err != nil {
+		return err
+	}
+	out := make([]layerJSON, len(layers))
+	for i, l := range layers {
+		out[i] = infoJSON(l)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	for i, l := range out {
+		if i > 0 {
+			fmt.Fprintln(e.stdout)
+		}
+		printInfo(e.stdout, l)
+	}
+	return nil
+}
+
+func infoJSON(l diffdisk.LayerInfo) layerJSON {
+	j := layerJSON{
+		Filename: l.Path, Format: l.Format, VirtualSize: l.Size, SectorSize: l.SectorSize,
+		Depth: l.Depth, UUID: l.UUID, Label: l.Label, ReadOnly: l.ReadOnly,
+	}
+	if !l.CreatedAt.IsZero() {
+		j.Created = l.CreatedAt.UTC().Format(time.RFC3339)
+	}
+	if p := l.Parent; p != nil {
+		j.BackingFilename = p.Path
+		j.FullBackingFilename = p.Path
+		if !filepath.IsAbs(p.Path) {
+			j.FullBackingFilename = filepath.Join(filepath.Dir(l.Path), p.Path)
+		}
+		j.BackingFilenameFormat = p.Format
+		j.BackingUUID = p.UUID
+		j.BackingSize = p.Size
+		j.BackingDigest = p.Digest
+	}
+	if s := l.Stats; s != nil {
+		j.ActualSize = s.FileBytes
+		j.DataSectors = &s.DataSectors
+		j.TombstoneSectors = &s.TombstoneSectors
+		blocks := s.DataBlocks + s.TombstoneBlocks
+		j.HibernateBlocks = &blocks
+		j.PageSize = s.PageSize
+	} else if size, err := fileSize(l.Path); err == nil {
+		j.ActualSize = size
+	}
+	return j
+}
+
+func printInfo(w io.Writer, l layerJSON) {
+	fmt.Fprintf(w, "image: %s\n", l.Filename)
+	fmt.Fprintf(w, "file format: %s\n", l.Format)
+	fmt.Fprintf(w, "virtual size: %s (%d bytes)\n", formatSize(l.VirtualSize), l.VirtualSize)
+	fmt.Fprintf(w, "disk size: %s\n", formatSize(l.ActualSize))
+	fmt.Fprintf(w, "sector size: %d\n", l.SectorSize)
+	if l.UUID != "" {
+		fmt.Fprintf(w, "uuid: %s\n", l.UUID)
+	}
+	if l.Created != "" {
+		fmt.Fprintf(w, "created: %s\n", l.Created)
+	}
+	if l.Label != "" {
+		fmt.Fprintf(w, "label: %s\n", l.Label)
+	}
+	if l.ReadOnly {
+		fmt.Fprintln(w, "read only: yes")
+	}
+	if l.BackingFilename != "" {
+		fmt.Fprintf(w, "backing file: %s (actual path: %s)\n", l.BackingFilename, l.FullBackingFilename)
+		fmt.Fprintf(w, "backing file format: %s\n", l.BackingFilenameFormat)
+	}
+	if l.DataSectors != nil {
+		fmt.Fprintf(w, "data sectors: %d (%s)\n", *l.DataSectors, formatSize(*l.DataSectors*int64(l.SectorSize)))
+		fmt.Fprintf(w, "tombstones: %d\n", *l.TombstoneSectors)
+		fmt.Fprintf(w, "hibernate blocks: %d\n", *l.HibernateBlocks)
+	}
+}

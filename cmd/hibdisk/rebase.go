@@ -1,0 +1,28 @@
+package main
+
+import (
+	"context"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+)
+
+func init() {
+	register(command{name: "rebase", summary: "change a layer's backing file, keeping its view (-u: only the reference)", run: runRebase})
+}
+
+func runRebase(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "rebase", "[-u] -b NEWBASE [-F raw|hibdisk] FILE")
+	backing := fs.String("b", "", `new backing file ("" makes the layer standalone)`)
+	format := fs.String("F", "", "new backing file format: hibdisk (may be omitted) or raw (required for a raw file)")
+	unsafe := fs.Bool("u", false, "unsafe: only rewrite the reference, copy nothing")
+	var backingSet bool
+	pos, err := parseArgs(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	fs.Visit(func(f *flagT) { backingSet = backingSet || f.Name == "b" })
+	if !backingSet {
+		return usagef("-b NEWBASE is required (-b \"\" makes the layer standalone)")
+	}
+	return diffdisk.Rebase(pos[0], *backing, *format, *unsafe)
+}
