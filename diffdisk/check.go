@@ -37,7 +37,7 @@ func rawDigestMatches(parentPath string, ref disklayer.ParentRef) error {
 		return err
 	}
 	if got != ref.Digest {
-		return fmt.Errorf("raw parent %q: digest %s recorded, file now has %s: %w", parentPath, ref.Digest, got, disklayer.ErrParentMismatch)
+		return fmt.Errorf("digest %s recorded, file now has %s: %w", ref.Digest, got, disklayer.ErrParentMismatch)
 	}
 	return nil
 }
