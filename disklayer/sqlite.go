@@ -136,8 +136,15 @@ const (
 //
 // (see the table filled in below by measurement).
 func pageSizeFor(sectorSize int) int {
+	if pageSizeOverride != 0 {
+		return pageSizeOverride
+	}
 	return 4096
 }
+
+// pageSizeOverride replaces pageSizeFor's choice; set only by tests and
+// benchmarks that compare page sizes.
+var pageSizeOverride int
 
 var schemaV1 = []store.Migration{{
 	Name: "layer schema v1",
@@ -188,7 +195,11 @@ type engine struct {
 	hasParent      atomic.Bool
 	readOnlyColumn atomic.Bool
 
-	inTx         bool  // a write batch is open
+	// inTx: a transaction is open. Reads open one too and leave it open
+	// (a deferred BEGIN): each statement in autocommit mode would take and
+	// release WAL read locks, two fcntl calls per read. The first write
+	// upgrades the transaction; Flush commits it.
+	inTx         bool
 	pendingBytes int64 // bytes written in the open batch
 	// failure is sticky: set when a commit fails or SQLite rolled back a
 	// batch on its own, so writes the caller saw succeed were lost. Every
@@ -196,8 +207,8 @@ type engine struct {
 	failure error
 	closed  bool
 
-	begin, commit, rollback *sqlite3.Stmt
-	tables                  []*blockTable
+	begin, beginRead, commit, rollback *sqlite3.Stmt
+	tables                             []*blockTable
 }
 
 // Create makes a new layer file at path and returns it open for writing.
@@ -404,6 +415,7 @@ func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 		sql  string
 	}{
 		{&e.begin, "BEGIN IMMEDIATE"},
+		{&e.beginRead, "BEGIN"},
 		{&e.commit, "COMMIT"},
 		{&e.rollback, "ROLLBACK"},
 	} {
@@ -424,8 +436,15 @@ func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 	return f, nil
 }
 
+// setInfo publishes a committed layer row. Called with mu held (or
+// before the engine is shared).
 func (e *engine) setInfo(info Info) {
 	e.info = info
+	for _, t := range e.tables {
+		if t.table == "sectors" {
+			t.size.Store(info.DiskSize)
+		}
+	}
 	e.hasParent.Store(info.Parent != nil)
 	e.readOnlyColumn.Store(info.ReadOnly)
 }
@@ -434,7 +453,7 @@ func (e *engine) closeStatements() {
 	for _, t := range e.tables {
 		t.closeStatements()
 	}
-	for _, s := range []*sqlite3.Stmt{e.begin, e.commit, e.rollback} {
+	for _, s := range []*sqlite3.Stmt{e.begin, e.beginRead, e.commit, e.rollback} {
 		if s != nil {
 			s.Close()
 		}
@@ -657,7 +676,22 @@ func (e *engine) writable(op string) error {
 	return nil
 }
 
-// beginLocked opens the write batch if none is open.
+// beginReadLocked opens a (deferred) transaction for reading if none is
+// open.
+func (e *engine) beginReadLocked(op string) error {
+	if e.inTx {
+		return nil
+	}
+	if err := e.beginRead.Exec(); err != nil {
+		return fmt.Errorf("%s %q: begin: %w", op, e.path, mapStoreError(err))
+	}
+	e.inTx = true
+	e.pendingBytes = 0
+	return nil
+}
+
+// beginLocked opens the write batch if no transaction is open. An open
+// read transaction becomes the batch: the first write upgrades it.
 func (e *engine) beginLocked(op string) error {
 	if e.inTx {
 		return nil
@@ -743,35 +777,40 @@ func (f *File) Resize(size int64) error {
 	if err := validDiskSize(size, f.disk.blockSize); err != nil {
 		return fmt.Errorf("resize %q: %w", f.eng.path, err)
 	}
-	t := f.disk
 	return f.eng.updateMetadata("resize", func(conn *sqlite3.Conn, info *Info) error {
-		old := info.DiskSize
-		ss := int64(info.SectorSize)
-		switch {
-		case size < old:
-			if err := t.deleteBlocks(size/ss, old/ss-1); err != nil {
+		return f.resizeInTx(conn, info, size)
+	})
+}
+
+// resizeInTx changes the disk size inside the caller's transaction and
+// updates info; the caller publishes info once the transaction commits.
+func (f *File) resizeInTx(conn *sqlite3.Conn, info *Info, size int64) error {
+	t := f.disk
+	old := info.DiskSize
+	ss := int64(info.SectorSize)
+	switch {
+	case size < old:
+		if err := t.deleteBlocks(size/ss, old/ss-1); err != nil {
+			return err
+		}
+	case size > old && info.Parent != nil:
+		if hidden := min(size, info.Parent.Size); hidden > old {
+			if err := t.tombstoneBlocks(old/ss, (hidden+ss-1)/ss-1); err != nil {
 				return err
 			}
-		case size > old && info.Parent != nil:
-			if hidden := min(size, info.Parent.Size); hidden > old {
-				if err := t.tombstoneBlocks(old/ss, (hidden+ss-1)/ss-1); err != nil {
-					return err
-				}
-			}
 		}
-		stmt, _, err := conn.Prepare("UPDATE layer SET disk_size = ?1")
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		stmt.BindInt64(1, size)
-		if err := stmt.Exec(); err != nil {
-			return err
-		}
-		info.DiskSize = size
-		t.size.Store(size)
-		return nil
-	})
+	}
+	stmt, _, err := conn.Prepare("UPDATE layer SET disk_size = ?1")
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	stmt.BindInt64(1, size)
+	if err := stmt.Exec(); err != nil {
+		return err
+	}
+	info.DiskSize = size
+	return nil
 }
 
 // SetReadOnly sets the read_only column. A layer marked read-only refuses
@@ -859,11 +898,6 @@ func (e *engine) changeMetadataLocked(op string, change func(*sqlite3.Conn, *Inf
 		return err
 	}
 	e.setInfo(info)
-	for _, t := range e.tables {
-		if t.table == "sectors" {
-			t.size.Store(info.DiskSize)
-		}
-	}
 	return nil
 }
 

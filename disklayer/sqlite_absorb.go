@@ -12,8 +12,11 @@ import (
 // transaction: the commit of a diff layer into its parent. A child row
 // replaces f's row; a child tombstone becomes a tombstone in f if f has a
 // parent, or deletes f's row if f is a base. If child is larger, f grows
-// to its size first. child must be a layer whose parent is f (same uuid)
-// with the same sector size; it is flushed, and left unchanged.
+// to its size in the same transaction (like qemu-img commit), and then
+// the child's parent reference is updated to the new size, so the child
+// still stacks on f (reading the same data as before). child must be a
+// layer whose parent is f (same uuid) with the same sector size; it is
+// flushed, and its rows are left unchanged.
 func (f *File) Absorb(child *File) error {
 	e := f.eng
 	ci := child.Info()
@@ -27,11 +30,25 @@ func (f *File) Absorb(child *File) error {
 	if err := child.Flush(); err != nil {
 		return fmt.Errorf("absorb %q into %q: %w", child.Path(), e.path, err)
 	}
-	if ci.DiskSize > f.Size() {
-		if err := f.Resize(ci.DiskSize); err != nil {
-			return fmt.Errorf("absorb %q into %q: %w", child.Path(), e.path, err)
+	grow := ci.DiskSize > f.Size()
+	if grow && (child.eng.openedReadOnly || child.eng.readOnlyColumn.Load()) {
+		return fmt.Errorf("absorb %q into %q: the child is larger and its parent reference must be updated, but it is read-only: %w", child.Path(), e.path, ErrReadOnly)
+	}
+	if err := f.absorb(child, ci); err != nil {
+		return err
+	}
+	if grow {
+		ref := *ci.Parent
+		ref.Size = ci.DiskSize
+		if err := child.SetParent(&ref); err != nil {
+			return fmt.Errorf("absorb %q into %q: update the child's parent size: %w", child.Path(), e.path, err)
 		}
 	}
+	return nil
+}
+
+func (f *File) absorb(child *File, ci Info) error {
+	e := f.eng
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.writable("absorb"); err != nil {
@@ -48,7 +65,11 @@ func (f *File) Absorb(child *File) error {
 	if err := execBound(e.conn, "ATTACH ?1 AS child", uri); err != nil {
 		return fmt.Errorf("absorb %q into %q: attach: %w", child.Path(), e.path, mapStoreError(err))
 	}
-	err = e.absorbAttachedLocked()
+	info := e.info
+	err = f.absorbAttachedLocked(&info, ci.DiskSize)
+	if err == nil {
+		e.setInfo(info)
+	}
 	if derr := e.conn.Exec("DETACH child"); derr != nil && err == nil {
 		err = fmt.Errorf("detach: %w", derr)
 	}
@@ -58,12 +79,18 @@ func (f *File) Absorb(child *File) error {
 	return nil
 }
 
-func (e *engine) absorbAttachedLocked() (err error) {
+func (f *File) absorbAttachedLocked(info *Info, childSize int64) (err error) {
+	e := f.eng
 	tx, err := e.conn.BeginImmediate()
 	if err != nil {
 		return mapStoreError(err)
 	}
 	defer tx.End(&err)
+	if childSize > info.DiskSize {
+		if err := f.resizeInTx(e.conn, info, childSize); err != nil {
+			return mapStoreError(err)
+		}
+	}
 	for _, t := range []struct{ table, key string }{{"sectors", "sector"}, {"hibernate_blocks", "block"}} {
 		var stmts []string
 		if e.hasParent.Load() {

@@ -1,9 +1,11 @@
 package disklayer_test
 
 import (
-	"path/filepath"
 	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 )
@@ -86,4 +88,48 @@ func mustWrite(t testing.TB, d disklayer.Disk, p []byte, off int64) {
 	if _, err := d.WriteAt(p, off); err != nil {
 		t.Fatalf("write %d at %d: %v", len(p), off, err)
 	}
+}
+
+// rawExec runs SQL statements on the layer file through a connection of
+// its own, as a user (or damage) would, outside the layer's API.
+func rawExec(t testing.TB, path string, sql ...string) {
+	t.Helper()
+	conn, err := sqlite3.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, s := range sql {
+		if err := conn.Exec(s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+}
+
+// rowKinds returns the rows of table (sectors or hibernate_blocks) as
+// key → "data" or "null", read directly from the committed file.
+func rowKinds(t testing.TB, path, table string) map[int64]string {
+	t.Helper()
+	conn, err := sqlite3.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stmt, _, err := conn.Prepare("SELECT * , data IS NULL FROM " + table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stmt.Close()
+	rows := map[int64]string{}
+	for stmt.Step() {
+		if stmt.ColumnBool(2) {
+			rows[stmt.ColumnInt64(0)] = "null"
+		} else {
+			rows[stmt.ColumnInt64(0)] = "data"
+		}
+	}
+	if err := stmt.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return rows
 }

@@ -113,6 +113,9 @@ func (t *blockTable) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if err := t.e.beginReadLocked("read"); err != nil {
+		return 0, err
+	}
 	if err := t.readLocked(p, off, nil); err != nil {
 		return 0, err
 	}
@@ -133,6 +136,9 @@ func (t *blockTable) ReadOwn(p []byte, off int64, absent func(off, length int64)
 	gaps := gapsBuf[:0]
 	t.e.mu.Lock()
 	err := t.usable("read")
+	if err == nil && len(p) > 0 {
+		err = t.e.beginReadLocked("read")
+	}
 	if err == nil && len(p) > 0 {
 		err = t.readLocked(p, off, &gaps)
 	}
@@ -487,6 +493,9 @@ func (t *blockTable) kindsChunk(rows []kindRow, first, last int64) ([]kindRow, e
 	t.e.mu.Lock()
 	defer t.e.mu.Unlock()
 	if err := t.usable("map"); err != nil {
+		return rows, err
+	}
+	if err := t.e.beginReadLocked("map"); err != nil {
 		return rows, err
 	}
 	stmt := t.selectKinds

@@ -54,8 +54,6 @@ var (
 	// ErrNeedsMigration: a read-only open of a database at an older schema
 	// version, which cannot be migrated without writing.
 	ErrNeedsMigration = errors.New("schema needs migration; open it writable once")
-	// ErrExists: Create was given a path that already exists.
-	ErrExists = errors.New("file exists")
 )
 
 // Header is the part of the 100-byte SQLite database header that hibdisk
@@ -218,13 +216,13 @@ func prepareExisting(conn *sqlite3.Conn, path string, opts Options) error {
 
 // Create creates a new database at path with the given page size,
 // application_id and all migrations applied, and returns it open. It
-// refuses an existing path with ErrExists.
+// refuses an existing path with an error wrapping fs.ErrExist.
 func Create(path string, opts Options) (*sqlite3.Conn, error) {
 	if opts.ReadOnly {
 		return nil, fmt.Errorf("create %q: read-only create makes no sense", path)
 	}
 	if _, err := os.Lstat(path); err == nil {
-		return nil, fmt.Errorf("create %q: %w", path, ErrExists)
+		return nil, fmt.Errorf("create %q: %w", path, os.ErrExist)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("create %q: %w", path, err)
 	}
@@ -238,9 +236,6 @@ func Create(path string, opts Options) (*sqlite3.Conn, error) {
 	}
 	// A hard link is atomic and fails if path appeared meanwhile.
 	if err := os.Link(tmp, path); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("create %q: %w", path, ErrExists)
-		}
 		return nil, fmt.Errorf("create %q: %w", path, err)
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {

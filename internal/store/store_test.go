@@ -81,8 +81,8 @@ func TestCreateRefusesExisting(t *testing.T) {
 	if err := os.WriteFile(path, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Create(path, Options{}); !errors.Is(err, ErrExists) {
-		t.Fatalf("Create over an existing file: %v, want ErrExists", err)
+	if _, err := Create(path, Options{}); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("Create over an existing file: %v, want os.ErrExist", err)
 	}
 }
 

@@ -1,0 +1,258 @@
+package disklayer_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+)
+
+// damagedLayer makes a base layer with good data in sectors 0-3 and then
+// damages it with raw SQL in several independent ways.
+func damagedLayer(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "damaged.hibdisk")
+	f := createLayer(t, path, disklayer.CreateOptions{Size: 16 * 4096})
+	mustWrite(t, f, fill(4*4096, 1), 0)
+	mustWrite(t, f.Hibernate(), fill(4096, 2), 0)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rawExec(t, path,
+		"INSERT INTO sectors VALUES (16, zeroblob(4096))",                  // one past the end
+		"INSERT INTO sectors VALUES (-1, randomblob(4096))",                // negative
+		"INSERT INTO sectors VALUES (5, randomblob(100))",                  // short blob
+		"INSERT INTO sectors VALUES (6, 'text, not a blob')",               // wrong type
+		"INSERT INTO sectors VALUES (7, zeroblob(4096))",                   // all-zero data
+		"INSERT INTO sectors VALUES (8, NULL)",                             // tombstone in a base
+		"INSERT INTO hibernate_blocks VALUES (1, randomblob(4097))",        // long blob
+		"INSERT INTO hibernate_blocks VALUES (2, zeroblob(4096))",          // all-zero data
+		"INSERT INTO hibernate_blocks VALUES (17179869184, randomblob(1))", // past 2^46 bytes, and short
+	)
+	return path
+}
+
+func TestCheckReportsEveryProblem(t *testing.T) {
+	path := damagedLayer(t)
+	r, err := disklayer.Check(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantProblems := []string{
+		"sectors: 2 rows past the end of the 16-block table (or negative) (sector -1, 16)",
+		"sectors: 2 blobs that are not exactly one block long (sector 5, 6)",
+		"sectors: 2 all-zero data blobs (should be tombstones or no rows) (sector 7, 16)",
+		"sectors: 1 tombstones in a layer without a parent (sector 8)",
+		"hibernate_blocks: 1 rows past the end of the 17179869184-block table (or negative) (block 17179869184)",
+		"hibernate_blocks: 2 blobs that are not exactly one block long (block 1, 17179869184)",
+		"hibernate_blocks: 1 all-zero data blobs (should be tombstones or no rows) (block 2)",
+	}
+	if strings.Join(r.Problems, "\n") != strings.Join(wantProblems, "\n") {
+		t.Errorf("Check problems:\n%s\nwant:\n%s", strings.Join(r.Problems, "\n"), strings.Join(wantProblems, "\n"))
+	}
+	if r.OK() {
+		t.Error("OK() is true for a damaged layer")
+	}
+	if !strings.Contains(r.String(), "problem: sectors: 2 rows past the end") {
+		t.Errorf("String() does not list the problems:\n%s", r)
+	}
+
+	rep, err := disklayer.Repair(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Errorf("problems remain after Repair:\n%s", rep)
+	}
+	wantRepairs := []string{
+		"sectors: 2 deleted rows past the end (their data is lost) (sector -1, 16)",
+		"sectors: 2 dropped blobs of the wrong length (their data is lost; the parent, or zeros, show through) (sector 5, 6)",
+		"sectors: 1 deleted tombstones of a layer without a parent (sector 8)",
+		"hibernate_blocks: 1 deleted rows past the end (their data is lost) (block 17179869184)",
+		"hibernate_blocks: 1 dropped blobs of the wrong length (their data is lost; the parent, or zeros, show through) (block 1)",
+		"sectors: 1 deleted all-zero data blobs (a base layer reads zeros without rows) (sector 7)",
+		"hibernate_blocks: 1 deleted all-zero data blobs (a base layer reads zeros without rows) (block 2)",
+	}
+	if !sameSet(rep.Repairs, wantRepairs) {
+		t.Errorf("Repairs:\n%s\nwant (any order):\n%s", strings.Join(rep.Repairs, "\n"), strings.Join(wantRepairs, "\n"))
+	}
+	// Good data survived.
+	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true, Strict: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got := mustRead(t, f, 0, 4*4096); !bytes.Equal(got, fill(4*4096, 1)) {
+		t.Error("Repair changed good sectors")
+	}
+	if got := mustRead(t, f.Hibernate(), 0, 4096); !bytes.Equal(got, fill(4096, 2)) {
+		t.Error("Repair changed a good hibernate block")
+	}
+	// Repairing a consistent file changes nothing.
+	again, err := disklayer.Repair(path)
+	if err != nil || !again.OK() || len(again.Repairs) != 0 {
+		t.Errorf("second Repair: %v, %+v", err, again)
+	}
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := map[string]int{}
+	for _, s := range a {
+		seen[s]++
+	}
+	for _, s := range b {
+		seen[s]--
+	}
+	for _, n := range seen {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func TestCheckLayerRow(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "l.hibdisk")
+	parent := rawParent(t, dir, 8*4096)
+	createLayer(t, path, disklayer.CreateOptions{Size: 8 * 4096, Parent: parent}).Close()
+	rawExec(t, path, "UPDATE layer SET disk_size = 8 * 4096 + 100, created_at = 'yesterday', parent_format = NULL")
+	r, err := disklayer.Check(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"disk_size 32868 is not a multiple", "created_at \"yesterday\"", "parent format \"\""} {
+		if !strings.Contains(strings.Join(r.Problems, "\n"), want) {
+			t.Errorf("Check does not report %q:\n%s", want, r)
+		}
+	}
+	rep, err := disklayer.Repair(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(rep.Repairs, "\n"); !strings.Contains(got, "parent_format to 'raw'") || !strings.Contains(got, "rounded disk_size up") {
+		t.Errorf("Repairs:\n%s", got)
+	}
+	// created_at cannot be derived: it remains a problem.
+	if len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0], "created_at") {
+		t.Errorf("remaining problems: %q, want only created_at", rep.Problems)
+	}
+}
+
+func TestCheckParent(t *testing.T) {
+	dir := t.TempDir()
+	ppath := checkedLayer(t, filepath.Join(dir, "base.hibdisk"))
+	p := createLayer(t, ppath, disklayer.CreateOptions{Size: 8 * 4096})
+	pinfo := p.Info()
+	p.Close()
+	ref := &disklayer.ParentRef{Path: "base.hibdisk", Format: disklayer.FormatHibdisk, UUID: pinfo.UUID, Size: pinfo.DiskSize}
+	cpath := filepath.Join(dir, "child.hibdisk")
+	createLayer(t, cpath, disklayer.CreateOptions{Size: 8 * 4096, Parent: ref}).Close()
+	if r, err := disklayer.Check(cpath); err != nil || !r.OK() {
+		t.Fatalf("Check of a good child: %v\n%s", err, r)
+	}
+
+	problem := func(t *testing.T, want string) {
+		t.Helper()
+		r, err := disklayer.Check(cpath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Problems) != 1 || !strings.Contains(r.Problems[0], want) || !strings.Contains(r.Problems[0], "base.hibdisk") {
+			t.Errorf("Check problems %q, want one naming the parent and containing %q", r.Problems, want)
+		}
+		if err := disklayer.VerifyParent(cpath, *ref); !errors.Is(err, disklayer.ErrParentMismatch) {
+			t.Errorf("VerifyParent: %v, want ErrParentMismatch", err)
+		}
+	}
+	t.Run("other uuid", func(t *testing.T) {
+		rawExec(t, cpath, "UPDATE layer SET parent_uuid = 'f00'")
+		ref.UUID = "f00"
+		problem(t, "uuid is "+pinfo.UUID+", the layer was created over f00")
+		rawExec(t, cpath, "UPDATE layer SET parent_uuid = '"+pinfo.UUID+"'")
+		ref.UUID = pinfo.UUID
+	})
+	t.Run("other size", func(t *testing.T) {
+		rawExec(t, cpath, "UPDATE layer SET parent_size = 4096")
+		ref.Size = 4096
+		problem(t, "size is 32768 bytes, the layer was created over 4096 bytes")
+		rawExec(t, cpath, "UPDATE layer SET parent_size = 32768")
+		ref.Size = 32768
+	})
+	t.Run("missing", func(t *testing.T) {
+		if err := os.Rename(ppath, ppath+".moved"); err != nil {
+			t.Fatal(err)
+		}
+		problem(t, "unreachable")
+		if err := os.Rename(ppath+".moved", ppath); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("raw digest verifier", func(t *testing.T) {
+		rpath := filepath.Join(dir, "over-raw.hibdisk")
+		raw := rawParent(t, dir, 8*4096)
+		createLayer(t, rpath, disklayer.CreateOptions{Size: 8 * 4096, Parent: raw}).Close()
+		r, err := disklayer.Check(rpath)
+		if err != nil || !r.OK() || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], "digest not compared") {
+			t.Errorf("Check without a verifier: %v, %+v", err, r)
+		}
+		var called string
+		r, err = disklayer.CheckWith(rpath, disklayer.CheckOptions{VerifyRawParent: func(p string, ref disklayer.ParentRef) error {
+			called = p
+			return errors.New("content digest differs")
+		}})
+		if err != nil || r.OK() || called != filepath.Join(dir, "parent.img") {
+			t.Errorf("Check with a failing verifier: %v, %+v, verifier saw %q", err, r, called)
+		}
+	})
+}
+
+func TestCheckRefusesNonLayers(t *testing.T) {
+	dir := t.TempDir()
+	random := filepath.Join(dir, "random")
+	if err := os.WriteFile(random, bytes.Repeat([]byte("raw disk "), 100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := disklayer.Check(random); !errors.Is(err, disklayer.ErrNotLayer) {
+		t.Errorf("Check(random bytes): %v, want ErrNotLayer", err)
+	}
+	newer := filepath.Join(dir, "newer")
+	createLayer(t, newer, disklayer.CreateOptions{Size: 4096}).Close()
+	rawExec(t, newer, "PRAGMA user_version = 99")
+	if _, err := disklayer.Check(newer); !errors.Is(err, disklayer.ErrUnsupportedVersion) {
+		t.Errorf("Check(user_version 99): %v, want ErrUnsupportedVersion", err)
+	}
+	if _, err := disklayer.Repair(newer); !errors.Is(err, disklayer.ErrUnsupportedVersion) {
+		t.Errorf("Repair(user_version 99): %v, want ErrUnsupportedVersion", err)
+	}
+}
+
+func TestCheckTruncatedIsNotRepaired(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "l.hibdisk")
+	f := createLayer(t, path, disklayer.CreateOptions{Size: 4 << 20})
+	mustWrite(t, f, fill(4<<20, 1), 0)
+	f.Close()
+	st, _ := os.Stat(path)
+	if err := os.Truncate(path, st.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	r, err := disklayer.Repair(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OK() || len(r.Repairs) != 0 || !strings.Contains(strings.Join(r.Problems, "\n"), "truncated") {
+		t.Errorf("Repair of a truncated file: %+v", r)
+	}
+	after, _ := os.ReadFile(path)
+	if !bytes.Equal(before, after) {
+		t.Error("Repair modified a structurally damaged file")
+	}
+}

@@ -1,0 +1,18 @@
+package disklayer
+
+// SetPageSizeForTest makes Create use the given SQLite page size (0: the
+// measured default) until the returned function restores it. Not safe to
+// use from parallel tests.
+func SetPageSizeForTest(pageSize int) (restore func()) {
+	old := pageSizeOverride
+	pageSizeOverride = pageSize
+	return func() { pageSizeOverride = old }
+}
+
+// ExecForTest runs sql on the layer's own connection, inside its open
+// transaction if there is one: tests use it to inject failures.
+func ExecForTest(f *File, sql string) error {
+	f.eng.mu.Lock()
+	defer f.eng.mu.Unlock()
+	return f.eng.conn.Exec(sql)
+}
