@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/vmm/nbd"
+	"github.com/hibdisk/hibdisk/vmm/nbddisk"
+)
+
+func init() {
+	register(command{name: "serve", summary: "serve layer chains over NBD until interrupted", run: runServe})
+}
+
+// multiFlag collects a repeated string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// exportSpec is one export asked for on the command line.
+type exportSpec struct{ name, file string }
+
+func runServe(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "serve", "--nbd [--socket PATH | --listen HOST:PORT] [--read-only] [--export NAME] [--export NAME=FILE]... [--hibernate-export NAME] [--create SIZE] [FILE]")
+	nbdMode := fs.Bool("nbd", false, "serve over NBD (the only protocol so far; required)")
+	socket := fs.String("socket", "", "unix socket path (default: FILE with extension .sock, mode 0600)")
+	listen := fs.String("listen", "", "TCP HOST:PORT instead of a unix socket; HOST defaults to 127.0.0.1")
+	readOnly := fs.Bool("read-only", false, "refuse writes (EPERM); the layers are opened read-only")
+	var exportFlags multiFlag
+	fs.Var(&exportFlags, "export", `export name of FILE (default ""), or NAME=FILE for another export; repeatable`)
+	hibExport := fs.String("hibernate-export", "", "also export the first chain's hibernate file under this name")
+	create := fs.String("create", "", "create FILE with this size when it does not exist")
+	readCache := fs.Bool("read-cache", false, "copy what reads find below into the top layer")
+	pos, err := parseArgs(fs, args, 0, 1)
+	if err != nil {
+		return err
+	}
+	if !*nbdMode {
+		return usagef("say which protocol to serve: --nbd")
+	}
+	if *socket != "" && *listen != "" {
+		return usagef("--socket and --listen exclude each other")
+	}
+	specs, err := exportSpecs(pos, exportFlags)
+	if err != nil {
+		return err
+	}
+	if *create != "" {
+		size, err := parseSize(*create)
+		if err != nil {
+			return usageError{err.Error()}
+		}
+		if _, err := os.Stat(specs[0].file); errors.Is(err, os.ErrNotExist) {
+			if err := diffdisk.Create(specs[0].file, diffdisk.CreateOptions{Size: size}); err != nil {
+				return err
+			}
+		}
+	}
+
+	var exports []nbd.Export
+	var disks []*diffdisk.Disk // closed in reverse order
+	defer func() {
+		for i := len(disks) - 1; i >= 0; i-- {
+			if err := disks[i].Close(); err != nil {
+				fmt.Fprintf(e.stderr, "hibdisk serve: %s\n", oneLine(err.Error()))
+			}
+		}
+	}()
+	for _, s := range specs {
+		d, err := openServed(s.file, *readOnly, *readCache)
+		if err != nil {
+			return err
+		}
+		disks = append(disks, d)
+		exports = append(exports, nbd.Export{
+			Name: s.name, Description: describe(s.file, d), Backend: nbddisk.New(d),
+			ReadOnly: d.ReadOnly(), PreferredBlockSize: uint32(d.SectorSize()),
+			// One SQLite connection serves every NBD connection, so a
+			// FLUSH on any of them commits all their writes.
+			MultiConn: true,
+		})
+	}
+	if *hibExport != "" {
+		h, err := disks[0].Hibernate()
+		if err != nil {
+			return err
+		}
+		disks = append(disks, h)
+		exports = append(exports, nbd.Export{
+			Name: *hibExport, Description: "hibernate file of " + specs[0].file, Backend: nbddisk.New(h),
+			ReadOnly: h.ReadOnly(), PreferredBlockSize: uint32(h.SectorSize()), MultiConn: true,
+		})
+	}
+	srv, err := nbd.NewServer(exports...)
+	if err != nil {
+		return err
+	}
+	srv.Logger = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	l, where, activated, err := serveListener(*socket, *listen, specs[0].file)
+	if err != nil {
+		return err
+	}
+	if !activated && l.Addr().Network() == "unix" {
+		defer os.Remove(where)
+	}
+	banner := e.stdout
+	if activated {
+		// Under socket activation stdout may belong to the client.
+		banner = e.stderr
+	}
+	printBanner(banner, l, where, exports)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	// SIGINT/SIGTERM: stop accepting, answer what is in flight, flush.
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	<-served
+	return nil
+}
+
+// exportSpecs pairs export names with files: the positional FILE takes a
+// plain --export NAME (default ""), and every --export NAME=FILE adds one.
+func exportSpecs(pos []string, flags []string) ([]exportSpec, error) {
+	var specs []exportSpec
+	mainName, mainNamed := "", false
+	for _, f := range flags {
+		if name, file, ok := strings.Cut(f, "="); ok {
+			if file == "" {
+				return nil, usagef("--export %q: no file after =", f)
+			}
+			specs = append(specs, exportSpec{name, file})
+			continue
+		}
+		if mainNamed {
+			return nil, usagef("--export NAME given twice for FILE (use NAME=FILE for more exports)")
+		}
+		mainName, mainNamed = f, true
+	}
+	if len(pos) == 1 {
+		specs = append([]exportSpec{{mainName, pos[0]}}, specs...)
+	} else if mainNamed {
+		return nil, usagef("--export %q names no FILE", mainName)
+	}
+	if len(specs) == 0 {
+		return nil, usagef("nothing to serve: give FILE or --export NAME=FILE")
+	}
+	seen := map[string]bool{}
+	for _, s := range specs {
+		if seen[s.name] {
+			return nil, usagef("export name %q used twice", s.name)
+		}
+		seen[s.name] = true
+	}
+	return specs, nil
+}
+
+// openServed opens what an export serves: a hibdisk chain writable
+// unless readOnly, or a raw image (read-write only when asked).
+func openServed(path string, readOnly, readCache bool) (*diffdisk.Disk, error) {
+	if readOnly {
+		return diffdisk.OpenImage(path)
+	}
+	return diffdisk.Open(path, diffdisk.Options{ReadCache: readCache})
+}
+
+func describe(path string, d *diffdisk.Disk) string {
+	return fmt.Sprintf("hibdisk %s: %d layer(s), %s", filepath.Base(path), d.Depth(), formatSize(d.Size()))
+}
+
+// serveListener picks the listener: an inherited socket (systemd
+// LISTEN_FDS), a TCP address, or a unix socket beside the first file.
+func serveListener(socket, listen, file string) (l net.Listener, where string, activated bool, err error) {
+	if l, ok, err := activationListener(); err != nil || ok {
+		if err != nil {
+			return nil, "", false, err
+		}
+		return l, l.Addr().String(), true, nil
+	}
+	if listen != "" {
+		host, port, err := net.SplitHostPort(listen)
+		if err != nil {
+			return nil, "", false, usagef("--listen %q: want HOST:PORT", listen)
+		}
+		if host == "" {
+			host = "127.0.0.1" // a non-loopback address only when asked for
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort(host, port))
+		if err != nil {
+			return nil, "", false, err
+		}
+		return l, l.Addr().String(), false, nil
+	}
+	if socket == "" {
+		socket = strings.TrimSuffix(file, filepath.Ext(file)) + ".sock"
+	}
+	if abs, err := filepath.Abs(socket); err == nil {
+		socket = abs
+	}
+	removeStaleSocket(socket)
+	l, err = nbd.ListenUnix(socket)
+	if err != nil {
+		return nil, "", false, err
+	}
+	return l, socket, false, nil
+}
+
+// removeStaleSocket deletes a socket file left by a server that died,
+// but never a live server's socket or a file that is not a socket.
+func removeStaleSocket(path string) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return
+	}
+	os.Remove(path)
+}
+
+// activationListener takes the first socket passed by systemd-style
+// socket activation (LISTEN_PID, LISTEN_FDS; fds start at 3), as
+// `nbdinfo -- [ hibdisk serve --nbd FILE ]` does.
+func activationListener() (net.Listener, bool, error) {
+	pid, fds := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
+	if pid == "" || fds == "" || pid != strconv.Itoa(os.Getpid()) {
+		return nil, false, nil
+	}
+	if n, err := strconv.Atoi(fds); err != nil || n < 1 {
+		return nil, false, fmt.Errorf("socket activation: LISTEN_FDS=%q", fds)
+	}
+	os.Unsetenv("LISTEN_PID")
+	os.Unsetenv("LISTEN_FDS")
+	os.Unsetenv("LISTEN_FDNAMES")
+	f := os.NewFile(3, "LISTEN_FD_3")
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, false, fmt.Errorf("socket activation: fd 3: %w", err)
+	}
+	return l, true, nil
+}
+
+// printBanner says where the exports are and how QEMU connects.
+func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export) {
+	for i, x := range exports {
+		var uri, blockdev string
+		node := fmt.Sprintf("hd%d", i)
+		exportOpt := ""
+		if x.Name != "" {
+			exportOpt = ",export=" + x.Name
+		}
+		if l.Addr().Network() == "unix" {
+			uri = fmt.Sprintf("nbd+unix:///%s?socket=%s", url.PathEscape(x.Name), where)
+			blockdev = fmt.Sprintf("-blockdev driver=nbd,node-name=%s,server.type=unix,server.path=%s%s", node, where, exportOpt)
+		} else {
+			host, port, _ := net.SplitHostPort(where)
+			uri = fmt.Sprintf("nbd://%s/%s", net.JoinHostPort(host, port), url.PathEscape(x.Name))
+			blockdev = fmt.Sprintf("-blockdev driver=nbd,node-name=%s,server.type=inet,server.host=%s,server.port=%s%s", node, host, port, exportOpt)
+		}
+		ro := ""
+		if x.ReadOnly {
+			ro = " (read-only)"
+		}
+		fmt.Fprintf(w, "export %q: %s%s\n", x.Name, x.Description, ro)
+		fmt.Fprintf(w, "  NBD URI: %s\n", uri)
+		fmt.Fprintf(w, "  QEMU:    %s -device virtio-blk-pci,drive=%s\n", blockdev, node)
+	}
+	fmt.Fprintln(w, "Serving; stop with Ctrl-C (in-flight requests finish, then the layers are flushed).")
+}
