@@ -39,4 +39,4 @@ run: build
 	scripts/run-demo.sh
 
 clean:
-	rm -rf bin build demo.db demo.db-wal demo.db-shm
+	rm -rf bin build demo.db demo.db-wal demo.db-shm demo.sock
