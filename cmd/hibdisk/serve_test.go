@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+)
+
+// requireTools skips (or, in CI, fails) when a peer is not installed.
+func requireTools(t *testing.T, pkg string, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s not found: CI must install %s (make deps)", tool, pkg)
+			}
+			t.Skipf("%s not found; install it with: apt-get install %s", tool, pkg)
+		}
+	}
+}
+
+// builtBinary is hibdisk built once for tests that need a real process
+// (kill -9, socket activation).
+var builtBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "hibdisk-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "hibdisk")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = filepath.Dir(testdata) // the package; tests chdir elsewhere
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%v: %s", err, out)
+	}
+	return bin, nil
+})
+
+func hibdiskBinary(t *testing.T) string {
+	t.Helper()
+	bin, err := builtBinary()
+	if err != nil {
+		t.Fatalf("go build: %v", err)
+	}
+	return bin
+}
+
+// startServer runs `hibdisk serve` in-process until the test ends; it
+// returns once the socket accepts connections.
+func startServer(t *testing.T, dir string, args ...string) (stop func() result) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut bytes.Buffer
+	done := make(chan int, 1)
+	sock := ""
+	for i, a := range args {
+		if a == "--socket" {
+			sock = args[i+1]
+		}
+	}
+	t.Chdir(dir)
+	go func() {
+		done <- run(ctx, append([]string{"serve", "--nbd"}, args...), &env{stdout: &out, stderr: &errOut})
+	}()
+	waitForSocket(t, sock, done)
+	var once sync.Once
+	var res result
+	stop = func() result {
+		once.Do(func() {
+			cancel()
+			code := <-done
+			res = result{out.String(), errOut.String(), code}
+		})
+		return res
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+func waitForSocket(t *testing.T, sock string, done chan int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("serve exited with %d before listening", code)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatalf("socket %s never appeared", sock)
+}
+
+func qemuIO(t *testing.T, uri string, cmds ...string) string {
+	t.Helper()
+	args := []string{"-f", "raw"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out, err := exec.Command("qemu-io", append(args, uri)...).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "Pattern verification failed") || strings.Contains(string(out), "error") {
+		t.Fatalf("qemu-io %v: %v\n%s", cmds, err, out)
+	}
+	return string(out)
+}
+
+// TestServeDiffOverRawBase: a diff layer over a raw base, served and
+// written by qemu-io, keeps every write in the top layer; the base file's
+// bytes never change; the data is there after shutdown; the socket is
+// removed.
+func TestServeDiffOverRawBase(t *testing.T) {
+	requireTools(t, "qemu-utils", "qemu-io", "qemu-img")
+	dir := testDir(t)
+	base := filepath.Join(dir, "base.img")
+	content := bytes.Repeat([]byte("golden base "), (8<<20)/12+1)[:8<<20]
+	if err := os.WriteFile(base, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustHib(t, dir, "create", "-b", "base.img", "-F", "raw", "job.db")
+	sock := filepath.Join(dir, "job.sock")
+	stop := startServer(t, dir, "--socket", sock, "job.db")
+	uri := "nbd+unix:///?socket=" + sock
+	qemuIO(t, uri,
+		"write -P 0x5a 0 64k", "read -P 0x5a 0 64k",
+		"write -P 0x33 1000 3000", "read -P 0x33 1000 3000",
+		"write -z 1M 64k", "read -P 0 1M 64k",
+		"discard 2M 64k", "read -P 0 2M 64k",
+		"write -P 0x77 8384512 4096", "read -P 0x77 8384512 4096", // the last sector
+		"aio_write -P 0x11 3M 64k", "aio_flush", "read -P 0x11 3M 64k", "flush")
+	// Unwritten parts still read the base through the export.
+	qemuIO(t, uri, "read -v 4M 12") // prints, no pattern
+	if r := stop(); r.code != 0 {
+		t.Fatalf("serve exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind after shutdown (stat: %v)", err)
+	}
+	got, err := os.ReadFile(base)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("the raw base changed (err %v)", err)
+	}
+	d, err := diffdisk.Open(filepath.Join(dir, "job.db"), diffdisk.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	want := append([]byte(nil), content...)
+	copy(want[0:], bytes.Repeat([]byte{0x5a}, 64<<10))
+	copy(want[1000:], bytes.Repeat([]byte{0x33}, 3000))
+	copy(want[1<<20:], make([]byte, 64<<10))
+	copy(want[2<<20:], make([]byte, 64<<10))
+	copy(want[3<<20:], bytes.Repeat([]byte{0x11}, 64<<10))
+	copy(want[8384512:], bytes.Repeat([]byte{0x77}, 4096))
+	view := make([]byte, len(want))
+	if _, err := d.ReadAt(view, 0); err != nil {
+		t.Fatal(err)
+	}
+	if i := firstDiff(view, want); i >= 0 {
+		t.Fatalf("after serving, the chain differs from the expected view at offset %d", i)
+	}
+	out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", base, base).CombinedOutput()
+	if err != nil {
+		t.Fatalf("qemu-img compare: %v %s", err, out)
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// TestServeFlushSurvivesKill: writes acknowledged by a FLUSH survive
+// SIGKILL of the server process.
+func TestServeFlushSurvivesKill(t *testing.T) {
+	requireTools(t, "qemu-utils", "qemu-io")
+	dir := testDir(t)
+	mustHib(t, dir, "create", "-s", "16M", "disk.db")
+	sock := filepath.Join(dir, "disk.sock")
+	cmd := exec.Command(hibdiskBinary(t), "serve", "--nbd", "--socket", sock, "disk.db")
+	cmd.Dir = dir
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan int, 1)
+	go func() { cmd.Wait(); exited <- cmd.ProcessState.ExitCode() }()
+	waitForSocket(t, sock, exited)
+	// qemu-io writes with FUA by default; the explicit flush is the
+	// guest's fsync.
+	qemuIO(t, "nbd+unix:///?socket="+sock, "write -P 0xc3 0 1M", "write -P 0x3c 5M 12k", "flush")
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-exited
+	os.Remove(sock)
+	d, err := diffdisk.Open(filepath.Join(dir, "disk.db"), diffdisk.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	p := make([]byte, 1<<20)
+	if _, err := d.ReadAt(p, 0); err != nil || !bytes.Equal(p, bytes.Repeat([]byte{0xc3}, 1<<20)) {
+		t.Fatalf("flushed data at 0 lost after kill -9 (err %v)", err)
+	}
+	p = p[:12<<10]
+	if _, err := d.ReadAt(p, 5<<20); err != nil || !bytes.Equal(p, bytes.Repeat([]byte{0x3c}, 12<<10)) {
+		t.Fatalf("flushed data at 5M lost after kill -9 (err %v)", err)
+	}
+}
+
+// TestServeSocketActivation: `nbdinfo -- [ hibdisk serve --nbd FILE ]`
+// hands hibdisk a listening socket (LISTEN_FDS) and talks to it.
+func TestServeSocketActivation(t *testing.T) {
+	requireTools(t, "libnbd-bin", "nbdinfo")
+	dir := testDir(t)
+	mustHib(t, dir, "create", "-s", "3M", "disk.db")
+	cmd := exec.Command("nbdinfo", "--size", "--", "[", hibdiskBinary(t), "serve", "--nbd", "disk.db", "]")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PATH=/usr/bin:"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(lastLine(string(out))) != "3145728" {
+		t.Fatalf("nbdinfo with socket activation: %v\n%s", err, out)
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// TestServeExports: several exports with descriptions, read-only mode,
+// and the hibernate file as its own export.
+func TestServeExports(t *testing.T) {
+	requireTools(t, "libnbd-bin", "nbdinfo")
+	requireTools(t, "qemu-utils", "qemu-io")
+	dir := testDir(t)
+	mustHib(t, dir, "create", "-s", "4M", "a.db")
+	mustHib(t, dir, "create", "-s", "8M", "b.db")
+	sock := filepath.Join(dir, "s.sock")
+	startServer(t, dir, "--socket", sock, "--export", "first", "--export", "second=b.db", "--hibernate-export", "hib", "a.db")
+	out, err := exec.Command("nbdinfo", "--list", "nbd+unix:///?socket="+sock).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nbdinfo --list: %v\n%s", err, out)
+	}
+	for _, want := range []string{`export="first"`, `export="second"`, `export="hib"`, "hibdisk b.db", "export-size: 8388608"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("nbdinfo --list lacks %q:\n%s", want, out)
+		}
+	}
+	// The hibernate export is a disk of its own: a write there lands in
+	// hibernate_blocks, not in the disk.
+	qemuIO(t, "nbd+unix:///hib?socket="+sock, "write -P 0x42 1M 4k", "read -P 0x42 1M 4k", "flush")
+	qemuIO(t, "nbd+unix:///first?socket="+sock, "read -P 0 1M 4k")
+
+	sockRO := filepath.Join(dir, "ro.sock")
+	startServer(t, dir, "--socket", sockRO, "--read-only", "b.db")
+	out, _ = exec.Command("qemu-io", "-f", "raw", "-c", "write -P 1 0 4k", "nbd+unix:///?socket="+sockRO).CombinedOutput()
+	// qemu-io opens read-write and QEMU's client refuses that on an
+	// export flagged read-only; either way nothing is written.
+	if !strings.Contains(string(out), "Operation not permitted") && !strings.Contains(string(out), "Permission denied") {
+		t.Errorf("write on a read-only export: %s", out)
+	}
+}
