@@ -190,8 +190,11 @@ func (d *Disk) read(p []byte, off int64, fill bool) error {
 	})
 }
 
-// readHeld reads through the top-sector bitmap: sectors the top may hold
-// come from the top, the rest from below, each run in one call.
+// readHeld reads through the top-sector bitmap: each run of sectors the
+// top may hold is one top read, each run it does not hold goes below.
+// Reading run by run costs a query per run, but every query reads only
+// rows that are used: reading a whole range from each layer instead reads
+// the hidden rows too, and measured slower (BenchmarkChain3SeqRead1M).
 func (d *Disk) readHeld(ix *chainIndex, p []byte, off int64, fill bool) error {
 	ss := d.sectorSize
 	end := off + int64(len(p))
