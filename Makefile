@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 # Go test timeout for the whole suite; CI allows 90 minutes, we aim far lower.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build deps lint test bench run clean
+.PHONY: all build deps lint test bench bench-nbd run clean
 
 all: build
 
@@ -34,6 +34,10 @@ test: deps lint build
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./disklayer/ ./diffdisk/
+
+# hibdisk vs qemu-nbd (qcow2 overlay) vs nbdkit memory, fio nbd engine.
+bench-nbd: deps
+	scripts/bench-nbd.sh
 
 run: build
 	scripts/run-demo.sh

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Side-by-side NBD benchmark (make bench-nbd). In one run, on one
+# filesystem, with the same data and the same client (fio's nbd engine):
+#   hibdisk   hibdisk serving a diff layer over a raw base
+#   qemu-nbd  qemu-nbd serving a qcow2 overlay over the same raw base
+#   nbdkit    nbdkit memory (the transport's ceiling)
+# Cells: 4k randread and randwrite at QD1 and QD32, 1M sequential read and
+# write at QD8; each the median of RUNS runs of SECS seconds.
+# Prints IOPS (4k) or MiB/s (1M) and the ratios hibdisk/qemu-nbd and
+# hibdisk/nbdkit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE=${SIZE:-1G}
+SECS=${SECS:-4}
+RUNS=${RUNS:-3}
+DIR=${BENCH_DIR:-/dev/shm/hibdisk-bench}
+PY=/usr/bin/python3
+
+scripts/deps.sh
+go build -o bin/hibdisk ./cmd/hibdisk
+rm -rf "$DIR" && mkdir -p "$DIR"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+echo "preparing a $SIZE raw base with data in $DIR ..." >&2
+qemu-img create -f raw "$DIR/base.raw" "$SIZE" >/dev/null
+# Fill it with non-zero data so reads are real reads everywhere.
+fio --name=fill --filename="$DIR/base.raw" --rw=write --bs=1M --size="$SIZE" \
+    --refill_buffers --buffer_compress_percentage=0 --output=/dev/null
+bin/hibdisk create -b "$DIR/base.raw" -F raw "$DIR/job.db" >/dev/null
+qemu-img create -f qcow2 -b "$DIR/base.raw" -F raw "$DIR/over.qcow2" >/dev/null
+
+bin/hibdisk serve --nbd --socket "$DIR/h.sock" "$DIR/job.db" >/dev/null & pids+=($!)
+qemu-nbd -f qcow2 -k "$DIR/q.sock" -t -e 0 --discard=unmap "$DIR/over.qcow2" & pids+=($!)
+nbdkit -f -U "$DIR/m.sock" memory "$SIZE" & pids+=($!)
+for s in h q m; do
+  for _ in $(seq 100); do [ -S "$DIR/$s.sock" ] && break; sleep 0.1; done
+done
+# nbdkit memory starts empty: give it the same data.
+nbdcopy "$DIR/base.raw" "nbd+unix:///?socket=$DIR/m.sock"
+
+run_cell() { # server-socket rw bs qd -> median IOPS or MiB/s
+  local sock=$1 rw=$2 bs=$3 qd=$4 vals=()
+  for _ in $(seq "$RUNS"); do
+    fio --name=t --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --rw="$rw" --bs="$bs" \
+        --iodepth="$qd" --runtime="$SECS" --time_based --size="$SIZE" --norandommap \
+        --output-format=json --output="$DIR/f.json" >/dev/null
+    vals+=("$($PY - "$DIR/f.json" "$bs" <<'PYEOF'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+print(side["iops"] if sys.argv[2] == "4k" else side["bw_bytes"] / 2**20)
+PYEOF
+)")
+  done
+  printf '%s\n' "${vals[@]}" | sort -g | sed -n "$(( (RUNS + 1) / 2 ))p"
+}
+
+cells=("randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 8" "write 1M 8")
+printf '%-18s %12s %12s %12s %10s %10s\n' cell hibdisk qemu-nbd nbdkit "h/qemu" "h/nbdkit"
+for c in "${cells[@]}"; do
+  read -r rw bs qd <<<"$c"
+  h=$(run_cell "$DIR/h.sock" "$rw" "$bs" "$qd")
+  q=$(run_cell "$DIR/q.sock" "$rw" "$bs" "$qd")
+  m=$(run_cell "$DIR/m.sock" "$rw" "$bs" "$qd")
+  unit=IOPS; [ "$bs" = 1M ] && unit=MiB/s
+  $PY - "$rw $bs QD$qd" "$unit" "$h" "$q" "$m" <<'PYEOF'
+import sys
+name, unit, h, q, m = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
+print(f"{name:<18} {h:>9.0f} {unit[:4]:<2} {q:>9.0f}    {m:>9.0f}    {h/q:>9.2f}x {h/m:>9.2f}x")
+PYEOF
+done
