@@ -764,3 +764,41 @@ func TestResize(t *testing.T) {
 		t.Fatalf("grown diff layer differs at %d", firstDifference(got, want))
 	}
 }
+
+func TestReadCacheOverFiles(t *testing.T) {
+	dir := testDir(t)
+	top := chainFiles(t, dir, 64<<10, 4096, true)
+	raw, err := rawlayer.Open(filepath.Join(dir, "base.img"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, raw, fill(64<<10, 0x5a), 0)
+	mustClose(t, raw)
+	// Writing the base changed its digest: re-record it, as a user would
+	// after knowingly updating a base.
+	if err := Rebase(filepath.Join(dir, "mid.db"), filepath.Join(dir, "base.img"), "raw", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := Rebase(top, filepath.Join(dir, "mid.db"), "", true); err != nil {
+		t.Fatal(err)
+	}
+	d := mustOpen(t, top, Options{ReadCache: true})
+	mustWrite(t, d, fill(4096, 0x01), 8192)
+	got := mustRead(t, d, 100, 16000)
+	want := slices.Concat(fill(8092, 0x5a), fill(4096, 0x01), fill(16000-8092-4096, 0x5a))
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read-cache read differs at %d", firstDifference(got, want))
+	}
+	mustClose(t, d)
+	// The top now holds sectors 0-3 itself: 0, 1 and 3 from the cache,
+	// 2 from the write, which the cache did not overwrite.
+	d = mustOpen(t, top, Options{ReadOnly: true})
+	defer d.Close()
+	wantTop := []disklayer.Extent{{Off: 0, Len: 16384, Kind: disklayer.Data}, {Off: 16384, Len: 49152, Kind: disklayer.Absent}}
+	if got := extentsOf(t, d.Layer(0), 0, 64<<10); !slices.Equal(got, wantTop) {
+		t.Fatalf("top after cached reads: %v, want %v", got, wantTop)
+	}
+	if got := mustRead(t, d.Layer(0), 8192, 4096); !bytes.Equal(got, fill(4096, 0x01)) {
+		t.Fatal("the cache fill overwrote the top's own write")
+	}
+}

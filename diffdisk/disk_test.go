@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
@@ -90,13 +91,7 @@ func fill(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
 
 func TestConformanceMemStack(t *testing.T) {
 	indexModes(t, func(t *testing.T, noIndex bool) {
-		layertest.Run(t, layertest.Factory{
-			New: func(t *testing.T, size int64, sectorSize int, hasParent bool) disklayer.Disk {
-				return composeMem(t, Options{}, noIndex, memStack(t, size, sectorSize, 3, hasParent)...)
-			},
-			SectorSizes: []int{512, 4096},
-			WithParent:  true,
-		})
+		layertest.Run(t, memStackFactory(noIndex))
 	})
 }
 
@@ -493,4 +488,57 @@ func ExampleNew() {
 	d.ReadAt(p, 0)
 	fmt.Println(string(p))
 	// Output: Golden
+}
+
+// memStackFactory is the conformance factory for 3-deep memlayer stacks.
+func memStackFactory(noIndex bool) layertest.Factory {
+	return layertest.Factory{
+		New: func(t *testing.T, size int64, sectorSize int, hasParent bool) disklayer.Disk {
+			return composeMem(t, Options{}, noIndex, memStack(t, size, sectorSize, 3, hasParent)...)
+		},
+		SectorSizes: []int{512, 4096},
+		WithParent:  true,
+	}
+}
+
+func FuzzStackOps(f *testing.F) { layertest.FuzzOps(f, memStackFactory(false)) }
+
+func FuzzStackOpsWalk(f *testing.F) { layertest.FuzzOps(f, memStackFactory(true)) }
+
+// TestConcurrentPartialWritesToOneSector: writers of different bytes of
+// the same sector race through read-modify-write; every byte must survive.
+func TestConcurrentPartialWritesToOneSector(t *testing.T) {
+	indexModes(t, func(t *testing.T, noIndex bool) {
+		const ss, writers = 4096, 64
+		ls := memStack(t, 2*ss, ss, 3, false)
+		mustWrite(t, ls[2], fill(2*ss, 0xff), 0)
+		d := composeMem(t, Options{}, noIndex, ls...)
+		defer d.Close()
+		var wg sync.WaitGroup
+		errs := make(chan error, writers)
+		for i := range writers {
+			wg.Go(func() {
+				// Writer i owns bytes [i*50, i*50+50): all inside sector 0
+				// except the last writers, which straddle into sector 1.
+				if _, err := d.WriteAt(fill(50, byte(i)), ss-writers*50/2+int64(i)*50); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		got := mustRead(t, d, 0, 2*ss)
+		start := ss - writers*50/2
+		for i := range writers {
+			if part := got[start+i*50 : start+i*50+50]; !bytes.Equal(part, fill(50, byte(i))) {
+				t.Fatalf("writer %d's bytes were lost: %x", i, part[:8])
+			}
+		}
+		if !bytes.Equal(got[:start], fill(start, 0xff)) || !bytes.Equal(got[start+writers*50:], fill(2*ss-start-writers*50, 0xff)) {
+			t.Fatal("base bytes around the writes were lost")
+		}
+	})
 }
