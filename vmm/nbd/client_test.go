@@ -322,3 +322,10 @@ func (c *rawClient) readStructured(handle uint64, off uint64, length int) ([]byt
 	}
 	return data, types, errno
 }
+
+// read sends a READ without flags and reads its structured reply.
+func (c *rawClient) read(handle uint64, off uint64, length int) ([]byte, []uint16, Errno) {
+	c.t.Helper()
+	c.request(cmdRead, 0, handle, off, uint32(length), nil)
+	return c.readStructured(handle, off, length)
+}
