@@ -154,6 +154,11 @@ func BenchmarkChain3SeqRead1MWalk(b *testing.B) { benchSeqRead(b, benchFiles(b).
 // layer (a 3-deep chain) or a base (single), so runs do not disturb each
 // other.
 func benchWrite(b *testing.B, chain bool, size int, random bool) {
+	benchModify(b, chain, size, random, false)
+}
+
+// benchModify writes, or with zero calls Zero, size bytes at a time.
+func benchModify(b *testing.B, chain bool, size int, random, zero bool) {
 	f := benchFiles(b)
 	path := filepath.Join(b.TempDir(), "w.db")
 	opts := CreateOptions{Size: benchSize}
@@ -181,7 +186,11 @@ func benchWrite(b *testing.B, chain bool, size int, random bool) {
 		} else {
 			off = (off + int64(size)) % benchSize
 		}
-		if _, err := d.WriteAt(p, off); err != nil {
+		if zero {
+			if err := d.Zero(off, int64(size)); err != nil {
+				b.Fatal(err)
+			}
+		} else if _, err := d.WriteAt(p, off); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -212,4 +221,40 @@ func BenchmarkIndexBuild(b *testing.B) {
 		d.Close()
 	}
 	b.ReportMetric(float64(benchSize/benchSector), "sectors")
+}
+
+// Zero over a fresh layer: a base drops rows (there are none), a diff
+// layer writes a tombstone per sector, which is what keeps lower data
+// hidden. The difference is the cost of never dropping tombstones in a
+// diff layer.
+func BenchmarkSingleZero1M(b *testing.B) { benchModify(b, false, 1<<20, false, true) }
+func BenchmarkChain3Zero1M(b *testing.B) { benchModify(b, true, 1<<20, false, true) }
+
+// BenchmarkChain3Zero1MNothingBelow zeroes a diff layer over empty
+// layers: no sector shows anything, so no tombstone is written.
+func BenchmarkChain3Zero1MNothingBelow(b *testing.B) {
+	dir := b.TempDir()
+	base, mid, top := filepath.Join(dir, "base.db"), filepath.Join(dir, "mid.db"), filepath.Join(dir, "top.db")
+	for _, step := range []func() error{
+		func() error { return Create(base, CreateOptions{Size: benchSize}) },
+		func() error { return Create(mid, CreateOptions{Backing: base}) },
+		func() error { return Create(top, CreateOptions{Backing: mid}) },
+	} {
+		if err := step(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d, err := Open(top, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	b.SetBytes(1 << 20)
+	off := int64(0)
+	for b.Loop() {
+		if err := d.Zero(off, 1<<20); err != nil {
+			b.Fatal(err)
+		}
+		off = (off + 1<<20) % benchSize
+	}
 }

@@ -349,9 +349,12 @@ func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 		return 0, nil
 	}
 	err := d.modify(off, int64(len(p)),
-		func(at, length int64) error {
-			_, err := d.top.WriteAt(p[at-off:at-off+length], at)
-			return err
+		func(ix *chainIndex, at, length int64) error {
+			if _, err := d.top.WriteAt(p[at-off:at-off+length], at); err != nil {
+				return err
+			}
+			d.markHeld(ix, at, at+length)
+			return nil
 		},
 		func(sector []byte, at int64) {
 			copy(sector, p[at-off:])
@@ -372,8 +375,7 @@ func (d *Disk) Zero(off, length int64) error {
 	if length == 0 {
 		return nil
 	}
-	err := d.modify(off, length,
-		d.top.Zero,
+	err := d.modify(off, length, d.zeroShown,
 		func(sector []byte, at int64) {
 			clear(sector[:min(int64(len(sector)), off+length-at)])
 		})
@@ -383,32 +385,77 @@ func (d *Disk) Zero(off, length int64) error {
 	return nil
 }
 
-// modify changes [off, off+length) in the top: whole sectors through
-// aligned (which receives a sector-aligned sub-range), partial sectors by
-// reading the sector through the chain, applying change to the part from
-// the range's start in that sector on, and writing the sector back.
-func (d *Disk) modify(off, length int64, aligned func(at, length int64) error, change func(sector []byte, at int64)) error {
-	if len(d.layers) == 1 {
-		// Nothing below: the layer's own read-modify-write is the chain's.
-		return aligned(off, length)
+// zeroShown zeroes the whole sectors of [off, off+length) that could read
+// as anything but zeros: those the top may hold and those where a lower
+// layer has data. Everywhere else the chain reads zeros already, and a
+// tombstone would be a row that hides nothing; skipping those sectors
+// makes trimming a fresh diff layer nearly free (BenchmarkChain3Zero1M).
+// Without a complete index every sector gets its tombstone.
+func (d *Disk) zeroShown(ix *chainIndex, off, length int64) error {
+	if ix == nil || ix.held == nil || !ix.lowerOK {
+		if err := d.top.Zero(off, length); err != nil {
+			return err
+		}
+		d.markHeld(ix, off, off+length)
+		return nil
 	}
+	ss := d.sectorSize
+	end := off + length
+	shown := func(s int64) bool {
+		if ix.held.get(s / ss) {
+			return true
+		}
+		for i := ix.firstRun(s); i < len(ix.lower) && ix.lower[i].off < s+ss; i++ {
+			if ix.lower[i].kind == disklayer.Data {
+				return true
+			}
+		}
+		return false
+	}
+	for s := off; s < end; {
+		if !shown(s) {
+			s += ss
+			continue
+		}
+		runEnd := s + ss
+		for runEnd < end && shown(runEnd) {
+			runEnd += ss
+		}
+		if err := d.top.Zero(s, runEnd-s); err != nil {
+			return err
+		}
+		d.markHeld(ix, s, runEnd)
+		s = runEnd
+	}
+	return nil
+}
+
+// markHeld records in the index that the top may now hold the sectors of
+// [from, to).
+func (d *Disk) markHeld(ix *chainIndex, from, to int64) {
+	if ix != nil && ix.held != nil {
+		ix.held.set(from/d.sectorSize, (to+d.sectorSize-1)/d.sectorSize)
+	}
+}
+
+// modify changes [off, off+length) in the top: whole sectors through
+// aligned (which receives a sector-aligned sub-range and records what it
+// wrote with markHeld), partial sectors by reading the sector through the
+// chain, applying change to the part from the range's start in that
+// sector on, and writing the sector back.
+func (d *Disk) modify(off, length int64, aligned func(ix *chainIndex, at, length int64) error, change func(sector []byte, at int64)) error {
 	ix, err := d.chainIndex()
 	if err != nil {
 		return err
 	}
+	if len(d.layers) == 1 {
+		// Nothing below: the layer's own read-modify-write is the chain's.
+		return aligned(ix, off, length)
+	}
 	ss := d.sectorSize
 	end := off + length
-	mark := func(from, to int64) {
-		if ix != nil && ix.held != nil {
-			ix.held.set(from/ss, (to+ss-1)/ss)
-		}
-	}
 	if off%ss == 0 && end%ss == 0 {
-		if err := aligned(off, length); err != nil {
-			return err
-		}
-		mark(off, end)
-		return nil
+		return aligned(ix, off, length)
 	}
 
 	d.rmw.Lock()
@@ -423,7 +470,7 @@ func (d *Disk) modify(off, length int64, aligned func(at, length int64) error, c
 		if _, err := d.top.WriteAt(sector, base); err != nil {
 			return err
 		}
-		mark(base, base+ss)
+		d.markHeld(ix, base, base+ss)
 		return nil
 	}
 	pos := off
@@ -434,10 +481,9 @@ func (d *Disk) modify(off, length int64, aligned func(at, length int64) error, c
 		pos = min(pos/ss*ss+ss, end)
 	}
 	if middleEnd := end / ss * ss; middleEnd > pos {
-		if err := aligned(pos, middleEnd-pos); err != nil {
+		if err := aligned(ix, pos, middleEnd-pos); err != nil {
 			return err
 		}
-		mark(pos, middleEnd)
 		pos = middleEnd
 	}
 	if pos < end {

@@ -542,3 +542,35 @@ func TestConcurrentPartialWritesToOneSector(t *testing.T) {
 		}
 	})
 }
+
+// TestZeroSkipsSectorsThatShowNothing: with the index, Zero writes
+// tombstones only where something could show through; without it, every
+// sector gets one. Both read zeros.
+func TestZeroSkipsSectorsThatShowNothing(t *testing.T) {
+	indexModes(t, func(t *testing.T, noIndex bool) {
+		const ss = 512
+		ls := memStack(t, 8*ss, ss, 3, false)
+		mustWrite(t, ls[2], fill(ss, 0xbb), 0) // base: sector 0
+		d := composeMem(t, Options{}, noIndex, ls...)
+		defer d.Close()
+		mustWrite(t, d, fill(ss, 0x11), 4*ss) // top: sector 4
+		if err := d.Zero(0, 8*ss); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustRead(t, d, 0, 8*ss); !bytes.Equal(got, make([]byte, 8*ss)) {
+			t.Fatal("chain does not read zeros after Zero")
+		}
+		want := []disklayer.Extent{
+			{Off: 0, Len: ss, Kind: disklayer.Zero},
+			{Off: ss, Len: 3 * ss, Kind: disklayer.Absent},
+			{Off: 4 * ss, Len: ss, Kind: disklayer.Zero},
+			{Off: 5 * ss, Len: 3 * ss, Kind: disklayer.Absent},
+		}
+		if noIndex {
+			want = []disklayer.Extent{{Off: 0, Len: 8 * ss, Kind: disklayer.Zero}}
+		}
+		if got := extentsOf(t, ls[0], 0, 8*ss); !slices.Equal(got, want) {
+			t.Fatalf("top extents after Zero: %v, want %v", got, want)
+		}
+	})
+}

@@ -15,7 +15,11 @@
 // reads that sector through the whole chain, merges, and writes the full
 // sector to the top (read-modify-write through the stack), so bytes of a
 // lower layer outside the written range survive. Zero writes tombstones,
-// which hide lower data; an all-zero write is a Zero.
+// which hide lower data, over the sectors where something could show
+// through (the top holds a row, or a lower layer has data); where the
+// chain reads zeros already it writes nothing, so trimming a fresh diff
+// layer adds no rows. An all-zero write is stored as tombstones by the
+// top layer's own row rule.
 //
 // In read-cache mode (Options.ReadCache) every read also copies what it
 // found below into the top through disklayer.ReadCacher.FillAbsent, which
