@@ -9,7 +9,7 @@
 //	func FuzzOps(f *testing.F)          { layertest.FuzzOps(f, factory) }
 //
 // Randomized subtests print their seed when they fail; replay one with
-// -layertest.seed=N (and -run to pick the subtest).
+// -layertest.seed=N after the package (and -run to pick the subtest).
 package layertest
 
 import (
@@ -113,7 +113,7 @@ func seed(t *testing.T) uint64 {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("seed %d: replay with -run '^%s$' -layertest.seed=%d", s, regexpPath(t.Name()), s)
+			t.Logf("seed %d; replay with: go test -run '^%s$' <package> -layertest.seed=%d", s, regexpPath(t.Name()), s)
 		}
 	})
 	return s
