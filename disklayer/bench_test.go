@@ -67,6 +67,11 @@ var benchFixtures struct {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	for _, p := range benchFixtures.paths {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			os.Remove(p + suffix)
+		}
+	}
 	if benchFixtures.dir != "" && *benchDir == "" {
 		os.RemoveAll(benchFixtures.dir)
 	}
