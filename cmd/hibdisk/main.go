@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"syscall"
@@ -50,8 +51,18 @@ func usagef(format string, args ...any) error {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// HIBDISK_CPUPROFILE=FILE profiles a whole command (make bench-nbd
+	// uses it to see where a slow cell spends its time).
+	if path := os.Getenv("HIBDISK_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	code := run(ctx, os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr, isTerminal: isTerminal(os.Stderr)})
 	stop()
+	pprof.StopCPUProfile()
 	os.Exit(code)
 }
 
