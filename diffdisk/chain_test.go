@@ -34,7 +34,7 @@ func checkOnCleanup(t *testing.T, dir string) {
 			if ok, err := disklayer.IsLayer(path); err != nil || !ok {
 				continue
 			}
-			r, err := disklayer.CheckWith(path, disklayer.CheckOptions{VerifyRawParent: verifyRawDigest})
+			r, err := Check(path)
 			if err != nil {
 				t.Errorf("check %s: %v", path, err)
 				continue
@@ -64,17 +64,6 @@ func checkOnCleanup(t *testing.T, dir string) {
 var brokenParents sync.Map
 
 func parentBroken(path string) { brokenParents.Store(path, struct{}{}) }
-
-func verifyRawDigest(parentPath string, ref disklayer.ParentRef) error {
-	digest, err := rawlayer.Digest(parentPath)
-	if err != nil {
-		return err
-	}
-	if digest != ref.Digest {
-		return fmt.Errorf("digest %s recorded, file has %s", ref.Digest, digest)
-	}
-	return nil
-}
 
 // testDir is a fresh directory whose layers are checked at the end.
 func testDir(t *testing.T) string {
