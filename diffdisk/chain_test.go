@@ -489,7 +489,7 @@ func TestCommitIntoHibdiskParent(t *testing.T) {
 	mustClose(t, d)
 	before := chainContent(t, top)
 
-	if err := Commit(top); err != nil {
+	if err := Commit(top, CommitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := chainContent(t, mid); !bytes.Equal(got, before) {
@@ -498,6 +498,7 @@ func TestCommitIntoHibdiskParent(t *testing.T) {
 	if got := chainContent(t, top); !bytes.Equal(got, before) {
 		t.Fatalf("top after commit reads differently at %d", firstDifference(got, before))
 	}
+	assertEmptyLayer(t, top)
 	// The tombstones became tombstones in mid, which has a parent.
 	md := mustOpen(t, mid, Options{ReadOnly: true})
 	defer md.Close()
@@ -520,7 +521,7 @@ func TestCommitIntoLargerHibdiskBase(t *testing.T) {
 	d := mustOpen(t, top, Options{})
 	mustWrite(t, d, fill(4096, 7), 12288)
 	mustClose(t, d)
-	if err := Commit(top); err != nil {
+	if err := Commit(top, CommitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	want := slices.Concat(make([]byte, 12288), fill(4096, 7))
@@ -546,7 +547,7 @@ func TestCommitIntoRawParent(t *testing.T) {
 	mustClose(t, d)
 	before := chainContent(t, top)
 
-	if err := Commit(top); err != nil {
+	if err := Commit(top, CommitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := os.ReadFile(base)
@@ -560,13 +561,58 @@ func TestCommitIntoRawParent(t *testing.T) {
 	if got := chainContent(t, top); !bytes.Equal(got, before) {
 		t.Fatal("chain after commit reads differently")
 	}
+	assertEmptyLayer(t, top)
+}
+
+// assertEmptyLayer checks that the layer at path holds no disk rows.
+func assertEmptyLayer(t *testing.T, path string) {
+	t.Helper()
+	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DataSectors != 0 || st.TombstoneSectors != 0 {
+		t.Fatalf("%s after commit holds %d data rows and %d tombstones, want none", path, st.DataSectors, st.TombstoneSectors)
+	}
+}
+
+// TestCommitKeep: with Keep the committed layer keeps its rows (qemu-img
+// commit -d) and still reads the same.
+func TestCommitKeep(t *testing.T) {
+	dir := testDir(t)
+	base, top := filepath.Join(dir, "base.db"), filepath.Join(dir, "top.db")
+	mustCreate(t, base, CreateOptions{Size: 16384})
+	mustCreate(t, top, CreateOptions{Backing: base})
+	d := mustOpen(t, top, Options{})
+	mustWrite(t, d, fill(4096, 9), 4096)
+	mustClose(t, d)
+	if err := Commit(top, CommitOptions{Keep: true}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := disklayer.Open(top, disklayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if st, err := f.Stats(); err != nil || st.DataSectors != 1 {
+		t.Fatalf("top after commit with Keep: %+v, %v; want its one data row", st, err)
+	}
+	want := slices.Concat(make([]byte, 4096), fill(4096, 9), make([]byte, 8192))
+	if got := chainContent(t, base); !bytes.Equal(got, want) {
+		t.Fatal("base after commit with Keep lacks the data")
+	}
 }
 
 func TestCommitNeedsParent(t *testing.T) {
 	dir := testDir(t)
 	base := filepath.Join(dir, "base.db")
 	mustCreate(t, base, CreateOptions{Size: 8192})
-	if err := Commit(base); !errors.Is(err, disklayer.ErrInvalid) {
+	if err := Commit(base, CommitOptions{}); !errors.Is(err, disklayer.ErrInvalid) {
 		t.Fatalf("commit of a base layer: %v, want ErrInvalid", err)
 	}
 }

@@ -28,20 +28,30 @@ const copyChunk = 1 << 20
 //     true)` re-records the parent, after which Commit can be run again.
 //
 // A parent smaller than the layer grows to the layer's size (as
-// qemu-img commit does). The layer is left as it was: after the commit
-// its rows duplicate what the parent now holds, so its view is unchanged
-// and it stays valid (qemu-img commit -d). Other layers built on the
+// qemu-img commit does). Then the layer is emptied (its disk rows, and
+// its hibernate blocks when they went into a hibdisk parent), as
+// qemu-img commit empties the top: its view is unchanged, because the
+// parent now holds what it held. With opts.Keep the rows stay (qemu-img
+// commit -d); an interrupted commit leaves them too, which is just as
+// valid. Other layers built on the
 // parent see the committed data: for a hibdisk parent nothing detects
 // that (its uuid is unchanged, as with qcow2), for a raw parent their
 // recorded digest no longer matches and Open refuses them.
-func Commit(path string) error {
-	if err := commit(path); err != nil {
+func Commit(path string, opts CommitOptions) error {
+	if err := commit(path, opts); err != nil {
 		return fmt.Errorf("commit %q: %w", path, err)
 	}
 	return nil
 }
 
-func commit(path string) (err error) {
+// CommitOptions control Commit.
+type CommitOptions struct {
+	// Keep leaves the committed layer's rows in place instead of
+	// emptying it (qemu-img commit -d).
+	Keep bool
+}
+
+func commit(path string, opts CommitOptions) (err error) {
 	d, err := openChain(path, Options{}, true)
 	if err != nil {
 		return err
@@ -69,9 +79,14 @@ func commit(path string) (err error) {
 		}
 		if size := parent.Size(); size != ref.Size {
 			ref.Size = size
-			return top.SetParent(&ref)
+			if err := top.SetParent(&ref); err != nil {
+				return err
+			}
 		}
-		return nil
+		if opts.Keep {
+			return nil
+		}
+		return top.Empty()
 	case disklayer.Disk:
 		parentPath := d.meta[1].path
 		if top.Size() > parent.Size() {
@@ -101,7 +116,14 @@ func commit(path string) (err error) {
 			return err
 		}
 		ref.Size, ref.Digest = parent.Size(), digest
-		return top.SetParent(&ref)
+		if err := top.SetParent(&ref); err != nil {
+			return err
+		}
+		if opts.Keep {
+			return nil
+		}
+		// The hibernate blocks stay: a raw file has nowhere to keep them.
+		return top.EmptyDisk()
 	}
 	return fmt.Errorf("backing layer %T is not writable: %w", d.layers[1], disklayer.ErrInvalid)
 }

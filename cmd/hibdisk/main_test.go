@@ -181,6 +181,10 @@ func TestChainTranscript(t *testing.T) {
 
 	golden(t, "commit.txt", mustHib(t, dir, "commit", "job.db"))
 	mustHib(t, dir, "compare", "base.db", "job.img")
+	mustHib(t, dir, "compare", "job.db", "job.img")
+	if got := mustHib(t, dir, "info", "job.db"); !strings.Contains(got, "data sectors: 0 (0 B)\ntombstones: 0") {
+		t.Errorf("commit did not empty job.db:\n%s", got)
+	}
 	golden(t, "resize.txt", mustHib(t, dir, "resize", "job.db", "+1M"))
 	if got := mustHib(t, dir, "info", "--json", "job.db"); !strings.Contains(got, `"virtual-size": 9437184`) {
 		t.Errorf("after resize +1M, info says:\n%s", got)
