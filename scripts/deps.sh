@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages hibdisk's tests and benchmarks run against
-# (the real peers: QEMU, libnbd, nbdkit, fio, e2fsprogs) when any is missing.
+# (the real peers: QEMU, libnbd, nbdkit, fio; filesystem tools for the
+# inspection tests; xz for the guest kernel's modules) when any is missing.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 
@@ -17,6 +18,16 @@ declare -A need=(
   [fio]=fio
   [mkfs.ext4]=e2fsprogs
   [debugfs]=e2fsprogs
+  [e2fsck]=e2fsprogs
+  [mkfs.vfat]=dosfstools
+  [mcopy]=mtools
+  [xorriso]=xorriso
+  [mksquashfs]=squashfs-tools
+  [sfdisk]=fdisk
+  [sgdisk]=gdisk
+  [xz]=xz-utils
+  [dpkg-deb]=dpkg
+  [apt-get]=apt
 )
 missing=()
 for cmd in "${!need[@]}"; do
