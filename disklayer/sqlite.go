@@ -227,6 +227,11 @@ type engine struct {
 
 	begin, beginRead, commit, rollback *sqlite3.Stmt
 	tables                             []*blockTable
+
+	// ckpt checkpoints in the background (writable opens only);
+	// uncheckpointed counts the bytes committed since the last request.
+	ckpt           *checkpointer
+	uncheckpointed int64
 }
 
 // Create makes a new layer file at path and returns it open for writing.
@@ -442,6 +447,12 @@ func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 			return nil, fmt.Errorf("open layer %q: prepare %s: %w", path, s.sql, err)
 		}
 	}
+	if !readOnly {
+		if err := startBackgroundCheckpoints(e); err != nil {
+			e.closeStatements()
+			return nil, fmt.Errorf("open layer %q: %w", path, err)
+		}
+	}
 	f := &File{eng: e}
 	f.disk, err = newBlockTable(e, "sectors", "sector", info.SectorSize, info.DiskSize)
 	if err == nil {
@@ -449,9 +460,27 @@ func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 	}
 	if err != nil {
 		e.closeStatements()
+		if e.ckpt != nil {
+			e.ckpt.stop()
+		}
 		return nil, fmt.Errorf("open layer %q: %w", path, mapStoreError(err))
 	}
 	return f, nil
+}
+
+// startBackgroundCheckpoints moves WAL checkpoints off the request path:
+// the engine's connection stops checkpointing by itself, and a
+// checkpointer does it when enough has been committed.
+func startBackgroundCheckpoints(e *engine) error {
+	if err := e.conn.Exec("PRAGMA wal_autocheckpoint=0"); err != nil {
+		return fmt.Errorf("disable automatic checkpoints: %w", err)
+	}
+	c, err := startCheckpointer(e.path)
+	if err != nil {
+		return err
+	}
+	e.ckpt = c
+	return nil
 }
 
 // setInfo publishes a committed layer row. Called with mu held (or
@@ -664,6 +693,11 @@ func (f *File) Close() error {
 		e.inTx = false
 	}
 	e.closeStatements()
+	if e.ckpt != nil {
+		if cerr := e.ckpt.stop(); cerr != nil && err == nil {
+			err = fmt.Errorf("close layer %q: checkpoint: %w", e.path, cerr)
+		}
+	}
 	if cerr := e.conn.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close layer %q: %w", e.path, cerr)
 	}
@@ -728,10 +762,20 @@ func (e *engine) commitLocked(op string) error {
 	if !e.inTx {
 		return nil
 	}
+	committed := e.pendingBytes
 	err := e.commit.Exec()
 	if err == nil {
 		e.inTx = false
 		e.pendingBytes = 0
+		if e.ckpt != nil {
+			// Count at least a page per commit, so that many small
+			// commits (FUA writes, frequent flushes) are checkpointed too.
+			e.uncheckpointed += max(committed, 4096)
+			if e.uncheckpointed >= checkpointBytes {
+				e.uncheckpointed = 0
+				e.ckpt.request()
+			}
+		}
 		return nil
 	}
 	if !e.conn.GetAutocommit() {
