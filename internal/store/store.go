@@ -10,8 +10,16 @@
 //     Migration i (1-based) runs in its own transaction together with the
 //     user_version update, so a crash leaves the database at version i-1 or
 //     i, never in between.
+//   - Every applied migration is recorded in the migrations table
+//     (version, name, applied_at) in the same transaction. The table is
+//     created by the first migration that runs; databases migrated before
+//     it existed lack rows for their early versions, which
+//     AppliedMigrations reports as not recorded.
 //   - A database whose user_version is larger than the number of known
 //     migrations is refused (ErrNewerSchema), never modified.
+//   - A read-only open never migrates. It accepts a schema older than the
+//     current one only down to Options.ReadableFrom (ErrNeedsMigration
+//     otherwise).
 //   - Create never leaves a partly initialised file at the requested path:
 //     the database is built under a temporary name and linked into place,
 //     which also refuses an existing path atomically.
@@ -28,6 +36,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/ncruces/go-sqlite3"
 )
@@ -53,7 +63,7 @@ var (
 	ErrNewerSchema = errors.New("schema newer than this build")
 	// ErrNeedsMigration: a read-only open of a database at an older schema
 	// version, which cannot be migrated without writing.
-	ErrNeedsMigration = errors.New("schema needs migration; open it writable once")
+	ErrNeedsMigration = errors.New("schema needs migration; open it writable once (hibdisk check --repair)")
 )
 
 // Header is the part of the 100-byte SQLite database header that hibdisk
@@ -153,6 +163,10 @@ type Options struct {
 	// Migrations is the ordered schema history; the schema version is the
 	// number applied.
 	Migrations []Migration
+	// ReadableFrom is the oldest schema version a read-only open accepts
+	// without migrating, for schemas whose later migrations only add
+	// tables the opener can do without. 0 means only the current version.
+	ReadableFrom int
 	// Init, if set, runs once in Create after the migrations, in its own
 	// transaction, before the file appears at its path: a database whose
 	// creation was interrupted never exists half-initialised.
@@ -208,8 +222,10 @@ func prepareExisting(conn *sqlite3.Conn, path string, opts Options) error {
 	switch {
 	case int(version) > len(opts.Migrations):
 		return fmt.Errorf("open %q: schema version %d, this build knows up to %d: %w", path, version, len(opts.Migrations), ErrNewerSchema)
-	case int(version) < len(opts.Migrations) && opts.ReadOnly:
+	case opts.ReadOnly && int(version) < len(opts.Migrations) && (opts.ReadableFrom == 0 || int(version) < opts.ReadableFrom):
 		return fmt.Errorf("open %q: schema version %d, current is %d: %w", path, version, len(opts.Migrations), ErrNeedsMigration)
+	case opts.ReadOnly:
+		return nil // never migrate read-only; ReadableFrom allowed this version
 	}
 	return migrate(conn, path, int(version), opts.Migrations)
 }
@@ -321,7 +337,64 @@ func runMigration(conn *sqlite3.Conn, version int, m Migration) (err error) {
 	if err := m.Apply(conn); err != nil {
 		return err
 	}
+	if err := recordMigration(conn, version, m.Name); err != nil {
+		return fmt.Errorf("record in the migrations table: %w", err)
+	}
 	return conn.Exec(fmt.Sprintf("PRAGMA user_version=%d", version))
+}
+
+// migrationsTable records applied migrations; see AppliedMigrations.
+const migrationsTable = `CREATE TABLE IF NOT EXISTS migrations (
+  version    INTEGER PRIMARY KEY,
+  name       TEXT NOT NULL,
+  applied_at TEXT NOT NULL
+)`
+
+func recordMigration(conn *sqlite3.Conn, version int, name string) error {
+	if err := conn.Exec(migrationsTable); err != nil {
+		return err
+	}
+	stmt, _, err := conn.Prepare(`INSERT INTO migrations (version, name, applied_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (version) DO UPDATE SET name = excluded.name, applied_at = excluded.applied_at`)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	stmt.BindInt64(1, int64(version))
+	stmt.BindText(2, name)
+	stmt.BindText(3, time.Now().UTC().Format(time.RFC3339))
+	return stmt.Exec()
+}
+
+// AppliedMigration is one row of the migrations table.
+type AppliedMigration struct {
+	Version   int
+	Name      string
+	AppliedAt time.Time
+}
+
+// AppliedMigrations returns the migrations table in version order. A
+// database migrated before the table existed has no rows for those
+// versions (and no table at all if nothing was migrated since): the
+// result is then shorter than user_version.
+func AppliedMigrations(conn *sqlite3.Conn) ([]AppliedMigration, error) {
+	stmt, _, err := conn.Prepare(`SELECT version, name, applied_at FROM migrations ORDER BY version`)
+	if err != nil {
+		if errors.Is(err, sqlite3.ERROR) && strings.Contains(err.Error(), "no such table") {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("read the migrations table: %w", err)
+	}
+	defer stmt.Close()
+	var out []AppliedMigration
+	for stmt.Step() {
+		at, _ := time.Parse(time.RFC3339, stmt.ColumnText(2))
+		out = append(out, AppliedMigration{Version: stmt.ColumnInt(0), Name: stmt.ColumnText(1), AppliedAt: at})
+	}
+	if err := stmt.Err(); err != nil {
+		return nil, fmt.Errorf("read the migrations table: %w", err)
+	}
+	return out, nil
 }
 
 func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {

@@ -222,3 +222,89 @@ func TestReadOnlyNeedsMigration(t *testing.T) {
 		t.Error("write through a read-only connection succeeded")
 	}
 }
+
+func TestMigrationsTableRecordsEachVersion(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	var applied []string
+	migrations := testMigrations(&applied)
+	c, err := Create(path, Options{Migrations: migrations[:1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	c, err = Open(path, Options{Migrations: migrations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := AppliedMigrations(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Version != 1 || got[0].Name != "one" || got[1].Version != 2 || got[1].Name != "two" {
+		t.Fatalf("migrations table = %+v, want versions 1 (one) and 2 (two)", got)
+	}
+	for _, m := range got {
+		if m.AppliedAt.IsZero() {
+			t.Errorf("migration %d has no applied_at", m.Version)
+		}
+	}
+}
+
+func TestMigrationsTableRolledBackWithFailedMigration(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	// A database migrated before the migrations table existed: version 1,
+	// no table.
+	c, err := Create(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Exec("CREATE TABLE a (x INTEGER); PRAGMA user_version=1"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	var applied []string
+	migrations := testMigrations(&applied)
+	failing := append(migrations[:1:1], Migration{Name: "broken", Apply: func(*sqlite3.Conn) error { return errors.New("boom") }})
+	if _, err := Open(path, Options{Migrations: failing}); err == nil {
+		t.Fatal("Open with a failing migration succeeded")
+	}
+	c, err = Open(path, Options{Migrations: migrations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := AppliedMigrations(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Version 1 predates the table; only version 2 is recorded, and the
+	// failed attempt left nothing.
+	if len(got) != 1 || got[0].Version != 2 || got[0].Name != "two" {
+		t.Fatalf("migrations table = %+v, want only version 2 (two)", got)
+	}
+}
+
+func TestReadOnlyReadableFrom(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	var applied []string
+	migrations := testMigrations(&applied)
+	c, err := Create(path, Options{Migrations: migrations[:1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	applied = nil
+	c, err = Open(path, Options{ReadOnly: true, Migrations: migrations, ReadableFrom: 1})
+	if err != nil {
+		t.Fatalf("read-only open of version 1 with ReadableFrom 1: %v", err)
+	}
+	v, _ := PragmaInt(c, "user_version")
+	c.Close()
+	if v != 1 || len(applied) != 0 {
+		t.Errorf("read-only open migrated: user_version %d, applied %v", v, applied)
+	}
+	if _, err := Open(path, Options{ReadOnly: true, Migrations: append(migrations, Migration{Name: "three", Apply: func(*sqlite3.Conn) error { return nil }}), ReadableFrom: 2}); !errors.Is(err, ErrNeedsMigration) {
+		t.Errorf("read-only open of version 1 with ReadableFrom 2: %v, want ErrNeedsMigration", err)
+	}
+}
