@@ -20,10 +20,23 @@ import (
 // shuts the server down when the test ends.
 func startServer(t testing.TB, exports ...Export) (*Server, string) {
 	t.Helper()
+	return startServerWith(t, func(*Server) {}, exports...)
+}
+
+// startWorkerServer is startServer with every backend call on a worker
+// goroutine, for backends that block until other requests arrive.
+func startWorkerServer(t testing.TB, exports ...Export) (*Server, string) {
+	t.Helper()
+	return startServerWith(t, func(s *Server) { s.inlineLimit = 0 }, exports...)
+}
+
+func startServerWith(t testing.TB, configure func(*Server), exports ...Export) (*Server, string) {
+	t.Helper()
 	s, err := NewServer(exports...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	configure(s)
 	dir, err := os.MkdirTemp("", "nbd")
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,13 @@ import (
 	"time"
 )
 
+// Requests whose backend calls took less than this on average are
+// executed by the reader itself: handing a request to another goroutine
+// costs more than that in wakeups (on 2 cores, inline execution doubles
+// the IOPS of an in-memory backend at queue depth 1 and 32). Slower
+// backends get the worker pool, so that requests overlap.
+const inlineMaxLatency = 50 * time.Microsecond
+
 // Per-connection concurrency limits. QEMU keeps at most 16 requests in
 // flight; more are accepted and queued, and the byte budget bounds the
 // payload memory one client can pin (a request of MaxRequestLength always
@@ -51,6 +58,8 @@ type conn struct {
 	stopping atomic.Bool // Shutdown asked the reader to stop
 
 	queue    chan *request
+	inline   *worker      // the reader's own worker; see inlineOK
+	latency  atomic.Int64 // moving average of request execution time, ns
 	workers  int          // started worker goroutines; reader only
 	pending  atomic.Int32 // dispatched, not yet answered
 	inflight sync.WaitGroup
@@ -102,6 +111,7 @@ var requestPool = sync.Pool{New: func() any { return new(request) }}
 
 func (c *conn) transmit() {
 	c.queue = make(chan *request, maxInFlight)
+	c.inline = newWorker(c)
 	var hdr [requestHeaderLen]byte
 	disc := false
 	for {
@@ -145,7 +155,11 @@ func (c *conn) transmit() {
 				break
 			}
 		}
-		c.dispatch(r)
+		if c.inlineOK(r) {
+			c.runInline(r)
+		} else {
+			c.dispatch(r)
+		}
 	}
 	c.inflight.Wait()
 	close(c.queue)
@@ -217,6 +231,37 @@ func (c *conn) readPayload(r *request) error {
 	r.buf = getBuf(int(r.length))
 	_, err := io.ReadFull(c.br, *r.buf)
 	return err
+}
+
+// inlineOK reports whether the reader should execute r itself: refused
+// requests (answered without the backend), and reads, writes, block
+// status and cache requests while the backend is fast. FLUSH and FUA
+// writes wait for durable storage and always go to a worker.
+func (c *conn) inlineOK(r *request) bool {
+	if r.errno != 0 {
+		return true
+	}
+	switch r.typ {
+	case cmdRead, cmdWrite, cmdBlockStatus, cmdCache:
+		if r.typ == cmdWrite && r.flags&cmdFlagFUA != 0 {
+			return false
+		}
+		return c.latency.Load() < int64(c.srv.inlineLimit)
+	}
+	return false
+}
+
+func (c *conn) runInline(r *request) {
+	c.inflight.Add(1)
+	c.pending.Add(1)
+	c.inline.run(r)
+}
+
+// observe folds one execution time into the moving average (weight 1/8;
+// concurrent updates may lose one another, which only delays adaptation).
+func (c *conn) observe(d time.Duration) {
+	avg := c.latency.Load()
+	c.latency.Store(avg + (int64(d)-avg)/8)
 }
 
 func (c *conn) dispatch(r *request) {

@@ -72,6 +72,11 @@ type Server struct {
 	// backend errors). Nil means no logging. Set before serving.
 	Logger *slog.Logger
 
+	// inlineLimit is the backend latency below which requests run on
+	// the connection's reader goroutine (inlineMaxLatency); tests set 0
+	// to force the worker pool.
+	inlineLimit time.Duration
+
 	mu        sync.Mutex
 	closing   bool
 	listeners map[net.Listener]struct{}
@@ -86,7 +91,8 @@ func NewServer(exports ...Export) (*Server, error) {
 		return nil, errors.New("nbd: no exports")
 	}
 	s := &Server{
-		listeners: make(map[net.Listener]struct{}),
+		inlineLimit: inlineMaxLatency,
+		listeners:   make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
 	seen := make(map[string]bool)

@@ -374,7 +374,7 @@ func (g *gateBackend) ReadAt(p []byte, off int64) (int, error) {
 
 func TestOutOfOrderReplies(t *testing.T) {
 	g := &gateBackend{memBackend: newMemBackend(1 << 20), gateOff: 8192, release: make(chan struct{}), entered: make(chan struct{}, 1)}
-	_, sock := startServer(t, Export{Name: "d", Backend: g})
+	_, sock := startWorkerServer(t, Export{Name: "d", Backend: g})
 	c, _ := connect(t, sock, "d", false)
 	c.request(cmdRead, 0, 1, 8192, 512, nil)
 	<-g.entered
@@ -416,7 +416,7 @@ func (b *barrierBackend) ReadAt(p []byte, off int64) (int, error) {
 
 func TestSixteenInFlight(t *testing.T) {
 	b := &barrierBackend{memBackend: newMemBackend(1 << 20), n: 16, allHere: make(chan struct{})}
-	_, sock := startServer(t, Export{Name: "d", Backend: b})
+	_, sock := startWorkerServer(t, Export{Name: "d", Backend: b})
 	c, _ := connect(t, sock, "d", false)
 	for i := range 16 {
 		c.request(cmdRead, 0, uint64(i), uint64(i)*4096, 4096, nil)
@@ -434,7 +434,7 @@ func TestSixteenInFlight(t *testing.T) {
 func TestDisconnectFinishesWorkAndFlushes(t *testing.T) {
 	g := &gateBackend{memBackend: newMemBackend(1 << 20), gateOff: 0, release: make(chan struct{}), entered: make(chan struct{}, 1)}
 	g.memBackend.WriteAt([]byte{1}, 0) // data, so that the read reaches ReadAt
-	_, sock := startServer(t, Export{Name: "d", Backend: g})
+	_, sock := startWorkerServer(t, Export{Name: "d", Backend: g})
 	c, _ := connect(t, sock, "d", true)
 	c.request(cmdRead, 0, 1, 0, 512, nil)
 	<-g.entered
@@ -470,6 +470,7 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.inlineLimit = 0
 	client, server := net.Pipe()
 	served := make(chan struct{})
 	go func() { s.ServeConn(server); close(served) }()
@@ -591,5 +592,35 @@ func TestMultipleConnectionsShareData(t *testing.T) {
 		if r := c.reply(1 << 20); !bytes.Equal(r.payload, bytes.Repeat([]byte{byte(i + 1)}, 1<<20)) {
 			t.Fatalf("range %d differs", i)
 		}
+	}
+}
+
+func TestInlineExecutionAdapts(t *testing.T) {
+	s, err := NewServer(Export{Name: "d", Backend: newMemBackend(1 << 20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := newConn(s, a)
+	read := &request{typ: cmdRead, length: 4096}
+	fuaWrite := &request{typ: cmdWrite, flags: cmdFlagFUA, length: 4096}
+	flush := &request{typ: cmdFlush}
+	refused := &request{typ: cmdFlush, errno: EINVAL}
+	if !c.inlineOK(read) || c.inlineOK(fuaWrite) || c.inlineOK(flush) || !c.inlineOK(refused) {
+		t.Fatal("fast backend: want reads inline, FUA writes and flushes on workers, refusals inline")
+	}
+	for range 64 {
+		c.observe(10 * inlineMaxLatency)
+	}
+	if c.inlineOK(read) {
+		t.Fatal("slow backend: reads still run inline")
+	}
+	for range 64 {
+		c.observe(inlineMaxLatency / 100)
+	}
+	if !c.inlineOK(read) {
+		t.Fatal("backend fast again: reads do not run inline")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 )
 
 // SparseReader is an optional Backend ability: read and report zero runs
@@ -46,16 +47,33 @@ type worker struct {
 	zeroFn             func(off, length int64)
 }
 
-func (c *conn) worker() {
+func newWorker(c *conn) *worker {
 	w := &worker{c: c, out: make([]byte, 0, 256)}
 	w.collectFn = w.collect
 	w.zeroFn = w.zeroRun
+	return w
+}
+
+func (c *conn) worker() {
+	w := newWorker(c)
 	for r := range c.queue {
-		w.handle(r)
-		c.budget.release(r.cost)
-		c.freeRequest(r)
-		c.inflight.Done()
+		w.run(r)
 	}
+}
+
+// run executes r, answers it and releases it.
+func (w *worker) run(r *request) {
+	c := w.c
+	if r.errno != 0 {
+		w.handle(r)
+	} else {
+		start := time.Now()
+		w.handle(r)
+		c.observe(time.Since(start))
+	}
+	c.budget.release(r.cost)
+	c.freeRequest(r)
+	c.inflight.Done()
 }
 
 // send and sendv send the final reply of a request. The request stops
