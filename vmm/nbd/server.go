@@ -93,7 +93,7 @@ func NewServer(exports ...Export) (*Server, error) {
 	s := &Server{
 		inlineLimit: inlineMaxLatency,
 		listeners:   make(map[net.Listener]struct{}),
-		conns:     make(map[*conn]struct{}),
+		conns:       make(map[*conn]struct{}),
 	}
 	seen := make(map[string]bool)
 	for i := range exports {
