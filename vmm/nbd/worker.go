@@ -10,10 +10,12 @@ import (
 
 // SparseReader is an optional Backend ability: read and report zero runs
 // in one pass. ReadSparse fills p from off exactly like ReadAt and calls
-// zero, in order, for the runs inside [off, off+len(p)) that read as zeros
-// because nothing is allocated there (what BlockStatus would report with
-// StateZero). Without it, a structured READ asks BlockStatus first and
-// then reads only the data runs.
+// zero, in order, for runs inside [off, off+len(p)) that read as zeros;
+// the server sends them as OFFSET_HOLE chunks, which the protocol defines
+// by content ("reads as zeros"), allocated or not. A backend may report
+// fewer runs than there are (not splitting small reads, say). Without it,
+// a structured READ asks BlockStatus first and then reads only the data
+// runs.
 type SparseReader interface {
 	ReadSparse(p []byte, off int64, zero func(off, length int64)) error
 }
