@@ -101,7 +101,7 @@ func openForCheck(path string, r *Report, readOnly bool) (*sqlite3.Conn, error) 
 	if err := checkFileLength(path); err != nil {
 		r.problemf("%v", err)
 	}
-	conn, err := store.Open(path, store.Options{ReadOnly: readOnly, Migrations: schemaV1, CacheBytes: cacheBytes, MaxMemory: maxMemory})
+	conn, err := store.Open(path, store.Options{ReadOnly: readOnly, Migrations: layerMigrations, ReadableFrom: readableFrom, CacheBytes: cacheBytes, MaxMemory: maxMemory})
 	switch {
 	case errors.Is(err, store.ErrNeedsMigration):
 		r.problemf("schema version %d: the layer was never fully created", h.UserVersion)
@@ -129,6 +129,8 @@ func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 	}
 	if v, err := store.PragmaInt(conn, "user_version"); err != nil {
 		r.problemf("user_version unreadable: %v", err)
+	} else if v < SchemaVersion && v >= readableFrom {
+		r.Notes = append(r.Notes, fmt.Sprintf("schema version %d is older than %d: opening the layer writable (or hibdisk check --repair) migrates it", v, SchemaVersion))
 	} else if v != SchemaVersion {
 		r.problemf("user_version is %d, want %d", v, SchemaVersion)
 	}
@@ -348,7 +350,7 @@ func Repair(path string) (*Report, error) {
 	if err != nil {
 		return before, err
 	}
-	if before.OK() {
+	if before.OK() && !needsMigration(path) {
 		return before, nil
 	}
 	for _, p := range before.Problems {

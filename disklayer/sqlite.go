@@ -28,8 +28,10 @@ const (
 // guest's RAM.
 const HibernateSize int64 = 1 << 46
 
-// SchemaVersion is the layer schema this build writes (user_version).
-const SchemaVersion = 1
+// SchemaVersion is the layer schema this build writes (user_version):
+// 1 is the layer tables, 2 adds the hibernate metadata (layerMigrations in
+// sqlite_schema.go).
+const SchemaVersion = 2
 
 // ParentRef is a diff layer's reference to the layer below it, as stored
 // in the layer row.
@@ -246,7 +248,7 @@ func Create(path string, opts CreateOptions) (*File, error) {
 		PageSize:   pageSizeFor(info.SectorSize),
 		CacheBytes: cacheBytes,
 		MaxMemory:  maxMemory,
-		Migrations: schemaV1,
+		Migrations: layerMigrations,
 		Init:       func(conn *sqlite3.Conn) error { return insertLayerRow(conn, info) },
 	})
 	if err != nil {
@@ -363,10 +365,11 @@ func Open(path string, opts OpenOptions) (*File, error) {
 		return nil, fmt.Errorf("open layer %q: %w", path, err)
 	}
 	conn, err := store.Open(path, store.Options{
-		ReadOnly:   opts.ReadOnly,
-		CacheBytes: cacheBytes,
-		MaxMemory:  maxMemory,
-		Migrations: schemaV1,
+		ReadOnly:     opts.ReadOnly,
+		CacheBytes:   cacheBytes,
+		MaxMemory:    maxMemory,
+		Migrations:   layerMigrations,
+		ReadableFrom: readableFrom,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open layer %q: %w", path, mapStoreError(err))

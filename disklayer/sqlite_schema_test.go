@@ -1,0 +1,160 @@
+package disklayer_test
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/internal/store"
+)
+
+// downgradeToV1 turns a current layer into the version 1 layout of
+// DESIGN.md (the layer tables only, no migrations table), as files
+// created before version 2 look.
+func downgradeToV1(t *testing.T, path string) {
+	t.Helper()
+	rawExec(t, path,
+		"DROP VIEW hibernate_process_tree", "DROP VIEW hibernate_maps", "DROP VIEW hibernate_summary",
+		"DROP TABLE hibernate_signals", "DROP TABLE hibernate_files", "DROP TABLE hibernate_memory_map",
+		"DROP TABLE hibernate_processes", "DROP TABLE hibernate_snapshot", "DROP TABLE migrations",
+		"PRAGMA user_version = 1")
+}
+
+func userVersion(t *testing.T, path string) int {
+	t.Helper()
+	h, err := store.ReadHeader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(h.UserVersion)
+}
+
+func TestCreateWritesCurrentSchema(t *testing.T) {
+	path := newLayerPath(t, "l.db")
+	createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20}).Close()
+	if v := userVersion(t, path); v != disklayer.SchemaVersion {
+		t.Errorf("user_version = %d, want %d", v, disklayer.SchemaVersion)
+	}
+	conn, err := sqlite3.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	applied, err := store.AppliedMigrations(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(applied) != disklayer.SchemaVersion {
+		t.Fatalf("migrations table = %+v, want %d rows", applied, disklayer.SchemaVersion)
+	}
+}
+
+func TestVersion1LayerReadOnlyThenMigrated(t *testing.T) {
+	path := newLayerPath(t, "old.db")
+	f := createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20})
+	mustWrite(t, f, fill(4096, 7), 4096)
+	f.Close()
+	downgradeToV1(t, path)
+
+	// A read-only open reads a version 1 layer as it is, and leaves it so.
+	ro, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only open of a version 1 layer: %v", err)
+	}
+	if got := mustRead(t, ro, 4096, 4096); got[0] != fill(4096, 7)[0] {
+		t.Error("version 1 layer reads back wrong data")
+	}
+	ro.Close()
+	if v := userVersion(t, path); v != 1 {
+		t.Fatalf("read-only open changed user_version to %d", v)
+	}
+	if r, err := disklayer.Check(path); err != nil || !r.OK() || len(r.Notes) == 0 {
+		t.Errorf("Check of a version 1 layer: %v, %v; want ok with a note about migrating", r, err)
+	}
+
+	// A writable open migrates, recording only the new version.
+	w, err := disklayer.Open(path, disklayer.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if v := userVersion(t, path); v != disklayer.SchemaVersion {
+		t.Fatalf("user_version after writable open = %d, want %d", v, disklayer.SchemaVersion)
+	}
+	conn, err := sqlite3.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	applied, _ := store.AppliedMigrations(conn)
+	if len(applied) != 1 || applied[0].Version != 2 {
+		t.Errorf("migrations table = %+v, want one row for version 2", applied)
+	}
+	if err := conn.Exec("SELECT count(*) FROM hibernate_process_tree"); err != nil {
+		t.Errorf("views missing after migration: %v", err)
+	}
+}
+
+func TestRepairMigratesVersion1(t *testing.T) {
+	path := newLayerPath(t, "old.db")
+	createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20}).Close()
+	downgradeToV1(t, path)
+	if _, err := disklayer.Repair(path); err != nil {
+		t.Fatal(err)
+	}
+	if v := userVersion(t, path); v != disklayer.SchemaVersion {
+		t.Errorf("user_version after Repair = %d, want %d", v, disklayer.SchemaVersion)
+	}
+}
+
+func TestUpdateIsOneTransaction(t *testing.T) {
+	path := newLayerPath(t, "u.db")
+	f := createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20})
+	insert := func(tx *disklayer.Tx) error {
+		return tx.Conn().Exec(`INSERT INTO hibernate_snapshot (snapshot_id, timestamp, total_processes, total_memory_kb, layer_uuid) VALUES (1, 't', 0, 0, 'u')`)
+	}
+	boom := errors.New("boom")
+	err := f.Update("test", func(tx *disklayer.Tx) error {
+		if err := insert(tx); err != nil {
+			return err
+		}
+		if err := tx.WriteHibernate(fill(8192, 3), 1<<30); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Update = %v, want boom", err)
+	}
+	if got := mustRead(t, f.Hibernate(), 1<<30, 8192); got[0] != 0 {
+		t.Error("hibernate write of a failed Update is visible")
+	}
+	if err := f.Update("test", func(tx *disklayer.Tx) error {
+		if err := insert(tx); err != nil {
+			return err
+		}
+		if err := tx.WriteHibernate(fill(8192, 3), 1<<30); err != nil {
+			return err
+		}
+		return tx.ForgetHibernate(1<<30+4096, 4096)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	// Committed: visible to a fresh connection.
+	if rows := rowKinds(t, path, "hibernate_blocks"); len(rows) != 1 || rows[(1<<30)/4096] != "data" {
+		t.Errorf("hibernate_blocks = %v, want one data row (the other block forgotten)", rows)
+	}
+	conn, _ := sqlite3.Open(path)
+	defer conn.Close()
+	stmt, _, err := conn.Prepare("SELECT count(*) FROM hibernate_snapshot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stmt.Close()
+	if !stmt.Step() || stmt.ColumnInt(0) != 1 {
+		t.Errorf("hibernate_snapshot rows = %d, want 1", stmt.ColumnInt(0))
+	}
+}
