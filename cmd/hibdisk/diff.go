@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/inspect"
+)
+
+func init() {
+	register(command{name: "diff", summary: "what changed between two images: sectors, hibernate blocks, files (exit 0 same, 1 different, 2 error)", run: runDiff})
+}
+
+// textRanges is how many changed ranges the text output lists before
+// pointing to --json.
+const textRanges = 20
+
+// runDiff prints inspect.Diff's report. Hibernate metadata (processes,
+// memory maps, ...) is diffed by `hibdisk hib diff` (package hibfile);
+// to fold it in here, add a "metadata" member to the report printed
+// below, after the filesystems, and count it in hasChanges.
+func runDiff(_ context.Context, e *env, args []string) error {
+	fl := newFlags(e, "diff", "[--json] A B")
+	asJSON := fl.Bool("json", false, "print the report as JSON (see README)")
+	pos, err := parseArgs(fl, args, 2, 2)
+	if err != nil {
+		return err
+	}
+	a, err := diffdisk.OpenImage(pos[0])
+	if err != nil {
+		return exitError{code: 2, msg: err.Error()}
+	}
+	defer a.Close()
+	b, err := diffdisk.OpenImage(pos[1])
+	if err != nil {
+		return exitError{code: 2, msg: err.Error()}
+	}
+	defer b.Close()
+	rep, err := inspect.Diff(a, b)
+	if err != nil {
+		return exitError{code: 2, msg: err.Error()}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return exitError{code: 2, msg: err.Error()}
+		}
+	} else {
+		printDiff(e.stdout, rep)
+	}
+	if hasChanges(rep) {
+		return exitError{code: 1}
+	}
+	return nil
+}
+
+func hasChanges(rep *inspect.Report) bool {
+	if len(rep.Disk.Changed) > 0 || rep.Disk.SizeA != rep.Disk.SizeB {
+		return true
+	}
+	if h := rep.Hibernate; h != nil && (len(h.Changed) > 0 || h.SizeA != h.SizeB) {
+		return true
+	}
+	for _, f := range rep.Filesystems {
+		if len(f.Added)+len(f.Removed)+len(f.Changed) > 0 {
+			return true
+		}
+	}
+	return len(rep.Skipped) > 0
+}
+
+func printDiff(w io.Writer, rep *inspect.Report) {
+	how := "every allocated range compared"
+	if rep.FastPath {
+		how = "fast path: one image is a diff chain over the other, only its own sectors compared"
+	}
+	printRanges(w, "disk", &rep.Disk, how)
+	if rep.Hibernate == nil {
+		fmt.Fprintln(w, "hibernate: not compared (a raw image has no hibernate file)")
+	} else {
+		printRanges(w, "hibernate", rep.Hibernate, "")
+	}
+	for _, f := range rep.Filesystems {
+		fmt.Fprintf(w, "partition %d (%s):", f.Partition, f.Kind)
+		if f.Unchanged {
+			fmt.Fprintln(w, " unchanged (no changed sector in it)")
+			continue
+		}
+		if len(f.Added)+len(f.Removed)+len(f.Changed) == 0 {
+			fmt.Fprint(w, " no file changes")
+		}
+		fmt.Fprintln(w)
+		for _, warning := range f.Warnings {
+			fmt.Fprintf(w, "  warning: %s\n", warning)
+		}
+		for _, m := range f.Added {
+			fmt.Fprintf(w, "  + %s\n", m.Path)
+		}
+		for _, m := range f.Removed {
+			fmt.Fprintf(w, "  - %s\n", m.Path)
+		}
+		for _, c := range f.Changed {
+			fmt.Fprintf(w, "  ~ %s: %s\n", c.Path, strings.Join(c.Fields, ", "))
+		}
+	}
+	for _, s := range rep.Skipped {
+		fmt.Fprintf(w, "not compared: %s\n", s)
+	}
+}
+
+func printRanges(w io.Writer, what string, rd *inspect.RangeDiff, how string) {
+	if how != "" {
+		how = " (" + how + ")"
+	}
+	if rd.SizeA != rd.SizeB {
+		fmt.Fprintf(w, "%s: size %d -> %d\n", what, rd.SizeA, rd.SizeB)
+	}
+	if len(rd.Changed) == 0 {
+		fmt.Fprintf(w, "%s: identical%s\n", what, how)
+		return
+	}
+	fmt.Fprintf(w, "%s: %d bytes differ in %d ranges%s\n", what, rd.ChangedBytes, len(rd.Changed), how)
+	for i, r := range rd.Changed {
+		if i == textRanges {
+			fmt.Fprintf(w, "  ... %d more (see --json)\n", len(rd.Changed)-textRanges)
+			break
+		}
+		fmt.Fprintf(w, "  offset %d length %d\n", r.Offset, r.Length)
+	}
+}

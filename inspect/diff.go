@@ -1,0 +1,612 @@
+package inspect
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/disklayer"
+)
+
+// Range is [Offset, Offset+Length) in bytes.
+type Range struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
+}
+
+// End is the first byte past r.
+func (r Range) End() int64 { return r.Offset + r.Length }
+
+// RangeDiff is where two byte-addressed views (disks, hibernate files)
+// differ, in units of Unit bytes (the larger of their sector sizes).
+type RangeDiff struct {
+	SizeA   int64   `json:"size_a"`
+	SizeB   int64   `json:"size_b"`
+	Unit    int64   `json:"unit"`
+	Changed []Range `json:"changed"` // sorted, merged
+	// ChangedBytes is the sum of the Changed lengths.
+	ChangedBytes int64 `json:"changed_bytes"`
+}
+
+// FileMeta is one side of a file in a Diff.
+type FileMeta struct {
+	Path    string    `json:"path"`
+	Type    string    `json:"type"` // "file", "dir", "symlink", "device", "fifo", "socket"
+	Mode    string    `json:"mode"` // permission bits in octal, "0644"
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"mtime"`
+	UID     uint32    `json:"uid"`
+	GID     uint32    `json:"gid"`
+	Link    string    `json:"link,omitempty"`
+	SHA256  string    `json:"sha256,omitempty"` // only when content was compared
+}
+
+// FileChange is a path present on both sides that differs in Fields:
+// "type", "mode", "size", "mtime", "owner", "link", "content".
+type FileChange struct {
+	Path   string   `json:"path"`
+	Fields []string `json:"fields"`
+	A      FileMeta `json:"a"`
+	B      FileMeta `json:"b"`
+}
+
+// FSDiff is the file-level difference of one filesystem present on both
+// sides (same partition index, same kind).
+type FSDiff struct {
+	Partition int      `json:"partition"`
+	Kind      Kind     `json:"fs"`
+	Warnings  []string `json:"warnings,omitempty"`
+	// Unchanged: no changed disk range touches the partition, so its
+	// files were not walked.
+	Unchanged bool         `json:"unchanged"`
+	Added     []FileMeta   `json:"added"`
+	Removed   []FileMeta   `json:"removed"`
+	Changed   []FileChange `json:"changed"`
+}
+
+// Report is the result of Diff.
+type Report struct {
+	// FastPath: one image is a diff chain over the other, so only the
+	// sectors its own layers store were compared.
+	FastPath bool      `json:"fast_path"`
+	Disk     RangeDiff `json:"disk"`
+	// Hibernate is nil unless both images are hibdisk layers (raw images
+	// have no hibernate file).
+	Hibernate   *RangeDiff `json:"hibernate"`
+	Filesystems []FSDiff   `json:"filesystems"`
+	// Skipped names filesystems present on only one side, or that could
+	// not be opened on one side, with why.
+	Skipped []string `json:"skipped,omitempty"`
+}
+
+// Diff compares two images the way virt-diff does, without a VM: the disk
+// sectors, the hibernate file blocks, and the files of each filesystem
+// present on both sides. When one image's chain is the other's chain
+// with layers on top, only what those top layers store can differ, and
+// only that is read.
+func Diff(a, b *diffdisk.Disk) (*Report, error) {
+	rep := &Report{}
+	own, reversed := overlayOf(a, b)
+	rep.FastPath = own > 0
+	var candidates []Range
+	if rep.FastPath {
+		top := b
+		if reversed {
+			top = a
+		}
+		var err error
+		if candidates, err = ownRanges(top, own, min(a.Size(), b.Size())); err != nil {
+			return nil, fmt.Errorf("diff: %w", err)
+		}
+	}
+	disk, err := diffRanges(a, b, candidates, rep.FastPath)
+	if err != nil {
+		return nil, fmt.Errorf("diff disks: %w", err)
+	}
+	rep.Disk = disk
+	if rep.Hibernate, err = diffHibernate(a, b, own, reversed); err != nil {
+		return nil, err
+	}
+	if err := diffFilesystems(rep, a, b); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// overlayOf reports whether b's chain is a's chain with own layers on
+// top (or, reversed, a's is b's): then only those layers can differ.
+func overlayOf(a, b *diffdisk.Disk) (own int, reversed bool) {
+	if n := b.Depth() - a.Depth(); n > 0 && sameLayers(a, b, n) {
+		return n, false
+	}
+	if n := a.Depth() - b.Depth(); n > 0 && sameLayers(b, a, n) {
+		return n, true
+	}
+	return 0, false
+}
+
+// sameLayers: lower's layers are upper's layers below its top n.
+func sameLayers(lower, upper *diffdisk.Disk, n int) bool {
+	for i := range lower.Depth() {
+		if !sameFile(lower.Layer(i), upper.Layer(n+i)) {
+			return false
+		}
+	}
+	return true
+}
+
+type pathed interface{ Path() string }
+
+func sameFile(x, y disklayer.Layer) bool {
+	px, ok1 := x.(pathed)
+	py, ok2 := y.(pathed)
+	if !ok1 || !ok2 {
+		return false
+	}
+	sx, err1 := os.Stat(px.Path())
+	sy, err2 := os.Stat(py.Path())
+	if err1 != nil || err2 != nil || !os.SameFile(sx, sy) {
+		return false
+	}
+	fx, ok1 := x.(*disklayer.File)
+	fy, ok2 := y.(*disklayer.File)
+	return ok1 == ok2 && (!ok1 || fx.Info().UUID == fy.Info().UUID)
+}
+
+// ownRanges is the union of what d's top n layers store (data and
+// tombstones) within [0, limit).
+func ownRanges(d *diffdisk.Disk, n int, limit int64) ([]Range, error) {
+	var out []Range
+	for i := range n {
+		l := d.Layer(i)
+		for e, err := range l.Extents(0, min(limit, l.Size())) {
+			if err != nil {
+				return nil, err
+			}
+			if e.Kind != disklayer.Absent {
+				out = append(out, Range{e.Off, e.Len})
+			}
+		}
+	}
+	return mergeRanges(out), nil
+}
+
+// dataRanges is where a layer reads as anything but zeros for sure:
+// its Data extents within [0, limit).
+func dataRanges(l disklayer.Layer, limit int64) ([]Range, error) {
+	var out []Range
+	for e, err := range l.Extents(0, limit) {
+		if err != nil {
+			return nil, err
+		}
+		if e.Kind == disklayer.Data {
+			out = append(out, Range{e.Off, e.Len})
+		}
+	}
+	return out, nil
+}
+
+func mergeRanges(rs []Range) []Range {
+	slices.SortFunc(rs, func(x, y Range) int { return compareInt(x.Offset, y.Offset) })
+	var out []Range
+	for _, r := range rs {
+		if r.Length <= 0 {
+			continue
+		}
+		if n := len(out); n > 0 && r.Offset <= out[n-1].End() {
+			out[n-1].Length = max(out[n-1].End(), r.End()) - out[n-1].Offset
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func compareInt(x, y int64) int {
+	switch {
+	case x < y:
+		return -1
+	case x > y:
+		return 1
+	}
+	return 0
+}
+
+// diffChunk is how much of each side diffRanges reads at a time.
+const diffChunk = 1 << 20
+
+// diffRanges finds the units where a and b differ. With known, only the
+// candidate ranges are read; otherwise every range where either side has
+// data. Past the smaller size, the larger side's non-zero units count as
+// changed.
+func diffRanges(a, b disklayer.Layer, candidates []Range, known bool) (RangeDiff, error) {
+	rd := RangeDiff{SizeA: a.Size(), SizeB: b.Size(), Unit: int64(max(a.SectorSize(), b.SectorSize())), Changed: []Range{}}
+	common := min(a.Size(), b.Size())
+	if !known {
+		da, err := dataRanges(a, common)
+		if err != nil {
+			return rd, err
+		}
+		db, err := dataRanges(b, common)
+		if err != nil {
+			return rd, err
+		}
+		candidates = mergeRanges(append(da, db...))
+	}
+	bufA, bufB := make([]byte, diffChunk), make([]byte, diffChunk)
+	var changed []Range
+	mark := func(off, length int64) {
+		if n := len(changed); n > 0 && changed[n-1].End() == off {
+			changed[n-1].Length += length
+			return
+		}
+		changed = append(changed, Range{off, length})
+	}
+	for _, c := range candidates {
+		// Widen to whole units so the report is unit-aligned.
+		from := c.Offset - c.Offset%rd.Unit
+		to := min(common, (c.End()+rd.Unit-1)/rd.Unit*rd.Unit)
+		for off := from; off < to; off += diffChunk {
+			n := min(diffChunk, to-off)
+			pa, pb := bufA[:n], bufB[:n]
+			if _, err := a.ReadAt(pa, off); err != nil {
+				return rd, err
+			}
+			if _, err := b.ReadAt(pb, off); err != nil {
+				return rd, err
+			}
+			for u := int64(0); u < n; u += rd.Unit {
+				e := min(u+rd.Unit, n)
+				if !bytes.Equal(pa[u:e], pb[u:e]) {
+					mark(off+u, e-u)
+				}
+			}
+		}
+	}
+	if rd.SizeA != rd.SizeB {
+		larger := a
+		if b.Size() > a.Size() {
+			larger = b
+		}
+		tail, err := nonZeroUnits(larger, common, rd.Unit)
+		if err != nil {
+			return rd, err
+		}
+		for _, r := range tail {
+			mark(r.Offset, r.Length)
+		}
+	}
+	rd.Changed = append(rd.Changed, mergeRanges(changed)...)
+	for _, r := range rd.Changed {
+		rd.ChangedBytes += r.Length
+	}
+	return rd, nil
+}
+
+// nonZeroUnits lists the units of l from off on that hold non-zero bytes.
+func nonZeroUnits(l disklayer.Layer, from, unit int64) ([]Range, error) {
+	var out []Range
+	buf := make([]byte, diffChunk)
+	for e, err := range l.Extents(from, l.Size()-from) {
+		if err != nil {
+			return nil, err
+		}
+		if e.Kind != disklayer.Data {
+			continue
+		}
+		for off := e.Off; off < e.End(); off += diffChunk {
+			p := buf[:min(diffChunk, e.End()-off)]
+			if _, err := l.ReadAt(p, off); err != nil {
+				return nil, err
+			}
+			for u := int64(0); u < int64(len(p)); u += unit {
+				q := p[u:min(u+unit, int64(len(p)))]
+				if bytes.ContainsFunc(q, func(r rune) bool { return r != 0 }) {
+					out = append(out, Range{off + u, int64(len(q))})
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// diffHibernate compares the hibernate files when both images have one.
+func diffHibernate(a, b *diffdisk.Disk, own int, reversed bool) (*RangeDiff, error) {
+	ha, errA := a.Hibernate()
+	hb, errB := b.Hibernate()
+	if errA != nil || errB != nil {
+		if ha != nil {
+			ha.Close()
+		}
+		if hb != nil {
+			hb.Close()
+		}
+		return nil, nil // a raw image has no hibernate file
+	}
+	defer ha.Close()
+	defer hb.Close()
+	// The fast path holds for the hibernate file when every layer of both
+	// chains is a hibdisk layer, so the hibernate views stack the same.
+	var candidates []Range
+	known := own > 0 && ha.Depth() == a.Depth() && hb.Depth() == b.Depth()
+	if known {
+		top := hb
+		if reversed {
+			top = ha
+		}
+		var err error
+		if candidates, err = ownRanges(top, own, min(ha.Size(), hb.Size())); err != nil {
+			return nil, fmt.Errorf("diff hibernate files: %w", err)
+		}
+	}
+	rd, err := diffRanges(ha, hb, candidates, known)
+	if err != nil {
+		return nil, fmt.Errorf("diff hibernate files: %w", err)
+	}
+	return &rd, nil
+}
+
+// diffFilesystems diffs the files of each filesystem on both sides.
+func diffFilesystems(rep *Report, a, b *diffdisk.Disk) error {
+	ia, err := Open(a, "A")
+	if err != nil {
+		return err
+	}
+	ib, err := Open(b, "B")
+	if err != nil {
+		return err
+	}
+	pa, err := ia.Partitions()
+	if err != nil {
+		return err
+	}
+	pb, err := ib.Partitions()
+	if err != nil {
+		return err
+	}
+	byIndex := map[int]Partition{}
+	for _, p := range pb {
+		byIndex[p.Index] = p
+	}
+	for _, p := range pa {
+		q, ok := byIndex[p.Index]
+		delete(byIndex, p.Index)
+		switch {
+		case p.FS == KindNone && (!ok || q.FS == KindNone):
+			continue
+		case !ok || q.FS != p.FS || q.Start != p.Start:
+			rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: %s in A, %s in B", where(p.Index), fsName(p, true), fsName(q, ok)))
+			continue
+		}
+		fd, err := diffFS(ia, ib, p, rep.Disk.Changed)
+		if err != nil {
+			rep.Skipped = append(rep.Skipped, err.Error())
+			continue
+		}
+		rep.Filesystems = append(rep.Filesystems, *fd)
+	}
+	var rest []int
+	for i, q := range byIndex {
+		if q.FS != KindNone {
+			rest = append(rest, i)
+		}
+	}
+	sort.Ints(rest)
+	for _, i := range rest {
+		rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: none in A, %s in B", where(i), fsName(byIndex[i], true)))
+	}
+	return nil
+}
+
+func fsName(p Partition, present bool) string {
+	if !present {
+		return "no partition"
+	}
+	if p.FS == KindNone {
+		return "no filesystem"
+	}
+	return string(p.FS)
+}
+
+// diffFS diffs one filesystem present on both sides.
+func diffFS(ia, ib *Image, p Partition, changed []Range) (*FSDiff, error) {
+	fd := &FSDiff{Partition: p.Index, Kind: p.FS, Added: []FileMeta{}, Removed: []FileMeta{}, Changed: []FileChange{}}
+	if !intersects(changed, Range{p.Start, p.Size}) {
+		fd.Unchanged = true
+		return fd, nil
+	}
+	fa, err := ia.FS(p.Index)
+	if err != nil {
+		return nil, fmt.Errorf("A: %w", err)
+	}
+	fb, err := ib.FS(p.Index)
+	if err != nil {
+		return nil, fmt.Errorf("B: %w", err)
+	}
+	fd.Warnings = append(fa.Warnings(), fb.Warnings()...)
+	ea, err := entries(fa)
+	if err != nil {
+		return nil, fmt.Errorf("A: %s: %w", where(p.Index), err)
+	}
+	eb, err := entries(fb)
+	if err != nil {
+		return nil, fmt.Errorf("B: %s: %w", where(p.Index), err)
+	}
+	for _, path := range sortedKeys(ea) {
+		x := ea[path]
+		y, ok := eb[path]
+		if !ok {
+			fd.Removed = append(fd.Removed, meta(x))
+			continue
+		}
+		fc, err := compareEntries(fa, fb, x, y, changed)
+		if err != nil {
+			return nil, err
+		}
+		if fc != nil {
+			fd.Changed = append(fd.Changed, *fc)
+		}
+	}
+	for _, path := range sortedKeys(eb) {
+		if _, ok := ea[path]; !ok {
+			fd.Added = append(fd.Added, meta(eb[path]))
+		}
+	}
+	return fd, nil
+}
+
+func entries(f *FS) (map[string]Entry, error) {
+	out := map[string]Entry{}
+	err := f.Walk("/", func(e Entry) error {
+		if e.Path != "/" {
+			out[e.Path] = e
+		}
+		return nil
+	})
+	return out, err
+}
+
+func sortedKeys(m map[string]Entry) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// compareEntries returns what differs between two versions of a path, or
+// nil. Content is compared only for regular files of equal size, and on
+// ext4 only when the file's inode, extent tree or data blocks overlap a
+// changed range on either side (otherwise the bytes are the same ones).
+func compareEntries(fa, fb *FS, x, y Entry, changed []Range) (*FileChange, error) {
+	fc := &FileChange{Path: x.Path, A: meta(x), B: meta(y)}
+	if x.Mode.Type() != y.Mode.Type() {
+		fc.Fields = append(fc.Fields, "type")
+	}
+	if x.Mode.Perm() != y.Mode.Perm() || x.Mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != y.Mode&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) {
+		fc.Fields = append(fc.Fields, "mode")
+	}
+	if x.Size != y.Size {
+		fc.Fields = append(fc.Fields, "size")
+	}
+	if !x.ModTime.Equal(y.ModTime) {
+		fc.Fields = append(fc.Fields, "mtime")
+	}
+	if x.UID != y.UID || x.GID != y.GID {
+		fc.Fields = append(fc.Fields, "owner")
+	}
+	if x.Link != y.Link {
+		fc.Fields = append(fc.Fields, "link")
+	}
+	if x.Mode.IsRegular() && y.Mode.IsRegular() && x.Size == y.Size {
+		same, err := sameFootprint(fa, fb, x, y, changed)
+		if err != nil {
+			return nil, err
+		}
+		if !same {
+			ha, err := hashFile(fa, x.Path)
+			if err != nil {
+				return nil, err
+			}
+			hb, err := hashFile(fb, y.Path)
+			if err != nil {
+				return nil, err
+			}
+			fc.A.SHA256, fc.B.SHA256 = ha, hb
+			if ha != hb {
+				fc.Fields = append(fc.Fields, "content")
+			}
+		}
+	}
+	if len(fc.Fields) == 0 {
+		return nil, nil
+	}
+	return fc, nil
+}
+
+// sameFootprint reports whether a file's content is certainly the same
+// on both sides without reading it: ext4 only, when neither side's
+// inode, extent tree or data blocks overlap a changed range.
+func sameFootprint(fa, fb *FS, x, y Entry, changed []Range) (bool, error) {
+	if fa.ext == nil || fb.ext == nil || x.inode == 0 || y.inode == 0 {
+		return false, nil
+	}
+	for _, side := range []struct {
+		f   *FS
+		ino uint32
+	}{{fa, x.inode}, {fb, y.inode}} {
+		ranges, ok, err := side.f.ext.footprint(side.ino)
+		if err != nil || !ok {
+			return false, nil // unknown layout: compare the bytes
+		}
+		for _, r := range ranges {
+			if intersects(changed, Range{r.Off, r.Len}) {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// intersects reports whether r overlaps any of the sorted ranges rs.
+func intersects(rs []Range, r Range) bool {
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].End() > r.Offset })
+	return i < len(rs) && rs[i].Offset < r.End()
+}
+
+func hashFile(f *FS, p string) (string, error) {
+	r, err := f.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func meta(e Entry) FileMeta {
+	return FileMeta{Path: e.Path, Type: typeName(e.Mode), Mode: fmt.Sprintf("%04o", uint32(e.Mode.Perm())|special(e.Mode)),
+		Size: e.Size, ModTime: e.ModTime, UID: e.UID, GID: e.GID, Link: e.Link}
+}
+
+func special(m fs.FileMode) uint32 {
+	var s uint32
+	if m&fs.ModeSetuid != 0 {
+		s |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		s |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		s |= 0o1000
+	}
+	return s
+}
+
+func typeName(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "dir"
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	case m&fs.ModeNamedPipe != 0:
+		return "fifo"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "file"
+}
