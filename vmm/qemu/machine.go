@@ -239,13 +239,13 @@ var ErrExited = errors.New("qemu: exited")
 // Start launches a machine. ctx bounds only the start (QMP connection);
 // the machine runs until the guest powers off, Shutdown, or Kill. After a
 // successful Start the caller must call Wait (or Shutdown).
-func Start(ctx context.Context, cfg Config) (m *Machine, err error) {
+func Start(ctx context.Context, cfg Config) (_ *Machine, err error) {
 	cfg = cfg.withDefaults()
 	dir, err := os.MkdirTemp("", "hibdisk-vm-")
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	m = &Machine{dir: dir, exited: make(chan struct{}), changed: make(chan struct{})}
+	m := &Machine{dir: dir, exited: make(chan struct{}), changed: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			m.stopServer()

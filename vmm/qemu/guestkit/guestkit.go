@@ -232,7 +232,8 @@ func inputHash(pkg, version string, opts Options) (string, error) {
 		if err != nil {
 			return err
 		}
-		if d.Type().IsRegular() {
+		// Test files do not go into the binary.
+		if d.Type().IsRegular() && !strings.HasSuffix(p, "_test.go") {
 			files = append(files, p)
 		}
 		return nil
