@@ -513,11 +513,11 @@ func compareEntries(fa, fb *FS, x, y Entry, changed []Range) (*FileChange, error
 			return nil, err
 		}
 		if !same {
-			ha, err := hashFile(fa, x.Path)
+			ha, err := hashFile(fa, x)
 			if err != nil {
 				return nil, err
 			}
-			hb, err := hashFile(fb, y.Path)
+			hb, err := hashFile(fb, y)
 			if err != nil {
 				return nil, err
 			}
@@ -563,8 +563,8 @@ func intersects(rs []Range, r Range) bool {
 	return i < len(rs) && rs[i].Offset < r.End()
 }
 
-func hashFile(f *FS, p string) (string, error) {
-	r, err := f.Open(p)
+func hashFile(f *FS, e Entry) (string, error) {
+	r, err := f.openEntry(e)
 	if err != nil {
 		return "", err
 	}

@@ -61,7 +61,7 @@ func (f *FS) Extract(p, dest string) (skipped []string, err error) {
 }
 
 func (f *FS) extractFile(e Entry, target string) (err error) {
-	r, err := f.Open(e.Path)
+	r, err := f.openEntry(e)
 	if err != nil {
 		return err
 	}

@@ -252,6 +252,13 @@ func (f *FS) Open(p string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
+	return f.openEntry(e)
+}
+
+// openEntry opens a file whose Entry the caller has (from a walk),
+// without resolving its path again: on a large directory each
+// resolution re-reads the whole directory.
+func (f *FS) openEntry(e Entry) (io.ReadCloser, error) {
 	if e.IsDir() {
 		return nil, fmt.Errorf("%s: %w", e.Path, ErrIsDir)
 	}
