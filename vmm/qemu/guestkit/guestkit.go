@@ -504,9 +504,7 @@ func loadModule(name, path string) (module, error) {
 	m := module{name: name, content: content}
 	for _, kv := range bytes.Split(info, []byte{0}) {
 		if deps, ok := bytes.CutPrefix(kv, []byte("depends=")); ok && len(deps) > 0 {
-			for _, d := range strings.Split(string(deps), ",") {
-				m.depends = append(m.depends, d)
-			}
+			m.depends = append(m.depends, strings.Split(string(deps), ",")...)
 		}
 	}
 	return m, nil
