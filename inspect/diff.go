@@ -425,20 +425,20 @@ func diffFS(ia, ib *Image, p Partition, changed []Range) (*FSDiff, error) {
 	}
 	fa, err := ia.FS(p.Index)
 	if err != nil {
-		return nil, fmt.Errorf("A: %w", err)
+		return nil, fmt.Errorf("image A: %w", err)
 	}
 	fb, err := ib.FS(p.Index)
 	if err != nil {
-		return nil, fmt.Errorf("B: %w", err)
+		return nil, fmt.Errorf("image B: %w", err)
 	}
 	fd.Warnings = append(fa.Warnings(), fb.Warnings()...)
 	ea, err := entries(fa)
 	if err != nil {
-		return nil, fmt.Errorf("A: %s: %w", where(p.Index), err)
+		return nil, fmt.Errorf("image A: %s: %w", where(p.Index), err)
 	}
 	eb, err := entries(fb)
 	if err != nil {
-		return nil, fmt.Errorf("B: %s: %w", where(p.Index), err)
+		return nil, fmt.Errorf("image B: %s: %w", where(p.Index), err)
 	}
 	for _, path := range sortedKeys(ea) {
 		x := ea[path]
