@@ -38,6 +38,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hibdisk/hibdisk/disklayer"
@@ -270,6 +271,10 @@ func Start(ctx context.Context, cfg Config) (_ *Machine, err error) {
 	}
 	m.cmd = exec.Command(cfg.Binary, m.args...)
 	m.cmd.Stdin = nil // /dev/null: the console is output only
+	// Own process group: a terminal's Ctrl-C reaches the caller, which
+	// shuts the machine down through QMP, not QEMU directly. Pdeathsig:
+	// QEMU does not outlive a caller that dies.
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	m.cmd.Stdout = consoleW
 	var stderr io.Writer = lockedWriter{&m.mu, &m.stderr}
 	if cfg.Stderr != nil {
