@@ -20,7 +20,8 @@ type Tx struct {
 // in one synced commit when fn returns nil, or are undone when it
 // returns an error. Writes batched before Update commit with it. Large
 // writes inside fn do not commit early: the transaction holds them all.
-// Every other request on the layer waits until Update returns.
+// Every other request on the layer waits until Update returns; fn must
+// not call f's methods (they would wait for the lock fn runs under).
 func (f *File) Update(op string, fn func(tx *Tx) error) error {
 	e := f.eng
 	e.mu.Lock()
@@ -58,7 +59,8 @@ func (f *File) Update(op string, fn func(tx *Tx) error) error {
 
 // View runs fn with the layer's connection inside its read transaction,
 // which sees every write that completed before, flushed or not. fn must
-// only read.
+// only read, and must not call f's methods (they would wait for the lock
+// fn runs under).
 func (f *File) View(op string, fn func(conn *sqlite3.Conn) error) error {
 	e := f.eng
 	e.mu.Lock()
