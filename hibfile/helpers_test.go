@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ncruces/go-sqlite3"
+
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/hibfile"
@@ -135,4 +137,13 @@ func mustSave(t testing.TB, path string, s *hibfile.Snapshot, img *hibfile.Memor
 		t.Fatal(err)
 	}
 	return res
+}
+
+func openSQL(t testing.TB, path string) *sqlite3.Conn {
+	t.Helper()
+	conn, err := sqlite3.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }

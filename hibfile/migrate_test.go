@@ -15,7 +15,7 @@ import (
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
-func exec(t *testing.T, path string, sql ...string) {
+func execSQL(t *testing.T, path string, sql ...string) {
 	t.Helper()
 	conn, err := sqlite3.Open(path)
 	if err != nil {
@@ -67,7 +67,7 @@ func seedLayer(t *testing.T) string {
 	}
 	f.Close()
 	downgradeToV1(t, path)
-	exec(t, path,
+	execSQL(t, path,
 		hibschema.SeedSchema,
 		`INSERT INTO hibernate_snapshot VALUES (7, 1700000000, '6.6.0-seed', 2, 524288, NULL)`,
 		`INSERT INTO hibernate_processes VALUES (1, 0, 'init', 'S', 0, 4194304, 8192, '/', 7)`,

@@ -450,4 +450,3 @@ func Latest(path string) (*Snapshot, error) {
 	}
 	return v.Load()
 }
-
