@@ -7,25 +7,62 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
 )
 
-// Check runs disklayer.Check on the layer at path (`hibdisk check`), and
-// also compares a raw parent's content digest, which disklayer cannot
-// compute itself.
-func Check(path string) (*disklayer.Report, error) {
-	return disklayer.CheckWith(path, disklayer.CheckOptions{VerifyRawParent: rawDigestMatches})
+// ExtraCheck is a check of a layer file's own tables that another package
+// adds to Check and Repair (hibfile checks the hibernate metadata). It
+// runs after the layer check, on a file disklayer could open.
+type ExtraCheck struct {
+	Name   string
+	Check  func(path string) (*disklayer.Report, error)
+	Repair func(path string) (*disklayer.Report, error)
 }
 
-// Repair runs disklayer.Repair on the layer at path, then checks it again
-// the way Check does, so the report covers the raw parent too.
+var extraChecks []ExtraCheck
+
+// RegisterCheck adds c to every later Check and Repair. Packages call it
+// from init.
+func RegisterCheck(c ExtraCheck) { extraChecks = append(extraChecks, c) }
+
+// Check runs disklayer.Check on the layer at path (`hibdisk check`), and
+// also compares a raw parent's content digest, which disklayer cannot
+// compute itself, and runs the registered extra checks.
+func Check(path string) (*disklayer.Report, error) {
+	r, err := disklayer.CheckWith(path, disklayer.CheckOptions{VerifyRawParent: rawDigestMatches})
+	if err != nil {
+		return r, err
+	}
+	for _, c := range extraChecks {
+		x, err := c.Check(path)
+		if err != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("%s: %v", c.Name, err))
+			continue
+		}
+		r.Problems = append(r.Problems, x.Problems...)
+		r.Notes = append(r.Notes, x.Notes...)
+	}
+	return r, nil
+}
+
+// Repair runs disklayer.Repair and the registered extra repairs on the
+// layer at path, then checks it again the way Check does, so the report
+// covers the raw parent and the extra checks too.
 func Repair(path string) (*disklayer.Report, error) {
 	r, err := disklayer.Repair(path)
 	if err != nil {
 		return r, err
 	}
+	repairs := r.Repairs
+	for _, c := range extraChecks {
+		x, err := c.Repair(path)
+		if err != nil {
+			return r, err
+		}
+		repairs = append(repairs, x.Repairs...)
+	}
 	after, err := Check(path)
 	if err != nil {
 		return r, err
 	}
-	after.Repairs = r.Repairs
+	after.Repairs = repairs
 	return after, nil
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
 )
 
@@ -245,4 +246,8 @@ func Repair(path string) (*disklayer.Report, error) {
 		r.Repairs = repairs
 	}
 	return r, err
+}
+
+func init() {
+	diffdisk.RegisterCheck(diffdisk.ExtraCheck{Name: "hibernate metadata", Check: Check, Repair: Repair})
 }

@@ -167,7 +167,17 @@ func compareProcess(a, b *View, p, q *Process, d *Diff) error {
 		return err
 	}
 	if !bytes.Equal(ra, rb) {
-		f.cmp("registers", fmt.Sprintf("%d bytes", len(ra)), fmt.Sprintf("%d bytes, changed", len(rb)))
+		describe := func(r []byte) string {
+			if r == nil {
+				return "unknown"
+			}
+			return fmt.Sprintf("%d bytes", len(r))
+		}
+		old, new := describe(ra), describe(rb)
+		if old == new {
+			new += " (different content)"
+		}
+		f.cmp("registers", old, new)
 	}
 	if len(f.out) > 0 {
 		d.ProcessesChanged = append(d.ProcessesChanged, ProcessChange{q.PID, q.Name, f.out})

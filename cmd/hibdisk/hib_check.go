@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/hibfile"
+	"github.com/hibdisk/hibdisk/internal/store"
+)
+
+// hib check checks only the hibernate metadata (hibdisk check runs it
+// too, with the layer checks); hib migrate brings a layer's schema up to
+// date.
+
+func init() {
+	registerHib(command{name: "check", summary: "check (or --repair) the hibernate metadata of a layer", run: runHibCheck})
+	registerHib(command{name: "migrate", summary: "migrate a layer to the current schema (also converts the seed's v0 tables)", run: runHibMigrate})
+}
+
+func runHibCheck(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "hib check", "[--repair] LAYER")
+	repair := fs.Bool("repair", false, "fix what follows from the rest (orphan rows, totals) and say what changed")
+	pos, err := parseArgs(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	check := hibfile.Check
+	if *repair {
+		check = hibfile.Repair
+	}
+	r, err := check(pos[0])
+	if err != nil {
+		return err
+	}
+	for _, s := range r.Repairs {
+		fmt.Fprintf(e.stdout, "Repaired: %s\n", s)
+	}
+	for _, s := range r.Notes {
+		fmt.Fprintf(e.stdout, "Note: %s\n", s)
+	}
+	for _, s := range r.Problems {
+		fmt.Fprintf(e.stdout, "ERROR: %s\n", s)
+	}
+	if !r.OK() {
+		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) found in %s", len(r.Problems), pos[0])}
+	}
+	fmt.Fprintln(e.stdout, "No errors were found in the hibernate metadata.")
+	return nil
+}
+
+func runHibMigrate(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "hib migrate", "LAYER")
+	pos, err := parseArgs(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	before, err := store.ReadHeader(pos[0])
+	if err != nil {
+		return err
+	}
+	f, err := disklayer.Open(pos[0], disklayer.OpenOptions{}) // a writable open migrates
+	if err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if int(before.UserVersion) == disklayer.SchemaVersion {
+		fmt.Fprintf(e.stdout, "%s: schema version %d is current\n", pos[0], before.UserVersion)
+		return nil
+	}
+	fmt.Fprintf(e.stdout, "%s: migrated from schema version %d to %d\n", pos[0], before.UserVersion, disklayer.SchemaVersion)
+	return nil
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/hibdisk/hibdisk/hibfile"
+)
+
+func init() {
+	registerHib(command{name: "diff", summary: "what changed between the newest snapshots of A and B", run: runHibDiff})
+}
+
+func runHibDiff(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "hib diff", "[--json] A B")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseArgs(fs, args, 2, 2)
+	if err != nil {
+		return err
+	}
+	return withLatest(pos[0], func(a *hibfile.View) error {
+		return withLatest(pos[1], func(b *hibfile.View) error {
+			d, err := hibfile.Compare(a, b)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return writeJSON(e.stdout, d)
+			}
+			printHibDiff(e.stdout, d)
+			return nil
+		})
+	})
+}
+
+func changes(cs []hibfile.FieldChange) string {
+	parts := make([]string, len(cs))
+	for i, c := range cs {
+		parts[i] = fmt.Sprintf("%s %s -> %s", c.Field, c.Old, c.New)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func printHibDiff(w io.Writer, d *hibfile.Diff) {
+	for _, p := range d.ProcessesRemoved {
+		fmt.Fprintf(w, "- process %d %s\n", p.PID, p.Name)
+	}
+	for _, p := range d.ProcessesAdded {
+		fmt.Fprintf(w, "+ process %d %s\n", p.PID, p.Name)
+	}
+	for _, p := range d.ProcessesChanged {
+		fmt.Fprintf(w, "~ process %d %s: %s\n", p.PID, p.Name, changes(p.Changes))
+	}
+	for _, m := range d.MappingsRemoved {
+		fmt.Fprintf(w, "- mapping %d %#x %s %s\n", m.PID, m.Mapping.VirtualAddr, m.Mapping.Permissions, m.Mapping.Path)
+	}
+	for _, m := range d.MappingsAdded {
+		fmt.Fprintf(w, "+ mapping %d %#x %s %s\n", m.PID, m.Mapping.VirtualAddr, m.Mapping.Permissions, m.Mapping.Path)
+	}
+	for _, m := range d.MappingsChanged {
+		var parts []string
+		if len(m.Changes) > 0 {
+			parts = append(parts, changes(m.Changes))
+		}
+		if m.PagesChanged > 0 {
+			parts = append(parts, fmt.Sprintf("%d pages changed (%d bytes)", m.PagesChanged, m.BytesChanged))
+		}
+		fmt.Fprintf(w, "~ mapping %d %#x %s: %s\n", m.PID, m.VirtualAddr, m.Path, strings.Join(parts, ", "))
+	}
+	for _, f := range d.FilesRemoved {
+		fmt.Fprintf(w, "- file %d fd %d %s\n", f.PID, f.File.FD, f.File.Path)
+	}
+	for _, f := range d.FilesAdded {
+		fmt.Fprintf(w, "+ file %d fd %d %s\n", f.PID, f.File.FD, f.File.Path)
+	}
+	for _, f := range d.FilesChanged {
+		fmt.Fprintf(w, "~ file %d fd %d: %s\n", f.PID, f.FD, changes(f.Changes))
+	}
+	for _, g := range d.SignalsRemoved {
+		fmt.Fprintf(w, "- signal %d %s\n", g.PID, signalName(g.Signal.Number))
+	}
+	for _, g := range d.SignalsAdded {
+		fmt.Fprintf(w, "+ signal %d %s %s\n", g.PID, signalName(g.Signal.Number), g.Signal.Disposition)
+	}
+	for _, g := range d.SignalsChanged {
+		fmt.Fprintf(w, "~ signal %d %s: %s\n", g.PID, signalName(g.Number), changes(g.Changes))
+	}
+	fmt.Fprintf(w, "processes: +%d -%d ~%d; mappings: +%d -%d ~%d; pages changed: %d (%d bytes); files: +%d -%d ~%d; signals: +%d -%d ~%d\n",
+		len(d.ProcessesAdded), len(d.ProcessesRemoved), len(d.ProcessesChanged),
+		len(d.MappingsAdded), len(d.MappingsRemoved), len(d.MappingsChanged), d.PagesChanged, d.BytesChanged,
+		len(d.FilesAdded), len(d.FilesRemoved), len(d.FilesChanged),
+		len(d.SignalsAdded), len(d.SignalsRemoved), len(d.SignalsChanged))
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ncruces/go-sqlite3"
+)
+
+// hibChain imports testdata/hib-before.json into base.db and
+// hib-after.json into job.db over it.
+func hibChain(t *testing.T) string {
+	t.Helper()
+	dir := testDir(t)
+	mustHib(t, dir, "create", "-s", "1M", "base.db")
+	mustHib(t, dir, "create", "-b", "base.db", "job.db")
+	golden(t, "hib-import.txt", mustHib(t, dir, "hib", "import", filepath.Join(testdata, "hib-before.json"), "base.db"))
+	mustHib(t, dir, "hib", "import", filepath.Join(testdata, "hib-after.json"), "job.db")
+	return dir
+}
+
+func TestHibTranscript(t *testing.T) {
+	dir := hibChain(t)
+	golden(t, "hib-ps.txt", mustHib(t, dir, "hib", "ps", "base.db"))
+	golden(t, "hib-ps.json", mustHib(t, dir, "hib", "ps", "--json", "base.db"))
+	golden(t, "hib-maps.txt", mustHib(t, dir, "hib", "maps", "base.db", "101"))
+	golden(t, "hib-maps.json", mustHib(t, dir, "hib", "maps", "--json", "base.db", "101"))
+	golden(t, "hib-files.txt", mustHib(t, dir, "hib", "files", "base.db", "101"))
+	golden(t, "hib-signals.txt", mustHib(t, dir, "hib", "signals", "base.db", "101"))
+	golden(t, "hib-show.txt", mustHib(t, dir, "hib", "show", "job.db"))
+	golden(t, "hib-show.json", mustHib(t, dir, "hib", "show", "--json", "job.db"))
+	golden(t, "hib-diff.txt", mustHib(t, dir, "hib", "diff", "base.db", "job.db"))
+	golden(t, "hib-diff.json", mustHib(t, dir, "hib", "diff", "--json", "base.db", "job.db"))
+	golden(t, "hib-check.txt", mustHib(t, dir, "hib", "check", "job.db"))
+
+	// Export is canonical: importing it elsewhere exports the same bytes.
+	exported := mustHib(t, dir, "hib", "export", "base.db")
+	golden(t, "hib-export.json", exported)
+	if err := os.WriteFile(filepath.Join(dir, "exported.json"), []byte(exported), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustHib(t, dir, "create", "-s", "1M", "copy.db")
+	mustHib(t, dir, "hib", "import", "exported.json", "copy.db")
+	if again := mustHib(t, dir, "hib", "export", "copy.db"); again != exported {
+		t.Errorf("export of the re-imported snapshot differs from the original export")
+	}
+	if got := mustHib(t, dir, "hib", "diff", "base.db", "copy.db"); !strings.HasPrefix(got, "processes: +0 -0 ~0; mappings: +0 -0 ~0; pages changed: 0") {
+		t.Errorf("hib diff of a snapshot and its copy:\n%s", got)
+	}
+}
+
+func TestHibReadOnlyCommandsLeaveFilesIdentical(t *testing.T) {
+	dir := hibChain(t)
+	before := fileDigest(t, filepath.Join(dir, "base.db"), filepath.Join(dir, "job.db"))
+	for _, args := range [][]string{
+		{"hib", "ps", "job.db"}, {"hib", "maps", "job.db", "101"}, {"hib", "files", "job.db", "101"},
+		{"hib", "signals", "job.db", "101"}, {"hib", "show", "job.db"}, {"hib", "export", "job.db"},
+		{"hib", "diff", "base.db", "job.db"}, {"hib", "check", "job.db"}, {"check", "job.db"},
+	} {
+		mustHib(t, dir, args...)
+	}
+	if after := fileDigest(t, filepath.Join(dir, "base.db"), filepath.Join(dir, "job.db")); after != before {
+		t.Error("a read-only hib command changed the files")
+	}
+}
+
+func TestHibBadInput(t *testing.T) {
+	dir := hibChain(t)
+	mustHib(t, dir, "create", "-s", "1M", "empty.db")
+	for _, tt := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"hib"}, 2, "missing subcommand"},
+		{[]string{"hib", "nope"}, 2, "unknown subcommand"},
+		{[]string{"hib", "ps", "empty.db"}, 1, "no hibernate snapshot"},
+		{[]string{"hib", "maps", "base.db", "999"}, 1, "no such process"},
+		{[]string{"hib", "maps", "base.db", "x"}, 2, "not a number"},
+		{[]string{"hib", "import", filepath.Join(testdata, "hib-before.json"), "base.db"}, 1, "already holds a hibernate snapshot"},
+		{[]string{"hib", "capture", "base.db"}, 2, "--pid is required"},
+		{[]string{"hib", "ps", "missing.db"}, 1, "no such file"},
+	} {
+		r := hib(t, dir, tt.args...)
+		if r.code != tt.code || !strings.Contains(r.stderr, tt.msg) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+			t.Errorf("hibdisk %s: exit %d, stderr %q; want exit %d and one line with %q", strings.Join(tt.args, " "), r.code, r.stderr, tt.code, tt.msg)
+		}
+	}
+}
+
+// TestCheckIncludesHibernateMetadata: hibdisk check reports broken
+// hibernate metadata, and check --repair fixes what follows from the rest.
+func TestCheckIncludesHibernateMetadata(t *testing.T) {
+	dir := hibChain(t)
+	conn, err := sqlite3.Open(filepath.Join(dir, "job.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		"PRAGMA foreign_keys = OFF",
+		"UPDATE hibernate_snapshot SET total_processes = 9",
+		"INSERT INTO hibernate_files (snapshot_id, pid, fd, path) VALUES (1, 4242, 0, '/orphan')",
+	} {
+		if err := conn.Exec(sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn.Close()
+	r := hib(t, dir, "check", "job.db")
+	if r.code != 1 {
+		t.Fatalf("hibdisk check of broken metadata: exit %d, want 1\n%s", r.code, r.stdout)
+	}
+	golden(t, "hib-check-broken.txt", r.stdout)
+	golden(t, "hib-check-repair.txt", mustHib(t, dir, "check", "--repair", "job.db"))
+	mustHib(t, dir, "hib", "check", "job.db")
+}
+
+// TestHibCapture captures a sleep process through the CLI, twice, the
+// second time into a diff layer.
+func TestHibCapture(t *testing.T) {
+	dir := testDir(t)
+	sleep := exec.Command("sleep", "60")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
+	pid := strconv.Itoa(sleep.Process.Pid)
+	mustHib(t, dir, "create", "-s", "1M", "a.db")
+	mustHib(t, dir, "create", "-b", "a.db", "b.db")
+	out := mustHib(t, dir, "hib", "capture", "--pid", pid, "a.db")
+	if !strings.HasPrefix(out, "captured 1 processes into a.db") {
+		t.Errorf("capture said:\n%s", out)
+	}
+	out = mustHib(t, dir, "hib", "capture", "--no-freeze", "--pid", pid, "b.db")
+	if !strings.Contains(out, "stored 0 changed blocks") {
+		t.Errorf("re-capture of an idle sleep stored blocks:\n%s", out)
+	}
+	if ps := mustHib(t, dir, "hib", "ps", "b.db"); !strings.Contains(ps, pid) || !strings.Contains(ps, "sleep") {
+		t.Errorf("hib ps after capture:\n%s", ps)
+	}
+	// Without registers (--no-freeze), the diff reports exactly that.
+	golden(t, "hib-capture-diff.txt", strings.ReplaceAll(mustHib(t, dir, "hib", "diff", "a.db", "b.db"), pid, "PID"))
+}
