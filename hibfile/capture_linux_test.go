@@ -23,8 +23,16 @@ var (
 	helperErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if helperPath != "" {
+		os.RemoveAll(filepath.Dir(helperPath))
+	}
+	os.Exit(code)
+}
+
 // buildHelper compiles testdata/helper.c once per test binary.
-func buildHelper(t *testing.T) string {
+func buildHelper(t testing.TB) string {
 	t.Helper()
 	if _, err := exec.LookPath("gcc"); err != nil {
 		if os.Getenv("CI") != "" {
@@ -60,7 +68,7 @@ type helperProc struct {
 	dataFile   string
 }
 
-func startHelper(t *testing.T, pages int) *helperProc {
+func startHelper(t testing.TB, pages int) *helperProc {
 	t.Helper()
 	bin := buildHelper(t)
 	data := filepath.Join(t.TempDir(), "data.txt")
@@ -96,7 +104,7 @@ func startHelper(t *testing.T, pages int) *helperProc {
 	return h
 }
 
-func (h *helperProc) dirty(t *testing.T, pages, stride int) {
+func (h *helperProc) dirty(t testing.TB, pages, stride int) {
 	t.Helper()
 	fmt.Fprintf(h.stdin, "dirty %d %d\n", pages, stride)
 	if line, err := h.stdout.ReadString('\n'); err != nil || line != "ok\n" {
@@ -106,7 +114,7 @@ func (h *helperProc) dirty(t *testing.T, pages, stride int) {
 
 func (h *helperProc) pid() int { return h.cmd.Process.Pid }
 
-func capture(t *testing.T, path string, pids ...int) hibfile.CaptureResult {
+func capture(t testing.TB, path string, pids ...int) hibfile.CaptureResult {
 	t.Helper()
 	res, err := hibfile.Capture(path, hibfile.CaptureOptions{PIDs: pids})
 	if err != nil {
@@ -214,7 +222,7 @@ func TestCaptureFilesSignalsMemory(t *testing.T) {
 
 // ownBlocksIn returns the blocks of the layer's own hibernate_blocks in
 // [off, off+length).
-func ownBlocks(t *testing.T, path string) []int64 {
+func ownBlocks(t testing.TB, path string) []int64 {
 	t.Helper()
 	conn := openSQL(t, path)
 	defer conn.Close()

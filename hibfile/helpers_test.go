@@ -3,6 +3,7 @@ package hibfile_test
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -146,4 +147,15 @@ func openSQL(t testing.TB, path string) *sqlite3.Conn {
 		t.Fatal(err)
 	}
 	return conn
+}
+
+func fileSize(t testing.TB, path string) int64 {
+	t.Helper()
+	var n int64
+	for _, p := range []string{path, path + "-wal"} {
+		if st, err := os.Stat(p); err == nil {
+			n += st.Size()
+		}
+	}
+	return n
 }
