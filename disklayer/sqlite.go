@@ -29,9 +29,9 @@ const (
 const HibernateSize int64 = 1 << 46
 
 // SchemaVersion is the layer schema this build writes (user_version):
-// 1 is the layer tables, 2 adds the hibernate metadata (layerMigrations in
-// sqlite_schema.go).
-const SchemaVersion = 2
+// 1 is the layer tables, 2 adds the hibernate metadata, 3 the datastore
+// (layerMigrations in sqlite_schema.go).
+const SchemaVersion = 3
 
 // ParentRef is a diff layer's reference to the layer below it, as stored
 // in the layer row.
