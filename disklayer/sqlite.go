@@ -29,9 +29,9 @@ const (
 const HibernateSize int64 = 1 << 46
 
 // SchemaVersion is the layer schema this build writes (user_version):
-// 1 is the layer tables, 2 adds the hibernate metadata, 3 the datastore
-// (layerMigrations in sqlite_schema.go).
-const SchemaVersion = 3
+// 1 is the layer tables, 2 adds the hibernate metadata, 3 the datastore,
+// 4 vm_state (layerMigrations in sqlite_schema.go).
+const SchemaVersion = 4
 
 // ParentRef is a diff layer's reference to the layer below it, as stored
 // in the layer row.

@@ -3,15 +3,17 @@ package disklayer
 import (
 	"github.com/hibdisk/hibdisk/datastore/dsschema"
 	"github.com/hibdisk/hibdisk/hibfile/hibschema"
+	"github.com/hibdisk/hibdisk/hibfile/vmschema"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
 // layerMigrations is the layer schema history: version 1 is the layer
 // tables (schemaV1), version 2 the hibernate metadata, whose SQL package
-// hibfile owns (hibschema), version 3 the datastore (datastore/dsschema).
+// hibfile owns (hibschema), version 3 the datastore (datastore/dsschema),
+// version 4 a QEMU machine's device state (hibfile/vmschema).
 // Opening a layer writable migrates it; each migration runs in its own
 // transaction and is recorded in the migrations table (internal/store).
-var layerMigrations = append(append(schemaV1[:len(schemaV1):len(schemaV1)], hibschema.Migrations...), dsschema.Migrations...)
+var layerMigrations = append(append(append(schemaV1[:len(schemaV1):len(schemaV1)], hibschema.Migrations...), dsschema.Migrations...), vmschema.Migrations...)
 
 // readableFrom is the oldest version a read-only open accepts without
 // migrating: everything after version 1 only adds tables the layer engine
