@@ -61,7 +61,11 @@ type CaptureResult struct {
 //     snapshot's Arch), when the processes are frozen.
 //
 // Kernel mappings above 2^63 ([vsyscall]) are not recorded. The state
-// recorded is the one before freezing.
+// recorded is the one before freezing. Freezing is not invisible to memory:
+// the kernel may write to a frozen or resumed process (an interrupted
+// nanosleep stores its remaining time, glibc's rseq area gets the new cpu
+// id when a thread resumes on another CPU), so re-capturing an idle process
+// can store a page or two.
 func Capture(path string, opts CaptureOptions) (CaptureResult, error) {
 	fail := func(err error) (CaptureResult, error) {
 		return CaptureResult{}, fmt.Errorf("capture into %q: %w", path, err)

@@ -187,10 +187,10 @@ func firstFew(items []string) string {
 // Repair fixes what follows from the rest, in one transaction on the
 // layer opened writable (which also migrates an older schema, including
 // the seed's v0 tables): rows without their snapshot or process are
-// deleted, total_processes is recounted, and blob_size is raised to cover
-// every range. Overlapping ranges, ranges past the hibernate file and
-// cycles in the process tree are not repairable; they remain in the
-// returned report, which is a fresh Check with Repairs filled in.
+// deleted and total_processes is recounted. Ranges outside blob_size or
+// overlapping (which Save never writes: the offsets themselves are
+// damaged) and cycles in the process tree are not repairable; they remain
+// in the returned report, which is a fresh Check with Repairs filled in.
 func Repair(path string) (*disklayer.Report, error) {
 	f, err := disklayer.Open(path, disklayer.OpenOptions{})
 	if err != nil {
@@ -217,13 +217,6 @@ func Repair(path string) (*disklayer.Report, error) {
 			{`UPDATE hibernate_snapshot SET total_processes = (SELECT count(*) FROM hibernate_processes p WHERE p.snapshot_id = hibernate_snapshot.snapshot_id)
 			  WHERE total_processes <> (SELECT count(*) FROM hibernate_processes p WHERE p.snapshot_id = hibernate_snapshot.snapshot_id)`,
 				"recounted total_processes"},
-			{`UPDATE hibernate_snapshot SET blob_size = max(blob_size,
-			    coalesce((SELECT max(m.blob_offset + m.size) FROM hibernate_memory_map m WHERE m.snapshot_id = hibernate_snapshot.snapshot_id AND m.blob_offset IS NOT NULL), 0),
-			    coalesce((SELECT max(p.registers_offset + p.registers_size) FROM hibernate_processes p WHERE p.snapshot_id = hibernate_snapshot.snapshot_id AND p.registers_offset IS NOT NULL), 0))
-			  WHERE blob_file_path IS NULL AND blob_size < max(
-			    coalesce((SELECT max(m.blob_offset + m.size) FROM hibernate_memory_map m WHERE m.snapshot_id = hibernate_snapshot.snapshot_id AND m.blob_offset IS NOT NULL), 0),
-			    coalesce((SELECT max(p.registers_offset + p.registers_size) FROM hibernate_processes p WHERE p.snapshot_id = hibernate_snapshot.snapshot_id AND p.registers_offset IS NOT NULL), 0))`,
-				"raised blob_size to cover every stored range"},
 		}
 		for _, fx := range fixes {
 			if err := conn.Exec(fx.sql); err != nil {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ncruces/go-sqlite3"
 )
@@ -119,16 +120,38 @@ func TestCheckIncludesHibernateMetadata(t *testing.T) {
 	mustHib(t, dir, "hib", "check", "job.db")
 }
 
-// TestHibCapture captures a sleep process through the CLI, twice, the
-// second time into a diff layer.
+// TestHibCapture captures an idle process through the CLI, twice, the
+// second time into a diff layer. The process is cat blocked reading an
+// empty pipe: an interrupted read writes no memory when it restarts (an
+// interrupted nanosleep would: the kernel stores the remaining time in the
+// caller's buffer, so `sleep` changes a page when frozen). glibc's rseq
+// registration is turned off: the kernel rewrites the rseq area's cpu id
+// whenever the thread resumes on another CPU, which changes a page too.
 func TestHibCapture(t *testing.T) {
 	dir := testDir(t)
-	sleep := exec.Command("sleep", "60")
-	if err := sleep.Start(); err != nil {
+	cat := exec.Command("cat")
+	cat.Env = append(os.Environ(), "GLIBC_TUNABLES=glibc.pthread.rseq=0")
+	stdin, err := cat.StdinPipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
-	pid := strconv.Itoa(sleep.Process.Pid)
+	if err := cat.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cat.Process.Kill(); cat.Wait() })
+	pid := strconv.Itoa(cat.Process.Pid)
+	// Capture only once cat has exec'd and blocks: before that it is
+	// still loading and its memory changes between the captures.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		stat, _ := os.ReadFile("/proc/" + pid + "/stat")
+		wchan, _ := os.ReadFile("/proc/" + pid + "/wchan")
+		if strings.Contains(string(stat), "(cat) S") && strings.Contains(string(wchan), "pipe_read") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cat did not block reading: %q %q", stat, wchan)
+		}
+	}
 	mustHib(t, dir, "create", "-s", "1M", "a.db")
 	mustHib(t, dir, "create", "-b", "a.db", "b.db")
 	out := mustHib(t, dir, "hib", "capture", "--pid", pid, "a.db")
@@ -137,9 +160,9 @@ func TestHibCapture(t *testing.T) {
 	}
 	out = mustHib(t, dir, "hib", "capture", "--no-freeze", "--pid", pid, "b.db")
 	if !strings.Contains(out, "stored 0 changed blocks") {
-		t.Errorf("re-capture of an idle sleep stored blocks:\n%s", out)
+		t.Errorf("re-capture of an idle process stored blocks:\n%s%s", out, mustHib(t, dir, "hib", "diff", "a.db", "b.db"))
 	}
-	if ps := mustHib(t, dir, "hib", "ps", "b.db"); !strings.Contains(ps, pid) || !strings.Contains(ps, "sleep") {
+	if ps := mustHib(t, dir, "hib", "ps", "b.db"); !strings.Contains(ps, pid) || !strings.Contains(ps, "cat") {
 		t.Errorf("hib ps after capture:\n%s", ps)
 	}
 	// Without registers (--no-freeze), the diff reports exactly that.
