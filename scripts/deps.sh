@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages hibdisk's tests and benchmarks run against
 # (the real peers: QEMU, libnbd, nbdkit, fio; filesystem tools for the
-# inspection tests; xz for the guest kernel's modules) when any is missing.
+# inspection tests; xz for the guest kernel's modules; gcc for the
+# capture tests' helper process) when any is missing.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 
@@ -28,6 +29,7 @@ declare -A need=(
   [xz]=xz-utils
   [dpkg-deb]=dpkg
   [apt-get]=apt
+  [gcc]=gcc
 )
 missing=()
 for cmd in "${!need[@]}"; do
