@@ -1,7 +1,10 @@
 package datastore
 
 import (
+	"bytes"
 	"fmt"
+	"slices"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/ncruces/go-sqlite3"
@@ -386,17 +389,79 @@ ON CONFLICT (key, snapshot) DO UPDATE SET data = excluded.data, taken_at = exclu
 // List returns every entry of the chain, sorted by key and type, with the
 // values of other owners' private entries left out.
 func (s *Store) List(owner string) ([]Entry, error) {
+	out, err := s.all()
+	for i, e := range out {
+		if e.Private && e.Owner != owner {
+			out[i] = Entry{Key: e.Key, Type: e.Type, Owner: e.Owner, Private: true, Depth: e.Depth, ChangedAt: e.ChangedAt}
+		}
+	}
+	return out, err
+}
+
+// EntryDiff is one entry that differs between two datastores: Change is
+// "added" (only in B), "removed" (only in A) or "changed" (value, owner,
+// privacy or, for a MAP, its range or snapshot count). Values are not
+// shown: private entries stay private in a diff.
+type EntryDiff struct {
+	Key    string `json:"key"`
+	Type   Type   `json:"type"`
+	Change string `json:"change"`
+}
+
+// Diff lists the entries that differ between a and b, resolved through
+// their chains, sorted by key and type.
+func Diff(a, b *Store) ([]EntryDiff, error) {
+	rowsA, err := a.all()
+	if err != nil {
+		return nil, err
+	}
+	rowsB, err := b.all()
+	if err != nil {
+		return nil, err
+	}
+	type id struct {
+		key string
+		typ Type
+	}
+	inB := map[id]Entry{}
+	for _, e := range rowsB {
+		inB[id{e.Key, e.Type}] = e
+	}
+	out := []EntryDiff{}
+	for _, ea := range rowsA {
+		k := id{ea.Key, ea.Type}
+		eb, ok := inB[k]
+		delete(inB, k)
+		switch {
+		case !ok:
+			out = append(out, EntryDiff{Key: ea.Key, Type: ea.Type, Change: "removed"})
+		case !sameEntry(ea, eb):
+			out = append(out, EntryDiff{Key: ea.Key, Type: ea.Type, Change: "changed"})
+		}
+	}
+	for k := range inB {
+		out = append(out, EntryDiff{Key: k.key, Type: k.typ, Change: "added"})
+	}
+	slices.SortFunc(out, func(x, y EntryDiff) int {
+		if c := strings.Compare(x.Key, y.Key); c != 0 {
+			return c
+		}
+		return typeOrder(x.Type) - typeOrder(y.Type)
+	})
+	return out, nil
+}
+
+// all lists every entry with its value, private or not, and a MAP's
+// snapshot count.
+func (s *Store) all() ([]Entry, error) {
 	var out []Entry
-	err := s.read("list", func(r *reader) error {
+	err := s.read("diff", func(r *reader) error {
 		rows, err := r.list()
 		if err != nil {
 			return err
 		}
 		for _, rw := range rows {
 			e := rw.Entry
-			if e.Private && e.Owner != owner {
-				e = Entry{Key: e.Key, Type: e.Type, Owner: e.Owner, Private: true, Depth: e.Depth, ChangedAt: e.ChangedAt}
-			}
 			if e.Type == Map {
 				snaps, err := r.snapshots(e.Key)
 				if err != nil {
@@ -411,4 +476,15 @@ func (s *Store) List(owner string) ([]Entry, error) {
 		return nil
 	})
 	return out, err
+}
+
+func sameEntry(a, b Entry) bool {
+	if a.Owner != b.Owner || a.Private != b.Private || a.U32 != b.U32 || a.Label != b.Label ||
+		a.String != b.String || !bytes.Equal(a.Mem, b.Mem) || a.Snapshots != b.Snapshots {
+		return false
+	}
+	if (a.Map == nil) != (b.Map == nil) {
+		return false
+	}
+	return a.Map == nil || *a.Map == *b.Map
 }

@@ -128,3 +128,36 @@ func TestRemoteClosedServer(t *testing.T) {
 		t.Error("request after the server stopped succeeded")
 	}
 }
+
+// TestRemoteKeepsServedLayerWritable: a served chain holding an open read
+// transaction (as it does between guest requests) keeps taking writes
+// when another process publishes through the server, whose Store shares
+// the chain. (A
+// publish committed directly by another connection makes that write fail
+// with "database is locked": the read snapshot is stale.)
+func TestRemoteKeepsServedLayerWritable(t *testing.T) {
+	path := newBase(t)
+	s, served, _ := open(t, path, diffdisk.Options{})
+	l, err := net.Listen("unix", datastore.SocketPath(path))
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go datastore.Serve(ctx, l, s)
+	c, err := datastore.Dial(path)
+	must(t, err)
+	defer c.Close()
+	sector := make([]byte, 4096)
+	sector[0] = 1
+	for i := range 3 {
+		_, err := served.WriteAt(sector, int64(i)*4096)
+		must(t, err)
+		must(t, served.Flush())
+		_, err = served.ReadAt(sector, int64(i)*4096) // leaves the read transaction open
+		must(t, err)
+		must(t, c.Publish(datastore.Entry{Key: "k", Type: datastore.U32, U32: uint32(i)}, datastore.Overwrite))
+		if _, err := served.WriteAt(sector, int64(i+1)*4096); err != nil {
+			t.Fatalf("write after a publish through the server: %v", err)
+		}
+		must(t, served.Flush())
+	}
+}

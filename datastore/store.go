@@ -473,4 +473,4 @@ ON CONFLICT (key, type) DO UPDATE SET deleted = excluded.deleted, owner = exclud
 		e.Key, string(e.Type), deleted, e.Owner, e.Private, num, value, source, offset, length, seq, now())
 }
 
-func now() string { return time.Now().UTC().Format(time.RFC3339Nano) }
+func now() string { return time.Now().UTC().Format(time.RFC3339) }

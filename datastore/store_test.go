@@ -305,3 +305,45 @@ func TestChain(t *testing.T) {
 	}
 	wantErr(t, "publish on a read-only chain", ro.PublishU32("z", 1, "o", 0), disklayer.ErrReadOnly)
 }
+
+func TestDiff(t *testing.T) {
+	base := newBase(t)
+	{
+		s, _, closeAll := open(t, base, diffdisk.Options{})
+		must(t, s.PublishU32("same", 1, "o", 0))
+		must(t, s.PublishU32("changed", 1, "o", 0))
+		must(t, s.PublishString("removed", "x", "o", 0))
+		must(t, s.PublishString("secret", "a", "o", datastore.Private))
+		must(t, s.PublishMap("m", datastore.MapRange{Source: datastore.SourceDisk, Length: 4}, "o", 0))
+		closeAll()
+	}
+	diff := newDiff(t, base, "diff.hib")
+	{
+		s, _, closeAll := open(t, diff, diffdisk.Options{})
+		must(t, s.PublishU32("same", 1, "o", datastore.Overwrite)) // republished, same value
+		must(t, s.PublishU32("changed", 2, "o", datastore.Overwrite))
+		must(t, s.Delete("removed", datastore.String, "o"))
+		must(t, s.PublishString("secret", "b", "o", datastore.Overwrite|datastore.Private))
+		must(t, s.PublishLabel("added", 1, "o", 0))
+		_, err := s.SnapshotMap("m", "o")
+		must(t, err)
+		closeAll()
+	}
+	a, _, _ := open(t, base, diffdisk.Options{ReadOnly: true})
+	b, _, _ := open(t, diff, diffdisk.Options{ReadOnly: true})
+	got, err := datastore.Diff(a, b)
+	must(t, err)
+	want := []datastore.EntryDiff{
+		{Key: "added", Type: datastore.Label, Change: "added"},
+		{Key: "changed", Type: datastore.U32, Change: "changed"},
+		{Key: "m", Type: datastore.Map, Change: "changed"},
+		{Key: "removed", Type: datastore.String, Change: "removed"},
+		{Key: "secret", Type: datastore.String, Change: "changed"},
+	}
+	if !cmp.Equal(got, want) {
+		t.Errorf("Diff:\n%s", cmp.Diff(want, got))
+	}
+	if got, err := datastore.Diff(b, b); err != nil || len(got) != 0 {
+		t.Errorf("Diff of a chain with itself = %v, %v", got, err)
+	}
+}
