@@ -103,6 +103,17 @@ func runServe(ctx context.Context, e *env, args []string) error {
 			ReadOnly: h.ReadOnly(), PreferredBlockSize: uint32(h.SectorSize()), MultiConn: true,
 		})
 	}
+	for i, s := range specs {
+		var hib *diffdisk.Disk
+		if i == 0 && *hibExport != "" {
+			hib = disks[len(disks)-1]
+		}
+		stopDatastore, err := serveDatastore(e, s.file, disks[i], hib)
+		if err != nil {
+			return err
+		}
+		defer stopDatastore() // before the disks close
+	}
 	srv, err := nbd.NewServer(exports...)
 	if err != nil {
 		return err
