@@ -44,16 +44,21 @@ func runDiff(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return exitError{code: 2, msg: err.Error()}
 	}
+	ds, err := diffDatastores(a, b)
+	if err != nil {
+		return exitError{code: 2, msg: err.Error()}
+	}
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := enc.Encode(diffReport{Report: rep, Datastore: ds}); err != nil {
 			return exitError{code: 2, msg: err.Error()}
 		}
 	} else {
 		printDiff(e.stdout, rep)
+		printDatastoreDiff(e.stdout, ds)
 	}
-	if hasChanges(rep) {
+	if hasChanges(rep) || (ds != nil && len(*ds) > 0) {
 		return exitError{code: 1}
 	}
 	return nil

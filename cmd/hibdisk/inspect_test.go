@@ -236,7 +236,7 @@ func TestInspectExt4Layers(t *testing.T) {
 	// Without the fast path (a raw image against the chain) the answer
 	// is the same.
 	slow := hib(t, dir, "diff", "--json", "base.img", "diff.db")
-	if got, want := strings.Replace(slow.stdout, `"fast_path": false`, `"fast_path": true`, 1), r.stdout; got != stripHibernate(want) {
+	if got, want := strings.Replace(slow.stdout, `"fast_path": false`, `"fast_path": true`, 1), r.stdout; got != noDatastore(stripHibernate(want)) {
 		t.Errorf("diff raw vs chain differs from the fast path:\n%s", slow.stdout)
 	}
 	if r := hib(t, dir, "diff", "diff.db", "diff.db"); r.code != 0 {
@@ -250,6 +250,12 @@ func TestInspectExt4Layers(t *testing.T) {
 
 // stripHibernate turns a layer-vs-layer report into what a raw-vs-layer
 // report says: there is no hibernate file to compare.
+// noDatastore is a diff report as it reads when one side has no
+// datastore (a raw image).
+func noDatastore(s string) string {
+	return strings.Replace(s, `"datastore": []`, `"datastore": null`, 1)
+}
+
 func stripHibernate(s string) string {
 	i := strings.Index(s, `"hibernate": {`)
 	if i < 0 {

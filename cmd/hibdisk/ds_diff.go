@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/hibdisk/hibdisk/datastore"
+	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/inspect"
+)
+
+// diffReport is `hibdisk diff --json`: inspect's report and the
+// datastore entries that differ (null when an image is raw and has no
+// datastore).
+type diffReport struct {
+	*inspect.Report
+	Datastore *[]datastore.EntryDiff `json:"datastore"`
+}
+
+// diffDatastores compares the datastores of chains a and b; nil when
+// either top is not a hibdisk layer.
+func diffDatastores(a, b *diffdisk.Disk) (*[]datastore.EntryDiff, error) {
+	sa, err := datastore.Open(a, datastore.Options{})
+	if err != nil {
+		return nil, nil
+	}
+	defer sa.Close()
+	sb, err := datastore.Open(b, datastore.Options{})
+	if err != nil {
+		return nil, nil
+	}
+	defer sb.Close()
+	d, err := datastore.Diff(sa, sb)
+	if err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
+func printDatastoreDiff(w io.Writer, d *[]datastore.EntryDiff) {
+	switch {
+	case d == nil:
+		fmt.Fprintln(w, "datastore: not compared (a raw image has no datastore)")
+	case len(*d) == 0:
+		fmt.Fprintln(w, "datastore: identical")
+	default:
+		fmt.Fprintf(w, "datastore: %d entries differ\n", len(*d))
+		for _, e := range *d {
+			mark := map[string]string{"added": "+", "removed": "-", "changed": "~"}[e.Change]
+			fmt.Fprintf(w, "  %s %s %s\n", mark, e.Type, e.Key)
+		}
+	}
+}
