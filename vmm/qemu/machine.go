@@ -98,6 +98,22 @@ type Config struct {
 	QMPSocket string
 	// ExtraArgs are appended to the command line.
 	ExtraArgs []string
+	// MachineType is QEMU's -machine type; "" means "pc". Resume passes
+	// the resolved type a snapshot recorded (pc-i440fx-7.2, not pc).
+	MachineType string
+	// RAMPath, when set, backs guest RAM with this file, shared with QEMU
+	// (memory-backend-file, share=on; put it on tmpfs): the host can read
+	// RAM while the guest is stopped, which is how Hibernate saves it. An
+	// existing file of the right size is used as it is (Resume fills one
+	// first); Wait removes the file.
+	RAMPath string
+	// ExtraFiles are inherited by QEMU as fds 3, 4, ... (os/exec), e.g.
+	// an incoming migration stream ("fd:3").
+	ExtraFiles []*os.File
+
+	// incoming starts QEMU waiting for an incoming migration
+	// (-incoming defer; Resume).
+	incoming bool
 }
 
 func (c Config) withDefaults() Config {
@@ -113,6 +129,9 @@ func (c Config) withDefaults() Config {
 	if c.CPUs == 0 {
 		c.CPUs = 1
 	}
+	if c.MachineType == "" {
+		c.MachineType = "pc"
+	}
 	return c
 }
 
@@ -124,9 +143,18 @@ func (c Config) Args(qmpSocket, nbdSocket string) ([]string, error) {
 	if c.Kernel == "" && c.Initrd != "" {
 		return nil, errors.New("qemu: an initrd needs a kernel")
 	}
+	machine := c.MachineType
+	var ram []string
+	if c.RAMPath != "" {
+		if strings.ContainsAny(c.RAMPath, ",") {
+			return nil, fmt.Errorf("qemu: RAM file %q: QEMU's option syntax does not allow ','", c.RAMPath)
+		}
+		machine += ",memory-backend=" + ramBackendID
+		ram = []string{"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=on", ramBackendID, c.MemoryMiB, c.RAMPath)}
+	}
 	args := []string{
 		"-accel", c.Accel,
-		"-machine", "pc",
+		"-machine", machine,
 		"-m", fmt.Sprint(c.MemoryMiB),
 		"-smp", fmt.Sprint(c.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -134,6 +162,7 @@ func (c Config) Args(qmpSocket, nbdSocket string) ([]string, error) {
 		"-serial", "chardev:console",
 		"-qmp", "unix:" + qmpSocket + ",server=on,wait=off",
 	}
+	args = append(args, ram...)
 	if c.Kernel != "" {
 		args = append(args, "-kernel", c.Kernel)
 		if c.Initrd != "" {
@@ -181,6 +210,9 @@ func (c Config) Args(qmpSocket, nbdSocket string) ([]string, error) {
 	if c.Kernel == "" && boots == 0 {
 		return nil, errors.New("qemu: nothing to boot: give a kernel or a boot disk")
 	}
+	if c.incoming {
+		args = append(args, "-incoming", "defer")
+	}
 	return append(args, c.ExtraArgs...), nil
 }
 
@@ -214,6 +246,7 @@ func readOnly(d Disk) bool {
 
 // Machine is a running (or exited) QEMU.
 type Machine struct {
+	cfg     Config // with defaults
 	cmd     *exec.Cmd
 	args    []string
 	dir     string // private directory: sockets
@@ -232,6 +265,20 @@ type Machine struct {
 
 	waitOnce sync.Once
 	waitRes  error
+
+	// owned are layers the machine opened itself (Resume), closed by
+	// Wait after the NBD server has flushed them.
+	owned []io.Closer
+}
+
+// closeOwned closes the layers the machine opened, last first.
+func (m *Machine) closeOwned() error {
+	var errs []error
+	for i := len(m.owned) - 1; i >= 0; i-- {
+		errs = append(errs, m.owned[i].Close())
+	}
+	m.owned = nil
+	return errors.Join(errs...)
 }
 
 // ErrExited is returned by WaitLine when QEMU exits before a matching line.
@@ -246,11 +293,15 @@ func Start(ctx context.Context, cfg Config) (_ *Machine, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	m := &Machine{dir: dir, exited: make(chan struct{}), changed: make(chan struct{})}
+	m := &Machine{cfg: cfg, dir: dir, exited: make(chan struct{}), changed: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			m.stopServer()
 			os.RemoveAll(dir)
+			if cfg.RAMPath != "" {
+				os.Remove(cfg.RAMPath)
+			}
+			m.closeOwned()
 		}
 	}()
 	m.qmpPath = cfg.QMPSocket
@@ -271,6 +322,7 @@ func Start(ctx context.Context, cfg Config) (_ *Machine, err error) {
 	}
 	m.cmd = exec.Command(cfg.Binary, m.args...)
 	m.cmd.Stdin = nil // /dev/null: the console is output only
+	m.cmd.ExtraFiles = cfg.ExtraFiles
 	// Own process group: a terminal's Ctrl-C reaches the caller, which
 	// shuts the machine down through QMP, not QEMU directly. Pdeathsig:
 	// QEMU does not outlive a caller that dies.
@@ -509,6 +561,10 @@ func (m *Machine) Wait(ctx context.Context) error {
 		}
 		m.waitRes = m.stopServer()
 		os.RemoveAll(m.dir)
+		if m.cfg.RAMPath != "" {
+			os.Remove(m.cfg.RAMPath)
+		}
+		m.waitRes = errors.Join(m.waitRes, m.closeOwned())
 	})
 	return m.waitRes
 }

@@ -161,6 +161,12 @@ func (q *QMP) notifyLocked() {
 // Execute runs one command. args (marshalled as "arguments") may be nil;
 // result, when not nil, receives the "return" value.
 func (q *QMP) Execute(ctx context.Context, command string, args, result any) error {
+	return q.execute(ctx, command, args, result, nil)
+}
+
+// execute runs one command; oob, when set, is sent with the command as
+// ancillary data (SCM_RIGHTS for getfd).
+func (q *QMP) execute(ctx context.Context, command string, args, result any, oob []byte) error {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -182,7 +188,16 @@ func (q *QMP) Execute(ctx context.Context, command string, args, result any) err
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}
 	q.writeMu.Lock()
-	_, err = q.conn.Write(append(b, '\n'))
+	if oob != nil {
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			err = errors.New("file descriptors need a unix socket")
+		} else {
+			_, _, err = uc.WriteMsgUnix(append(b, '\n'), oob, nil)
+		}
+	} else {
+		_, err = q.conn.Write(append(b, '\n'))
+	}
 	q.writeMu.Unlock()
 	if err != nil {
 		q.forget(id)
