@@ -60,6 +60,8 @@ func runInit() error {
 		return taskDiscard(params)
 	case guestproto.TaskWriteUntilError:
 		return taskWriteUntilError(params)
+	case guestproto.TaskCounter:
+		return taskCounter(params)
 	case "":
 		return errors.New("no hibdisk.task= on the kernel command line")
 	default:
@@ -426,4 +428,62 @@ func taskWriteUntilError(params map[string]string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return errors.New("no I/O error within a minute of the flush")
+}
+
+func taskCounter(params map[string]string) error {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return fmt.Errorf("uname: %w", err)
+	}
+	note("kernel", unix.ByteSliceToString(uts.Release[:]))
+	size, err := intParam(params, "mem", 32<<20)
+	if err != nil {
+		return err
+	}
+	interval, err := intParam(params, "interval-ms", 100)
+	if err != nil {
+		return err
+	}
+	last, err := intParam(params, "count", 0)
+	if err != nil {
+		return err
+	}
+	blocks, err := intParam(params, "blocks", 256)
+	if err != nil {
+		return err
+	}
+	const chunk = 1 << 20
+	if size < chunk || size%chunk != 0 {
+		return fmt.Errorf("mem=%d: want a positive multiple of %d", size, chunk)
+	}
+	seed := params["seed"]
+	// Everything is allocated up front: the loop makes no garbage, so
+	// the guest's memory changes little between two counts.
+	data := guestproto.PatternBytes(seed, 0, int(size))
+	want := make([]byte, chunk)
+	var disk *blockDev
+	block := aligned(4096)
+	if params["disk"] != "" {
+		if disk, err = openDisk(params["disk"]); err != nil {
+			return err
+		}
+		defer disk.f.Close()
+	}
+	note("memory", size)
+	for n := int64(1); last == 0 || n <= last; n++ {
+		at := (n % (size / chunk)) * chunk
+		guestproto.Pattern(seed, at, want)
+		if !bytes.Equal(data[at:at+chunk], want) {
+			return fmt.Errorf("count %d: the data in memory at %d changed", n, at)
+		}
+		if disk != nil {
+			copy(block, guestproto.CounterBlock(n, len(block)))
+			if _, err := disk.f.WriteAt(block, (n%blocks)*int64(len(block))); err != nil {
+				return fmt.Errorf("count %d: write: %w", n, err)
+			}
+		}
+		say("%s%d", guestproto.CountPrefix, n)
+		time.Sleep(time.Duration(interval) * time.Millisecond)
+	}
+	return nil
 }

@@ -54,7 +54,40 @@ const (
 	TaskWriteUntilError = "write-until-error"
 	// TaskHello only prints PASS: a boot smoke test.
 	TaskHello = "hello"
+	// TaskCounter is a machine to hibernate: it notes its kernel release
+	// as "kernel" and keeps mem bytes of Pattern(seed) in memory (noted
+	// as "memory"), then counts from 1, one CountLine every interval-ms
+	// milliseconds. Before each count it checks one MiB of the data
+	// against the pattern (FAIL on a mismatch: memory did not survive),
+	// and with disk set it writes the count into 4 KiB block count%blocks
+	// of that disk (O_DIRECT). With count set it stops after that count
+	// (PASS); otherwise it runs until the machine is stopped.
+	TaskCounter = "counter"
 )
+
+// CountPrefix starts the counter task's count lines: CountPrefix + N.
+const CountPrefix = Prefix + "count "
+
+// ParseCount returns N of a count line.
+func ParseCount(line string) (int64, bool) {
+	i := strings.Index(line, CountPrefix)
+	if i < 0 {
+		return 0, false
+	}
+	var n int64
+	if _, err := fmt.Sscan(strings.TrimSpace(line[i+len(CountPrefix):]), &n); err != nil {
+		return 0, false
+	}
+	return n, true
+}
+
+// CounterBlock is what the counter task writes into a disk block for
+// count n: the text "count N", zero padded to size bytes.
+func CounterBlock(n int64, size int) []byte {
+	b := make([]byte, size)
+	copy(b, fmt.Sprintf("count %d\n", n))
+	return b
+}
 
 // Cmdline renders a task and its parameters for the kernel command line.
 // Values must not contain spaces.
