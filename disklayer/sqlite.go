@@ -219,7 +219,10 @@ type engine struct {
 	// (a deferred BEGIN): each statement in autocommit mode would take and
 	// release WAL read locks, two fcntl calls per read. The first write
 	// upgrades the transaction; Flush commits it.
-	inTx         bool
+	inTx bool
+	// writeTx: the open transaction holds the write lock (it began as
+	// or was turned into the write batch). Only meaningful while inTx.
+	writeTx      bool
 	pendingBytes int64 // bytes written in the open batch
 	// failure is sticky: set when a commit fails or SQLite rolled back a
 	// batch on its own, so writes the caller saw succeed were lost. Every
@@ -741,20 +744,33 @@ func (e *engine) beginReadLocked(op string) error {
 		return fmt.Errorf("%s %q: begin: %w", op, e.path, mapStoreError(err))
 	}
 	e.inTx = true
+	e.writeTx = false
 	e.pendingBytes = 0
 	return nil
 }
 
-// beginLocked opens the write batch if no transaction is open. An open
-// read transaction becomes the batch: the first write upgrades it.
+// beginLocked opens the write batch unless it is open. An open read
+// transaction is ended first rather than upgraded: its snapshot may be
+// older than a commit another connection made since (a `hibdisk ds` or
+// `hib capture` process, say), and SQLite refuses to upgrade a stale
+// snapshot (SQLITE_BUSY_SNAPSHOT, which no busy timeout cures). It holds
+// no writes, so ending it loses nothing; BEGIN IMMEDIATE then waits for
+// the write lock under the busy timeout.
 func (e *engine) beginLocked(op string) error {
-	if e.inTx {
+	if e.inTx && e.writeTx {
 		return nil
+	}
+	if e.inTx {
+		if err := e.commit.Exec(); err != nil {
+			return fmt.Errorf("%s %q: end read transaction: %w", op, e.path, mapStoreError(err))
+		}
+		e.inTx = false
 	}
 	if err := e.begin.Exec(); err != nil {
 		return fmt.Errorf("%s %q: begin: %w", op, e.path, mapStoreError(err))
 	}
 	e.inTx = true
+	e.writeTx = true
 	e.pendingBytes = 0
 	return nil
 }
