@@ -4,30 +4,36 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/vmm/qemu"
 )
 
 func init() {
-	register(command{name: "vm", summary: "run a QEMU machine on layer chains served over NBD (vm run)", run: runVM})
+	register(command{name: "vm", summary: "run, hibernate and resume QEMU machines on layer chains served over NBD (vm run|hibernate|resume)", run: runVM})
 }
 
 func runVM(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
-		return usagef("want a vm command: run (see hibdisk vm run -h)")
+		return usagef("want a vm command: run, hibernate or resume (see hibdisk vm run -h)")
 	}
 	switch args[0] {
 	case "-h", "--help":
 		fmt.Fprintln(e.stderr, "usage: hibdisk vm run [flags] DISK...   (hibdisk vm run -h for the flags)")
+		fmt.Fprintln(e.stderr, "       hibdisk vm hibernate [--continue [--top NEW]] [--json] LAYER")
+		fmt.Fprintln(e.stderr, "       hibdisk vm resume [--top NEW] [--qmp PATH] LAYER")
 		return nil
 	case "run":
 		return runVMRun(ctx, e, args[1:])
+	case "hibernate":
+		return runVMHibernate(ctx, e, args[1:])
+	case "resume":
+		return runVMResume(ctx, e, args[1:])
 	default:
-		return usagef("unknown vm command %q (want run)", args[0])
+		return usagef("unknown vm command %q (want run, hibernate or resume)", args[0])
 	}
 }
 
@@ -90,19 +96,30 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 		specs = append(specs, s)
 	}
 
+	// RAM in a shared file on tmpfs, so `vm hibernate` can save it.
+	ramPath, err := newRAMFile()
+	if err != nil {
+		return err
+	}
+	defer os.Remove(ramPath)
 	cfg := qemu.Config{
 		Accel: *accel, MemoryMiB: int(memBytes >> 20), CPUs: *cpus,
 		Kernel: *kernel, Initrd: *initrd, Append: *appendArgs,
 		Console: e.stdout, Stderr: e.stderr, QMPSocket: *qmpPath,
+		RAMPath: ramPath,
 	}
 	var disks []*diffdisk.Disk // closed in reverse order, after the machine
-	defer func() {
+	closeDisks := func() error {
+		var errs []error
 		for i := len(disks) - 1; i >= 0; i-- {
 			if cerr := disks[i].Close(); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("close %s: %w", specs[i].file, cerr))
+				errs = append(errs, fmt.Errorf("close %s: %w", specs[i].file, cerr))
 			}
 		}
-	}()
+		disks = nil
+		return errors.Join(errs...)
+	}
+	defer func() { err = errors.Join(err, closeDisks()) }()
 	for i, s := range specs {
 		d, err := openServed(s.file, *readOnly, false)
 		if err != nil {
@@ -117,23 +134,11 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "hibdisk vm: QMP socket %s\n", m.QMPPath())
-	select {
-	case <-m.Exited():
-	case <-ctx.Done():
-		// Ctrl-C: ask QEMU to quit (it flushes its disks), kill it if
-		// it does not within the grace period.
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := m.Shutdown(shutdownCtx); err != nil {
-			return err
-		}
+	// A writable first disk can hold a machine snapshot: `vm hibernate`
+	// finds the machine through a state file beside it.
+	top := ""
+	if !*readOnly {
+		top = specs[0].file
 	}
-	// Wait flushes every layer through the NBD server's shutdown.
-	if err := m.Wait(context.Background()); err != nil {
-		return err
-	}
-	if ctx.Err() == nil && m.ExitCode() != 0 {
-		return fmt.Errorf("qemu exited with status %d", m.ExitCode())
-	}
-	return nil
+	return superviseVM(ctx, e, m, top, closeDisks)
 }

@@ -255,7 +255,7 @@ func TestHibernateResumeStacked(t *testing.T) {
 
 	r1 := filepath.Join(dir, "r1.db")
 	m := resume(t, job, r1, n)
-	n2 := waitCount(t, m, n+20)
+	waitCount(t, m, n+20)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	h, err := m.Hibernate(ctx, qemu.HibernateOptions{})
@@ -265,7 +265,7 @@ func TestHibernateResumeStacked(t *testing.T) {
 	if err := m.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	n2, _ = lastCount(m.Lines())
+	n2, _ := lastCount(m.Lines())
 	t.Logf("second hibernate at count %d: stop+device state %v, save %v, total %v; RAM stored %d blocks (%.2f MiB)",
 		n2, h.Stop, h.Save, h.Total, h.RAMBlocksStored, float64(h.RAMBytesStored())/(1<<20))
 	rows2, bytes2 := hibernateBlocks(t, r1)
