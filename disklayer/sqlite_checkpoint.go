@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/ncruces/go-sqlite3"
+
+	"github.com/hibdisk/hibdisk/internal/store"
 )
 
 // checkpointBytes is how much committed data the WAL may hold before the
@@ -35,7 +37,11 @@ type checkpointer struct {
 // checkpointing goroutine. The engine's own connection must have
 // wal_autocheckpoint=0.
 func startCheckpointer(path string) (*checkpointer, error) {
-	conn, err := sqlite3.OpenFlags(path, sqlite3.OPEN_READWRITE)
+	uri, err := store.FileURI(path, "rw")
+	if err != nil {
+		return nil, fmt.Errorf("open checkpoint connection: %w", err)
+	}
+	conn, err := sqlite3.OpenFlags(uri, sqlite3.OPEN_READWRITE|sqlite3.OPEN_URI)
 	if err != nil {
 		return nil, fmt.Errorf("open checkpoint connection: %w", err)
 	}

@@ -447,7 +447,7 @@ func FileURI(path, mode string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: "mode=" + mode}
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: "mode=" + mode + "&vfs=" + VFSName}
 	return u.String(), nil
 }
 
