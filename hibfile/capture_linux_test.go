@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/hibfile"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
 var (
@@ -34,12 +35,7 @@ func TestMain(m *testing.M) {
 // buildHelper compiles testdata/helper.c once per test binary.
 func buildHelper(t testing.TB) string {
 	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("gcc is missing (apt-get install gcc)")
-		}
-		t.Skip("gcc is missing: apt-get install gcc")
-	}
+	testenv.RequireTools(t, "gcc", "gcc")
 	helperOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "hibfile-helper")
 		if err != nil {

@@ -9,20 +9,8 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
-
-// requireTools fails in CI and skips elsewhere when a tool is missing.
-func requireTools(t *testing.T, pkg string, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not found: CI must install %s (make deps)", tool, pkg)
-			}
-			t.Skipf("%s not found; install it with: apt-get install %s", tool, pkg)
-		}
-	}
-}
 
 // sh runs a command and fails the test with its output when it fails.
 func sh(t *testing.T, name string, args ...string) {
@@ -86,7 +74,7 @@ func makeImage(t *testing.T, kind Kind, src string) string {
 		}
 	}
 	fat := func(bits string, size int64) {
-		requireTools(t, "dosfstools mtools", "mkfs.vfat", "mcopy")
+		testenv.RequireTools(t, "dosfstools mtools", "mkfs.vfat", "mcopy")
 		truncate(size)
 		sh(t, "mkfs.vfat", "-F", bits, "-n", "HIBTEST", img)
 		entries, err := os.ReadDir(src)
@@ -101,7 +89,7 @@ func makeImage(t *testing.T, kind Kind, src string) string {
 	}
 	switch kind {
 	case KindExt4:
-		requireTools(t, "e2fsprogs", "mkfs.ext4")
+		testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
 		truncate(32 << 20)
 		sh(t, "mkfs.ext4", "-q", "-F", "-L", "hibtest", "-d", src, img)
 	case KindFAT12:
@@ -111,10 +99,10 @@ func makeImage(t *testing.T, kind Kind, src string) string {
 	case KindFAT32:
 		fat("32", 64<<20)
 	case KindSquashfs:
-		requireTools(t, "squashfs-tools", "mksquashfs")
+		testenv.RequireTools(t, "squashfs-tools", "mksquashfs")
 		sh(t, "mksquashfs", src, img, "-quiet", "-noappend", "-all-root")
 	case KindISO9660:
-		requireTools(t, "xorriso", "xorriso")
+		testenv.RequireTools(t, "xorriso", "xorriso")
 		sh(t, "xorriso", "-as", "mkisofs", "-quiet", "-R", "-V", "HIBTEST", "-o", img, src)
 	default:
 		t.Fatalf("makeImage: unknown kind %q", kind)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/disklayer"
 )
 
 func init() {
@@ -26,6 +27,13 @@ func runCheck(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	return printReport(e, pos[0], r, "No errors were found on the image.")
+}
+
+// printReport prints a check report the way qemu-img check does (one
+// line per repair, note and problem) and turns problems into exit status
+// 1; ok is the line printed when there are none.
+func printReport(e *env, path string, r *disklayer.Report, ok string) error {
 	for _, s := range r.Repairs {
 		fmt.Fprintf(e.stdout, "Repaired: %s\n", s)
 	}
@@ -36,8 +44,8 @@ func runCheck(_ context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "ERROR: %s\n", s)
 	}
 	if !r.OK() {
-		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) found in %s", len(r.Problems), pos[0])}
+		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) found in %s", len(r.Problems), path)}
 	}
-	fmt.Fprintln(e.stdout, "No errors were found on the image.")
+	fmt.Fprintln(e.stdout, ok)
 	return nil
 }

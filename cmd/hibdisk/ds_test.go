@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
 // transcript runs command lines and records each with its output and
@@ -149,7 +151,7 @@ func TestDSDiffLayer(t *testing.T) {
 // guest writes (publishes go through the server: a commit from another
 // process would make the server's next write fail).
 func TestDSWhileServing(t *testing.T) {
-	requireTools(t, "qemu-utils", "qemu-io")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
 	bin := hibdiskBinary(t)
 	dir := testDir(t)
 	layer := filepath.Join(dir, "live.db")

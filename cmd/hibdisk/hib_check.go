@@ -33,20 +33,7 @@ func runHibCheck(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	for _, s := range r.Repairs {
-		fmt.Fprintf(e.stdout, "Repaired: %s\n", s)
-	}
-	for _, s := range r.Notes {
-		fmt.Fprintf(e.stdout, "Note: %s\n", s)
-	}
-	for _, s := range r.Problems {
-		fmt.Fprintf(e.stdout, "ERROR: %s\n", s)
-	}
-	if !r.OK() {
-		return exitError{code: 1, msg: fmt.Sprintf("%d problem(s) found in %s", len(r.Problems), pos[0])}
-	}
-	fmt.Fprintln(e.stdout, "No errors were found in the hibernate metadata.")
-	return nil
+	return printReport(e, pos[0], r, "No errors were found in the hibernate metadata.")
 }
 
 func runHibMigrate(_ context.Context, e *env, args []string) error {

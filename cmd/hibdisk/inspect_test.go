@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
 // inspectTime is every file's mtime, and e2fsprogs' clock
@@ -63,7 +64,7 @@ var inspectFiles = map[string]string{
 // uuid, hash seed and clock.
 func ext4Image(t *testing.T, dir string) string {
 	t.Helper()
-	requireTools(t, "e2fsprogs", "mkfs.ext4", "debugfs")
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4", "debugfs")
 	src := filepath.Join(dir, "src")
 	writeTree(t, src, inspectFiles)
 	if err := os.Chmod(filepath.Join(src, "etc/motd"), 0o600); err != nil {
@@ -281,7 +282,7 @@ func readAll(t *testing.T, paths ...string) []byte {
 // TestInspectFATLayer: a FAT32 image made by mkfs.vfat and mcopy, changed
 // by mtools in a copy and applied through a diff layer.
 func TestInspectFATLayer(t *testing.T) {
-	requireTools(t, "dosfstools mtools", "mkfs.vfat", "mcopy", "mdel")
+	testenv.RequireTools(t, "dosfstools mtools", "mkfs.vfat", "mcopy", "mdel")
 	dir := testDir(t)
 	src := filepath.Join(dir, "src")
 	writeTree(t, src, map[string]string{"BOOT/config.txt": "timeout=5\n", "readme.txt": "fat\n"})
@@ -356,7 +357,7 @@ func TestInspectBadInput(t *testing.T) {
 		t.Errorf("corrupt superblock: exit %d, stderr %q", r.code, r.stderr)
 	}
 	// A partitioned disk: an index past the table names what exists.
-	requireTools(t, "fdisk", "sfdisk")
+	testenv.RequireTools(t, "fdisk", "sfdisk")
 	disk := filepath.Join(dir, "mbr.img")
 	if err := os.WriteFile(disk, nil, 0o644); err != nil {
 		t.Fatal(err)

@@ -15,20 +15,8 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
-
-// requireTools skips (or, in CI, fails) when a peer is not installed.
-func requireTools(t *testing.T, pkg string, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not found: CI must install %s (make deps)", tool, pkg)
-			}
-			t.Skipf("%s not found; install it with: apt-get install %s", tool, pkg)
-		}
-	}
-}
 
 // builtBinary is hibdisk built once for tests that need a real process
 // (kill -9, socket activation).
@@ -121,7 +109,7 @@ func qemuIO(t *testing.T, uri string, cmds ...string) string {
 // bytes never change; the data is there after shutdown; the socket is
 // removed.
 func TestServeDiffOverRawBase(t *testing.T) {
-	requireTools(t, "qemu-utils", "qemu-io", "qemu-img")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io", "qemu-img")
 	dir := testDir(t)
 	base := filepath.Join(dir, "base.img")
 	content := bytes.Repeat([]byte("golden base "), (8<<20)/12+1)[:8<<20]
@@ -188,7 +176,7 @@ func firstDiff(a, b []byte) int {
 // TestServeFlushSurvivesKill: writes acknowledged by a FLUSH survive
 // SIGKILL of the server process.
 func TestServeFlushSurvivesKill(t *testing.T) {
-	requireTools(t, "qemu-utils", "qemu-io")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
 	dir := testDir(t)
 	mustHib(t, dir, "create", "-s", "16M", "disk.db")
 	sock := filepath.Join(dir, "disk.sock")
@@ -226,7 +214,7 @@ func TestServeFlushSurvivesKill(t *testing.T) {
 // TestServeSocketActivation: `nbdinfo -- [ hibdisk serve --nbd FILE ]`
 // hands hibdisk a listening socket (LISTEN_FDS) and talks to it.
 func TestServeSocketActivation(t *testing.T) {
-	requireTools(t, "libnbd-bin", "nbdinfo")
+	testenv.RequireTools(t, "libnbd-bin", "nbdinfo")
 	dir := testDir(t)
 	mustHib(t, dir, "create", "-s", "3M", "disk.db")
 	cmd := exec.Command("nbdinfo", "--size", "--", "[", hibdiskBinary(t), "serve", "--nbd", "disk.db", "]")
@@ -246,8 +234,8 @@ func lastLine(s string) string {
 // TestServeExports: several exports with descriptions, read-only mode,
 // and the hibernate file as its own export.
 func TestServeExports(t *testing.T) {
-	requireTools(t, "libnbd-bin", "nbdinfo")
-	requireTools(t, "qemu-utils", "qemu-io")
+	testenv.RequireTools(t, "libnbd-bin", "nbdinfo")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
 	dir := testDir(t)
 	mustHib(t, dir, "create", "-s", "4M", "a.db")
 	mustHib(t, dir, "create", "-s", "8M", "b.db")
@@ -281,7 +269,7 @@ func TestServeExports(t *testing.T) {
 // once, each flushes, and a fifth connection reads every write back —
 // what CAN_MULTI_CONN promises.
 func TestServeParallelConnections(t *testing.T) {
-	requireTools(t, "qemu-utils", "qemu-io")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
 	dir := testDir(t)
 	mustHib(t, dir, "create", "-s", "64M", "disk.db")
 	sock := filepath.Join(dir, "disk.sock")
@@ -323,7 +311,7 @@ func TestServeParallelConnections(t *testing.T) {
 // TestServeTCP: --listen serves over TCP, and an empty host means
 // loopback.
 func TestServeTCP(t *testing.T) {
-	requireTools(t, "libnbd-bin", "nbdinfo")
+	testenv.RequireTools(t, "libnbd-bin", "nbdinfo")
 	dir := testDir(t)
 	mustHib(t, dir, "create", "-s", "2M", "disk.db")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -368,7 +356,7 @@ func TestServeTCP(t *testing.T) {
 // checkpointed and removed it) and removes its socket; the data is there.
 // (In-flight requests at shutdown are covered by vmm/nbd's Shutdown tests.)
 func TestServeSIGTERM(t *testing.T) {
-	requireTools(t, "qemu-utils", "qemu-io")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
 	dir := testDir(t)
 	mustHib(t, dir, "create", "-s", "16M", "disk.db")
 	sock := filepath.Join(dir, "disk.sock")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
 	"github.com/hibdisk/hibdisk/vmm/qemu/guestkit"
 )
@@ -32,9 +33,9 @@ var guestKitOnce = sync.OnceValues(func() (*guestkit.Kit, error) {
 
 func guestKit(t *testing.T) *guestkit.Kit {
 	t.Helper()
-	requireTools(t, "qemu-system-x86", "qemu-system-x86_64")
-	requireTools(t, "apt", "apt-get", "apt-cache")
-	requireTools(t, "dpkg", "dpkg-deb")
+	testenv.RequireTools(t, "qemu-system-x86", "qemu-system-x86_64")
+	testenv.RequireTools(t, "apt", "apt-get", "apt-cache")
+	testenv.RequireTools(t, "dpkg", "dpkg-deb")
 	k, err := guestKitOnce()
 	if err != nil {
 		t.Fatalf("guest kit: %v", err)

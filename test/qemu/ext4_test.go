@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/hibdisk/hibdisk/internal/testenv"
 	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
 	"github.com/hibdisk/hibdisk/vmm/qemu"
 )
@@ -17,7 +18,7 @@ import (
 // debugfs reads the guest's file back byte for byte.
 func TestBootExt4(t *testing.T) {
 	guestKit(t)
-	requireTools(t, "e2fsprogs", "mkfs.ext4", "e2fsck", "debugfs")
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4", "e2fsck", "debugfs")
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
 	if err := os.Mkdir(src, 0o755); err != nil {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
 	"github.com/hibdisk/hibdisk/vmm/qemu"
 	"github.com/hibdisk/hibdisk/vmm/qemu/guestkit"
@@ -50,25 +51,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// requireTools skips (or, in CI, fails) when a tool is not installed.
-func requireTools(t *testing.T, pkg string, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not found: CI must install %s (make deps)", tool, pkg)
-			}
-			t.Skipf("%s not found; install it with: apt-get install %s", tool, pkg)
-		}
-	}
-}
-
 // requireQEMU checks for QEMU and what building the guest kit needs.
 func requireQEMU(t *testing.T) {
 	t.Helper()
-	requireTools(t, "qemu-system-x86", "qemu-system-x86_64")
-	requireTools(t, "apt", "apt-get", "apt-cache")
-	requireTools(t, "dpkg", "dpkg-deb")
+	testenv.RequireTools(t, "qemu-system-x86", "qemu-system-x86_64")
+	testenv.RequireTools(t, "apt", "apt-get", "apt-cache")
+	testenv.RequireTools(t, "dpkg", "dpkg-deb")
 }
 
 var kit = sync.OnceValues(func() (*guestkit.Kit, error) {

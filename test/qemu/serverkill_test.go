@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
 	"github.com/hibdisk/hibdisk/vmm/qemu"
 )
@@ -57,7 +58,7 @@ func serveProcess(t *testing.T, sock, file string) *exec.Cmd {
 // flushed before the kill.
 func TestServerKilledMidRun(t *testing.T) {
 	guestKit(t)
-	requireTools(t, "qemu-utils", "qemu-img")
+	testenv.RequireTools(t, "qemu-utils", "qemu-img")
 	dir := t.TempDir()
 	base, top := filepath.Join(dir, "base.img"), filepath.Join(dir, "job.db")
 	writeRawBase(t, base, diskSize, "base", baseDataLen)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
 // Tests against real NBD clients: qemu-io, qemu-img, nbdinfo, nbdcopy and
@@ -16,17 +18,8 @@ import (
 
 const peerDiskSize = 128 << 20
 
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s not found (CI must install qemu-utils libnbd-bin python3-libnbd nbdkit)", tool)
-			}
-			t.Skipf("%s not found: apt-get install qemu-utils libnbd-bin python3-libnbd nbdkit", tool)
-		}
-	}
-}
+// peerPackages are the Debian packages of the peers these tests run.
+const peerPackages = "qemu-utils libnbd-bin python3-libnbd nbdkit"
 
 func nbdURI(sock, export string) string {
 	return "nbd+unix:///" + export + "?socket=" + sock
@@ -55,7 +48,7 @@ func peerExports() []Export {
 }
 
 func TestQemuIO(t *testing.T) {
-	needTools(t, "qemu-io")
+	testenv.RequireTools(t, peerPackages, "qemu-io")
 	_, sock := startServer(t, peerExports()...)
 	last := fmt.Sprint(peerDiskSize - 512)
 	var cmds []string
@@ -112,7 +105,7 @@ func TestQemuIO(t *testing.T) {
 }
 
 func TestNbdinfo(t *testing.T) {
-	needTools(t, "nbdinfo", "qemu-io")
+	testenv.RequireTools(t, peerPackages, "nbdinfo", "qemu-io")
 	_, sock := startServer(t, peerExports()...)
 	var info struct {
 		Exports []map[string]any `json:"exports"`
@@ -166,7 +159,7 @@ func TestNbdinfo(t *testing.T) {
 }
 
 func TestNbdcopyAndQemuImg(t *testing.T) {
-	needTools(t, "nbdcopy", "qemu-img", "qemu-io")
+	testenv.RequireTools(t, peerPackages, "nbdcopy", "qemu-img", "qemu-io")
 	_, sock := startServer(t, peerExports()...)
 	dir := t.TempDir()
 	disk, cp := nbdURI(sock, "disk"), nbdURI(sock, "copy")
@@ -308,7 +301,7 @@ print("nbdsh ok")
 `
 
 func TestNbdsh(t *testing.T) {
-	needTools(t, "nbdsh")
+	testenv.RequireTools(t, peerPackages, "nbdsh")
 	_, sock := startServer(t, peerExports()...)
 	out := runTool(t, "nbdsh", "-c", fmt.Sprintf(nbdshScript, sock, peerDiskSize))
 	if !strings.Contains(out, "nbdsh ok") {
