@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/hibdisk/hibdisk/disklayer/memlayer"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
 // TestFilesystems builds each filesystem with its real tool from the same
@@ -161,7 +162,7 @@ func TestClean(t *testing.T) {
 
 // TestBadInput: each kind of bad input is its own error.
 func TestBadInput(t *testing.T) {
-	requireTools(t, "e2fsprogs", "mkfs.ext4")
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
 	img := makeImage(t, KindExt4, sourceTree(t, true))
 	f, err := openImage(t, img).FS(0)
 	if err != nil {
@@ -211,7 +212,7 @@ func TestBadInput(t *testing.T) {
 // TestNeedsRecovery: an ext4 filesystem whose journal needs replaying is
 // opened with a warning instead of silently showing stale data.
 func TestNeedsRecovery(t *testing.T) {
-	requireTools(t, "e2fsprogs", "mkfs.ext4", "debugfs")
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4", "debugfs")
 	img := makeImage(t, KindExt4, sourceTree(t, false))
 	sh(t, "debugfs", "-w", "-R", "feature needs_recovery", img)
 	f, err := openImage(t, img).FS(0)

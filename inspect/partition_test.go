@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
 // partitionedImage lays out a disk with the real partitioning tool
@@ -26,11 +28,11 @@ func partitionedImage(t *testing.T, table string) string {
 	}
 	switch table {
 	case "gpt":
-		requireTools(t, "gdisk", "sgdisk")
+		testenv.RequireTools(t, "gdisk", "sgdisk")
 		sh(t, "sgdisk", "-n", "1:2048:+32M", "-t", "1:8300", "-c", "1:root",
 			"-n", "2:0:+32M", "-t", "2:0700", "-c", "2:data", "-n", "3:0:+8M", "-t", "3:8200", disk)
 	case "mbr":
-		requireTools(t, "fdisk", "sfdisk")
+		testenv.RequireTools(t, "fdisk", "sfdisk")
 		cmd := exec.Command("sfdisk", "--quiet", disk)
 		cmd.Stdin = strings.NewReader("label: dos\nstart=2048, size=65536, type=83\nstart=67584, size=65536, type=6\nstart=133120, size=16384, type=82\n")
 		if out, err := cmd.CombinedOutput(); err != nil {
