@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hibdisk/hibdisk/internal/testenv"
@@ -13,9 +14,11 @@ import (
 )
 
 // TestBootExt4: an ext4 filesystem built on the host (mkfs.ext4 -d) and
-// converted to a hibdisk layer is mounted by the guest, which reads the
-// host's file and writes its own; the exported raw copy passes e2fsck and
-// debugfs reads the guest's file back byte for byte.
+// converted to a hibdisk layer is mounted by the guest through a diff
+// layer; the guest reads the host's file and writes its own. Afterwards
+// the exported raw copy passes e2fsck and debugfs reads the guest's file
+// back byte for byte, and hibdisk's offline inspection (ls -R, cat, diff)
+// sees what the guest wrote, with no VM.
 func TestBootExt4(t *testing.T) {
 	guestKit(t)
 	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4", "e2fsck", "debugfs")
@@ -35,8 +38,10 @@ func TestBootExt4(t *testing.T) {
 	if out, err := mkfs.CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v: %s", err, out)
 	}
-	layer := filepath.Join(dir, "fs.db")
-	hibdisk(t, "convert", img, layer)
+	base := filepath.Join(dir, "fs.db")
+	hibdisk(t, "convert", img, base)
+	layer := filepath.Join(dir, "job.db")
+	hibdisk(t, "create", "-b", base, layer)
 
 	const guestLen = 300 << 10
 	d := openDisk(t, layer)
@@ -62,7 +67,31 @@ func TestBootExt4(t *testing.T) {
 	if err := cat.Run(); err != nil {
 		t.Fatalf("debugfs: %v: %s", err, stderr.String())
 	}
-	if want := guestproto.PatternBytes("ext4", 0, guestLen); !bytes.Equal(stdout.Bytes(), want) {
+	want := guestproto.PatternBytes("ext4", 0, guestLen)
+	if !bytes.Equal(stdout.Bytes(), want) {
 		t.Errorf("debugfs cat /guest.bin: %d bytes, want the guest's %d-byte pattern (stderr %q)", stdout.Len(), guestLen, stderr.String())
+	}
+
+	// Offline inspection of the layer the guest wrote.
+	ls := hibdisk(t, "ls", "-R", layer, "/")
+	for _, name := range []string{"hello.txt", "guest.bin"} {
+		if !strings.Contains(ls, name) {
+			t.Errorf("hibdisk ls -R of the guest's layer lacks %s:\n%s", name, ls)
+		}
+	}
+	if got := hibdisk(t, "cat", layer, "/guest.bin"); got != string(want) {
+		t.Errorf("hibdisk cat /guest.bin: %d bytes, want the guest's %d-byte pattern", len(got), guestLen)
+	}
+	if got := hibdisk(t, "cat", layer, "hello.txt"); got != string(hello) {
+		t.Errorf("hibdisk cat hello.txt differs from the host's file")
+	}
+	// diff exits 1 when the images differ, so run it directly.
+	bin, err := hibdiskBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	diff, _ := exec.Command(bin, "diff", base, layer).Output()
+	if !strings.Contains(string(diff), "guest.bin") || strings.Contains(string(diff), "hello.txt") {
+		t.Errorf("hibdisk diff base job: want guest.bin added and hello.txt unchanged:\n%s", diff)
 	}
 }
