@@ -8,34 +8,8 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/store"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
-
-// downgradeToV1 turns a current layer into the version 1 layout of
-// DESIGN.md (the layer tables only, no migrations table), as files
-// created before version 2 look.
-func downgradeToV1(t *testing.T, path string) {
-	t.Helper()
-	conn, err := sqlite3.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	stmt, _, err := conn.Prepare(`SELECT type, name FROM sqlite_master WHERE type IN ('view', 'table')
- AND name NOT IN ('layer', 'sectors', 'hibernate_blocks') AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table'`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var drops []string
-	for stmt.Step() {
-		drops = append(drops, "DROP "+stmt.ColumnText(0)+" "+stmt.ColumnText(1))
-	}
-	stmt.Close()
-	for _, sql := range append(append([]string{"PRAGMA foreign_keys = OFF"}, drops...), "PRAGMA user_version = 1") {
-		if err := conn.Exec(sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-}
 
 func userVersion(t *testing.T, path string) int {
 	t.Helper()
@@ -71,7 +45,7 @@ func TestVersion1LayerReadOnlyThenMigrated(t *testing.T) {
 	f := createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20})
 	mustWrite(t, f, fill(4096, 7), 4096)
 	f.Close()
-	downgradeToV1(t, path)
+	storetest.DowngradeToV1(t, path)
 
 	// A read-only open reads a version 1 layer as it is, and leaves it so.
 	ro, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
@@ -115,7 +89,7 @@ func TestVersion1LayerReadOnlyThenMigrated(t *testing.T) {
 func TestRepairMigratesVersion1(t *testing.T) {
 	path := newLayerPath(t, "old.db")
 	createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20}).Close()
-	downgradeToV1(t, path)
+	storetest.DowngradeToV1(t, path)
 	if _, err := disklayer.Repair(path); err != nil {
 		t.Fatal(err)
 	}

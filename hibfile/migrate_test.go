@@ -13,6 +13,7 @@ import (
 	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/hibfile/hibschema"
 	"github.com/hibdisk/hibdisk/internal/store"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
 func execSQL(t *testing.T, path string, sql ...string) {
@@ -29,33 +30,6 @@ func execSQL(t *testing.T, path string, sql ...string) {
 	}
 }
 
-// downgradeToV1 turns a current layer into the version 1 layout of
-// DESIGN.md (the layer tables only, no migrations table), as files
-// created before version 2 look.
-func downgradeToV1(t *testing.T, path string) {
-	t.Helper()
-	conn, err := sqlite3.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	stmt, _, err := conn.Prepare(`SELECT type, name FROM sqlite_master WHERE type IN ('view', 'table')
- AND name NOT IN ('layer', 'sectors', 'hibernate_blocks') AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table'`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var drops []string
-	for stmt.Step() {
-		drops = append(drops, "DROP "+stmt.ColumnText(0)+" "+stmt.ColumnText(1))
-	}
-	stmt.Close()
-	for _, sql := range append(append([]string{"PRAGMA foreign_keys = OFF"}, drops...), "PRAGMA user_version = 1") {
-		if err := conn.Exec(sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
-}
-
 // seedLayer makes a version 1 layer (DESIGN.md's three tables) holding
 // the seed's literal v0 hibernate tables with rows.
 func seedLayer(t *testing.T) string {
@@ -66,7 +40,7 @@ func seedLayer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	f.Close()
-	downgradeToV1(t, path)
+	storetest.DowngradeToV1(t, path)
 	execSQL(t, path,
 		hibschema.SeedSchema,
 		`INSERT INTO hibernate_snapshot VALUES (7, 1700000000, '6.6.0-seed', 2, 524288, NULL)`,
