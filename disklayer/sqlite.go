@@ -120,7 +120,7 @@ const (
 	// committed early; the WAL then stays bounded during long sequential
 	// writes. Early commits run with synchronous=FULL like every commit,
 	// so they are as durable as a Flush.
-	batchBytes = 64 << 20
+	batchBytes = 16 << 20
 )
 
 // pageSizeFor returns the SQLite page size for a new layer with the given
@@ -233,10 +233,12 @@ type engine struct {
 	begin, beginRead, commit, rollback *sqlite3.Stmt
 	tables                             []*blockTable
 
-	// ckpt checkpoints in the background (writable opens only);
-	// uncheckpointed counts the bytes committed since the last request.
-	ckpt           *checkpointer
-	uncheckpointed int64
+	// ckpt checkpoints in the background (writable opens only). walBytes
+	// is the WAL's size after the last commit (from the WAL hook);
+	// requestedAt its size at the last checkpoint request.
+	ckpt        *checkpointer
+	walBytes    int64
+	requestedAt int64
 }
 
 // Create makes a new layer file at path and returns it open for writing.
@@ -478,9 +480,19 @@ func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 // the engine's connection stops checkpointing by itself, and a
 // checkpointer does it when enough has been committed.
 func startBackgroundCheckpoints(e *engine) error {
-	if err := e.conn.Exec("PRAGMA wal_autocheckpoint=0"); err != nil {
+	if err := e.conn.Exec(fmt.Sprintf("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=%d", walLimitBytes)); err != nil {
 		return fmt.Errorf("disable automatic checkpoints: %w", err)
 	}
+	pageSize, err := store.PragmaInt(e.conn, "page_size")
+	if err != nil {
+		return err
+	}
+	// Set after wal_autocheckpoint, which replaces the WAL hook. It runs
+	// inside COMMIT, under e.mu.
+	e.conn.WALHook(func(_ *sqlite3.Conn, _ string, pages int) error {
+		e.walBytes = int64(pages) * pageSize
+		return nil
+	})
 	c, err := startCheckpointer(e.path)
 	if err != nil {
 		return err
@@ -781,20 +793,11 @@ func (e *engine) commitLocked(op string) error {
 	if !e.inTx {
 		return nil
 	}
-	committed := e.pendingBytes
 	err := e.commit.Exec()
 	if err == nil {
 		e.inTx = false
 		e.pendingBytes = 0
-		if e.ckpt != nil {
-			// Count at least a page per commit, so that many small
-			// commits (FUA writes, frequent flushes) are checkpointed too.
-			e.uncheckpointed += max(committed, 4096)
-			if e.uncheckpointed >= checkpointBytes {
-				e.uncheckpointed = 0
-				e.ckpt.request()
-			}
-		}
+		e.checkpointLocked()
 		return nil
 	}
 	if !e.conn.GetAutocommit() {
@@ -803,6 +806,26 @@ func (e *engine) commitLocked(op string) error {
 	e.inTx = false
 	e.failure = fmt.Errorf("%s %q: commit failed, writes since the last flush are lost: %w", op, e.path, mapStoreError(err))
 	return e.failure
+}
+
+// checkpointLocked keeps the WAL bounded after a commit: a background
+// checkpoint every checkpointBytes of WAL, and a wait for one to catch up
+// once the WAL reaches walLimitBytes (see checkpointer).
+func (e *engine) checkpointLocked() {
+	if e.ckpt == nil {
+		return
+	}
+	if e.walBytes < e.requestedAt {
+		e.requestedAt = 0 // the WAL started over
+	}
+	switch {
+	case e.walBytes >= walLimitBytes:
+		e.ckpt.catchUp()
+		e.requestedAt = e.walBytes
+	case e.walBytes-e.requestedAt >= checkpointBytes:
+		e.ckpt.request()
+		e.requestedAt = e.walBytes
+	}
 }
 
 // afterWriteLocked accounts n written bytes and commits early when the

@@ -16,3 +16,10 @@ func ExecForTest(f *File, sql string) error {
 	defer f.eng.mu.Unlock()
 	return f.eng.conn.Exec(sql)
 }
+
+// WALLimitBytes is the WAL size past which a commit waits for the
+// checkpointer.
+const WALLimitBytes = walLimitBytes
+
+// BatchBytes is the data a write batch holds before it commits early.
+const BatchBytes = batchBytes
