@@ -64,7 +64,7 @@ func (v walCoalescingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (
 	case err != nil:
 		return f, out, err
 	case flags&vfs.OPEN_WAL != 0:
-		return &walFile{File: f, m: fileMap{limit: walMapBytes}}, out, nil
+		return &walFile{File: f, m: fileMap{limit: walMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
 	case flags&vfs.OPEN_MAIN_DB != 0:
 		return &dbFile{File: f, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
 	}
@@ -76,12 +76,20 @@ type walFile struct {
 	vfs.File
 	buf []byte // bytes to write at off
 	off int64
-	m   fileMap // reads only: WAL files are not page-aligned
+	m   fileMap
 }
 
 func (w *walFile) Unwrap() vfs.File { return w.File }
 
 func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
+	if w.m.inside(off, len(p)) {
+		// Inside the file (the WAL restarted at its beginning): write
+		// through the mapping, after what is buffered.
+		if err := w.flush(); err != nil {
+			return 0, err
+		}
+		return w.m.writeAt(w.File, p, off)
+	}
 	if len(w.buf) > 0 && off == w.off+int64(len(w.buf)) && len(w.buf)+len(p) <= walBufferBytes {
 		w.buf = append(w.buf, p...)
 		return len(p), nil

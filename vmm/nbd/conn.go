@@ -67,7 +67,15 @@ type conn struct {
 
 	wmu    sync.Mutex // serializes replies
 	broken bool       // a reply write failed; guarded by wmu
+	// corked holds replies to requests the reader executed inline while
+	// more requests were already buffered: they go out together, in one
+	// write, when the reader is about to wait for the client, or with the
+	// next reply a worker sends. Guarded by wmu.
+	corked []byte
 }
+
+// maxCorked bounds the replies held back in conn.corked.
+const maxCorked = 64 << 10
 
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{srv: s, nc: nc, remote: nc.RemoteAddr().String()}
@@ -115,6 +123,9 @@ func (c *conn) transmit() {
 	var hdr [requestHeaderLen]byte
 	disc := false
 	for {
+		if c.br.Buffered() < requestHeaderLen {
+			c.uncork()
+		}
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			if !errors.Is(err, io.EOF) && !c.stopping.Load() && !errors.Is(err, net.ErrClosed) {
 				c.srv.logf(slog.LevelInfo, "nbd: read request", "remote", c.remote, "err", err)
@@ -144,8 +155,11 @@ func (c *conn) transmit() {
 		if r.errno == 0 && (r.typ == cmdRead || r.typ == cmdWrite) {
 			r.cost = int64(r.length)
 		}
-		c.budget.acquire(r.cost)
+		c.budget.acquire(r.cost, c.uncork)
 		if r.typ == cmdWrite {
+			if c.br.Buffered() < int(r.length) {
+				c.uncork()
+			}
 			if err := c.readPayload(r); err != nil {
 				c.budget.release(r.cost)
 				c.freeRequest(r)
@@ -161,6 +175,7 @@ func (c *conn) transmit() {
 			c.dispatch(r)
 		}
 	}
+	c.uncork()
 	c.inflight.Wait()
 	close(c.queue)
 	if disc && !c.exp.ReadOnly {
@@ -289,14 +304,25 @@ type budget struct {
 	bytes int64
 }
 
-func (b *budget) acquire(n int64) {
+// acquire takes n bytes and a request from the budget, calling
+// beforeWait first if it has to wait for other requests to finish.
+func (b *budget) acquire(n int64, beforeWait func()) {
 	b.mu.Lock()
-	for b.reqs >= maxInFlight || (b.bytes > 0 && b.bytes+n > maxInFlightBytes) {
+	if b.full(n) {
+		b.mu.Unlock()
+		beforeWait()
+		b.mu.Lock()
+	}
+	for b.full(n) {
 		b.cond.Wait()
 	}
 	b.reqs++
 	b.bytes += n
 	b.mu.Unlock()
+}
+
+func (b *budget) full(n int64) bool {
+	return b.reqs >= maxInFlight || (b.bytes > 0 && b.bytes+n > maxInFlightBytes)
 }
 
 func (b *budget) release(n int64) {
@@ -308,11 +334,19 @@ func (b *budget) release(n int64) {
 }
 
 // send writes one reply (or several chunks of one reply) atomically with
-// respect to other replies.
+// respect to other replies, after any corked ones.
 func (c *conn) send(b []byte) {
 	c.wmu.Lock()
 	if !c.broken {
-		if _, err := c.nc.Write(b); err != nil {
+		var err error
+		if len(c.corked) > 0 {
+			v := net.Buffers{c.corked, b}
+			_, err = v.WriteTo(c.nc)
+			c.corked = c.corked[:0]
+		} else {
+			_, err = c.nc.Write(b)
+		}
+		if err != nil {
 			c.writeFailed(err)
 		}
 	}
@@ -322,10 +356,49 @@ func (c *conn) send(b []byte) {
 func (c *conn) sendv(v *net.Buffers) {
 	c.wmu.Lock()
 	if !c.broken {
+		if len(c.corked) > 0 {
+			*v = append(net.Buffers{c.corked}, *v...)
+		}
 		if _, err := v.WriteTo(c.nc); err != nil {
 			c.writeFailed(err)
 		}
+		c.corked = c.corked[:0]
 	}
+	c.wmu.Unlock()
+}
+
+// cork holds back a reply of a request the reader executed, if the reader
+// has another request buffered and will come back to uncork. It reports
+// whether it took the reply.
+func (c *conn) cork(parts ...[]byte) bool {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	if c.br.Buffered() < requestHeaderLen {
+		return false
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.broken || len(c.corked)+n > maxCorked {
+		return false
+	}
+	for _, p := range parts {
+		c.corked = append(c.corked, p...)
+	}
+	return true
+}
+
+// uncork sends the corked replies. The reader calls it before anything
+// that may wait for the client.
+func (c *conn) uncork() {
+	c.wmu.Lock()
+	if !c.broken && len(c.corked) > 0 {
+		if _, err := c.nc.Write(c.corked); err != nil {
+			c.writeFailed(err)
+		}
+	}
+	c.corked = c.corked[:0]
 	c.wmu.Unlock()
 }
 

@@ -81,13 +81,20 @@ func (w *worker) run(r *request) {
 // send and sendv send the final reply of a request. The request stops
 // counting as pending just before, so that a client waiting for this
 // reply (queue depth 1) does not make the reader start another worker.
+// The reader's own worker corks its replies while more requests wait.
 func (w *worker) send(b []byte) {
 	w.c.pending.Add(-1)
+	if w == w.c.inline && w.c.cork(b) {
+		return
+	}
 	w.c.send(b)
 }
 
 func (w *worker) sendv(v [][]byte) {
 	w.c.pending.Add(-1)
+	if w == w.c.inline && w.c.cork(v...) {
+		return
+	}
 	nb := net.Buffers(v)
 	w.c.sendv(&nb)
 }
