@@ -480,7 +480,7 @@ func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 // the engine's connection stops checkpointing by itself, and a
 // checkpointer does it when enough has been committed.
 func startBackgroundCheckpoints(e *engine) error {
-	if err := e.conn.Exec(fmt.Sprintf("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=%d", walLimitBytes)); err != nil {
+	if err := e.conn.Exec(fmt.Sprintf("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=%d", walKeepBytes)); err != nil {
 		return fmt.Errorf("disable automatic checkpoints: %w", err)
 	}
 	pageSize, err := store.PragmaInt(e.conn, "page_size")

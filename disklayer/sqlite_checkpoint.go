@@ -16,9 +16,13 @@ const (
 	checkpointBytes = 16 << 20
 	// walLimitBytes is how large the WAL may grow before a commit waits
 	// for the checkpointer to catch up, so that the next write
-	// transaction starts the WAL over from its beginning. It is also the
-	// journal_size_limit: the size the WAL file is cut back to then.
+	// transaction starts the WAL over from its beginning.
 	walLimitBytes = 64 << 20
+	// walKeepBytes is the journal_size_limit: a WAL file larger than this
+	// is cut back to it when the WAL starts over. It is above what the
+	// WAL usually reaches (walLimitBytes and a batch), so that the file
+	// is not cut and regrown every time.
+	walKeepBytes = 2 * walLimitBytes
 )
 
 // checkpointer copies committed WAL frames into the database file on a
