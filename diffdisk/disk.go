@@ -22,6 +22,8 @@ type Options struct {
 	// Strict opens every SQLite layer in strict mode (see
 	// disklayer.OpenOptions).
 	Strict bool
+	// WriteBack opens the top with disklayer.OpenOptions.WriteBack.
+	WriteBack bool
 }
 
 // Disk is a stack of layers [top, ..., base] that reads like one disk

@@ -61,7 +61,7 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 			closeLayers(layers)
 		}
 	}()
-	top, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: opts.ReadOnly, Strict: opts.Strict})
+	top, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: opts.ReadOnly, Strict: opts.Strict, WriteBack: opts.WriteBack})
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,8 @@ const (
 	crashChildEnv = "HIBDISK_CRASH_CHILD" // layer path; set only in the child
 	crashSeedEnv  = "HIBDISK_CRASH_SEED"  // master seed of the op sequence
 	crashStartEnv = "HIBDISK_CRASH_START" // first group to run
+	// "true": the child opens the layer with write-back.
+	crashWriteBackEnv = "HIBDISK_CRASH_WRITEBACK"
 )
 
 const (
@@ -106,7 +108,8 @@ func TestCrashSafety(t *testing.T) {
 	done := 0
 	rng := rand.New(rand.NewPCG(seed, 0xc0ffee))
 	for iter := range *crashIterations {
-		acked := runCrashChild(t, path, seed, done, time.Duration(rng.IntN(150))*time.Millisecond)
+		// Every other child writes through write-back.
+		acked := runCrashChild(t, path, seed, done, time.Duration(rng.IntN(150))*time.Millisecond, iter%2 == 1)
 		for ; done < acked; done++ {
 			applyCrashGroup(model, crashGroup(seed, done))
 		}
@@ -140,13 +143,14 @@ func TestCrashSafety(t *testing.T) {
 // runCrashChild starts the child at group start, lets it flush at least
 // one group and run for delay more, kills it, and returns the number of
 // groups acknowledged in total.
-func runCrashChild(t *testing.T, path string, seed uint64, start int, delay time.Duration) int {
+func runCrashChild(t *testing.T, path string, seed uint64, start int, delay time.Duration, writeBack bool) int {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashSafety$", "-test.count=1")
 	cmd.Env = append(os.Environ(),
 		crashChildEnv+"="+path,
 		crashSeedEnv+"="+strconv.FormatUint(seed, 10),
 		crashStartEnv+"="+strconv.Itoa(start),
+		crashWriteBackEnv+"="+strconv.FormatBool(writeBack),
 	)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -224,7 +228,7 @@ func crashChild(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := disklayer.Open(path, disklayer.OpenOptions{})
+	f, err := disklayer.Open(path, disklayer.OpenOptions{WriteBack: os.Getenv(crashWriteBackEnv) == "true"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -98,6 +98,13 @@ type OpenOptions struct {
 	// Strict runs the layer's own consistency checks (see Check) on open
 	// and fails with ErrCorrupt on any problem. It reads the whole file.
 	Strict bool
+	// WriteBack makes whole-sector writes of up to 1 MiB return once
+	// their data is copied, and applies them on a goroutine of its own
+	// (see writeBack): for servers, whose next request can then be read
+	// while SQLite works. Durability is unchanged (Flush applies
+	// everything first); a write that fails when applied becomes the
+	// layer's sticky failure instead of failing its WriteAt.
+	WriteBack bool
 }
 
 // Stats summarise a layer's contents, for `hibdisk info`.
@@ -239,6 +246,9 @@ type engine struct {
 	ckpt        *checkpointer
 	walBytes    int64
 	requestedAt int64
+
+	// wb is the sectors table's write-back (OpenOptions.WriteBack), or nil.
+	wb *writeBack
 }
 
 // Create makes a new layer file at path and returns it open for writing.
@@ -391,6 +401,9 @@ func Open(path string, opts OpenOptions) (*File, error) {
 	if err != nil {
 		conn.Close()
 		return nil, err
+	}
+	if opts.WriteBack && !opts.ReadOnly {
+		f.eng.wb = newWriteBack(f.disk)
 	}
 	return f, nil
 }
@@ -633,7 +646,7 @@ func IsLayer(path string) (bool, error) {
 // Info returns the layer row.
 func (f *File) Info() Info {
 	e := f.eng
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	info := e.info
 	if info.Parent != nil {
@@ -677,7 +690,7 @@ func (f *File) Extents(off, length int64) iter.Seq2[Extent, error] {
 // Flush commits the open write batch with a synced WAL.
 func (f *File) Flush() error {
 	e := f.eng
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	if err := e.usable("flush"); err != nil {
 		return err
@@ -696,9 +709,22 @@ func (f *File) Hibernate() Disk { return f.hib }
 func (f *File) Close() error {
 	e := f.eng
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	err := e.closeLocked()
+	e.mu.Unlock()
+	if e.wb != nil {
+		// The applier may have been waiting for the lock; it finds
+		// nothing to apply and exits.
+		e.wb.wait()
+	}
+	return err
+}
+
+func (e *engine) closeLocked() error {
 	if e.closed {
 		return fmt.Errorf("close layer %q: %w", e.path, ErrClosed)
+	}
+	if e.wb != nil {
+		e.wb.stopLocked()
 	}
 	var err error
 	if e.failure != nil {
@@ -804,7 +830,7 @@ func (e *engine) commitLocked(op string) error {
 		e.rollback.Exec()
 	}
 	e.inTx = false
-	e.failure = fmt.Errorf("%s %q: commit failed, writes since the last flush are lost: %w", op, e.path, mapStoreError(err))
+	e.fail(fmt.Errorf("%s %q: commit failed, writes since the last flush are lost: %w", op, e.path, mapStoreError(err)))
 	return e.failure
 }
 
@@ -836,7 +862,7 @@ func (e *engine) afterWriteLocked(op string, n int64, err error) error {
 	if err != nil {
 		if e.inTx && e.conn.GetAutocommit() {
 			e.inTx = false
-			e.failure = fmt.Errorf("%s %q: the write batch was rolled back, writes since the last flush are lost: %w", op, e.path, mapStoreError(err))
+			e.fail(fmt.Errorf("%s %q: the write batch was rolled back, writes since the last flush are lost: %w", op, e.path, mapStoreError(err)))
 			return e.failure
 		}
 		return err
@@ -951,7 +977,7 @@ func (f *File) SetLabel(label string) error {
 }
 
 func (e *engine) updateMetadata(op string, change func(*sqlite3.Conn, *Info) error) error {
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	if err := e.writable(op); err != nil {
 		return err
@@ -960,7 +986,7 @@ func (e *engine) updateMetadata(op string, change func(*sqlite3.Conn, *Info) err
 }
 
 func (e *engine) updateMetadataAllowReadOnly(op string, change func(*sqlite3.Conn, *Info) error) error {
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	if err := e.usable(op); err != nil {
 		return err
@@ -990,7 +1016,7 @@ func (e *engine) changeMetadataLocked(op string, change func(*sqlite3.Conn, *Inf
 			return e.afterWriteLocked(op, 0, err)
 		}
 		if rerr := e.conn.Exec("ROLLBACK TO metadata; RELEASE metadata"); rerr != nil {
-			e.failure = fmt.Errorf("%s %q: undo failed change: %w", op, e.path, rerr)
+			e.fail(fmt.Errorf("%s %q: undo failed change: %w", op, e.path, rerr))
 			return e.failure
 		}
 		return err
@@ -1008,7 +1034,7 @@ func (e *engine) changeMetadataLocked(op string, change func(*sqlite3.Conn, *Inf
 // Stats counts the layer's rows and measures its files.
 func (f *File) Stats() (Stats, error) {
 	e := f.eng
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	if err := e.usable("stats"); err != nil {
 		return Stats{}, err

@@ -49,7 +49,7 @@ func (f *File) Absorb(child *File) error {
 
 func (f *File) absorb(child *File, ci Info) error {
 	e := f.eng
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	if err := e.writable("absorb"); err != nil {
 		return err

@@ -12,7 +12,15 @@ import (
 
 var conformanceFiles atomic.Int64
 
-func sqliteFactory() layertest.Factory {
+func sqliteFactory() layertest.Factory { return sqliteFactoryWith(disklayer.OpenOptions{}) }
+
+// sqliteWriteBackFactory serves layers opened with write-back: the same
+// contract must hold.
+func sqliteWriteBackFactory() layertest.Factory {
+	return sqliteFactoryWith(disklayer.OpenOptions{WriteBack: true})
+}
+
+func sqliteFactoryWith(open disklayer.OpenOptions) layertest.Factory {
 	return layertest.Factory{
 		New: func(t *testing.T, size int64, sectorSize int, hasParent bool) disklayer.Disk {
 			dir := t.TempDir()
@@ -25,6 +33,15 @@ func sqliteFactory() layertest.Factory {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if open == (disklayer.OpenOptions{}) {
+				return f
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if f, err = disklayer.Open(path, open); err != nil {
+				t.Fatal(err)
+			}
 			return f
 		},
 		Reopen: func(t *testing.T, d disklayer.Disk) disklayer.Disk {
@@ -32,7 +49,7 @@ func sqliteFactory() layertest.Factory {
 			if err := f.Close(); err != nil {
 				t.Fatal(err)
 			}
-			g, err := disklayer.Open(f.Path(), disklayer.OpenOptions{})
+			g, err := disklayer.Open(f.Path(), open)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -47,3 +64,7 @@ func sqliteFactory() layertest.Factory {
 func TestSQLiteConformance(t *testing.T) { layertest.Run(t, sqliteFactory()) }
 
 func FuzzSQLiteOps(f *testing.F) { layertest.FuzzOps(f, sqliteFactory()) }
+
+func TestSQLiteWriteBackConformance(t *testing.T) { layertest.Run(t, sqliteWriteBackFactory()) }
+
+func FuzzSQLiteWriteBackOps(f *testing.F) { layertest.FuzzOps(f, sqliteWriteBackFactory()) }

@@ -15,7 +15,7 @@ func (f *File) EmptyDisk() error { return f.empty("empty disk", f.disk) }
 
 func (f *File) empty(op string, tables ...*blockTable) error {
 	e := f.eng
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	if err := e.writable(op); err != nil {
 		return err

@@ -105,7 +105,8 @@ func (t *blockTable) ReadAt(p []byte, off int64) (int, error) {
 	if err := CheckRange(off, int64(len(p)), t.Size()); err != nil {
 		return 0, fmt.Errorf("read %q %s: %w", t.e.path, t.table, err)
 	}
-	t.e.mu.Lock()
+	first, last := t.blockRange(off, len(p))
+	t.e.lockFor(t, first, last)
 	defer t.e.mu.Unlock()
 	if err := t.usable("read"); err != nil {
 		return 0, err
@@ -122,6 +123,13 @@ func (t *blockTable) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
+// blockRange returns the first and last block of n bytes at off (the
+// first block twice when n is 0).
+func (t *blockTable) blockRange(off int64, n int) (first, last int64) {
+	bs := int64(t.blockSize)
+	return off / bs, (off + max(int64(n), 1) - 1) / bs
+}
+
 // span is a byte range.
 type span struct{ off, len int64 }
 
@@ -134,7 +142,8 @@ func (t *blockTable) ReadOwn(p []byte, off int64, absent func(off, length int64)
 	}
 	var gapsBuf [8]span
 	gaps := gapsBuf[:0]
-	t.e.mu.Lock()
+	first, last := t.blockRange(off, len(p))
+	t.e.lockFor(t, first, last)
 	err := t.usable("read")
 	if err == nil && len(p) > 0 {
 		err = t.e.beginReadLocked("read")
@@ -208,7 +217,11 @@ func (t *blockTable) WriteAt(p []byte, off int64) (int, error) {
 	if err := CheckRange(off, int64(len(p)), t.Size()); err != nil {
 		return 0, fmt.Errorf("write %q %s: %w", t.e.path, t.table, err)
 	}
-	t.e.mu.Lock()
+	bs := int64(t.blockSize)
+	if t.e.wb != nil && t.e.wb.t == t && len(p) > 0 && off%bs == 0 && int64(len(p))%bs == 0 && t.e.wb.write(p, off) {
+		return len(p), nil
+	}
+	t.e.lock()
 	defer t.e.mu.Unlock()
 	if err := t.writable("write"); err != nil {
 		return 0, err
@@ -323,7 +336,7 @@ func (t *blockTable) Zero(off, length int64) error {
 	if err := CheckRange(off, length, t.Size()); err != nil {
 		return fmt.Errorf("zero %q %s: %w", t.e.path, t.table, err)
 	}
-	t.e.mu.Lock()
+	t.e.lock()
 	defer t.e.mu.Unlock()
 	if err := t.writable("zero"); err != nil {
 		return err
@@ -378,7 +391,7 @@ func (t *blockTable) FillAbsent(p []byte, off int64) error {
 	if off%int64(bs) != 0 || len(p)%bs != 0 {
 		return fmt.Errorf("fill %q %s at %d length %d: not aligned to %d-byte blocks: %w", t.e.path, t.table, off, len(p), bs, ErrInvalid)
 	}
-	t.e.mu.Lock()
+	t.e.lock()
 	defer t.e.mu.Unlock()
 	if err := t.writable("fill"); err != nil {
 		return err
@@ -490,7 +503,7 @@ func (t *blockTable) Extents(off, length int64) iter.Seq2[Extent, error] {
 // kindsChunk appends up to extentRowsPerLock rows with keys in
 // [first, last] to rows.
 func (t *blockTable) kindsChunk(rows []kindRow, first, last int64) ([]kindRow, error) {
-	t.e.mu.Lock()
+	t.e.lockFor(t, first, last)
 	defer t.e.mu.Unlock()
 	if err := t.usable("map"); err != nil {
 		return rows, err
@@ -513,7 +526,7 @@ func (t *blockTable) kindsChunk(rows []kindRow, first, last int64) ([]kindRow, e
 
 // Flush commits the engine's write batch (shared with the File).
 func (t *blockTable) Flush() error {
-	t.e.mu.Lock()
+	t.e.lock()
 	defer t.e.mu.Unlock()
 	if err := t.usable("flush"); err != nil {
 		return err
@@ -524,7 +537,7 @@ func (t *blockTable) Flush() error {
 // Close flushes and detaches this view. It is used for the Hibernate
 // view; the File's Close closes the connection.
 func (t *blockTable) Close() error {
-	t.e.mu.Lock()
+	t.e.lock()
 	defer t.e.mu.Unlock()
 	if err := t.usable("close"); err != nil {
 		return err

@@ -771,3 +771,98 @@ func TestWALStaysBounded(t *testing.T) {
 	}
 	t.Logf("after %d MiB of writes the WAL reached %d MiB", written>>20, maxWAL>>20)
 }
+
+// TestWriteBackFailureIsSticky: with write-back, a write that fails when
+// it is applied has already returned; the failure must then come out of
+// the next Flush (and every later request), never vanish.
+func TestWriteBackFailureIsSticky(t *testing.T) {
+	path := newLayerPath(t, "l.hibdisk")
+	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if f, err = disklayer.Open(path, disklayer.OpenOptions{WriteBack: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := disklayer.ExecForTest(f, "PRAGMA max_page_count = 300"); err != nil {
+		t.Fatal(err)
+	}
+	var writeErr error
+	for i := int64(0); i < 1000 && writeErr == nil; i++ {
+		_, writeErr = f.WriteAt(fill(64<<10, byte(i)), i*64<<10)
+	}
+	flushErr := f.Flush()
+	if flushErr == nil {
+		t.Fatalf("64 MiB written into a 1.2 MiB page limit, yet Flush succeeded (last write error: %v)", writeErr)
+	}
+	if !errors.Is(flushErr, sqlite3.FULL) && !errors.Is(writeErr, sqlite3.FULL) {
+		t.Errorf("neither the write error (%v) nor the flush error (%v) wraps SQLITE_FULL", writeErr, flushErr)
+	}
+	if _, err := f.ReadAt(make([]byte, 4096), 0); err == nil {
+		t.Error("a read after the failed flush succeeded: the failure is not sticky")
+	}
+	if _, err := f.WriteAt(make([]byte, 4096), 0); err == nil {
+		t.Error("a write after the failed flush succeeded: the failure is not sticky")
+	}
+	f.Close()
+}
+
+// TestWriteBackReadsAndMapsSeeWrites: with write-back, reads, maps and
+// zeroing see every write that returned, applied or not.
+func TestWriteBackReadsAndMapsSeeWrites(t *testing.T) {
+	path := newLayerPath(t, "l.hibdisk")
+	dir := filepath.Dir(path)
+	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 16 << 20, Parent: rawParent(t, dir, 16<<20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if f, err = disklayer.Open(path, disklayer.OpenOptions{WriteBack: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := range int64(64) {
+		off := i * 3 * 4096
+		data := fill(4096, byte(i))
+		mustWrite(t, f, data, off)
+		if got := mustRead(t, f, off, 4096); !bytes.Equal(got, data) {
+			t.Fatalf("write %d does not read back", i)
+		}
+		var kinds []disklayer.ExtentKind
+		for e, err := range f.Extents(off, 4096) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			kinds = append(kinds, e.Kind)
+		}
+		if !slices.Equal(kinds, []disklayer.ExtentKind{disklayer.Data}) {
+			t.Fatalf("write %d maps as %v, want data", i, kinds)
+		}
+		if i%2 == 0 {
+			if err := f.Zero(off, 4096); err != nil {
+				t.Fatal(err)
+			}
+			if got := mustRead(t, f, off, 4096); !bytes.Equal(got, make([]byte, 4096)) {
+				t.Fatalf("zeroed write %d still reads its data", i)
+			}
+		}
+	}
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	rows := rowKinds(t, path, "sectors")
+	for i := range int64(64) {
+		want := "data"
+		if i%2 == 0 {
+			want = "null"
+		}
+		if got := rows[i*3]; got != want {
+			t.Fatalf("after Flush sector %d is %q, want %q", i*3, got, want)
+		}
+	}
+}

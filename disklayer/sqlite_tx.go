@@ -24,7 +24,7 @@ type Tx struct {
 // not call f's methods (they would wait for the lock fn runs under).
 func (f *File) Update(op string, fn func(tx *Tx) error) error {
 	e := f.eng
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	if err := e.writable(op); err != nil {
 		return err
@@ -46,7 +46,7 @@ func (f *File) Update(op string, fn func(tx *Tx) error) error {
 			return e.afterWriteLocked(op, 0, err)
 		}
 		if rerr := e.conn.Exec("ROLLBACK TO layer_update; RELEASE layer_update"); rerr != nil {
-			e.failure = fmt.Errorf("%s %q: undo failed update: %w", op, e.path, rerr)
+			e.fail(fmt.Errorf("%s %q: undo failed update: %w", op, e.path, rerr))
 			return e.failure
 		}
 		return err
@@ -63,7 +63,7 @@ func (f *File) Update(op string, fn func(tx *Tx) error) error {
 // fn runs under).
 func (f *File) View(op string, fn func(conn *sqlite3.Conn) error) error {
 	e := f.eng
-	e.mu.Lock()
+	e.lock()
 	defer e.mu.Unlock()
 	if err := e.usable(op); err != nil {
 		return err

@@ -193,7 +193,7 @@ func openServed(path string, readOnly, readCache bool) (*diffdisk.Disk, error) {
 	if readOnly {
 		return diffdisk.OpenImage(path)
 	}
-	return diffdisk.Open(path, diffdisk.Options{ReadCache: readCache})
+	return diffdisk.Open(path, diffdisk.Options{ReadCache: readCache, WriteBack: true})
 }
 
 func describe(path string, d *diffdisk.Disk) string {
