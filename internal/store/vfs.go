@@ -5,34 +5,26 @@ import (
 )
 
 // VFSName is the SQLite VFS every hibdisk connection uses (FileURI names
-// it): the operating system's VFS, except that writes to a WAL file are
-// coalesced and reads from it are served from a memory mapping.
+// it): the operating system's VFS, except that page I/O on the database
+// file and the WAL goes through shared memory mappings of the files where
+// it can (see fileMap), and appends to the WAL are coalesced.
 //
 // SQLite writes each WAL frame as two writes, a 24-byte header and the
 // page, so a commit of N pages costs 2N pwrite calls. Under fio, pwrite
 // was the largest single cost of the NBD write path (about a third of
-// the server's CPU for 4 KiB random writes). The WAL is written
-// sequentially, so contiguous writes are gathered in a buffer and written
-// with one call.
+// the server's CPU for 4 KiB random writes). Writes inside the WAL file
+// (it starts over from its beginning after a checkpoint) go through the
+// mapping; appends past its end, which a mapping cannot make, are
+// gathered in a buffer and written with one call.
 //
 // Correctness rests on SQLite's own ordering: every other operation on the
-// WAL file (read, sync, truncate, size, lock, close) first writes the
-// buffer out, so this connection always reads what it wrote; other
-// connections only read frames a commit has published in the wal-index,
-// which SQLite does after syncing the WAL (synchronous=FULL, which hibdisk
-// uses for every commit), and the sync writes the buffer first. What is
-// lost to a crash is what SQLite itself would lose: frames not yet synced.
-//
-// Reads from the WAL (a page that misses the cache and whose newest
-// version was not yet checkpointed; every frame a checkpoint copies) come
-// from a shared, read-only mapping of the file instead of one pread each:
-// under fio's 4 KiB random writes those preads were about a sixth of the
-// server's CPU. SQLite maps only the database file (mmap_size), never the
-// WAL. A shared mapping shows exactly what pread would, the writes of
-// other connections and processes included; only bytes past the end of
-// the file differ (pread reports them missing, the mapping faults), so
-// the mapping is used below the largest size this handle has seen, and a
-// fault (the file was truncated by another handle) falls back to pread.
+// WAL file (read, write through the mapping, sync, truncate, size, lock,
+// close) first writes the buffer out, so this connection always reads
+// what it wrote; other connections only read frames a commit has
+// published in the wal-index, which SQLite does after syncing the WAL
+// (synchronous=FULL, which hibdisk uses for every commit), and the sync
+// writes the buffer first. What is lost to a crash is what SQLite itself
+// would lose: frames not yet synced.
 const VFSName = "hibdisk"
 
 const (
@@ -46,12 +38,12 @@ const (
 )
 
 func init() {
-	vfs.Register(VFSName, walCoalescingVFS{vfs.Find("")})
+	vfs.Register(VFSName, mappingVFS{vfs.Find("")})
 }
 
-type walCoalescingVFS struct{ vfs.VFS }
+type mappingVFS struct{ vfs.VFS }
 
-func (v walCoalescingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
+func (v mappingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
 	var f vfs.File
 	var out vfs.OpenFlag
 	var err error
