@@ -48,6 +48,23 @@ func createLayer(t testing.TB, path string, opts disklayer.CreateOptions) *diskl
 	return f
 }
 
+// createWriteBack creates a layer and reopens it with write-back (the
+// caller closes it).
+func createWriteBack(t testing.TB, path string, opts disklayer.CreateOptions) *disklayer.File {
+	t.Helper()
+	f, err := disklayer.Create(path, opts)
+	if err != nil {
+		t.Fatalf("create %s: %v", path, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if f, err = disklayer.Open(path, disklayer.OpenOptions{WriteBack: true}); err != nil {
+		t.Fatalf("open %s with write-back: %v", path, err)
+	}
+	return f
+}
+
 // rawParent makes a sparse raw image of size bytes in dir (so Check finds
 // the parent) and returns a reference to it. The layer's own behaviour
 // does not depend on the parent's content.

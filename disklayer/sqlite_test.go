@@ -776,17 +776,7 @@ func TestWALStaysBounded(t *testing.T) {
 // it is applied has already returned; the failure must then come out of
 // the next Flush (and every later request), never vanish.
 func TestWriteBackFailureIsSticky(t *testing.T) {
-	path := newLayerPath(t, "l.hibdisk")
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if f, err = disklayer.Open(path, disklayer.OpenOptions{WriteBack: true}); err != nil {
-		t.Fatal(err)
-	}
+	f := createWriteBack(t, newLayerPath(t, "l.hibdisk"), disklayer.CreateOptions{Size: 64 << 20})
 	if err := disklayer.ExecForTest(f, "PRAGMA max_page_count = 300"); err != nil {
 		t.Fatal(err)
 	}
@@ -814,17 +804,7 @@ func TestWriteBackFailureIsSticky(t *testing.T) {
 // zeroing see every write that returned, applied or not.
 func TestWriteBackReadsAndMapsSeeWrites(t *testing.T) {
 	path := newLayerPath(t, "l.hibdisk")
-	dir := filepath.Dir(path)
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 16 << 20, Parent: rawParent(t, dir, 16<<20)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if f, err = disklayer.Open(path, disklayer.OpenOptions{WriteBack: true}); err != nil {
-		t.Fatal(err)
-	}
+	f := createWriteBack(t, path, disklayer.CreateOptions{Size: 16 << 20, Parent: rawParent(t, filepath.Dir(path), 16<<20)})
 	defer f.Close()
 	for i := range int64(64) {
 		off := i * 3 * 4096

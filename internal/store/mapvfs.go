@@ -133,11 +133,9 @@ func copyFaultable(dst, src []byte) (ok bool) {
 // operating system's file (shared memory for the WAL index, SQLite's own
 // memory mapping, lock state), is the wrapped file's.
 type dbFile struct {
-	vfs.File
+	osFile
 	m fileMap
 }
-
-func (d *dbFile) Unwrap() vfs.File { return d.File }
 
 func (d *dbFile) ReadAt(p []byte, off int64) (int, error)  { return d.m.readAt(d.File, p, off) }
 func (d *dbFile) WriteAt(p []byte, off int64) (int, error) { return d.m.writeAt(d.File, p, off) }
@@ -195,33 +193,4 @@ func (d *dbFile) HasMoved() (bool, error) {
 		return f.HasMoved()
 	}
 	return false, nil
-}
-
-// PersistWAL and SetPersistWAL forward SQLITE_FCNTL_PERSIST_WAL.
-func (d *dbFile) PersistWAL() bool {
-	if p, ok := d.File.(vfs.FilePersistWAL); ok {
-		return p.PersistWAL()
-	}
-	return false
-}
-
-func (d *dbFile) SetPersistWAL(b bool) {
-	if p, ok := d.File.(vfs.FilePersistWAL); ok {
-		p.SetPersistWAL(b)
-	}
-}
-
-// PowersafeOverwrite and SetPowersafeOverwrite forward
-// SQLITE_FCNTL_POWERSAFE_OVERWRITE.
-func (d *dbFile) PowersafeOverwrite() bool {
-	if p, ok := d.File.(vfs.FilePowersafeOverwrite); ok {
-		return p.PowersafeOverwrite()
-	}
-	return false
-}
-
-func (d *dbFile) SetPowersafeOverwrite(b bool) {
-	if p, ok := d.File.(vfs.FilePowersafeOverwrite); ok {
-		p.SetPowersafeOverwrite(b)
-	}
 }

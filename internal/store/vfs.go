@@ -56,22 +56,20 @@ func (v mappingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.Fi
 	case err != nil:
 		return f, out, err
 	case flags&vfs.OPEN_WAL != 0:
-		return &walFile{File: f, m: fileMap{limit: walMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
+		return &walFile{osFile: osFile{f}, m: fileMap{limit: walMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
 	case flags&vfs.OPEN_MAIN_DB != 0:
-		return &dbFile{File: f, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
+		return &dbFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
 	}
 	return f, out, nil
 }
 
 // walFile buffers contiguous writes to a WAL file and maps it for reads.
 type walFile struct {
-	vfs.File
+	osFile
 	buf []byte // bytes to write at off
 	off int64
 	m   fileMap
 }
-
-func (w *walFile) Unwrap() vfs.File { return w.File }
 
 func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 	if w.m.inside(off, len(p)) {
@@ -179,31 +177,37 @@ func (w *walFile) SizeHint(size int64) error {
 	return nil
 }
 
+// osFile is the operating system's file inside a wrapper: its methods,
+// and the file controls every wrapper passes through unchanged.
+type osFile struct{ vfs.File }
+
+func (o osFile) Unwrap() vfs.File { return o.File }
+
 // PersistWAL and SetPersistWAL forward SQLITE_FCNTL_PERSIST_WAL.
-func (w *walFile) PersistWAL() bool {
-	if p, ok := w.File.(vfs.FilePersistWAL); ok {
+func (o osFile) PersistWAL() bool {
+	if p, ok := o.File.(vfs.FilePersistWAL); ok {
 		return p.PersistWAL()
 	}
 	return false
 }
 
-func (w *walFile) SetPersistWAL(b bool) {
-	if p, ok := w.File.(vfs.FilePersistWAL); ok {
+func (o osFile) SetPersistWAL(b bool) {
+	if p, ok := o.File.(vfs.FilePersistWAL); ok {
 		p.SetPersistWAL(b)
 	}
 }
 
 // PowersafeOverwrite and SetPowersafeOverwrite forward
 // SQLITE_FCNTL_POWERSAFE_OVERWRITE.
-func (w *walFile) PowersafeOverwrite() bool {
-	if p, ok := w.File.(vfs.FilePowersafeOverwrite); ok {
+func (o osFile) PowersafeOverwrite() bool {
+	if p, ok := o.File.(vfs.FilePowersafeOverwrite); ok {
 		return p.PowersafeOverwrite()
 	}
 	return false
 }
 
-func (w *walFile) SetPowersafeOverwrite(b bool) {
-	if p, ok := w.File.(vfs.FilePowersafeOverwrite); ok {
+func (o osFile) SetPowersafeOverwrite(b bool) {
+	if p, ok := o.File.(vfs.FilePowersafeOverwrite); ok {
 		p.SetPowersafeOverwrite(b)
 	}
 }

@@ -10,37 +10,37 @@ import (
 	"github.com/ncruces/go-sqlite3/vfs"
 )
 
-// osFile is a vfs.File over a plain os.File that counts its writes.
-type osFile struct {
+// countingFile is a vfs.File over a plain os.File that counts its writes.
+type countingFile struct {
 	*os.File
 	writes int
 }
 
-func (f *osFile) WriteAt(p []byte, off int64) (int, error) {
+func (f *countingFile) WriteAt(p []byte, off int64) (int, error) {
 	f.writes++
 	return f.File.WriteAt(p, off)
 }
-func (f *osFile) Sync(vfs.SyncFlag) error { return f.File.Sync() }
-func (f *osFile) Size() (int64, error) {
+func (f *countingFile) Sync(vfs.SyncFlag) error { return f.File.Sync() }
+func (f *countingFile) Size() (int64, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return 0, err
 	}
 	return fi.Size(), nil
 }
-func (f *osFile) Lock(vfs.LockLevel) error                        { return nil }
-func (f *osFile) Unlock(vfs.LockLevel) error                      { return nil }
-func (f *osFile) CheckReservedLock() (bool, error)                { return false, nil }
-func (f *osFile) SectorSize() int                                 { return 512 }
-func (f *osFile) DeviceCharacteristics() vfs.DeviceCharacteristic { return 0 }
+func (f *countingFile) Lock(vfs.LockLevel) error                        { return nil }
+func (f *countingFile) Unlock(vfs.LockLevel) error                      { return nil }
+func (f *countingFile) CheckReservedLock() (bool, error)                { return false, nil }
+func (f *countingFile) SectorSize() int                                 { return 512 }
+func (f *countingFile) DeviceCharacteristics() vfs.DeviceCharacteristic { return 0 }
 
 func TestWALFileCoalesces(t *testing.T) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "x-wal"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	inner := &osFile{File: f}
-	w := &walFile{File: inner}
+	inner := &countingFile{File: f}
+	w := &walFile{osFile: osFile{inner}}
 	defer w.Close()
 
 	// SQLite's pattern: a 24-byte frame header, then the page, repeated.
@@ -151,9 +151,9 @@ func TestWALVFSAcrossConnections(t *testing.T) {
 	}
 }
 
-// fdFile is an osFile that exposes its descriptor, as the OS VFS's files
+// fdFile is an countingFile that exposes its descriptor, as the OS VFS's files
 // do, so that a fileMap can map it.
-type fdFile struct{ osFile }
+type fdFile struct{ countingFile }
 
 func (f *fdFile) Truncate(size int64) error { return f.File.Truncate(size) }
 
@@ -167,7 +167,7 @@ func TestFileMapCoherentAndSafe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &dbFile{File: &fdFile{osFile{File: f}}, m: fileMap{limit: 1 << 30, writable: true}}
+	d := &dbFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}
 	defer d.Close()
 	other, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
