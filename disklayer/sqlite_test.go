@@ -3,6 +3,7 @@ package disklayer_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -604,9 +605,31 @@ func TestFailedWritesAreNeverSilent(t *testing.T) {
 // goroutines: every reader checks that a sector a writer has finished
 // writing reads back, whether or not it was flushed.
 func TestConcurrentReadYourWrites(t *testing.T) {
-	path := newLayerPath(t, "l.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 256 * 4096})
-	var written [256]sync.Mutex // each writer owns a slice of sectors
+	for _, writeBack := range []bool{false, true} {
+		t.Run(fmt.Sprintf("write-back=%v", writeBack), func(t *testing.T) {
+			path := newLayerPath(t, "l.hibdisk")
+			opts := disklayer.CreateOptions{Size: 256 * 4096}
+			var f *disklayer.File
+			if writeBack {
+				f = createWriteBack(t, path, opts)
+				t.Cleanup(func() { f.Close() })
+			} else {
+				f = createLayer(t, path, opts)
+			}
+			concurrentReadYourWrites(t, f)
+		})
+	}
+}
+
+func concurrentReadYourWrites(t *testing.T, f *disklayer.File) {
+	sectorData := func(round int, s int64) []byte { return fill(4096, byte(round*7+int(s))) }
+	// Each writer owns a slice of sectors; last[s] is the round last
+	// written to sector s (-1: none), guarded by written[s].
+	var written [256]sync.Mutex
+	var last [256]int
+	for s := range last {
+		last[s] = -1
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for w := range 4 {
@@ -616,12 +639,13 @@ func TestConcurrentReadYourWrites(t *testing.T) {
 			for round := range 20 {
 				for s := int64(w); s < 256; s += 4 {
 					written[s].Lock()
-					data := fill(4096, byte(round*7+int(s)))
+					data := sectorData(round, s)
 					if _, err := f.WriteAt(data, s*4096); err != nil {
 						errs <- err
 						written[s].Unlock()
 						return
 					}
+					last[s] = round
 					got := make([]byte, 4096)
 					if _, err := f.ReadAt(got, s*4096); err != nil || !bytes.Equal(got, data) {
 						errs <- errors.New("read after write on the same goroutine differs")
@@ -640,19 +664,27 @@ func TestConcurrentReadYourWrites(t *testing.T) {
 		}()
 	}
 	// Readers on other goroutines lock the sector, so the write they see
-	// completed before their read started.
-	for range 2 {
+	// completed before their read started, and must read it.
+	for r := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			got := make([]byte, 4096)
 			for i := range 2000 {
-				s := int64(i*37) % 256
+				s := int64(i*37+r*11) % 256
 				written[s].Lock()
 				_, err := f.ReadAt(got, s*4096)
+				want := make([]byte, 4096)
+				if last[s] >= 0 {
+					want = sectorData(last[s], s)
+				}
 				written[s].Unlock()
 				if err != nil {
 					errs <- err
+					return
+				}
+				if !bytes.Equal(got, want) {
+					errs <- fmt.Errorf("sector %d read on another goroutine is not its last completed write", s)
 					return
 				}
 			}
@@ -665,7 +697,7 @@ func TestConcurrentReadYourWrites(t *testing.T) {
 	}
 	final := make([]byte, 4096)
 	for s := int64(0); s < 256; s++ {
-		if _, err := f.ReadAt(final, s*4096); err != nil || !bytes.Equal(final, fill(4096, byte(19*7+int(s)))) {
+		if _, err := f.ReadAt(final, s*4096); err != nil || !bytes.Equal(final, sectorData(19, s)) {
 			t.Fatalf("sector %d does not hold its last write", s)
 		}
 	}
