@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"iter"
+	"strings"
 	"sync/atomic"
 
 	"github.com/ncruces/go-sqlite3"
@@ -26,6 +27,7 @@ type blockTable struct {
 	selectRange   *sqlite3.Stmt // rows with key in [?1, ?2], ascending
 	selectKinds   *sqlite3.Stmt // key and NULL-ness in [?1, ?2], at most ?3 rows
 	upsert        *sqlite3.Stmt // store (?1, ?2), replacing a row
+	upsertRun     *sqlite3.Stmt // store upsertRunLen rows (?1, ?2), (?3, ?4), ...
 	insertAbsent  *sqlite3.Stmt // store (?1, ?2) only where there is no row
 	deleteRange   *sqlite3.Stmt // drop rows in [?1, ?2]
 	tombstoneFill *sqlite3.Stmt // NULL rows for every key in [?1, ?2]
@@ -46,6 +48,7 @@ func newBlockTable(e *engine, table, key string, blockSize int, size int64) (*bl
 		{&t.selectRange, "SELECT " + key + ", data FROM " + table + " WHERE " + key + " BETWEEN ?1 AND ?2 ORDER BY " + key},
 		{&t.selectKinds, "SELECT " + key + ", data IS NULL FROM " + table + " WHERE " + key + " BETWEEN ?1 AND ?2 ORDER BY " + key + " LIMIT ?3"},
 		{&t.upsert, "INSERT INTO " + table + " (" + key + ", data) VALUES (?1, ?2) ON CONFLICT (" + key + ") DO UPDATE SET data = excluded.data"},
+		{&t.upsertRun, "INSERT INTO " + table + " (" + key + ", data) VALUES " + valuesList(upsertRunLen) + " ON CONFLICT (" + key + ") DO UPDATE SET data = excluded.data"},
 		{&t.insertAbsent, "INSERT INTO " + table + " (" + key + ", data) VALUES (?1, ?2) ON CONFLICT (" + key + ") DO NOTHING"},
 		{&t.deleteRange, "DELETE FROM " + table + " WHERE " + key + " BETWEEN ?1 AND ?2"},
 		// One statement per range, however long: SQLite generates the keys.
@@ -64,7 +67,7 @@ func newBlockTable(e *engine, table, key string, blockSize int, size int64) (*bl
 }
 
 func (t *blockTable) closeStatements() {
-	for _, s := range []*sqlite3.Stmt{t.selectRange, t.selectKinds, t.upsert, t.insertAbsent, t.deleteRange, t.tombstoneFill} {
+	for _, s := range []*sqlite3.Stmt{t.selectRange, t.selectKinds, t.upsert, t.upsertRun, t.insertAbsent, t.deleteRange, t.tombstoneFill} {
 		if s != nil {
 			s.Close()
 		}
@@ -272,33 +275,58 @@ func (t *blockTable) mergeBlockLocked(blockOff, within int64, part []byte) error
 }
 
 // storeBlocksLocked stores whole blocks starting at block number first.
-// Runs of all-zero blocks become one tombstone or delete statement.
 func (t *blockTable) storeBlocksLocked(p []byte, first int64) error {
 	bs := t.blockSize
-	zeroRun := int64(-1) // first block of the current run of zero blocks
-	for i := 0; i*bs < len(p); i++ {
-		key := first + int64(i)
-		data := p[i*bs : (i+1)*bs]
-		if bytes.Equal(data, zeroBlock[:bs]) {
-			if zeroRun < 0 {
-				zeroRun = key
+	return t.storeLocked(len(p)/bs,
+		func(i int) int64 { return first + int64(i) },
+		func(i int) []byte { return p[i*bs : (i+1)*bs] })
+}
+
+// storeLocked stores n whole blocks, block i being numbered key(i) with
+// content data(i); keys ascend. Data blocks go upsertRunLen to a
+// statement: under fio's 1 MiB writes one row per statement cost 40% more
+// time per sector (BenchmarkLayer write1m-seq: 1.1 -> 1.5-2.0 GB/s with
+// runs). Consecutive all-zero blocks become one tombstone or delete
+// statement.
+func (t *blockTable) storeLocked(n int, key func(int) int64, data func(int) []byte) error {
+	bs := t.blockSize
+	zero := func(i int) bool { return bytes.Equal(data(i), zeroBlock[:bs]) }
+	for i := 0; i < n; {
+		if zero(i) {
+			j := i + 1
+			for j < n && key(j) == key(j-1)+1 && zero(j) {
+				j++
 			}
-			continue
-		}
-		if zeroRun >= 0 {
-			if err := t.zeroBlocksLocked(zeroRun, key-1); err != nil {
+			if err := t.zeroBlocksLocked(key(i), key(j-1)); err != nil {
 				return err
 			}
-			zeroRun = -1
+			i = j
+			continue
 		}
-		t.upsert.BindInt64(1, key)
-		t.upsert.BindBlob(2, data)
-		if err := t.upsert.Exec(); err != nil {
-			return t.wrap("write", key*int64(bs), err)
+		// The next upsertRunLen data blocks, if there are as many before
+		// the next zero block.
+		j := i + 1
+		for j < n && j-i < upsertRunLen && !zero(j) {
+			j++
 		}
-	}
-	if zeroRun >= 0 {
-		return t.zeroBlocksLocked(zeroRun, first+int64(len(p)/bs)-1)
+		if j-i == upsertRunLen {
+			for r := range upsertRunLen {
+				t.upsertRun.BindInt64(2*r+1, key(i+r))
+				t.upsertRun.BindBlob(2*r+2, data(i+r))
+			}
+			if err := t.upsertRun.Exec(); err != nil {
+				return t.wrap("write", key(i)*int64(bs), err)
+			}
+			i = j
+			continue
+		}
+		for ; i < j; i++ {
+			t.upsert.BindInt64(1, key(i))
+			t.upsert.BindBlob(2, data(i))
+			if err := t.upsert.Exec(); err != nil {
+				return t.wrap("write", key(i)*int64(bs), err)
+			}
+		}
 	}
 	return nil
 }
@@ -559,4 +587,19 @@ func (t *blockTable) countRows() (data, tombstones int64, err error) {
 		}
 	}
 	return stmt.ColumnInt64(0), stmt.ColumnInt64(1), nil
+}
+
+// upsertRunLen is how many rows one upsertRun statement stores.
+const upsertRunLen = 16
+
+// valuesList returns "(?1, ?2), (?3, ?4), ..." for n rows.
+func valuesList(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "(?%d, ?%d)", 2*i+1, 2*i+2)
+	}
+	return b.String()
 }

@@ -199,11 +199,9 @@ func (wb *writeBack) applyLocked(n int) bool {
 		err = e.beginLocked("write")
 	}
 	if err == nil {
-		for i, key := range keys {
-			if err = t.storeBlocksLocked(*bufs[i], key); err != nil {
-				break
-			}
-		}
+		err = t.storeLocked(len(keys),
+			func(i int) int64 { return keys[i] },
+			func(i int) []byte { return *bufs[i] })
 		// Accepted writes are applied even if the layer was marked
 		// read-only since: they were accepted before.
 		if aerr := e.afterWriteLocked("write", int64(len(keys)*t.blockSize), err); aerr != nil {
