@@ -60,8 +60,8 @@ type writeBack struct {
 	order []int64       // sorted pending keys not yet applied; guarded by mu
 
 	// Scratch of applyLocked; guarded by the engine's lock.
-	keys  []int64
-	bufs2 []*[]byte
+	applyKeys []int64
+	applyBufs []*[]byte
 }
 
 func newWriteBack(t *blockTable) *writeBack {
@@ -175,7 +175,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 		}
 		slices.Sort(wb.order)
 	}
-	keys, bufs := wb.keys[:0], wb.bufs2[:0]
+	keys, bufs := wb.applyKeys[:0], wb.applyBufs[:0]
 	for len(keys) < n && len(wb.order) > 0 {
 		key := wb.order[0]
 		wb.order = wb.order[1:]
@@ -189,7 +189,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 		wb.order = wb.order[:0:0] // let the emptied array go
 	}
 	wb.mu.Unlock()
-	wb.keys, wb.bufs2 = keys, bufs
+	wb.applyKeys, wb.applyBufs = keys, bufs
 
 	err := e.failure
 	if err == nil && e.closed {
@@ -236,7 +236,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 // stopLocked closes write-back for good: it applies what is pending and
 // stops the applier. Called with the engine's lock held, by Close. The
 // applier may be waiting for the lock, so it is not waited for here;
-// closeWait does that after the lock is released.
+// File.Close calls wait after it releases the lock.
 func (wb *writeBack) stopLocked() {
 	wb.mu.Lock()
 	wb.stopped = true

@@ -123,29 +123,12 @@ func Compare(a, b *View) (*Diff, error) {
 		return nil, err
 	}
 	d := &Diff{}
-	pa := map[int64]*Process{}
-	for i := range sa.Processes {
-		pa[sa.Processes[i].PID] = &sa.Processes[i]
-	}
-	pb := map[int64]*Process{}
-	for i := range sb.Processes {
-		pb[sb.Processes[i].PID] = &sb.Processes[i]
-	}
-	for _, p := range sa.Processes {
-		if pb[p.PID] == nil {
-			d.ProcessesRemoved = append(d.ProcessesRemoved, ProcessRef{p.PID, p.Name})
-		}
-	}
-	for i := range sb.Processes {
-		q := &sb.Processes[i]
-		p := pa[q.PID]
-		if p == nil {
-			d.ProcessesAdded = append(d.ProcessesAdded, ProcessRef{q.PID, q.Name})
-			continue
-		}
-		if err := compareProcess(a, b, p, q, d); err != nil {
-			return nil, err
-		}
+	err = matchByKey(sa.Processes, sb.Processes, func(p *Process) int64 { return p.PID },
+		func(p *Process) { d.ProcessesRemoved = append(d.ProcessesRemoved, ProcessRef{p.PID, p.Name}) },
+		func(q *Process) { d.ProcessesAdded = append(d.ProcessesAdded, ProcessRef{q.PID, q.Name}) },
+		func(p, q *Process) error { return compareProcess(a, b, p, q, d) })
+	if err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -199,51 +182,36 @@ func readRegisters(v *View, p *Process) ([]byte, error) {
 }
 
 func compareMappings(a, b *View, p, q *Process, d *Diff) error {
-	ma := map[int64]Mapping{}
-	for _, m := range p.Mappings {
-		ma[m.VirtualAddr] = m
-	}
-	mb := map[int64]Mapping{}
-	for _, m := range q.Mappings {
-		mb[m.VirtualAddr] = m
-	}
-	for _, m := range p.Mappings {
-		if _, ok := mb[m.VirtualAddr]; !ok {
-			d.MappingsRemoved = append(d.MappingsRemoved, MappingRef{p.PID, m})
-		}
-	}
-	for _, n := range q.Mappings {
-		m, ok := ma[n.VirtualAddr]
-		if !ok {
-			d.MappingsAdded = append(d.MappingsAdded, MappingRef{q.PID, n})
-			continue
-		}
-		var f fieldDiffer
-		f.num("size", m.Size, n.Size)
-		f.cmp("permissions", m.Permissions, n.Permissions)
-		f.cmp("flags", m.Flags, n.Flags)
-		f.cmp("path", m.Path, n.Path)
-		f.num("file_offset", m.FileOffset, n.FileOffset)
-		f.num("page_size", m.PageSize, n.PageSize)
-		f.cmp("physical_addr", optString(m.PhysicalAddr), optString(n.PhysicalAddr))
-		if (m.BlobOffset == nil) != (n.BlobOffset == nil) {
-			f.cmp("stored", strconv.FormatBool(m.BlobOffset != nil), strconv.FormatBool(n.BlobOffset != nil))
-		}
-		c := MappingChange{PID: q.PID, VirtualAddr: n.VirtualAddr, Path: n.Path, Changes: f.out}
-		if m.BlobOffset != nil && n.BlobOffset != nil && a.snap.BlobFilePath == "" && b.snap.BlobFilePath == "" {
-			pages, bytes, err := comparePages(a, b, m, n)
-			if err != nil {
-				return err
+	return matchByKey(p.Mappings, q.Mappings, func(m *Mapping) int64 { return m.VirtualAddr },
+		func(m *Mapping) { d.MappingsRemoved = append(d.MappingsRemoved, MappingRef{p.PID, *m}) },
+		func(n *Mapping) { d.MappingsAdded = append(d.MappingsAdded, MappingRef{q.PID, *n}) },
+		func(m, n *Mapping) error {
+			var f fieldDiffer
+			f.num("size", m.Size, n.Size)
+			f.cmp("permissions", m.Permissions, n.Permissions)
+			f.cmp("flags", m.Flags, n.Flags)
+			f.cmp("path", m.Path, n.Path)
+			f.num("file_offset", m.FileOffset, n.FileOffset)
+			f.num("page_size", m.PageSize, n.PageSize)
+			f.cmp("physical_addr", optString(m.PhysicalAddr), optString(n.PhysicalAddr))
+			if (m.BlobOffset == nil) != (n.BlobOffset == nil) {
+				f.cmp("stored", strconv.FormatBool(m.BlobOffset != nil), strconv.FormatBool(n.BlobOffset != nil))
 			}
-			c.PagesChanged, c.BytesChanged = pages, bytes
-			d.PagesChanged += pages
-			d.BytesChanged += bytes
-		}
-		if len(c.Changes) > 0 || c.PagesChanged > 0 {
-			d.MappingsChanged = append(d.MappingsChanged, c)
-		}
-	}
-	return nil
+			c := MappingChange{PID: q.PID, VirtualAddr: n.VirtualAddr, Path: n.Path, Changes: f.out}
+			if m.BlobOffset != nil && n.BlobOffset != nil && a.snap.BlobFilePath == "" && b.snap.BlobFilePath == "" {
+				pages, bytes, err := comparePages(a, b, *m, *n)
+				if err != nil {
+					return err
+				}
+				c.PagesChanged, c.BytesChanged = pages, bytes
+				d.PagesChanged += pages
+				d.BytesChanged += bytes
+			}
+			if len(c.Changes) > 0 || c.PagesChanged > 0 {
+				d.MappingsChanged = append(d.MappingsChanged, c)
+			}
+			return nil
+		})
 }
 
 // comparePages counts the pages of the mappings' content that differ;
@@ -277,61 +245,65 @@ func comparePages(a, b *View, m, n Mapping) (pages, nbytes int64, err error) {
 }
 
 func compareFiles(p, q *Process, d *Diff) {
-	fa := map[int64]File{}
-	for _, f := range p.Files {
-		fa[f.FD] = f
-	}
-	fb := map[int64]File{}
-	for _, f := range q.Files {
-		fb[f.FD] = f
-	}
-	for _, f := range p.Files {
-		if _, ok := fb[f.FD]; !ok {
-			d.FilesRemoved = append(d.FilesRemoved, FileRef{p.PID, f})
-		}
-	}
-	for _, g := range q.Files {
-		f, ok := fa[g.FD]
-		if !ok {
-			d.FilesAdded = append(d.FilesAdded, FileRef{q.PID, g})
-			continue
-		}
-		var c fieldDiffer
-		c.cmp("path", f.Path, g.Path)
-		c.num("position", f.Position, g.Position)
-		c.cmp("flags", f.Flags, g.Flags)
-		if len(c.out) > 0 {
-			d.FilesChanged = append(d.FilesChanged, FileChange{q.PID, g.FD, c.out})
-		}
-	}
+	matchByKey(p.Files, q.Files, func(f *File) int64 { return f.FD },
+		func(f *File) { d.FilesRemoved = append(d.FilesRemoved, FileRef{p.PID, *f}) },
+		func(g *File) { d.FilesAdded = append(d.FilesAdded, FileRef{q.PID, *g}) },
+		func(f, g *File) error {
+			var c fieldDiffer
+			c.cmp("path", f.Path, g.Path)
+			c.num("position", f.Position, g.Position)
+			c.cmp("flags", f.Flags, g.Flags)
+			if len(c.out) > 0 {
+				d.FilesChanged = append(d.FilesChanged, FileChange{q.PID, g.FD, c.out})
+			}
+			return nil
+		})
 }
 
 func compareSignals(p, q *Process, d *Diff) {
-	ga := map[int64]Signal{}
-	for _, g := range p.Signals {
-		ga[g.Number] = g
+	matchByKey(p.Signals, q.Signals, func(g *Signal) int64 { return g.Number },
+		func(g *Signal) { d.SignalsRemoved = append(d.SignalsRemoved, SignalRef{p.PID, *g}) },
+		func(h *Signal) { d.SignalsAdded = append(d.SignalsAdded, SignalRef{q.PID, *h}) },
+		func(g, h *Signal) error {
+			var c fieldDiffer
+			c.cmp("disposition", g.Disposition, h.Disposition)
+			c.cmp("handler_address", optString(g.HandlerAddress), optString(h.HandlerAddress))
+			c.cmp("flags", g.Flags, h.Flags)
+			if len(c.out) > 0 {
+				d.SignalsChanged = append(d.SignalsChanged, SignalChange{q.PID, h.Number, c.out})
+			}
+			return nil
+		})
+}
+
+// matchByKey pairs the elements of a and b that have the same key. It
+// calls removed for each element of a whose key is not in b, in a's
+// order, then goes through b in order, calling added for an element whose
+// key is not in a and both for one whose key is; it stops at both's first
+// error.
+func matchByKey[T any, K comparable](a, b []T, key func(*T) K, removed, added func(*T), both func(old, new *T) error) error {
+	inA := make(map[K]*T, len(a))
+	for i := range a {
+		inA[key(&a[i])] = &a[i]
 	}
-	gb := map[int64]Signal{}
-	for _, g := range q.Signals {
-		gb[g.Number] = g
+	inB := make(map[K]bool, len(b))
+	for i := range b {
+		inB[key(&b[i])] = true
 	}
-	for _, g := range p.Signals {
-		if _, ok := gb[g.Number]; !ok {
-			d.SignalsRemoved = append(d.SignalsRemoved, SignalRef{p.PID, g})
+	for i := range a {
+		if !inB[key(&a[i])] {
+			removed(&a[i])
 		}
 	}
-	for _, h := range q.Signals {
-		g, ok := ga[h.Number]
+	for i := range b {
+		old, ok := inA[key(&b[i])]
 		if !ok {
-			d.SignalsAdded = append(d.SignalsAdded, SignalRef{q.PID, h})
+			added(&b[i])
 			continue
 		}
-		var c fieldDiffer
-		c.cmp("disposition", g.Disposition, h.Disposition)
-		c.cmp("handler_address", optString(g.HandlerAddress), optString(h.HandlerAddress))
-		c.cmp("flags", g.Flags, h.Flags)
-		if len(c.out) > 0 {
-			d.SignalsChanged = append(d.SignalsChanged, SignalChange{q.PID, h.Number, c.out})
+		if err := both(old, &b[i]); err != nil {
+			return err
 		}
 	}
+	return nil
 }
