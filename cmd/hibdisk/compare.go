@@ -19,15 +19,11 @@ func runCompare(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	a, err := diffdisk.OpenImage(pos[0])
+	a, b, err := openTwo(pos[0], pos[1])
 	if err != nil {
-		return exitError{code: 2, msg: err.Error()}
+		return err
 	}
 	defer a.Close()
-	b, err := diffdisk.OpenImage(pos[1])
-	if err != nil {
-		return exitError{code: 2, msg: err.Error()}
-	}
 	defer b.Close()
 	res, err := diffdisk.Compare(a, b)
 	if err != nil {
@@ -42,4 +38,18 @@ func runCompare(_ context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintln(e.stdout, "Images are identical.")
 	return nil
+}
+
+// openTwo opens the two images a comparing command reads (any chain or
+// raw image, read-only). Failing to open one exits 2, like a failed
+// comparison.
+func openTwo(pathA, pathB string) (a, b *diffdisk.Disk, err error) {
+	if a, err = diffdisk.OpenImage(pathA); err != nil {
+		return nil, nil, exitError{code: 2, msg: err.Error()}
+	}
+	if b, err = diffdisk.OpenImage(pathB); err != nil {
+		a.Close()
+		return nil, nil, exitError{code: 2, msg: err.Error()}
+	}
+	return a, b, nil
 }

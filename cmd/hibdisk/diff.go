@@ -7,7 +7,6 @@ import (
 	"io"
 	"strings"
 
-	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/inspect"
 )
 
@@ -30,15 +29,11 @@ func runDiff(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	a, err := diffdisk.OpenImage(pos[0])
+	a, b, err := openTwo(pos[0], pos[1])
 	if err != nil {
-		return exitError{code: 2, msg: err.Error()}
+		return err
 	}
 	defer a.Close()
-	b, err := diffdisk.OpenImage(pos[1])
-	if err != nil {
-		return exitError{code: 2, msg: err.Error()}
-	}
 	defer b.Close()
 	rep, err := inspect.Diff(a, b)
 	if err != nil {
