@@ -141,15 +141,7 @@ func TestCaptureFilesSignalsMemory(t *testing.T) {
 	if res.UnreadableBytes != 0 {
 		t.Errorf("%d bytes unreadable", res.UnreadableBytes)
 	}
-	c, err := hibfile.Open(layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	v, err := c.Latest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := latestView(t, layer)
 	snap := v.Snapshot()
 	if snap.Source != "linux-proc" || snap.Status != hibfile.StatusComplete || snap.TotalProcesses != 1 || snap.KernelVersion == "" {
 		t.Errorf("snapshot row = %+v", snap)
@@ -256,15 +248,7 @@ func TestIncrementalCaptureStoresOnlyChangedPages(t *testing.T) {
 	next := newDiff(t, dir, "next.db", same)
 	res = capture(t, next, h.pid())
 
-	c, err := hibfile.Open(next)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	v, err := c.Latest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := latestView(t, next)
 	p, err := v.Process(int64(h.pid()))
 	if err != nil {
 		t.Fatal(err)

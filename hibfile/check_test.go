@@ -62,15 +62,7 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 		t.Errorf("after Repair, problems:\n%s", all)
 	}
 	// The restore plan refuses a cyclic tree.
-	c, err := hibfile.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	v, err := c.Latest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := latestView(t, path)
 	for _, err := range v.RestorePlan() {
 		if !errors.Is(err, hibfile.ErrCycle) {
 			t.Errorf("restore plan of a cyclic tree: %v, want ErrCycle", err)
@@ -104,15 +96,7 @@ func TestRestorePlanParentFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := hibfile.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	v, err := c.Latest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := latestView(t, path)
 	restored := map[int64]bool{}
 	n := 0
 	for step, err := range v.RestorePlan() {

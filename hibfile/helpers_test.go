@@ -131,6 +131,22 @@ func fillRandom(rng *rand.Rand, p []byte) {
 
 func ptr[T any](v T) *T { return &v }
 
+// latestView opens the hibernate file of the layer at path and returns
+// its newest snapshot; the file is closed when the test ends.
+func latestView(t testing.TB, path string) *hibfile.View {
+	t.Helper()
+	c, err := hibfile.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	v, err := c.Latest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 func mustSave(t testing.TB, path string, s *hibfile.Snapshot, img *hibfile.MemoryImage) hibfile.SaveResult {
 	t.Helper()
 	res, err := hibfile.Save(path, s, img)

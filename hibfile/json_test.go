@@ -15,15 +15,7 @@ import (
 
 func export(t *testing.T, path string) []byte {
 	t.Helper()
-	c, err := hibfile.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	v, err := c.Latest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := latestView(t, path)
 	var b bytes.Buffer
 	if err := hibfile.Export(&b, v); err != nil {
 		t.Fatal(err)

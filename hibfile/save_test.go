@@ -19,15 +19,7 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	if res.SnapshotID == 0 || res.StoredBytes == 0 {
 		t.Fatalf("SaveResult = %+v", res)
 	}
-	c, err := hibfile.Open(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	v, err := c.Latest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := latestView(t, base)
 	got, err := v.Load()
 	if err != nil {
 		t.Fatal(err)
@@ -152,15 +144,7 @@ func TestStackedSaveStoresOnlyChangedBlocks(t *testing.T) {
 		t.Errorf("diff layer holds %d hibernate_blocks rows, want 5", n)
 	}
 	// The diff layer's view reads the new content; the base's the old.
-	c, err := hibfile.Open(diff)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	v, err := c.Latest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := latestView(t, diff)
 	for blk := range changed {
 		want := make([]byte, 4096)
 		img2.ReadAt(want, blk*4096)
