@@ -1,6 +1,7 @@
 package disklayer
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"sync"
@@ -57,6 +58,7 @@ type writeBack struct {
 	kick  chan struct{} // buffered 1: there is something to apply
 	done  chan struct{} // closed when the applier exits
 	bufs  sync.Pool     // *[]byte of one block
+	zero  *[]byte       // a pending all-zero block: zeroBlock[:blockSize], never pooled
 	order []int64       // sorted pending keys not yet applied; guarded by mu
 
 	// Scratch of applyLocked; guarded by the engine's lock.
@@ -69,6 +71,8 @@ func newWriteBack(t *blockTable) *writeBack {
 	wb.cond.L = &wb.mu
 	bs := t.blockSize
 	wb.bufs.New = func() any { b := make([]byte, bs); return &b }
+	zero := zeroBlock[:bs]
+	wb.zero = &zero
 	wb.open.Store(true)
 	go wb.run()
 	return wb
@@ -93,13 +97,25 @@ func (wb *writeBack) write(p []byte, off int64) bool {
 	first := off / int64(bs)
 	for i := 0; i*bs < len(p); i++ {
 		key := first + int64(i)
+		data := p[i*bs : (i+1)*bs]
 		buf, ok := wb.pending[key]
 		if !ok {
-			buf = wb.bufs.Get().(*[]byte)
-			wb.pending[key] = buf
 			wb.bytes += int64(bs)
 		}
-		copy(*buf, p[i*bs:(i+1)*bs])
+		// An all-zero block becomes a tombstone or no row, never data:
+		// hold it as wb.zero rather than copy it.
+		if bytes.Equal(data, zeroBlock[:bs]) {
+			if ok && buf != wb.zero {
+				wb.bufs.Put(buf)
+			}
+			wb.pending[key] = wb.zero
+			continue
+		}
+		if !ok || buf == wb.zero {
+			buf = wb.bufs.Get().(*[]byte)
+			wb.pending[key] = buf
+		}
+		copy(*buf, data)
 	}
 	// Under mu, so that stopLocked cannot have closed kick.
 	select {
@@ -108,6 +124,13 @@ func (wb *writeBack) write(p []byte, off int64) bool {
 	}
 	wb.mu.Unlock()
 	return true
+}
+
+// put returns a block buffer taken by write to the pool.
+func (wb *writeBack) put(b *[]byte) {
+	if b != wb.zero {
+		wb.bufs.Put(b)
+	}
 }
 
 // run is the applier.
@@ -209,7 +232,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 		}
 	}
 	for i, b := range bufs {
-		wb.bufs.Put(b)
+		wb.put(b)
 		bufs[i] = nil
 	}
 	if err != nil && e.failure == nil {
@@ -222,7 +245,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 		// see the failure.
 		wb.open.Store(false)
 		for key, b := range wb.pending {
-			wb.bufs.Put(b)
+			wb.put(b)
 			delete(wb.pending, key)
 		}
 		wb.bytes = 0
