@@ -8,8 +8,11 @@
 # write at QD8; each the median of RUNS runs of SECS seconds.
 # Then qemu-img bench sequential, 64 KiB requests at depth 16 over the
 # whole disk: reads, and writes with a flush every 64 MiB (so the time
-# includes making the data durable). Prints IOPS (4k) or MiB/s and the
-# ratios hibdisk/qemu-nbd and hibdisk/nbdkit.
+# includes making the data durable). qemu-img bench writes zeros unless
+# given --pattern, which hibdisk stores as tombstones and qcow2 as data;
+# the fio cells write real data. The three servers take turns within each
+# round of runs. Prints IOPS (4k) or MiB/s and the ratios hibdisk/qemu-nbd
+# and hibdisk/nbdkit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1G}
@@ -42,59 +45,59 @@ done
 # nbdkit memory starts empty: give it the same data.
 nbdcopy "$DIR/base.raw" "nbd+unix:///?socket=$DIR/m.sock"
 
-run_cell() { # server-socket rw bs qd -> median IOPS or MiB/s
-  local sock=$1 rw=$2 bs=$3 qd=$4 vals=()
-  for _ in $(seq "$RUNS"); do
-    fio --name=t --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --rw="$rw" --bs="$bs" \
-        --iodepth="$qd" --runtime="$SECS" --time_based --size="$SIZE" --norandommap \
-        --output-format=json --output="$DIR/f.json" >/dev/null
-    vals+=("$($PY - "$DIR/f.json" "$bs" <<'PYEOF'
+fio_run() { # server-socket rw bs qd -> IOPS (4k) or MiB/s of one run
+  local sock=$1 rw=$2 bs=$3 qd=$4
+  fio --name=t --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --rw="$rw" --bs="$bs" \
+      --iodepth="$qd" --runtime="$SECS" --time_based --size="$SIZE" --norandommap \
+      --output-format=json --output="$DIR/f.json" >/dev/null
+  $PY - "$DIR/f.json" "$bs" <<'PYEOF'
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
 print(side["iops"] if sys.argv[2] == "4k" else side["bw_bytes"] / 2**20)
 PYEOF
-)")
-  done
-  printf '%s\n' "${vals[@]}" | sort -g | sed -n "$(( (RUNS + 1) / 2 ))p"
 }
 
-cells=("randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 8" "write 1M 8")
-printf '%-18s %12s %12s %12s %10s %10s\n' cell hibdisk qemu-nbd nbdkit "h/qemu" "h/nbdkit"
-for c in "${cells[@]}"; do
-  read -r rw bs qd <<<"$c"
-  h=$(run_cell "$DIR/h.sock" "$rw" "$bs" "$qd")
-  q=$(run_cell "$DIR/q.sock" "$rw" "$bs" "$qd")
-  m=$(run_cell "$DIR/m.sock" "$rw" "$bs" "$qd")
-  unit=IOPS; [ "$bs" = 1M ] && unit=MiB/s
-  $PY - "$rw $bs QD$qd" "$unit" "$h" "$q" "$m" <<'PYEOF'
-import sys
-name, unit, h, q, m = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
-print(f"{name:<18} {h:>9.0f} {unit[:4]:<2} {q:>9.0f}    {m:>9.0f}    {h/q:>9.2f}x {h/m:>9.2f}x")
-PYEOF
-done
-
-qemu_bench() { # server-socket [-w ...] -> median MiB/s of RUNS runs over the whole disk
-  local sock=$1 vals=()
+qemu_bench_run() { # server-socket [-w ...] -> MiB/s of one pass over the whole disk
+  local sock=$1
   shift
   local count=$(( $(qemu-img info --output=json "nbd+unix:///?socket=$sock" | $PY -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])') / 65536 ))
-  for _ in $(seq "$RUNS"); do
-    local secs
-    secs=$(qemu-img bench -f raw -c "$count" -d 16 -s 64k "$@" "nbd+unix:///?socket=$sock" | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
-    vals+=("$($PY -c "print($count * 65536 / 2**20 / $secs)")")
-  done
-  printf '%s\n' "${vals[@]}" | sort -g | sed -n "$(( (RUNS + 1) / 2 ))p"
+  local secs
+  secs=$(qemu-img bench -f raw -c "$count" -d 16 -s 64k "$@" "nbd+unix:///?socket=$sock" | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
+  $PY -c "print($count * 65536 / 2**20 / $secs)"
 }
 
-for c in "read:" "write:-w --flush-interval=1024"; do
-  name=${c%%:*}
-  read -r -a args <<<"${c#*:}"
-  h=$(qemu_bench "$DIR/h.sock" "${args[@]}")
-  q=$(qemu_bench "$DIR/q.sock" "${args[@]}")
-  m=$(qemu_bench "$DIR/m.sock" "${args[@]}")
-  $PY - "qemu-img bench $name" "$h" "$q" "$m" <<'PYEOF'
+median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
+
+# measure NAME UNIT COMMAND ARGS...: runs COMMAND SOCKET ARGS... RUNS times
+# for each server, the servers taking turns within each round so that
+# drift in the machine's speed (large on shared 2-core machines) falls on
+# all three alike, and prints the medians and ratios.
+measure() {
+  local name=$1 unit=$2 h=() q=() m=()
+  shift 2
+  for _ in $(seq "$RUNS"); do
+    h+=("$("$@" "$DIR/h.sock")")
+    q+=("$("$@" "$DIR/q.sock")")
+    m+=("$("$@" "$DIR/m.sock")")
+  done
+  $PY - "$name" "$unit" "$(median "${h[@]}")" "$(median "${q[@]}")" "$(median "${m[@]}")" <<'PYEOF'
 import sys
-name, h, q, m = sys.argv[1], *map(float, sys.argv[2:])
-print(f"{name:<18} {h:>9.0f} MiB/ {q:>9.0f}    {m:>9.0f}    {h/q:>9.2f}x {h/m:>9.2f}x")
+name, unit, h, q, m = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
+print(f"{name:<20} {h:>9.0f} {unit:<5} {q:>9.0f}    {m:>9.0f}    {h/q:>9.2f}x {h/m:>9.2f}x", flush=True)
 PYEOF
+}
+
+# The socket goes last, after the cell's own arguments.
+fio_cell() { local rw=$1 bs=$2 qd=$3 sock=$4; fio_run "$sock" "$rw" "$bs" "$qd"; }
+qemu_read() { qemu_bench_run "$1"; }
+qemu_write() { qemu_bench_run "$1" -w --flush-interval=1024; }
+
+printf '%-20s %9s       %9s    %9s    %10s %10s\n' cell hibdisk qemu-nbd nbdkit "h/qemu" "h/nbdkit"
+for c in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 8" "write 1M 8"; do
+  read -r rw bs qd <<<"$c"
+  unit=IOPS; [ "$bs" = 1M ] && unit=MiB/s
+  measure "$rw $bs QD$qd" "$unit" fio_cell "$rw" "$bs" "$qd"
 done
+measure "qemu-img bench read" MiB/s qemu_read
+measure "qemu-img bench write" MiB/s qemu_write
