@@ -100,13 +100,21 @@ func benchLayer(b *testing.B, pageSize int) string {
 	path := filepath.Join(benchFixtures.dir, fmt.Sprintf("bench-%d-%d.hibdisk", pageSize, os.Getpid()))
 	os.Remove(path)
 	defer disklayer.SetPageSizeForTest(pageSize)()
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: *benchSize})
+	createFilled(b, path, disklayer.CreateOptions{Size: *benchSize}, 1)
+	benchFixtures.paths[pageSize] = path
+	return path
+}
+
+// createFilled creates a layer at path and fills every sector with random
+// data drawn from seed.
+func createFilled(b *testing.B, path string, opts disklayer.CreateOptions, seed uint64) {
+	f, err := disklayer.Create(path, opts)
 	if err != nil {
 		b.Fatal(err)
 	}
-	rng := rand.New(rand.NewPCG(1, 2))
+	rng := rand.New(rand.NewPCG(seed, seed+1))
 	buf := make([]byte, 1<<20)
-	for off := int64(0); off < *benchSize; off += int64(len(buf)) {
+	for off := int64(0); off < opts.Size; off += int64(len(buf)) {
 		randomFill(rng, buf)
 		if _, err := f.WriteAt(buf, off); err != nil {
 			b.Fatal(err)
@@ -115,8 +123,32 @@ func benchLayer(b *testing.B, pageSize int) string {
 	if err := f.Close(); err != nil {
 		b.Fatal(err)
 	}
-	benchFixtures.paths[pageSize] = path
-	return path
+}
+
+// writeSeq writes buf b.N times walking the layer in order and wrapping,
+// with a Flush every flushEvery writes and at the end; change, if not nil,
+// alters buf before write i.
+func writeSeq(b *testing.B, f *disklayer.File, buf []byte, flushEvery int, change func(i int)) {
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	off := int64(0)
+	for i := range b.N {
+		if change != nil {
+			change(i)
+		}
+		if _, err := f.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+		off = (off + int64(len(buf))) % *benchSize
+		if i%flushEvery == flushEvery-1 {
+			if err := f.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := f.Flush(); err != nil {
+		b.Fatal(err)
+	}
 }
 
 func randomFill(rng *rand.Rand, p []byte) {
@@ -128,8 +160,8 @@ func randomFill(rng *rand.Rand, p []byte) {
 	}
 }
 
-func openBench(b *testing.B, path string) *disklayer.File {
-	f, err := disklayer.Open(path, disklayer.OpenOptions{})
+func openBench(b *testing.B, path string, opts disklayer.OpenOptions) *disklayer.File {
+	f, err := disklayer.Open(path, opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -147,7 +179,7 @@ func BenchmarkLayer(b *testing.B) {
 			path := benchLayer(b, ps)
 			sectors := *benchSize / 4096
 			b.Run("read4k-random", func(b *testing.B) {
-				f := openBench(b, path)
+				f := openBench(b, path, disklayer.OpenOptions{})
 				rng := rand.New(rand.NewPCG(3, 4))
 				buf := make([]byte, 4096)
 				b.SetBytes(4096)
@@ -160,7 +192,7 @@ func BenchmarkLayer(b *testing.B) {
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 			})
 			b.Run("read4k-random-parallel", func(b *testing.B) {
-				f := openBench(b, path)
+				f := openBench(b, path, disklayer.OpenOptions{})
 				b.SetBytes(4096)
 				var seed sync.Mutex
 				var next uint64
@@ -181,7 +213,7 @@ func BenchmarkLayer(b *testing.B) {
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 			})
 			b.Run("write4k-random", func(b *testing.B) {
-				f := openBench(b, path)
+				f := openBench(b, path, disklayer.OpenOptions{})
 				rng := rand.New(rand.NewPCG(6, 7))
 				buf := make([]byte, 4096)
 				b.SetBytes(4096)
@@ -203,7 +235,7 @@ func BenchmarkLayer(b *testing.B) {
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 			})
 			b.Run("read1m-seq", func(b *testing.B) {
-				f := openBench(b, path)
+				f := openBench(b, path, disklayer.OpenOptions{})
 				buf := make([]byte, 1<<20)
 				b.SetBytes(int64(len(buf)))
 				b.ResetTimer()
@@ -220,28 +252,12 @@ func BenchmarkLayer(b *testing.B) {
 				}
 			})
 			b.Run("write1m-seq", func(b *testing.B) {
-				f := openBench(b, path)
+				f := openBench(b, path, disklayer.OpenOptions{})
 				rng := rand.New(rand.NewPCG(8, 9))
 				buf := make([]byte, 1<<20)
 				randomFill(rng, buf)
-				b.SetBytes(int64(len(buf)))
-				b.ResetTimer()
-				off := int64(0)
-				for i := range b.N {
-					buf[i%len(buf)]++ // fresh content without the cost of regenerating it
-					if _, err := f.WriteAt(buf, off); err != nil {
-						b.Fatal(err)
-					}
-					off = (off + int64(len(buf))) % *benchSize
-					if i%64 == 63 {
-						if err := f.Flush(); err != nil {
-							b.Fatal(err)
-						}
-					}
-				}
-				if err := f.Flush(); err != nil {
-					b.Fatal(err)
-				}
+				// Fresh content without the cost of regenerating it.
+				writeSeq(b, f, buf, 64, func(i int) { buf[i%len(buf)]++ })
 			})
 		})
 	}
@@ -256,43 +272,9 @@ func BenchmarkZeroWrites(b *testing.B) {
 		b.Run(fmt.Sprintf("writeback=%v", wb), func(b *testing.B) {
 			dir := b.TempDir()
 			path := filepath.Join(dir, "diff.hibdisk")
-			f, err := disklayer.Create(path, disklayer.CreateOptions{Size: *benchSize, Parent: rawParent(b, dir, *benchSize)})
-			if err != nil {
-				b.Fatal(err)
-			}
-			rng := rand.New(rand.NewPCG(10, 11))
-			buf := make([]byte, 1<<20)
-			for off := int64(0); off < *benchSize; off += int64(len(buf)) {
-				randomFill(rng, buf)
-				if _, err := f.WriteAt(buf, off); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := f.Close(); err != nil {
-				b.Fatal(err)
-			}
-			if f, err = disklayer.Open(path, disklayer.OpenOptions{WriteBack: wb}); err != nil {
-				b.Fatal(err)
-			}
-			defer f.Close()
-			zeros := make([]byte, 64<<10)
-			b.SetBytes(int64(len(zeros)))
-			b.ResetTimer()
-			off := int64(0)
-			for i := range b.N {
-				if _, err := f.WriteAt(zeros, off); err != nil {
-					b.Fatal(err)
-				}
-				off = (off + int64(len(zeros))) % *benchSize
-				if i%1024 == 1023 {
-					if err := f.Flush(); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
-			if err := f.Flush(); err != nil {
-				b.Fatal(err)
-			}
+			createFilled(b, path, disklayer.CreateOptions{Size: *benchSize, Parent: rawParent(b, dir, *benchSize)}, 10)
+			f := openBench(b, path, disklayer.OpenOptions{WriteBack: wb})
+			writeSeq(b, f, make([]byte, 64<<10), 1024, nil)
 		})
 	}
 }
