@@ -52,7 +52,7 @@ type writeBack struct {
 	mu      sync.Mutex
 	cond    sync.Cond         // signalled when pending data is applied or dropped
 	pending map[int64]*[]byte // block number -> its newest data
-	bytes   int64             // data in pending
+	bytes   int64             // pending blocks × block size (zero blocks too: it bounds the backlog)
 	stopped bool              // the engine is closing: accept nothing
 
 	kick  chan struct{} // buffered 1: there is something to apply
