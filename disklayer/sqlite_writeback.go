@@ -105,8 +105,8 @@ func (wb *writeBack) write(p []byte, off int64) bool {
 		// An all-zero block becomes a tombstone or no row, never data:
 		// hold it as wb.zero rather than copy it.
 		if bytes.Equal(data, zeroBlock[:bs]) {
-			if ok && buf != wb.zero {
-				wb.bufs.Put(buf)
+			if ok {
+				wb.put(buf)
 			}
 			wb.pending[key] = wb.zero
 			continue

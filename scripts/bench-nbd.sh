@@ -74,12 +74,12 @@ median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
 # drift in the machine's speed (large on shared 2-core machines) falls on
 # all three alike, and prints the medians and ratios.
 measure() {
-  local name=$1 unit=$2 h=() q=() m=()
-  shift 2
+  local name=$1 unit=$2 cmd=$3 h=() q=() m=()
+  shift 3
   for _ in $(seq "$RUNS"); do
-    h+=("$("$@" "$DIR/h.sock")")
-    q+=("$("$@" "$DIR/q.sock")")
-    m+=("$("$@" "$DIR/m.sock")")
+    h+=("$("$cmd" "$DIR/h.sock" "$@")")
+    q+=("$("$cmd" "$DIR/q.sock" "$@")")
+    m+=("$("$cmd" "$DIR/m.sock" "$@")")
   done
   $PY - "$name" "$unit" "$(median "${h[@]}")" "$(median "${q[@]}")" "$(median "${m[@]}")" <<'PYEOF'
 import sys
@@ -88,16 +88,11 @@ print(f"{name:<20} {h:>9.0f} {unit:<5} {q:>9.0f}    {m:>9.0f}    {h/q:>9.2f}x {h
 PYEOF
 }
 
-# The socket goes last, after the cell's own arguments.
-fio_cell() { local rw=$1 bs=$2 qd=$3 sock=$4; fio_run "$sock" "$rw" "$bs" "$qd"; }
-qemu_read() { qemu_bench_run "$1"; }
-qemu_write() { qemu_bench_run "$1" -w --flush-interval=1024; }
-
 printf '%-20s %9s       %9s    %9s    %10s %10s\n' cell hibdisk qemu-nbd nbdkit "h/qemu" "h/nbdkit"
 for c in "randread 4k 1" "randread 4k 32" "randwrite 4k 1" "randwrite 4k 32" "read 1M 8" "write 1M 8"; do
   read -r rw bs qd <<<"$c"
   unit=IOPS; [ "$bs" = 1M ] && unit=MiB/s
-  measure "$rw $bs QD$qd" "$unit" fio_cell "$rw" "$bs" "$qd"
+  measure "$rw $bs QD$qd" "$unit" fio_run "$rw" "$bs" "$qd"
 done
-measure "qemu-img bench read" MiB/s qemu_read
-measure "qemu-img bench write" MiB/s qemu_write
+measure "qemu-img bench read" MiB/s qemu_bench_run
+measure "qemu-img bench write" MiB/s qemu_bench_run -w --flush-interval=1024
