@@ -24,6 +24,10 @@ type Options struct {
 	Strict bool
 	// WriteBack opens the top with disklayer.OpenOptions.WriteBack.
 	WriteBack bool
+	// HoldStable holds a read-only top so that no other process may write
+	// it while it is open (disklayer.OpenOptions.HoldStable); the lower
+	// layers are always held so.
+	HoldStable bool
 }
 
 // Disk is a stack of layers [top, ..., base] that reads like one disk

@@ -31,14 +31,29 @@ func Open(path string, opts Options) (*Disk, error) {
 // (recognised by its header, disklayer.IsLayer) as its whole chain,
 // anything else as a raw image. The Disk is read-only.
 func OpenImage(path string) (*Disk, error) {
+	return openImage(path, false)
+}
+
+// OpenImageStable is OpenImage holding the image so that nobody may write
+// it while it is open (a read-only export), where OpenImage tolerates a
+// writer of the top and reads its committed snapshots.
+func OpenImageStable(path string) (*Disk, error) {
+	return openImage(path, true)
+}
+
+func openImage(path string, stable bool) (*Disk, error) {
 	isLayer, err := disklayer.IsLayer(path)
 	if err != nil {
 		return nil, fmt.Errorf("open image %q: %w", path, err)
 	}
 	if isLayer {
-		return Open(path, Options{ReadOnly: true})
+		return Open(path, Options{ReadOnly: true, HoldStable: stable})
 	}
-	raw, err := rawlayer.Open(path, true)
+	var opts []rawlayer.Option
+	if stable {
+		opts = append(opts, rawlayer.HoldStable())
+	}
+	raw, err := rawlayer.Open(path, true, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("open image %q: %w", path, err)
 	}
@@ -61,7 +76,7 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 			closeLayers(layers)
 		}
 	}()
-	top, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: opts.ReadOnly, Strict: opts.Strict, WriteBack: opts.WriteBack})
+	top, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: opts.ReadOnly, Strict: opts.Strict, WriteBack: opts.WriteBack, HoldStable: opts.HoldStable})
 	if err != nil {
 		return nil, err
 	}
@@ -78,17 +93,21 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 		writable := writableParent && len(layers) == 1
 		parentPath := ref.ResolvePath(childPath)
 		link := fmt.Sprintf("parent %q of %q", ref.Path, childPath)
+		// A cycle is found before the parent is opened: opening it again
+		// would only meet this chain's own lock on it.
+		if st, err := os.Stat(parentPath); err == nil {
+			for _, s := range seen {
+				if os.SameFile(s, st) {
+					return nil, fmt.Errorf("%s: %q is already in the chain (a reference cycle): %w", link, parentPath, disklayer.ErrParentMismatch)
+				}
+			}
+		}
 		l, st, next, err := openParent(link, parentPath, *ref, writable, opts.Strict)
 		if err != nil {
 			return nil, err
 		}
 		layers = append(layers, l)
 		metas = append(metas, layerMeta{path: parentPath, format: ref.Format})
-		for _, s := range seen {
-			if os.SameFile(s, st) {
-				return nil, fmt.Errorf("%s: %q is already in the chain (a reference cycle): %w", link, parentPath, disklayer.ErrParentMismatch)
-			}
-		}
 		seen = append(seen, st)
 		childPath, ref = parentPath, next
 	}
@@ -108,7 +127,7 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 	}
 	switch ref.Format {
 	case disklayer.FormatHibdisk:
-		f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: !writable, Strict: strict})
+		f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: !writable, Strict: strict, HoldStable: true})
 		if errors.Is(err, disklayer.ErrNotLayer) {
 			return nil, nil, nil, fmt.Errorf("%s: %s recorded, file is not a hibdisk layer: %w: %w", link, describeRef(ref), disklayer.ErrParentMismatch, err)
 		}
@@ -128,7 +147,7 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 		}
 		return f, st, info.Parent, nil
 	case disklayer.FormatRaw:
-		raw, err := rawlayer.Open(path, !writable)
+		raw, err := rawlayer.Open(path, !writable, rawlayer.HoldStable())
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/internal/lock"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -105,6 +106,13 @@ type OpenOptions struct {
 	// everything first); a write that fails when applied becomes the
 	// layer's sticky failure instead of failing its WriteAt.
 	WriteBack bool
+	// HoldStable holds a read-only layer so that no other process may
+	// write it while it is open (lock.Stable): for the parents of a
+	// chain and read-only exports. A read-only open without it tolerates
+	// a writer (lock.Shared) and reads SQLite's committed snapshots; a
+	// writable open always holds the layer exclusively (lock.Exclusive),
+	// and is refused while anyone else writes it or holds it stable.
+	HoldStable bool
 }
 
 // Stats summarise a layer's contents, for `hibdisk info`.
@@ -249,6 +257,9 @@ type engine struct {
 
 	// wb is the sectors table's write-back (OpenOptions.WriteBack), or nil.
 	wb *writeBack
+	// held is the layer's lock against other processes (internal/lock),
+	// released when the layer closes.
+	held *lock.Lock
 }
 
 // Create makes a new layer file at path and returns it open for writing.
@@ -269,11 +280,18 @@ func Create(path string, opts CreateOptions) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
 	}
+	held, err := lock.Acquire(path, lock.Exclusive)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("create layer %q: %w", path, err)
+	}
 	f, err := newFile(conn, path, false)
 	if err != nil {
 		conn.Close()
+		held.Release()
 		return nil, err
 	}
+	f.eng.held = held
 	return f, nil
 }
 
@@ -375,10 +393,21 @@ func bindOptionalText(stmt *sqlite3.Stmt, param int, s string) {
 // a newer schema ErrUnsupportedVersion, a damaged database or layer row
 // ErrCorrupt. Open does not look at the parent: stacking (diffdisk)
 // verifies it.
-func Open(path string, opts OpenOptions) (*File, error) {
+func Open(path string, opts OpenOptions) (f *File, err error) {
 	if err := checkFileLength(path); err != nil {
 		return nil, fmt.Errorf("open layer %q: %w", path, err)
 	}
+	// The lock comes before SQLite opens the file: a layer someone else
+	// writes is refused before a migration or a write could touch it.
+	held, err := lock.Acquire(path, holdMode(opts))
+	if err != nil {
+		return nil, fmt.Errorf("open layer %q: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			held.Release()
+		}
+	}()
 	conn, err := store.Open(path, store.Options{
 		ReadOnly:     opts.ReadOnly,
 		CacheBytes:   cacheBytes,
@@ -397,15 +426,27 @@ func Open(path string, opts OpenOptions) (*File, error) {
 			return nil, fmt.Errorf("open layer %q strictly: %s: %w", path, strings.Join(r.Problems, "; "), ErrCorrupt)
 		}
 	}
-	f, err := newFile(conn, path, opts.ReadOnly)
+	f, err = newFile(conn, path, opts.ReadOnly)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
+	f.eng.held = held
 	if opts.WriteBack && !opts.ReadOnly {
 		f.eng.wb = newWriteBack(f.disk)
 	}
 	return f, nil
+}
+
+// holdMode is the lock an open takes (see OpenOptions.HoldStable).
+func holdMode(opts OpenOptions) lock.Mode {
+	switch {
+	case !opts.ReadOnly:
+		return lock.Exclusive
+	case opts.HoldStable:
+		return lock.Stable
+	}
+	return lock.Shared
 }
 
 // checkFileLength refuses a database file shorter than its header says, as
@@ -744,6 +785,11 @@ func (e *engine) closeLocked() error {
 	}
 	if cerr := e.conn.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close layer %q: %w", e.path, cerr)
+	}
+	// The lock outlives the connection: nobody else may write before
+	// the last commit and checkpoint are done.
+	if cerr := e.held.Release(); cerr != nil && err == nil {
+		err = fmt.Errorf("close layer %q: release lock: %w", e.path, cerr)
 	}
 	e.closed = true
 	return err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/vmm/nbd"
 	"github.com/hibdisk/hibdisk/vmm/nbddisk"
 )
@@ -189,11 +190,37 @@ func exportSpecs(pos []string, flags []string) ([]exportSpec, error) {
 
 // openServed opens what an export serves: a hibdisk chain writable
 // unless readOnly, or a raw image (read-write only when asked).
+// A read-only export holds its image stable (nobody may write it while it
+// is served), and a layer marked read-only (a sealed or hibernated
+// snapshot) is exported read-only rather than writable with every write
+// failing.
 func openServed(path string, readOnly, readCache bool) (*diffdisk.Disk, error) {
+	if !readOnly {
+		marked, err := markedReadOnly(path)
+		if err != nil {
+			return nil, err
+		}
+		readOnly = marked
+	}
 	if readOnly {
-		return diffdisk.OpenImage(path)
+		return diffdisk.OpenImageStable(path)
 	}
 	return diffdisk.Open(path, diffdisk.Options{ReadCache: readCache, WriteBack: true})
+}
+
+// markedReadOnly reports whether path is a hibdisk layer whose read_only
+// flag is set.
+func markedReadOnly(path string) (bool, error) {
+	// Anything that does not open here is reported by the real open.
+	if ok, err := disklayer.IsLayer(path); err != nil || !ok {
+		return false, nil
+	}
+	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		return false, nil
+	}
+	marked := f.Info().ReadOnly
+	return marked, f.Close()
 }
 
 func describe(path string, d *diffdisk.Disk) string {

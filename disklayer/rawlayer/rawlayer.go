@@ -36,6 +36,7 @@ import (
 	"syscall"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/internal/lock"
 )
 
 // DefaultSectorSize is the sector size of a raw image unless
@@ -54,6 +55,7 @@ type Layer struct {
 	mu     sync.RWMutex
 	file   *os.File
 	closed bool
+	held   *lock.Lock // Create and writable opens: lock.Exclusive
 }
 
 var _ disklayer.Disk = (*Layer)(nil)
@@ -63,6 +65,15 @@ type Option func(*options)
 
 type options struct {
 	sectorSize int
+	stable     bool
+}
+
+// HoldStable holds a read-only image so that nobody may write it while
+// it is open (lock.Stable): for a base under a chain. A read-only open
+// without it tolerates writers (lock.Shared); a writable open always
+// holds the image exclusively.
+func HoldStable() Option {
+	return func(o *options) { o.stable = true }
 }
 
 // WithSectorSize sets the sector size: a power of two between
@@ -106,6 +117,17 @@ func Open(path string, readOnly bool, opts ...Option) (*Layer, error) {
 		// is zero.
 		fileSize, err = f.Seek(0, io.SeekEnd)
 	}
+	var held *lock.Lock
+	if err == nil {
+		mode := lock.Shared
+		switch {
+		case !readOnly:
+			mode = lock.Exclusive
+		case o.stable:
+			mode = lock.Stable
+		}
+		held, err = lock.Acquire(path, mode)
+	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("open raw image %q: %w", path, err)
@@ -116,6 +138,7 @@ func Open(path string, readOnly bool, opts ...Option) (*Layer, error) {
 		sectorSize: o.sectorSize,
 		size:       (fileSize + ss - 1) / ss * ss,
 		readOnly:   readOnly,
+		held:       held,
 		file:       f,
 	}, nil
 }
@@ -140,7 +163,13 @@ func Create(path string, size int64, opts ...Option) (*Layer, error) {
 		os.Remove(path)
 		return nil, fmt.Errorf("create raw image %q of %d bytes: %w", path, size, err)
 	}
-	return &Layer{path: path, sectorSize: o.sectorSize, size: size, file: f}, nil
+	held, err := lock.Acquire(path, lock.Exclusive)
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("create raw image %q: %w", path, err)
+	}
+	return &Layer{path: path, sectorSize: o.sectorSize, size: size, file: f, held: held}, nil
 }
 
 // Path is the file the layer was opened from.
@@ -261,7 +290,7 @@ func (l *Layer) Close() error {
 	if !l.readOnly {
 		syncErr = l.file.Sync()
 	}
-	if err := errors.Join(syncErr, l.file.Close()); err != nil {
+	if err := errors.Join(syncErr, l.file.Close(), l.held.Release()); err != nil {
 		return fmt.Errorf("close raw image %q: %w", l.path, err)
 	}
 	return nil

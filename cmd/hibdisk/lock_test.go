@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+)
+
+// holdLayer starts a real `hibdisk serve` process (args after "serve
+// --nbd") in dir and returns it once it serves; the test kills it at the
+// end.
+func holdLayer(t *testing.T, dir string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(hibdiskBinary(t), append([]string{"serve", "--nbd"}, args...)...)
+	cmd.Dir = dir
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "Serving;") {
+				ready <- true
+			}
+		}
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("hibdisk serve %v exited before serving", args)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("hibdisk serve %v did not start", args)
+	}
+	return cmd
+}
+
+// runBinary runs the built hibdisk in dir with a deadline: a writer that
+// is not refused may serve forever.
+func runBinary(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, hibdiskBinary(t), args...)
+	cmd.Dir = dir
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ctx.Err() != nil {
+		code = -1
+	} else if err != nil {
+		code = cmd.ProcessState.ExitCode()
+	}
+	return result{out.String(), errOut.String(), code}
+}
+
+// TestWritersRefuseHeldLayer runs every command that writes a layer
+// against every kind of holder of that layer in another process: each is
+// refused with one line naming the holder, and the readers still work.
+// Before layer locks, commit while served lost flushed writes, a second
+// serve acknowledged writes it then lost, and resize --shrink of a served
+// layer let the server write past the new end.
+func TestWritersRefuseHeldLayer(t *testing.T) {
+	holders := []struct {
+		name string
+		args []string
+		says string
+	}{
+		{"served writable", []string{"--socket", "h.sock", "top.db"}, "is being written by pid"},
+		{"served read-only", []string{"--read-only", "--socket", "h.sock", "top.db"}, "held open by a user that needs it unchanged by pid"},
+		{"parent of a served chain", []string{"--socket", "h.sock", "child.db"}, "held open by a user that needs it unchanged by pid"},
+	}
+	writers := [][]string{
+		{"serve", "--nbd", "--socket", "w.sock", "top.db"},
+		{"commit", "top.db"},
+		{"rebase", "-u", "-b", "base.db", "top.db"},
+		{"resize", "--shrink", "top.db", "512K"},
+		{"check", "--repair", "top.db"},
+		{"vm", "run", "--kernel", "no-kernel-needed", "top.db"},
+	}
+	readers := [][]string{{"info", "top.db"}, {"map", "top.db"}, {"check", "top.db"}, {"compare", "top.db", "top.db"}}
+	for _, h := range holders {
+		t.Run(h.name, func(t *testing.T) {
+			dir := testDir(t)
+			mustHib(t, dir, "create", "-s", "1M", "base.db")
+			mustHib(t, dir, "create", "-b", "base.db", "top.db")
+			mustHib(t, dir, "create", "-b", "top.db", "child.db")
+			before := fileDigest(t, filepath.Join(dir, "top.db"))
+			holder := holdLayer(t, dir, h.args...)
+			for _, w := range writers {
+				r := runBinary(t, dir, w...)
+				if r.code <= 0 || !strings.Contains(r.stderr, h.says) || !strings.Contains(r.stderr, "hibdisk serve") ||
+					strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+					t.Errorf("hibdisk %s while %s: exit %d, stderr %q; want one line saying %q naming the holder",
+						strings.Join(w, " "), h.name, r.code, r.stderr, h.says)
+				}
+			}
+			for _, rd := range readers {
+				if r := runBinary(t, dir, rd...); r.code != 0 {
+					t.Errorf("hibdisk %s while %s: exit %d, stderr %q; readers work on a layer in use",
+						strings.Join(rd, " "), h.name, r.code, r.stderr)
+				}
+			}
+			// kill -9 frees the layer: the kernel drops the dead holder's locks.
+			holder.Process.Kill()
+			holder.Wait()
+			if got := fileDigest(t, filepath.Join(dir, "top.db")); got != before && h.name != "served writable" {
+				t.Errorf("a refused writer changed top.db")
+			}
+			mustHib(t, dir, "commit", "child.db") // writes top.db
+			os.Remove(filepath.Join(dir, "h.sock"))
+		})
+	}
+}
+
+// TestServeMarkedReadOnly: a layer marked read-only (a hibernated
+// snapshot) is exported read-only, not writable with every write failing
+// EPERM.
+func TestServeMarkedReadOnly(t *testing.T) {
+	dir := testDir(t)
+	mustHib(t, dir, "create", "-s", "1M", "snap.db")
+	f, err := disklayer.Open(filepath.Join(dir, "snap.db"), disklayer.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetReadOnly(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "s.sock")
+	stop := startServer(t, dir, "--socket", sock, "snap.db")
+	// While it is served, nobody may write it.
+	if r := hib(t, dir, "resize", "snap.db", "2M"); r.code == 0 {
+		t.Errorf("resize of a layer exported read-only succeeded")
+	}
+	res := stop()
+	if !strings.Contains(res.stdout, "(read-only)") {
+		t.Errorf("banner does not say the export is read-only:\n%s", res.stdout)
+	}
+}
