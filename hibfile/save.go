@@ -118,10 +118,18 @@ func Save(path string, s *Snapshot, image io.ReaderAt) (SaveResult, error) {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot to %q: %w", path, err)
 	}
 	defer d.Close()
+	return SaveChain(d, s, image)
+}
+
+// SaveChain is Save into the top layer of the chain d, which its caller
+// has open (a machine that serves it): the layer lock lets no second
+// writable open of the layer exist, in this process or another.
+func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt) (SaveResult, error) {
 	top, ok := d.Layer(0).(*disklayer.File)
 	if !ok {
-		return SaveResult{}, fmt.Errorf("save hibernate snapshot to %q: not a hibdisk layer: %w", path, disklayer.ErrInvalid)
+		return SaveResult{}, fmt.Errorf("save hibernate snapshot: the chain's top is not a hibdisk layer: %w", disklayer.ErrInvalid)
 	}
+	path := top.Path()
 	below, err := hibernateBelow(d, 1)
 	if err != nil {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot to %q: %w", path, err)

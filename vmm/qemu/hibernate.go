@@ -170,7 +170,16 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 		<-ramDigest
 		return fail(fmt.Errorf("open RAM file: %w", err))
 	}
-	res, err := hibfile.Save(top.Path(), snap, &ramImage{f: ramFile, size: ramSize})
+	// The machine's own open chain takes the snapshot: a second writable
+	// open of its top would be refused by the layer lock.
+	chain, ok := m.cfg.Disks[0].Layer.(*diffdisk.Disk)
+	if !ok {
+		chain, err = diffdisk.Compose(diffdisk.Options{}, top)
+	}
+	var res hibfile.SaveResult
+	if err == nil {
+		res, err = hibfile.SaveChain(chain, snap, &ramImage{f: ramFile, size: ramSize})
+	}
 	ramFile.Close()
 	if derr := <-ramDigest; err == nil {
 		err = derr
