@@ -255,8 +255,11 @@ func TestServeExports(t *testing.T) {
 	qemuIO(t, "nbd+unix:///hib?socket="+sock, "write -P 0x42 1M 4k", "read -P 0x42 1M 4k", "flush")
 	qemuIO(t, "nbd+unix:///first?socket="+sock, "read -P 0 1M 4k")
 
+	// b.db is served writable above, so a read-only export of it is
+	// refused (layer locks); export another layer.
+	mustHib(t, dir, "create", "-s", "8M", "c.db")
 	sockRO := filepath.Join(dir, "ro.sock")
-	startServer(t, dir, "--socket", sockRO, "--read-only", "b.db")
+	startServer(t, dir, "--socket", sockRO, "--read-only", "c.db")
 	out, _ = exec.Command("qemu-io", "-f", "raw", "-c", "write -P 1 0 4k", "nbd+unix:///?socket="+sockRO).CombinedOutput()
 	// qemu-io opens read-write and QEMU's client refuses that on an
 	// export flagged read-only; either way nothing is written.
