@@ -118,13 +118,16 @@ func Save(path string, s *Snapshot, image io.ReaderAt) (SaveResult, error) {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot to %q: %w", path, err)
 	}
 	defer d.Close()
-	return SaveChain(d, s, image)
+	return SaveChain(d, s, image, nil)
 }
 
 // SaveChain is Save into the top layer of the chain d, which its caller
 // has open (a machine that serves it): the layer lock lets no second
-// writable open of the layer exist, in this process or another.
-func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt) (SaveResult, error) {
+// writable open of the layer exist, in this process or another. When also
+// is not nil it runs inside Save's transaction, after the snapshot's rows
+// and blocks are written, so what it adds (a machine's device state)
+// commits with them or not at all.
+func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt, also func(tx *disklayer.Tx, snapshotID int64) error) (SaveResult, error) {
 	top, ok := d.Layer(0).(*disklayer.File)
 	if !ok {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot: the chain's top is not a hibdisk layer: %w", disklayer.ErrInvalid)
@@ -136,10 +139,11 @@ func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt) (SaveResult, er
 	}
 	var belowLayer disklayer.Layer // stays a nil interface without layers below
 	if below != nil {
-		defer below.Close()
+		// below is not closed: closing it would detach the hibernate
+		// views of the chain's layers, which stays open with its caller.
 		belowLayer = below
 	}
-	return saveInto(top, belowLayer, s, image)
+	return saveInto(top, belowLayer, s, image, also)
 }
 
 // hibernateBelow composes the hibernate files of the chain's hibdisk
@@ -159,7 +163,7 @@ func hibernateBelow(d *diffdisk.Disk, from int) (*diffdisk.Disk, error) {
 	return diffdisk.Compose(diffdisk.Options{ReadOnly: true}, views...)
 }
 
-func saveInto(top *disklayer.File, below disklayer.Layer, s *Snapshot, image io.ReaderAt) (SaveResult, error) {
+func saveInto(top *disklayer.File, below disklayer.Layer, s *Snapshot, image io.ReaderAt, also func(*disklayer.Tx, int64) error) (SaveResult, error) {
 	path := top.Path()
 	fail := func(err error) (SaveResult, error) {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot to %q: %w", path, err)
@@ -201,7 +205,12 @@ func saveInto(top *disklayer.File, below disklayer.Layer, s *Snapshot, image io.
 		}
 		if u, ok := image.(UnreadableImage); ok && u.Unreadable() > 0 && s.Status != StatusPartial {
 			s.Status = StatusPartial
-			return execBind(tx.Conn(), "UPDATE hibernate_snapshot SET status = ?1 WHERE snapshot_id = ?2", s.Status, id)
+			if err := execBind(tx.Conn(), "UPDATE hibernate_snapshot SET status = ?1 WHERE snapshot_id = ?2", s.Status, id); err != nil {
+				return err
+			}
+		}
+		if also != nil {
+			return also(tx, id)
 		}
 		return nil
 	})

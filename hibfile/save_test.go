@@ -8,6 +8,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 )
 
@@ -155,5 +157,41 @@ func TestStackedSaveStoresOnlyChangedBlocks(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Errorf("block %d reads back wrong through the chain", blk)
 		}
+	}
+}
+
+// TestSaveChainOneTransaction: what SaveChain's caller adds (a machine's
+// device state) commits with the snapshot or not at all; before, vm
+// hibernate committed them in two transactions, and a kill between left
+// a snapshot without device state.
+func TestSaveChainOneTransaction(t *testing.T) {
+	dir := t.TempDir()
+	base := newBase(t, dir, "base.db")
+	top := newDiff(t, dir, "top.db", base)
+	d, err := diffdisk.Open(top, diffdisk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	s, img := synthetic(1, 2, 2, 1, 1, 1, 1)
+	failed := errors.New("device state not saved")
+	if _, err := hibfile.SaveChain(d, s, img, func(tx *disklayer.Tx, id int64) error {
+		if err := tx.Conn().Exec("CREATE TABLE extra (x)"); err != nil {
+			return err
+		}
+		return failed
+	}); !errors.Is(err, failed) {
+		t.Fatalf("SaveChain = %v, want the hook's error", err)
+	}
+	var sawID int64
+	res, err := hibfile.SaveChain(d, s, img, func(tx *disklayer.Tx, id int64) error {
+		sawID = id
+		return tx.Conn().Exec("CREATE TABLE extra (x)")
+	})
+	if err != nil {
+		t.Fatalf("SaveChain after a failed one: %v (a snapshot of the failed one was left?)", err)
+	}
+	if sawID != res.SnapshotID {
+		t.Errorf("hook saw snapshot %d, SaveChain returned %d", sawID, res.SnapshotID)
 	}
 }

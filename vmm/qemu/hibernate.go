@@ -171,40 +171,43 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 		return fail(fmt.Errorf("open RAM file: %w", err))
 	}
 	// The machine's own open chain takes the snapshot: a second writable
-	// open of its top would be refused by the layer lock.
+	// open of its top would be refused by the layer lock. The device
+	// state commits in the snapshot's transaction: a kill leaves either
+	// both or neither.
 	chain, ok := m.cfg.Disks[0].Layer.(*diffdisk.Disk)
 	if !ok {
 		chain, err = diffdisk.Compose(diffdisk.Options{}, top)
 	}
-	var res hibfile.SaveResult
-	if err == nil {
-		res, err = hibfile.SaveChain(chain, snap, &ramImage{f: ramFile, size: ramSize})
-	}
-	ramFile.Close()
-	if derr := <-ramDigest; err == nil {
-		err = derr
-	}
-	if err != nil {
-		return fail(err)
-	}
 	vm := &VMState{
-		SnapshotID:  res.SnapshotID,
 		QEMUVersion: fmt.Sprintf("%d.%d.%d", version.QEMU.Major, version.QEMU.Minor, version.QEMU.Micro),
 		QEMUPackage: version.Package,
 		MachineType: machineType,
 		Config:      m.savedConfig(top.Path(), machineType),
 		CommandLine: m.args,
 		RAMSize:     ramSize,
-		RAMDigest:   digest,
 		DeviceState: state,
 		StateDigest: digestBytes(state),
-		SavedAt:     time.Now(),
 	}
-	err = top.Update("save vm_state", func(tx *disklayer.Tx) error { return insertVMState(tx.Conn(), vm) })
+	var res hibfile.SaveResult
+	digestDone := false
 	if err == nil {
-		err = top.SetReadOnly(true)
+		res, err = hibfile.SaveChain(chain, snap, &ramImage{f: ramFile, size: ramSize}, func(tx *disklayer.Tx, id int64) error {
+			digestDone = true
+			if err := <-ramDigest; err != nil {
+				return err
+			}
+			vm.SnapshotID, vm.RAMDigest, vm.SavedAt = id, digest, time.Now()
+			return insertVMState(tx.Conn(), vm)
+		})
+	}
+	ramFile.Close()
+	if !digestDone {
+		<-ramDigest
 	}
 	if err != nil {
+		return fail(err)
+	}
+	if err := top.SetReadOnly(true); err != nil {
 		// Take the snapshot back, so the layer can hibernate again.
 		undo := top.Update("undo hibernate snapshot", func(tx *disklayer.Tx) error {
 			if err := tx.Conn().Exec("DELETE FROM vm_state; DELETE FROM hibernate_snapshot"); err != nil {
