@@ -159,3 +159,47 @@ func TestServeMarkedReadOnly(t *testing.T) {
 		t.Errorf("banner does not say the export is read-only:\n%s", res.stdout)
 	}
 }
+
+// TestReadOnlyFilesystem: a layer on a read-only filesystem opens
+// read-only for every read-only use (before, even info failed with
+// "PRAGMA synchronous=FULL: unable to open database file"), and writers
+// say why they cannot write.
+func TestReadOnlyFilesystem(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to bind-mount a directory read-only (CI runs as root)")
+	}
+	// dir is not a testDir: its cleanup check would run after the
+	// unmount; the test checks job.db itself.
+	src, dir := testDir(t), t.TempDir()
+	mustHib(t, src, "create", "-s", "1M", "base.db")
+	mustHib(t, src, "create", "-b", "base.db", "top.db")
+	mustHib(t, src, "resize", "top.db", "1M") // a committed write in the top
+	ro := filepath.Join(dir, "ro")
+	if err := os.Mkdir(ro, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--bind", src, ro}, {"-o", "remount,ro,bind", ro}} {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("umount", ro).Run() })
+	top := filepath.Join(ro, "top.db")
+	for _, args := range [][]string{
+		{"info", top}, {"map", top}, {"check", top}, {"compare", top, filepath.Join(ro, "base.db")},
+		{"create", "-b", top, "job.db"},
+		{"convert", top, "copy.db"},
+	} {
+		mustHib(t, dir, args...)
+	}
+	mustHib(t, dir, "map", "job.db")
+	mustHib(t, dir, "check", "job.db")
+	mustHib(t, dir, "compare", "copy.db", top)
+	stop := startServer(t, dir, "--socket", filepath.Join(dir, "s.sock"), "--read-only", top)
+	if res := stop(); res.code != 0 {
+		t.Errorf("serve --read-only of a layer on a read-only filesystem: exit %d: %s", res.code, res.stderr)
+	}
+	if r := hib(t, dir, "resize", top, "2M"); r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Errorf("resize on a read-only filesystem: exit %d, stderr %q; want one error line", r.code, r.stderr)
+	}
+}

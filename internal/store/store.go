@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
+	"golang.org/x/sys/unix"
 )
 
 // ApplicationID marks hibdisk databases: 'hibd' read as a big-endian uint32.
@@ -415,6 +416,15 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %q: %w", path, err)
 	}
+	if opts.ReadOnly {
+		immutable, err := cannotWriteBeside(path)
+		if err != nil {
+			return nil, fmt.Errorf("open %q: %w", path, err)
+		}
+		if immutable {
+			uri += "&immutable=1"
+		}
+	}
 	conn, err := sqlite3.OpenContext(ctx, uri)
 	if err != nil {
 		return nil, fmt.Errorf("open %q: %w", path, err)
@@ -436,6 +446,26 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 		}
 	}
 	return conn, nil
+}
+
+// cannotWriteBeside reports whether a read-only open of path must tell
+// SQLite the file is immutable: on a read-only filesystem, or in a
+// directory or of a file this process may not write, SQLite cannot make
+// the -shm file WAL mode reads through, and fails to open at all (what
+// `sqlite3 -readonly` avoids the same way). That is safe only when no WAL
+// holds committed pages the main file lacks: such a layer is refused with
+// what to do.
+func cannotWriteBeside(path string) (bool, error) {
+	if unix.Access(path, unix.W_OK) == nil && unix.Access(filepath.Dir(path), unix.W_OK) == nil {
+		return false, nil
+	}
+	if st, err := os.Stat(path + "-wal"); err == nil && st.Size() > 0 {
+		if _, err := os.Stat(path + "-shm"); err == nil {
+			return false, nil // SQLite reads an existing WAL index read-only
+		}
+		return false, fmt.Errorf("cannot be read where it is: its WAL (%s-wal) holds commits not in the file, and the file cannot be written; open it once where it is writable (any hibdisk command folds the WAL when it closes), or copy it with its -wal", path)
+	}
+	return true, nil
 }
 
 // FileURI turns a file name into an SQLite URI (https://sqlite.org/uri.html)
