@@ -92,6 +92,7 @@ func TestWritersRefuseHeldLayer(t *testing.T) {
 	writers := [][]string{
 		{"serve", "--nbd", "--socket", "w.sock", "top.db"},
 		{"commit", "top.db"},
+		{"commit", "sibling.db"}, // into top.db
 		{"rebase", "-u", "-b", "base.db", "top.db"},
 		{"resize", "--shrink", "top.db", "512K"},
 		{"check", "--repair", "top.db"},
@@ -104,6 +105,7 @@ func TestWritersRefuseHeldLayer(t *testing.T) {
 			mustHib(t, dir, "create", "-s", "1M", "base.db")
 			mustHib(t, dir, "create", "-b", "base.db", "top.db")
 			mustHib(t, dir, "create", "-b", "top.db", "child.db")
+			mustHib(t, dir, "create", "-b", "top.db", "sibling.db")
 			before := fileDigest(t, filepath.Join(dir, "top.db"))
 			holder := holdLayer(t, dir, h.args...)
 			for _, w := range writers {
