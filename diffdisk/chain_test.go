@@ -350,15 +350,61 @@ func TestOpenRefusesCycle(t *testing.T) {
 	a, b := filepath.Join(dir, "a.db"), filepath.Join(dir, "b.db")
 	mustCreate(t, a, CreateOptions{Size: 1 << 20})
 	mustCreate(t, b, CreateOptions{Backing: a})
-	if err := Rebase(a, b, "", true); err != nil {
-		t.Fatal(err)
+	// rebase refuses the loop (and a layer as its own backing file)...
+	for _, unsafe := range []bool{false, true} {
+		for _, base := range []string{b, a} {
+			err := Rebase(a, base, "", unsafe)
+			if !errors.Is(err, disklayer.ErrInvalid) || !(strings.Contains(err.Error(), "loop") || strings.Contains(err.Error(), "the layer itself")) {
+				t.Fatalf("rebase a over %s (unsafe %v): %v, want a refused loop", filepath.Base(base), unsafe, err)
+			}
+		}
 	}
+	// ...so make one the way an older hibdisk let rebase do it.
+	setParentRef(t, a, b)
 	_, err := Open(b, Options{})
 	if !errors.Is(err, disklayer.ErrParentMismatch) || !strings.Contains(err.Error(), "cycle") {
 		t.Fatalf("cyclic chain: %v, want ErrParentMismatch naming a cycle", err)
 	}
+	// check reports the loop (before, it said "No errors"), and a layer
+	// that names itself.
+	for _, p := range []string{a, b} {
+		r, err := Check(p)
+		if err != nil || r.OK() || !strings.Contains(r.String(), "loops") {
+			t.Errorf("check %s of a looping chain: %v, %v; want a problem naming the loop", filepath.Base(p), r, err)
+		}
+	}
+	setParentRef(t, a, a)
+	if r, err := Check(a); err != nil || r.OK() || !strings.Contains(r.String(), "loops") {
+		t.Errorf("check of a layer that names itself: %v, %v", r, err)
+	}
 	// Break the cycle again so the cleanup check can follow the chain.
 	if err := Rebase(a, "", "", true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setParentRef points the layer at path to the hibdisk layer parent by
+// the layer API alone, without the checks rebase makes.
+func setParentRef(t *testing.T, path, parent string) {
+	t.Helper()
+	p, err := disklayer.Open(parent, disklayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := p.Info()
+	p.Close()
+	f, err := disklayer.Open(path, disklayer.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(filepath.Dir(path), parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetParent(&disklayer.ParentRef{Path: rel, Format: disklayer.FormatHibdisk, UUID: info.UUID, Size: info.DiskSize}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 }

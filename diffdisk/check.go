@@ -30,6 +30,9 @@ func Check(path string) (*disklayer.Report, error) {
 	if err != nil {
 		return r, err
 	}
+	if loop := chainLoop(path, nil); loop != "" {
+		r.Problems = append(r.Problems, fmt.Sprintf("the backing chain loops: %s", loop))
+	}
 	for _, c := range extraChecks {
 		x, err := c.Check(path)
 		if err != nil {

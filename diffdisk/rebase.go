@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 )
@@ -23,6 +25,9 @@ import (
 // not opened at all (it may be gone: that is what -u is for). The new one
 // is opened only to record its identity.
 func Rebase(path, newBase, newBaseFormat string, unsafe bool) error {
+	if err := refuseCycle(path, newBase, newBaseFormat); err != nil {
+		return fmt.Errorf("rebase %q: %w", path, err)
+	}
 	var err error
 	if unsafe {
 		err = rebaseUnsafe(path, newBase, newBaseFormat)
@@ -34,6 +39,68 @@ func Rebase(path, newBase, newBaseFormat string, unsafe bool) error {
 	}
 	return nil
 }
+
+// refuseCycle refuses a new backing file whose own chain reaches the
+// layer at path (or is the layer itself): the chain would loop.
+func refuseCycle(path, newBase, format string) error {
+	if newBase == "" || (format != "" && format != disklayer.FormatHibdisk) {
+		return nil // a raw backing file has no parent
+	}
+	self, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(newBase); err == nil && os.SameFile(self, st) {
+		return fmt.Errorf("backing file %q is the layer itself: %w", newBase, disklayer.ErrInvalid)
+	}
+	if loop := chainLoop(newBase, self); loop != "" {
+		return fmt.Errorf("backing file %q has %q in its own chain (%s), so the chain would loop: %w", newBase, path, loop, disklayer.ErrInvalid)
+	}
+	return nil
+}
+
+// chainLoop follows the hibdisk parent references from the layer at
+// start, opening each layer read-only, and describes the loop it finds
+// ("a.db -> b.db -> a.db"): a reference back to a layer already passed,
+// or to extra. It returns "" for a chain that ends, or that it cannot
+// follow (what opening the chain reports).
+func chainLoop(start string, extra os.FileInfo) string {
+	var seen []os.FileInfo
+	if extra != nil {
+		seen = append(seen, extra)
+	}
+	var names []string
+	for next := start; len(names) <= maxChainDepth; {
+		st, err := os.Stat(next)
+		if err != nil {
+			return ""
+		}
+		names = append(names, next)
+		for _, s := range seen {
+			if os.SameFile(s, st) {
+				return strings.Join(names, " -> ")
+			}
+		}
+		seen = append(seen, st)
+		if ok, err := disklayer.IsLayer(next); err != nil || !ok {
+			return ""
+		}
+		f, err := disklayer.Open(next, disklayer.OpenOptions{ReadOnly: true})
+		if err != nil {
+			return ""
+		}
+		ref := f.Info().Parent
+		f.Close()
+		if ref == nil || ref.Format != disklayer.FormatHibdisk {
+			return ""
+		}
+		next = ref.ResolvePath(next)
+	}
+	return fmt.Sprintf("deeper than %d layers", maxChainDepth)
+}
+
+// maxChainDepth bounds the walk of refuseCycle.
+const maxChainDepth = 4096
 
 func rebaseUnsafe(path, newBase, format string) (err error) {
 	top, err := disklayer.Open(path, disklayer.OpenOptions{})
