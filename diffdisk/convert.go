@@ -1,8 +1,11 @@
 package diffdisk
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
@@ -27,27 +30,68 @@ type ConvertOptions struct {
 // (`hibdisk convert`), keeping it sparse: ranges src reports as Absent or
 // Zero are not read, and all-zero sectors inside data ranges are not
 // stored (no row in a hibdisk output, a hole in a raw one). dst must not
-// exist; on failure the partial output is removed.
+// exist. The copy is written under a temporary name beside dst
+// (".NAME.partial-RANDOM"), flushed and closed, and only then linked into
+// place, so a killed run never leaves a partial image at dst; on failure
+// the temporary file is removed.
 func Convert(src disklayer.Layer, dst string, opts ConvertOptions) (err error) {
 	if _, err := os.Lstat(dst); err == nil {
 		return fmt.Errorf("convert to %q: %w", dst, os.ErrExist)
 	}
-	out, err := createOutput(src, dst, opts)
+	tmp, err := partialName(dst)
 	if err != nil {
 		return fmt.Errorf("convert to %q: %w", dst, err)
 	}
 	defer func() {
-		if cerr := out.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("convert to %q: %w", dst, cerr)
-		}
 		if err != nil {
-			removeLayerFiles(dst)
+			removeLayerFiles(tmp)
 		}
 	}()
-	if err := copyView(out, src, opts.Progress); err != nil {
+	out, err := createOutput(src, tmp, opts)
+	if err != nil {
+		return fmt.Errorf("convert to %q: %w", dst, err)
+	}
+	err = copyView(out, src, opts.Progress)
+	if cerr := out.Close(); err == nil {
+		err = cerr // a hibdisk output's Close folds its WAL into the file
+	}
+	if err == nil {
+		err = publish(tmp, dst)
+	}
+	if err != nil {
 		return fmt.Errorf("convert to %q: %w", dst, err)
 	}
 	return nil
+}
+
+// partialName is a fresh temporary name beside path.
+func partialName(path string) (string, error) {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".partial-"+hex.EncodeToString(b[:])), nil
+}
+
+// publish moves the complete, closed image at tmp to path, refusing an
+// existing path (a link cannot replace one), and makes the directory
+// entry durable. A closed hibdisk layer has no -wal left to carry along.
+func publish(tmp, path string) error {
+	if _, err := os.Stat(tmp + "-wal"); err == nil {
+		return fmt.Errorf("%s-wal is still there after close: the copy is not folded into one file", tmp)
+	}
+	if err := os.Link(tmp, path); err != nil {
+		return err
+	}
+	if err := os.Remove(tmp); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklayer.Disk, error) {
