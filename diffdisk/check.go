@@ -45,11 +45,11 @@ func Check(path string) (*disklayer.Report, error) {
 	return r, nil
 }
 
-// Repair runs disklayer.Repair and the registered extra repairs on the
-// layer at path, then checks it again the way Check does, so the report
-// covers the raw parent and the extra checks too.
-func Repair(path string) (*disklayer.Report, error) {
-	r, err := disklayer.Repair(path)
+// Repair runs disklayer.RepairWith and the registered extra repairs on
+// the layer at path, then checks it again the way Check does, so the
+// report covers the raw parent and the extra checks too.
+func Repair(path string, opts disklayer.RepairOptions) (*disklayer.Report, error) {
+	r, err := disklayer.RepairWith(path, opts)
 	if err != nil {
 		return r, err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/internal/lock"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -338,14 +339,36 @@ func VerifyParent(childPath string, ref ParentRef) error {
 	return mismatch("unknown format %q", ref.Format)
 }
 
-// Repair fixes what can be fixed without guessing, in one transaction:
-// rows past the end and blobs of the wrong length are dropped (the Report
-// names them as lost data), all-zero blobs become tombstones or no rows,
-// tombstones in a base layer are dropped, and a layer row value that
-// follows from the others is filled in. A database whose structure is
-// damaged (integrity_check fails) is not touched. The returned Report's
-// Problems are those that remain afterwards.
-func Repair(path string) (*Report, error) {
+// RepairOptions say how far Repair may go.
+type RepairOptions struct {
+	// Force allows the fixes that destroy sector data: dropping rows past
+	// the end and blobs of the wrong length. Without it they are listed
+	// as notes and left in place, since a damaged layer row (a wrong
+	// sector_size or disk_size) makes good data look like either.
+	Force bool
+}
+
+// Repair is RepairWith without Force.
+func Repair(path string) (*Report, error) { return RepairWith(path, RepairOptions{}) }
+
+// RepairWith fixes what can be fixed without guessing, in one
+// transaction. The layer row is repaired first from what the blobs agree
+// on (a sector_size that every data blob contradicts), never the blobs
+// from the row. All-zero blobs become tombstones or no rows, tombstones in
+// a base layer are dropped, and a layer row value that follows from the
+// others is filled in. Rows past the end and blobs of the wrong length
+// are dropped only with opts.Force (the Report names them as lost data);
+// without it the Report's Notes say what --force would drop. A database
+// whose structure is damaged (integrity_check fails) is not touched. The
+// returned Report's Problems are those that remain afterwards.
+func RepairWith(path string, opts RepairOptions) (*Report, error) {
+	// Repair is a writer: refused while anyone else writes the layer or
+	// holds it stable, and nobody else may start writing meanwhile.
+	held, err := lock.Acquire(path, lock.Exclusive)
+	if err != nil {
+		return nil, fmt.Errorf("repair %q: %w", path, err)
+	}
+	defer held.Release()
 	before, err := Check(path)
 	if err != nil {
 		return before, err
@@ -364,7 +387,7 @@ func Repair(path string) (*Report, error) {
 	if err != nil || conn == nil {
 		return r, err
 	}
-	err = repairLayer(conn, r)
+	err = repairLayer(conn, r, opts.Force)
 	if cerr := conn.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("repair %q: close: %w", path, cerr)
 	}
@@ -376,10 +399,11 @@ func Repair(path string) (*Report, error) {
 		return r, err
 	}
 	after.Repairs = r.Repairs
+	after.Notes = append(after.Notes, r.Notes...)
 	return after, nil
 }
 
-func repairLayer(conn *sqlite3.Conn, r *Report) (err error) {
+func repairLayer(conn *sqlite3.Conn, r *Report, force bool) (err error) {
 	tx, err := conn.BeginImmediate()
 	if err != nil {
 		return fmt.Errorf("repair %q: %w", r.Path, err)
@@ -404,6 +428,11 @@ func repairLayer(conn *sqlite3.Conn, r *Report) (err error) {
 			if n == 0 {
 				continue
 			}
+			if q.lost && !force {
+				r.Notes = append(r.Notes, fmt.Sprintf("%s: not repaired: %s; this would destroy data, so it needs --force (first check that sector_size and disk_size in the layer row are right)",
+					t.table, describeKeys(n, q.what, t.key, keys)))
+				continue
+			}
 			stmt, _, err := conn.Prepare(q.repair)
 			if err != nil {
 				return fmt.Errorf("repair %q %s: %w", r.Path, t.table, err)
@@ -420,8 +449,12 @@ func repairLayer(conn *sqlite3.Conn, r *Report) (err error) {
 	return nil
 }
 
-// repairLayerRow fills in layer row values that follow from the others.
+// repairLayerRow fills in layer row values that follow from the others,
+// and repairs a sector_size that every data blob contradicts.
 func repairLayerRow(conn *sqlite3.Conn, r *Report) error {
+	if err := repairSectorSize(conn, r); err != nil {
+		return err
+	}
 	fixes := []struct{ sql, what string }{
 		{"UPDATE layer SET parent_format = 'hibdisk' WHERE parent_format IS NULL AND parent_path IS NOT NULL AND parent_uuid IS NOT NULL AND parent_digest IS NULL",
 			"set the missing parent_format to 'hibdisk' (the parent is identified by uuid)"},
@@ -438,5 +471,55 @@ func repairLayerRow(conn *sqlite3.Conn, r *Report) error {
 			r.Repairs = append(r.Repairs, "layer row: "+f.what)
 		}
 	}
+	return nil
+}
+
+// repairSectorSize sets sector_size to the length every data blob has,
+// when all of them agree on one valid size that differs from the row's
+// and the disk size is a multiple of it: then the row is what is damaged,
+// not the blobs. Blobs that disagree among themselves leave the row alone.
+func repairSectorSize(conn *sqlite3.Conn, r *Report) error {
+	stmt, _, err := conn.Prepare(`SELECT length(data), count(*) FROM (
+  SELECT data FROM sectors WHERE typeof(data) = 'blob'
+  UNION ALL SELECT data FROM hibernate_blocks WHERE typeof(data) = 'blob')
+ GROUP BY 1`)
+	if err != nil {
+		return err
+	}
+	var lengths []int64
+	var blobs int64
+	for stmt.Step() {
+		lengths = append(lengths, stmt.ColumnInt64(0))
+		blobs += stmt.ColumnInt64(1)
+	}
+	if err := stmt.Close(); err != nil {
+		return err
+	}
+	if len(lengths) != 1 || !ValidSectorSize(int(lengths[0])) {
+		return nil
+	}
+	size := lengths[0]
+	var old, diskSize int64
+	row, _, err := conn.Prepare("SELECT sector_size, disk_size FROM layer WHERE id = 1")
+	if err != nil {
+		return err
+	}
+	if row.Step() {
+		old, diskSize = row.ColumnInt64(0), row.ColumnInt64(1)
+	}
+	if err := row.Close(); err != nil {
+		return err
+	}
+	if old == size {
+		return nil
+	}
+	if diskSize <= 0 || diskSize%size != 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("layer row: sector_size is %d but all %d data blobs are %d bytes long; disk_size %d is not a multiple of %d, so the row was left alone", old, blobs, size, diskSize, size))
+		return nil
+	}
+	if err := conn.Exec(fmt.Sprintf("UPDATE layer SET sector_size = %d WHERE id = 1", size)); err != nil {
+		return err
+	}
+	r.Repairs = append(r.Repairs, fmt.Sprintf("layer row: sector_size was %d, but all %d data blobs are %d bytes long: set sector_size to %d", old, blobs, size, size))
 	return nil
 }

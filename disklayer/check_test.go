@@ -61,21 +61,39 @@ func TestCheckReportsEveryProblem(t *testing.T) {
 		t.Errorf("String() does not list the problems:\n%s", r)
 	}
 
-	rep, err := disklayer.Repair(path)
+	// Without Force, nothing that holds data is dropped: the notes say
+	// what --force would drop, and those problems remain.
+	soft, err := disklayer.Repair(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSoft := []string{
+		"sectors: 1 deleted tombstones of a layer without a parent (sector 8)",
+		"sectors: 2 deleted all-zero data blobs (a base layer reads zeros without rows) (sector 7, 16)",
+		"hibernate_blocks: 1 deleted all-zero data blobs (a base layer reads zeros without rows) (block 2)",
+	}
+	if !sameSet(soft.Repairs, wantSoft) {
+		t.Errorf("Repairs without Force:\n%s\nwant (any order):\n%s", strings.Join(soft.Repairs, "\n"), strings.Join(wantSoft, "\n"))
+	}
+	if soft.OK() || !strings.Contains(strings.Join(soft.Notes, "\n"), "needs --force") {
+		t.Errorf("Repair without Force: want problems left and notes naming --force:\n%s", soft)
+	}
+	if rows := rowKinds(t, path, "sectors"); rows[-1] == "" || rows[5] == "" || rows[6] == "" {
+		t.Errorf("Repair without Force dropped data rows: %v", rows)
+	}
+
+	rep, err := disklayer.RepairWith(path, disklayer.RepairOptions{Force: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !rep.OK() {
-		t.Errorf("problems remain after Repair:\n%s", rep)
+		t.Errorf("problems remain after Repair with Force:\n%s", rep)
 	}
 	wantRepairs := []string{
-		"sectors: 2 deleted rows past the end (their data is lost) (sector -1, 16)",
+		"sectors: 1 deleted rows past the end (their data is lost) (sector -1)",
 		"sectors: 2 dropped blobs of the wrong length (their data is lost; the parent, or zeros, show through) (sector 5, 6)",
-		"sectors: 1 deleted tombstones of a layer without a parent (sector 8)",
 		"hibernate_blocks: 1 deleted rows past the end (their data is lost) (block 17179869184)",
 		"hibernate_blocks: 1 dropped blobs of the wrong length (their data is lost; the parent, or zeros, show through) (block 1)",
-		"sectors: 1 deleted all-zero data blobs (a base layer reads zeros without rows) (sector 7)",
-		"hibernate_blocks: 1 deleted all-zero data blobs (a base layer reads zeros without rows) (block 2)",
 	}
 	if !sameSet(rep.Repairs, wantRepairs) {
 		t.Errorf("Repairs:\n%s\nwant (any order):\n%s", strings.Join(rep.Repairs, "\n"), strings.Join(wantRepairs, "\n"))
@@ -254,5 +272,49 @@ func TestCheckTruncatedIsNotRepaired(t *testing.T) {
 	after, _ := os.ReadFile(path)
 	if !bytes.Equal(before, after) {
 		t.Error("Repair modified a structurally damaged file")
+	}
+}
+
+// TestRepairTrustsBlobsOverDamagedRow: a damaged layer row makes good
+// blobs look wrong; repair fixes the row from the blobs (sector_size) or
+// leaves the data alone (disk_size), never deletes it. Before, repair
+// dropped every data sector when sector_size read 512, and every row past
+// a shrunken disk_size.
+func TestRepairTrustsBlobsOverDamagedRow(t *testing.T) {
+	for _, damage := range []string{"UPDATE layer SET sector_size = 512", "UPDATE layer SET disk_size = 4096"} {
+		t.Run(damage, func(t *testing.T) {
+			path := newLayerPath(t, "l.db")
+			f := createLayer(t, path, disklayer.CreateOptions{Size: 64 << 10})
+			mustWrite(t, f, fill(64<<10, 7), 0)
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			rawExec(t, path, damage)
+			rep, err := disklayer.Repair(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rows := rowKinds(t, path, "sectors"); len(rows) != 16 {
+				t.Fatalf("repair of %q left %d of 16 data rows:\n%s", damage, len(rows), rep)
+			}
+			if strings.Contains(damage, "sector_size") {
+				if !rep.OK() || len(rep.Repairs) != 1 || !strings.Contains(rep.Repairs[0], "set sector_size to 4096") {
+					t.Errorf("want the row repaired from the blobs:\n%s", rep)
+				}
+				g, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer g.Close()
+				if got := mustRead(t, g, 0, 64<<10); !bytes.Equal(got, fill(64<<10, 7)) {
+					t.Error("data does not read back after the row repair")
+				}
+			} else {
+				if rep.OK() || !strings.Contains(strings.Join(rep.Notes, "\n"), "needs --force") {
+					t.Errorf("want the rows past disk_size reported, kept, and --force named:\n%s", rep)
+				}
+				rawExec(t, path, "UPDATE layer SET disk_size = 65536") // undo, for the cleanup check
+			}
+		})
 	}
 }

@@ -13,15 +13,21 @@ func init() {
 }
 
 func runCheck(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "check", "[--repair] FILE")
+	fs := newFlags(e, "check", "[--repair [--force]] FILE")
 	repair := fs.Bool("repair", false, "fix what is safely fixable and say exactly what changed")
+	force := fs.Bool("force", false, "with --repair: also drop rows past the end and blobs of the wrong length (destroys their data)")
 	pos, err := parseArgs(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
+	if *force && !*repair {
+		return usagef("--force goes with --repair")
+	}
 	check := diffdisk.Check
 	if *repair {
-		check = diffdisk.Repair
+		check = func(path string) (*disklayer.Report, error) {
+			return diffdisk.Repair(path, disklayer.RepairOptions{Force: *force})
+		}
 	}
 	r, err := check(pos[0])
 	if err != nil {
