@@ -132,7 +132,12 @@ func hibernated(t *testing.T, dir string) (string, int64) {
 	for _, l := range m.Lines() {
 		res.ParseLine(l)
 	}
-	kernel = res.Notes["kernel"]
+	// The console interleaves kernel messages with the guest's lines
+	// ("6.1.0-57-cloud-amd64\r[    2.31] tsc: ..."): a release has no
+	// blanks, so the first field is the note.
+	if f := strings.Fields(strings.ReplaceAll(res.Notes["kernel"], "\r", " ")); len(f) > 0 {
+		kernel = f[0]
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	r, err := m.Hibernate(ctx, qemu.HibernateOptions{})
