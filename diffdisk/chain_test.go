@@ -112,6 +112,22 @@ func writeRaw(t testing.TB, path string, size int64, writes map[int64][]byte) {
 // all of size bytes, and returns the top's path.
 func chainFiles(t testing.TB, dir string, size int64, sectorSize int, rawBase bool) string {
 	t.Helper()
+	return chainFilesWriting(t, dir, size, sectorSize, rawBase, nil)
+}
+
+// chainFilesWriting is chainFiles that lets write fill each hibdisk layer
+// (named "base.db", "mid.db", "top.db") through its chain before the
+// next layer is made over it: a layer written after a child was made
+// over it is a changed base, which the child refuses.
+func chainFilesWriting(t testing.TB, dir string, size int64, sectorSize int, rawBase bool, write func(name string, d *Disk)) string {
+	t.Helper()
+	fill := func(path string) {
+		if write != nil {
+			d := mustOpen(t, path, Options{})
+			write(filepath.Base(path), d)
+			mustClose(t, d)
+		}
+	}
 	base := filepath.Join(dir, "base.db")
 	format := ""
 	if rawBase {
@@ -120,10 +136,13 @@ func chainFiles(t testing.TB, dir string, size int64, sectorSize int, rawBase bo
 		writeRaw(t, base, size, nil)
 	} else {
 		mustCreate(t, base, CreateOptions{Size: size, SectorSize: sectorSize})
+		fill(base)
 	}
 	mid, top := filepath.Join(dir, "mid.db"), filepath.Join(dir, "top.db")
 	mustCreate(t, mid, CreateOptions{Backing: base, BackingFormat: format, SectorSize: sectorSize})
+	fill(mid)
 	mustCreate(t, top, CreateOptions{Backing: mid})
+	fill(top)
 	return top
 }
 
@@ -435,20 +454,22 @@ func TestOpenImage(t *testing.T) {
 func TestDeepFileChain(t *testing.T) {
 	dir := testDir(t)
 	const depth, ss = 16, 4096
-	prev := filepath.Join(dir, "l00.db")
-	mustCreate(t, prev, CreateOptions{Size: depth * ss})
-	paths := []string{prev}
-	for i := 1; i < depth; i++ {
+	// Layer i (from the base) writes sector i through its chain, before
+	// layer i+1 is made over it.
+	var paths []string
+	prev := ""
+	for i := range depth {
 		p := filepath.Join(dir, fmt.Sprintf("l%02d.db", i))
-		mustCreate(t, p, CreateOptions{Backing: prev})
-		paths = append(paths, p)
-		prev = p
-	}
-	// Layer i (from the base) writes sector i through its chain.
-	for i, p := range paths {
+		if i == 0 {
+			mustCreate(t, p, CreateOptions{Size: depth * ss})
+		} else {
+			mustCreate(t, p, CreateOptions{Backing: prev})
+		}
 		d := mustOpen(t, p, Options{})
 		mustWrite(t, d, fill(ss, byte(i+1)), int64(i)*ss)
 		mustClose(t, d)
+		paths = append(paths, p)
+		prev = p
 	}
 	d := mustOpen(t, prev, Options{ReadOnly: true})
 	defer d.Close()
@@ -474,14 +495,15 @@ func TestDeepFileChain(t *testing.T) {
 
 func TestMap(t *testing.T) {
 	dir := testDir(t)
-	top := chainFiles(t, dir, 64<<10, 4096, false)
+	top := chainFilesWriting(t, dir, 64<<10, 4096, false, func(name string, d *Disk) {
+		switch name {
+		case "base.db":
+			mustWrite(t, d, fill(16<<10, 1), 0)
+		case "mid.db":
+			mustWrite(t, d, fill(4096, 2), 8192)
+		}
+	})
 	base, mid := filepath.Join(dir, "base.db"), filepath.Join(dir, "mid.db")
-	b := mustOpen(t, base, Options{})
-	mustWrite(t, b, fill(16<<10, 1), 0)
-	mustClose(t, b)
-	m := mustOpen(t, mid, Options{})
-	mustWrite(t, m, fill(4096, 2), 8192)
-	mustClose(t, m)
 	d := mustOpen(t, top, Options{})
 	if err := d.Zero(4096, 4096); err != nil {
 		t.Fatal(err)
@@ -519,14 +541,15 @@ func chainContent(t *testing.T, path string) []byte {
 
 func TestCommitIntoHibdiskParent(t *testing.T) {
 	dir := testDir(t)
-	top := chainFiles(t, dir, 64<<10, 4096, false)
-	base, mid := filepath.Join(dir, "base.db"), filepath.Join(dir, "mid.db")
-	b := mustOpen(t, base, Options{})
-	mustWrite(t, b, fill(64<<10, 0x0b), 0)
-	mustClose(t, b)
-	m := mustOpen(t, mid, Options{})
-	mustWrite(t, m, fill(8192, 0x0c), 0)
-	mustClose(t, m)
+	top := chainFilesWriting(t, dir, 64<<10, 4096, false, func(name string, d *Disk) {
+		switch name {
+		case "base.db":
+			mustWrite(t, d, fill(64<<10, 0x0b), 0)
+		case "mid.db":
+			mustWrite(t, d, fill(8192, 0x0c), 0)
+		}
+	})
+	mid := filepath.Join(dir, "mid.db")
 	d := mustOpen(t, top, Options{})
 	mustWrite(t, d, fill(100, 0x0d), 4000) // RMW over mid's data
 	if err := d.Zero(16<<10, 8192); err != nil {

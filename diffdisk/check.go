@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/hibdisk/hibdisk/disklayer"
-	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
 )
 
 // ExtraCheck is a check of a layer file's own tables that another package
@@ -69,15 +68,10 @@ func Repair(path string, opts disklayer.RepairOptions) (*disklayer.Report, error
 	return after, nil
 }
 
-// rawDigestMatches compares a raw parent's current digest with the one its
-// child recorded.
+// rawDigestMatches checks a raw parent the way opening the chain does
+// (verifyRaw): the sampled digest, and the whole content when the file's
+// identity changed since the child recorded it.
 func rawDigestMatches(parentPath string, ref disklayer.ParentRef) error {
-	got, err := rawlayer.Digest(parentPath)
-	if err != nil {
-		return err
-	}
-	if got != ref.Digest {
-		return fmt.Errorf("digest %s recorded, file now has %s: %w", ref.Digest, got, disklayer.ErrParentMismatch)
-	}
-	return nil
+	_, err := verifyRaw(parentPath, ref)
+	return err
 }

@@ -74,14 +74,9 @@ func commit(path string, opts CommitOptions) (err error) {
 		if err := parent.Absorb(top); err != nil {
 			return err
 		}
+		// Absorb recorded the parent's new size and generation in top.
 		if err := parent.Flush(); err != nil {
 			return err
-		}
-		if size := parent.Size(); size != ref.Size {
-			ref.Size = size
-			if err := top.SetParent(&ref); err != nil {
-				return err
-			}
 		}
 		if opts.Keep {
 			return nil
@@ -111,11 +106,11 @@ func commit(path string, opts CommitOptions) (err error) {
 		if err := parent.Flush(); err != nil {
 			return err
 		}
-		digest, err := rawlayer.Digest(parentPath)
+		id, err := rawlayer.Identify(parentPath)
 		if err != nil {
 			return err
 		}
-		ref.Size, ref.Digest = parent.Size(), digest
+		ref.Size, ref.Digest, ref.SHA256, ref.Stat = id.Size, id.Digest, id.SHA256, id.Stat
 		if err := top.SetParent(&ref); err != nil {
 			return err
 		}

@@ -130,15 +130,22 @@ func openBacking(childPath, backing, format string) (*Disk, *disklayer.ParentRef
 	}
 	ref := &disklayer.ParentRef{Path: rel, Format: format}
 	if format == disklayer.FormatRaw {
-		raw, err := rawlayer.Open(backing, true)
+		// Held stable while its identity is taken: nobody may write it
+		// between the digest and the child's creation.
+		raw, err := rawlayer.Open(backing, true, rawlayer.HoldStable())
 		if err != nil {
 			return nil, nil, fmt.Errorf("backing file: %w", err)
 		}
-		if ref.Digest, err = rawlayer.Digest(backing); err != nil {
+		id, err := rawlayer.Identify(backing)
+		if err != nil {
 			raw.Close()
 			return nil, nil, fmt.Errorf("backing file: %w", err)
 		}
-		ref.Size = raw.Size()
+		if id.Size != raw.Size() {
+			raw.Close()
+			return nil, nil, fmt.Errorf("backing file %q changed size while it was read: %w", backing, disklayer.ErrParentMismatch)
+		}
+		ref.Size, ref.Digest, ref.SHA256, ref.Stat = id.Size, id.Digest, id.SHA256, id.Stat
 		d, err := compose(Options{ReadOnly: true}, []disklayer.Layer{raw}, []layerMeta{{path: backing, format: format}})
 		if err != nil {
 			raw.Close()
@@ -146,11 +153,12 @@ func openBacking(childPath, backing, format string) (*Disk, *disklayer.ParentRef
 		}
 		return d, ref, nil
 	}
-	d, err := openChain(backing, Options{ReadOnly: true}, false)
+	d, err := openChain(backing, Options{ReadOnly: true, HoldStable: true}, false)
 	if err != nil {
 		return nil, nil, fmt.Errorf("backing file %q: %w", backing, err)
 	}
-	ref.UUID = d.layers[0].(*disklayer.File).Info().UUID
+	info := d.layers[0].(*disklayer.File).Info()
+	ref.UUID, ref.Generation = info.UUID, info.Generation
 	ref.Size = d.Size()
 	return d, ref, nil
 }

@@ -102,9 +102,24 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 				}
 			}
 		}
-		l, st, next, err := openParent(link, parentPath, *ref, writable, opts.Strict)
+		// The top, when writable, records a raw parent's new file
+		// identity once its content was verified in full.
+		var restat *string
+		var newStat string
+		if len(layers) == 1 && !opts.ReadOnly {
+			restat = &newStat
+		}
+		l, st, next, err := openParent(link, parentPath, *ref, writable, opts.Strict, restat)
 		if err != nil {
 			return nil, err
+		}
+		if newStat != "" {
+			r := *ref
+			r.Stat = newStat
+			if err := top.SetParent(&r); err != nil {
+				closeLayers([]disklayer.Layer{l})
+				return nil, err
+			}
 		}
 		layers = append(layers, l)
 		metas = append(metas, layerMeta{path: parentPath, format: ref.Format})
@@ -117,7 +132,10 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 // openParent opens the parent a child recorded as ref, found at path, and
 // verifies its identity. It returns the layer, its file info (for cycle
 // detection) and the parent's own parent reference.
-func openParent(link, path string, ref disklayer.ParentRef, writable, strict bool) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
+//
+// A raw parent whose file identity changed but whose content matched
+// sets *restat (when restat is not nil) to its new identity.
+func openParent(link, path string, ref disklayer.ParentRef, writable, strict bool, restat *string) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
 	st, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil, fmt.Errorf("%s: %s recorded, file %q is missing: %w", link, describeRef(ref), path, disklayer.ErrParentMismatch)
@@ -140,6 +158,8 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 			err = fmt.Errorf("%s: uuid %s recorded, file now has %s: %w", link, ref.UUID, info.UUID, disklayer.ErrParentMismatch)
 		case info.DiskSize != ref.Size:
 			err = fmt.Errorf("%s: size %d recorded, file now has %d: %w", link, ref.Size, info.DiskSize, disklayer.ErrParentMismatch)
+		case ref.Generation != 0 && info.Generation != ref.Generation:
+			err = fmt.Errorf("%s: %w", link, generationMoved(ref, info))
 		}
 		if err != nil {
 			f.Close()
@@ -155,18 +175,59 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 			raw.Close()
 			return nil, nil, nil, fmt.Errorf("%s: size %d recorded, file now has %d: %w", link, ref.Size, size, disklayer.ErrParentMismatch)
 		}
-		digest, err := rawlayer.Digest(path)
+		newStat, err := verifyRaw(path, ref)
 		if err != nil {
 			raw.Close()
 			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
 		}
-		if digest != ref.Digest {
-			raw.Close()
-			return nil, nil, nil, fmt.Errorf("%s: digest %s recorded, file now has %s: %w", link, ref.Digest, digest, disklayer.ErrParentMismatch)
+		if newStat != "" && restat != nil {
+			*restat = newStat
 		}
 		return raw, st, nil, nil
 	}
 	return nil, nil, nil, fmt.Errorf("%s: unknown parent format %q: %w", link, ref.Format, disklayer.ErrCorrupt)
+}
+
+// generationMoved is the error for a hibdisk parent changed after its
+// child recorded it.
+func generationMoved(ref disklayer.ParentRef, info disklayer.Info) error {
+	return fmt.Errorf("generation %d recorded, layer %s is now at generation %d: its content changed after this layer was made over it (a writable serve, vm run, commit, or an SQL client wrote it); this layer's view would silently mix in the change. If the change is intended, `hibdisk rebase -u -b PARENT LAYER` accepts it: %w",
+		ref.Generation, info.UUID, info.Generation, disklayer.ErrParentMismatch)
+}
+
+// verifyRaw checks a raw parent against what its child recorded: size
+// and sampled digest always (a few MiB read); then, when the file's
+// identity (inode, size, times) differs from the one recorded, its whole
+// content (one read of its data). When the identity changed (a copy, a
+// move, a touch) and the content matched, it returns the new identity,
+// which the caller may record to spare the next open the full read.
+func verifyRaw(path string, ref disklayer.ParentRef) (newStat string, err error) {
+	digest, err := rawlayer.Digest(path)
+	if err != nil {
+		return "", err
+	}
+	if digest != ref.Digest {
+		return "", fmt.Errorf("digest %s recorded, file now has %s: %w", ref.Digest, digest, disklayer.ErrParentMismatch)
+	}
+	if ref.Stat == "" || ref.SHA256 == "" {
+		return "", nil // recorded before schema version 5: samples only
+	}
+	stat, err := rawlayer.FileStat(path)
+	if err != nil {
+		return "", err
+	}
+	if stat == ref.Stat {
+		return "", nil
+	}
+	sum, _, err := rawlayer.ContentDigest(path)
+	if err != nil {
+		return "", err
+	}
+	if sum != ref.SHA256 {
+		return "", fmt.Errorf("content %s recorded, file now has %s (file was %s, is now %s): the raw image changed after this layer was made over it; if the change is intended, `hibdisk rebase -u -b IMAGE -F raw LAYER` accepts it: %w",
+			ref.SHA256, sum, ref.Stat, stat, disklayer.ErrParentMismatch)
+	}
+	return stat, nil
 }
 
 // describeRef names the identity a child recorded for its parent.

@@ -334,6 +334,9 @@ func VerifyParent(childPath string, ref ParentRef) error {
 		if info.DiskSize != ref.Size {
 			return mismatch("size is %d bytes, the layer was created over %d bytes", info.DiskSize, ref.Size)
 		}
+		if ref.Generation != 0 && info.Generation != ref.Generation {
+			return mismatch("generation is %d, the layer was created over generation %d: the parent's content changed since (`hibdisk rebase -u -b PARENT LAYER` accepts the change if it is intended)", info.Generation, ref.Generation)
+		}
 		return nil
 	}
 	return mismatch("unknown format %q", ref.Format)

@@ -31,8 +31,9 @@ const HibernateSize int64 = 1 << 46
 
 // SchemaVersion is the layer schema this build writes (user_version):
 // 1 is the layer tables, 2 adds the hibernate metadata, 3 the datastore,
-// 4 vm_state (layerMigrations in sqlite_schema.go).
-const SchemaVersion = 4
+// 4 vm_state, 5 generations and full parent identities (layerMigrations
+// in sqlite_schema.go).
+const SchemaVersion = 5
 
 // ParentRef is a diff layer's reference to the layer below it, as stored
 // in the layer row.
@@ -42,6 +43,15 @@ type ParentRef struct {
 	UUID   string // hibdisk parent's uuid; "" for raw
 	Size   int64  // parent's size in bytes when attached
 	Digest string // raw parent: digest of size + sampled content; "" for hibdisk
+
+	// Generation is a hibdisk parent's generation when attached (see
+	// sqlite_generation.go); 0 when not recorded (older layers).
+	Generation int64
+	// SHA256 is a raw parent's whole-content digest and Stat its file
+	// identity when attached (rawlayer.ContentDigest, rawlayer.FileStat);
+	// "" when not recorded (older layers).
+	SHA256 string
+	Stat   string
 }
 
 // ResolvePath returns the parent's file name as seen from the working
@@ -62,8 +72,12 @@ func (r ParentRef) validate() error {
 		return fmt.Errorf("parent size %d is negative", r.Size)
 	case r.Format == FormatHibdisk && r.UUID == "":
 		return errors.New("hibdisk parent without uuid")
-	case r.Format == FormatHibdisk && r.Digest != "":
+	case r.Format == FormatHibdisk && (r.Digest != "" || r.SHA256 != "" || r.Stat != ""):
 		return errors.New("hibdisk parent with a raw digest")
+	case r.Format == FormatRaw && r.Generation != 0:
+		return errors.New("raw parent with a generation")
+	case r.Generation < 0:
+		return fmt.Errorf("parent generation %d is negative", r.Generation)
 	case r.Format == FormatRaw && r.UUID != "":
 		return errors.New("raw parent with a uuid")
 	case r.Format != FormatHibdisk && r.Format != FormatRaw:
@@ -81,6 +95,10 @@ type Info struct {
 	ReadOnly   bool       // the read_only column: the layer refuses writes
 	CreatedAt  time.Time
 	Label      string
+	// Generation counts the committed transactions that changed the
+	// layer's content (sqlite_generation.go); 0 for a layer older than
+	// schema version 5 opened read-only.
+	Generation int64
 }
 
 // CreateOptions describe a new layer.
@@ -260,6 +278,11 @@ type engine struct {
 	// held is the layer's lock against other processes (internal/lock),
 	// released when the layer closes.
 	held *lock.Lock
+
+	// contentChanged: the open write transaction changed content, so its
+	// commit bumps the generation (bumpGen, writable opens only).
+	contentChanged bool
+	bumpGen        *sqlite3.Stmt
 }
 
 // Create makes a new layer file at path and returns it open for writing.
@@ -365,7 +388,8 @@ func insertLayerRow(conn *sqlite3.Conn, info Info) error {
 }
 
 func updateParent(conn *sqlite3.Conn, ref *ParentRef) error {
-	stmt, _, err := conn.Prepare(`UPDATE layer SET parent_path = ?1, parent_format = ?2, parent_uuid = ?3, parent_size = ?4, parent_digest = ?5`)
+	stmt, _, err := conn.Prepare(`UPDATE layer SET parent_path = ?1, parent_format = ?2, parent_uuid = ?3, parent_size = ?4, parent_digest = ?5,
+  parent_generation = ?6, parent_sha256 = ?7, parent_stat = ?8`)
 	if err != nil {
 		return err
 	}
@@ -376,6 +400,11 @@ func updateParent(conn *sqlite3.Conn, ref *ParentRef) error {
 		bindOptionalText(stmt, 3, ref.UUID)
 		stmt.BindInt64(4, ref.Size)
 		bindOptionalText(stmt, 5, ref.Digest)
+		if ref.Generation != 0 {
+			stmt.BindInt64(6, ref.Generation)
+		}
+		bindOptionalText(stmt, 7, ref.SHA256)
+		bindOptionalText(stmt, 8, ref.Stat)
 	}
 	return stmt.Exec()
 }
@@ -510,6 +539,10 @@ func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 		}
 	}
 	if !readOnly {
+		if err := e.prepareGenerations(); err != nil {
+			e.closeStatements()
+			return nil, fmt.Errorf("open layer %q: %w", path, err)
+		}
 		if err := startBackgroundCheckpoints(e); err != nil {
 			e.closeStatements()
 			return nil, fmt.Errorf("open layer %q: %w", path, err)
@@ -572,7 +605,7 @@ func (e *engine) closeStatements() {
 	for _, t := range e.tables {
 		t.closeStatements()
 	}
-	for _, s := range []*sqlite3.Stmt{e.begin, e.beginRead, e.commit, e.rollback} {
+	for _, s := range []*sqlite3.Stmt{e.begin, e.beginRead, e.commit, e.rollback, e.bumpGen} {
 		if s != nil {
 			s.Close()
 		}
@@ -593,7 +626,18 @@ func readLayerRow(conn *sqlite3.Conn) (Info, error) {
 // scanLayerRow reads the layer row, reporting every problem it finds. ok
 // is false when the row could not be read at all.
 func scanLayerRow(conn *sqlite3.Conn, problem func(string)) (info Info, ok bool) {
-	stmt, _, err := conn.Prepare(`SELECT uuid, sector_size, disk_size, parent_path, parent_format, parent_uuid, parent_size, parent_digest, read_only, created_at, label, typeof(sector_size), typeof(disk_size), typeof(parent_size) FROM layer`)
+	// Schema version 5 added generations and full parent identities; an
+	// older layer opened read-only reads as having none recorded.
+	v5, err := hasGenerations(conn)
+	if err != nil {
+		problem(fmt.Sprintf("cannot read the schema version: %v", mapStoreError(err)))
+		return Info{}, false
+	}
+	extra := `0, NULL, NULL, NULL, 'integer', 'null'`
+	if v5 {
+		extra = `generation, parent_generation, parent_sha256, parent_stat, typeof(generation), typeof(parent_generation)`
+	}
+	stmt, _, err := conn.Prepare(`SELECT uuid, sector_size, disk_size, parent_path, parent_format, parent_uuid, parent_size, parent_digest, read_only, created_at, label, typeof(sector_size), typeof(disk_size), typeof(parent_size), ` + extra + ` FROM layer`)
 	if err != nil {
 		problem(fmt.Sprintf("cannot read the layer table: %v", mapStoreError(err)))
 		return Info{}, false
@@ -611,6 +655,10 @@ func scanLayerRow(conn *sqlite3.Conn, problem func(string)) (info Info, ok bool)
 			DiskSize:   stmt.ColumnInt64(2),
 			ReadOnly:   stmt.ColumnInt64(8) != 0,
 			Label:      stmt.ColumnText(10),
+			Generation: stmt.ColumnInt64(14),
+		}
+		if v5 && (stmt.ColumnText(18) != "integer" || info.Generation < 1) {
+			problem(fmt.Sprintf("generation %s must be an integer of at least 1", stmt.ColumnText(14)))
 		}
 		if stmt.ColumnText(11) != "integer" || stmt.ColumnText(12) != "integer" {
 			problem(fmt.Sprintf("sector_size (%s) and disk_size (%s) must be integers", stmt.ColumnText(11), stmt.ColumnText(12)))
@@ -642,11 +690,17 @@ func scanLayerRow(conn *sqlite3.Conn, problem func(string)) (info Info, ok bool)
 			continue
 		}
 		ref := ParentRef{
-			Path:   stmt.ColumnText(3),
-			Format: stmt.ColumnText(4),
-			UUID:   stmt.ColumnText(5),
-			Size:   stmt.ColumnInt64(6),
-			Digest: stmt.ColumnText(7),
+			Path:       stmt.ColumnText(3),
+			Format:     stmt.ColumnText(4),
+			UUID:       stmt.ColumnText(5),
+			Size:       stmt.ColumnInt64(6),
+			Digest:     stmt.ColumnText(7),
+			Generation: stmt.ColumnInt64(15),
+			SHA256:     stmt.ColumnText(16),
+			Stat:       stmt.ColumnText(17),
+		}
+		if t := stmt.ColumnText(19); t != "integer" && t != "null" {
+			problem(fmt.Sprintf("parent_generation must be an integer, is %s", t))
 		}
 		if stmt.ColumnType(6) != sqlite3.NULL && stmt.ColumnText(13) != "integer" {
 			problem(fmt.Sprintf("parent_size must be an integer, is %s", stmt.ColumnText(13)))
@@ -856,6 +910,7 @@ func (e *engine) beginLocked(op string) error {
 	e.inTx = true
 	e.writeTx = true
 	e.pendingBytes = 0
+	e.contentChanged = true
 	return nil
 }
 
@@ -865,10 +920,17 @@ func (e *engine) commitLocked(op string) error {
 	if !e.inTx {
 		return nil
 	}
-	err := e.commit.Exec()
+	gen, err := e.bumpGenerationLocked()
+	if err == nil {
+		err = e.commit.Exec()
+	}
 	if err == nil {
 		e.inTx = false
 		e.pendingBytes = 0
+		e.contentChanged = false
+		if gen != 0 {
+			e.info.Generation = gen
+		}
 		e.checkpointLocked()
 		return nil
 	}
@@ -930,7 +992,7 @@ func (f *File) SetParent(ref *ParentRef) error {
 		r := *ref
 		ref = &r
 	}
-	return f.eng.updateMetadata("set parent", func(conn *sqlite3.Conn, info *Info) error {
+	return f.eng.updateMetadata("set parent", false, func(conn *sqlite3.Conn, info *Info) error {
 		if err := updateParent(conn, ref); err != nil {
 			return err
 		}
@@ -953,7 +1015,7 @@ func (f *File) Resize(size int64) error {
 	if err := validDiskSize(size, f.disk.blockSize); err != nil {
 		return fmt.Errorf("resize %q: %w", f.eng.path, err)
 	}
-	return f.eng.updateMetadata("resize", func(conn *sqlite3.Conn, info *Info) error {
+	return f.eng.updateMetadata("resize", true, func(conn *sqlite3.Conn, info *Info) error {
 		return f.resizeInTx(conn, info, size)
 	})
 }
@@ -992,7 +1054,7 @@ func (f *File) resizeInTx(conn *sqlite3.Conn, info *Info, size int64) error {
 // SetReadOnly sets the read_only column. A layer marked read-only refuses
 // writes and metadata changes (ErrReadOnly) until it is cleared.
 func (f *File) SetReadOnly(readOnly bool) error {
-	return f.eng.updateMetadataAllowReadOnly("set read-only", func(conn *sqlite3.Conn, info *Info) error {
+	return f.eng.updateMetadataAllowReadOnly("set read-only", false, func(conn *sqlite3.Conn, info *Info) error {
 		v := 0
 		if readOnly {
 			v = 1
@@ -1007,7 +1069,7 @@ func (f *File) SetReadOnly(readOnly bool) error {
 
 // SetLabel sets the label column ("" stores NULL).
 func (f *File) SetLabel(label string) error {
-	return f.eng.updateMetadata("set label", func(conn *sqlite3.Conn, info *Info) error {
+	return f.eng.updateMetadata("set label", false, func(conn *sqlite3.Conn, info *Info) error {
 		stmt, _, err := conn.Prepare("UPDATE layer SET label = ?1")
 		if err != nil {
 			return err
@@ -1022,16 +1084,20 @@ func (f *File) SetLabel(label string) error {
 	})
 }
 
-func (e *engine) updateMetadata(op string, change func(*sqlite3.Conn, *Info) error) error {
+// updateMetadata changes the layer row (see changeMetadataLocked).
+// content says whether the change alters what the layer shows a child
+// (its size does; its label, read-only flag and parent reference do not),
+// which bumps the generation.
+func (e *engine) updateMetadata(op string, content bool, change func(*sqlite3.Conn, *Info) error) error {
 	e.lock()
 	defer e.mu.Unlock()
 	if err := e.writable(op); err != nil {
 		return err
 	}
-	return e.changeMetadataLocked(op, change)
+	return e.changeMetadataLocked(op, content, change)
 }
 
-func (e *engine) updateMetadataAllowReadOnly(op string, change func(*sqlite3.Conn, *Info) error) error {
+func (e *engine) updateMetadataAllowReadOnly(op string, content bool, change func(*sqlite3.Conn, *Info) error) error {
 	e.lock()
 	defer e.mu.Unlock()
 	if err := e.usable(op); err != nil {
@@ -1040,15 +1106,21 @@ func (e *engine) updateMetadataAllowReadOnly(op string, change func(*sqlite3.Con
 	if e.openedReadOnly {
 		return fmt.Errorf("%s %q: opened read-only: %w", op, e.path, ErrReadOnly)
 	}
-	return e.changeMetadataLocked(op, change)
+	return e.changeMetadataLocked(op, content, change)
 }
 
 // changeMetadataLocked applies a metadata change inside the write batch
 // and commits it at once: metadata changes are rare and must not wait for
 // a Flush. The cached Info changes only if the commit succeeds.
-func (e *engine) changeMetadataLocked(op string, change func(*sqlite3.Conn, *Info) error) error {
+func (e *engine) changeMetadataLocked(op string, content bool, change func(*sqlite3.Conn, *Info) error) error {
+	batched, changed := e.inTx && e.writeTx, e.contentChanged
 	if err := e.beginLocked(op); err != nil {
 		return err
+	}
+	if !batched {
+		// A transaction of its own: it changes content only if the
+		// change does. (Batched writes before it did change content.)
+		e.contentChanged = content
 	}
 	// A savepoint undoes a failed change without touching the writes
 	// batched before it.
@@ -1065,6 +1137,7 @@ func (e *engine) changeMetadataLocked(op string, change func(*sqlite3.Conn, *Inf
 			e.fail(fmt.Errorf("%s %q: undo failed change: %w", op, e.path, rerr))
 			return e.failure
 		}
+		e.contentChanged = batched && changed // nothing of the change remains
 		return err
 	}
 	if err := e.conn.Exec("RELEASE metadata"); err != nil {
@@ -1073,6 +1146,7 @@ func (e *engine) changeMetadataLocked(op string, change func(*sqlite3.Conn, *Inf
 	if err := e.commitLocked(op); err != nil {
 		return err
 	}
+	info.Generation = e.info.Generation // as the commit left it
 	e.setInfo(info)
 	return nil
 }

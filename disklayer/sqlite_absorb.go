@@ -13,8 +13,9 @@ import (
 // replaces f's row; a child tombstone becomes a tombstone in f if f has a
 // parent, or deletes f's row if f is a base. If child is larger, f grows
 // to its size in the same transaction (like qemu-img commit), and then
-// the child's parent reference is updated to the new size, so the child
-// still stacks on f (reading the same data as before). child must be a
+// the child's parent reference is updated to the new size; it records
+// f's new generation too, so the child still stacks on f (reading the
+// same data as before). child must be a
 // layer whose parent is f (same uuid) with the same sector size; it is
 // flushed, and its rows are left unchanged.
 func (f *File) Absorb(child *File) error {
@@ -30,19 +31,20 @@ func (f *File) Absorb(child *File) error {
 	if err := child.Flush(); err != nil {
 		return fmt.Errorf("absorb %q into %q: %w", child.Path(), e.path, err)
 	}
-	grow := ci.DiskSize > f.Size()
-	if grow && (child.eng.openedReadOnly || child.eng.readOnlyColumn.Load()) {
-		return fmt.Errorf("absorb %q into %q: the child is larger and its parent reference must be updated, but it is read-only: %w", child.Path(), e.path, ErrReadOnly)
+	// Absorbing changes f's content, so its generation moves; the child's
+	// reference must follow (and its size, if f grows), or the child
+	// would no longer open over f.
+	if child.eng.openedReadOnly || child.eng.readOnlyColumn.Load() {
+		return fmt.Errorf("absorb %q into %q: the child's parent reference must be updated, but it is read-only: %w", child.Path(), e.path, ErrReadOnly)
 	}
 	if err := f.absorb(child, ci); err != nil {
 		return err
 	}
-	if grow {
-		ref := *ci.Parent
-		ref.Size = ci.DiskSize
-		if err := child.SetParent(&ref); err != nil {
-			return fmt.Errorf("absorb %q into %q: update the child's parent size: %w", child.Path(), e.path, err)
-		}
+	ref := *ci.Parent
+	ref.Size = f.Size()
+	ref.Generation = f.Info().Generation
+	if err := child.SetParent(&ref); err != nil {
+		return fmt.Errorf("absorb %q into %q: update the child's parent reference: %w", child.Path(), e.path, err)
 	}
 	return nil
 }
@@ -109,6 +111,11 @@ func (f *File) absorbAttachedLocked(info *Info, childSize int64) (err error) {
 			}
 		}
 	}
+	gen, err := e.bumpGenerationInTx()
+	if err != nil {
+		return mapStoreError(err)
+	}
+	info.Generation = gen
 	return nil
 }
 

@@ -10,10 +10,11 @@ import (
 // layerMigrations is the layer schema history: version 1 is the layer
 // tables (schemaV1), version 2 the hibernate metadata, whose SQL package
 // hibfile owns (hibschema), version 3 the datastore (datastore/dsschema),
-// version 4 a QEMU machine's device state (hibfile/vmschema).
+// version 4 a QEMU machine's device state (hibfile/vmschema), version 5
+// layer generations and full parent identities (sqlite_generation.go).
 // Opening a layer writable migrates it; each migration runs in its own
 // transaction and is recorded in the migrations table (internal/store).
-var layerMigrations = append(append(append(schemaV1[:len(schemaV1):len(schemaV1)], hibschema.Migrations...), dsschema.Migrations...), vmschema.Migrations...)
+var layerMigrations = append(append(append(append(schemaV1[:len(schemaV1):len(schemaV1)], hibschema.Migrations...), dsschema.Migrations...), vmschema.Migrations...), schemaV5...)
 
 // readableFrom is the oldest version a read-only open accepts without
 // migrating: everything after version 1 only adds tables the layer engine

@@ -43,10 +43,13 @@ func TestCreateReopenPersists(t *testing.T) {
 	if info.CreatedAt.Before(before) || info.CreatedAt.After(time.Now()) || info.CreatedAt.Location() != time.UTC {
 		t.Errorf("created_at %v is not now in UTC", info.CreatedAt)
 	}
-	want := disklayer.Info{UUID: info.UUID, SectorSize: 512, DiskSize: 1 << 20, Parent: parent, CreatedAt: info.CreatedAt, Label: "booted"}
+	// A new layer is generation 1; the batch Close committed is its
+	// first content change.
+	want := disklayer.Info{UUID: info.UUID, SectorSize: 512, DiskSize: 1 << 20, Parent: parent, CreatedAt: info.CreatedAt, Label: "booted", Generation: 1}
 	if diff := cmp.Diff(want, info); diff != "" {
 		t.Errorf("Info after create (-want +got):\n%s", diff)
 	}
+	want.Generation = 2
 
 	g, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true, Strict: true})
 	if err != nil {

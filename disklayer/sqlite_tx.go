@@ -29,6 +29,7 @@ func (f *File) Update(op string, fn func(tx *Tx) error) error {
 	if err := e.writable(op); err != nil {
 		return err
 	}
+	batched, changed := e.inTx && e.writeTx, e.contentChanged
 	if err := e.beginLocked(op); err != nil {
 		return err
 	}
@@ -49,6 +50,7 @@ func (f *File) Update(op string, fn func(tx *Tx) error) error {
 			e.fail(fmt.Errorf("%s %q: undo failed update: %w", op, e.path, rerr))
 			return e.failure
 		}
+		e.contentChanged = batched && changed // nothing of fn's remains
 		return err
 	}
 	if err := e.conn.Exec("RELEASE layer_update"); err != nil {

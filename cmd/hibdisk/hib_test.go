@@ -18,8 +18,8 @@ func hibChain(t *testing.T) string {
 	t.Helper()
 	dir := testDir(t)
 	mustHib(t, dir, "create", "-s", "1M", "base.db")
-	mustHib(t, dir, "create", "-b", "base.db", "job.db")
 	golden(t, "hib-import.txt", mustHib(t, dir, "hib", "import", filepath.Join(testdata, "hib-before.json"), "base.db"))
+	mustHib(t, dir, "create", "-b", "base.db", "job.db")
 	mustHib(t, dir, "hib", "import", filepath.Join(testdata, "hib-after.json"), "job.db")
 	return dir
 }
@@ -153,11 +153,11 @@ func TestHibCapture(t *testing.T) {
 		}
 	}
 	mustHib(t, dir, "create", "-s", "1M", "a.db")
-	mustHib(t, dir, "create", "-b", "a.db", "b.db")
 	out := mustHib(t, dir, "hib", "capture", "--pid", pid, "a.db")
 	if !strings.HasPrefix(out, "captured 1 processes into a.db") {
 		t.Errorf("capture said:\n%s", out)
 	}
+	mustHib(t, dir, "create", "-b", "a.db", "b.db")
 	out = mustHib(t, dir, "hib", "capture", "--no-freeze", "--pid", pid, "b.db")
 	if !strings.Contains(out, "stored 0 changed blocks") {
 		t.Errorf("re-capture of an idle process stored blocks:\n%s%s", out, mustHib(t, dir, "hib", "diff", "a.db", "b.db"))

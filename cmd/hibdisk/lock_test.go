@@ -129,6 +129,12 @@ func TestWritersRefuseHeldLayer(t *testing.T) {
 				t.Errorf("a refused writer changed top.db")
 			}
 			mustHib(t, dir, "commit", "child.db") // writes top.db
+			// which changes the base under sibling.db: caught, and
+			// accepted by rebase -u.
+			if r := hib(t, dir, "check", "sibling.db"); r.code == 0 || !strings.Contains(r.stdout+r.stderr, "generation") {
+				t.Errorf("check of a layer whose parent a commit changed: exit %d, %s%s; want a problem naming the generation", r.code, r.stdout, r.stderr)
+			}
+			mustHib(t, dir, "rebase", "-u", "-b", "top.db", "sibling.db")
 			os.Remove(filepath.Join(dir, "h.sock"))
 		})
 	}

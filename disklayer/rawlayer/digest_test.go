@@ -131,3 +131,62 @@ func TestSampleSpans(t *testing.T) {
 		}
 	}
 }
+
+// TestContentDigest: the whole-content digest depends on the bytes alone
+// (a sparse and a fully written copy agree) and sees a change anywhere.
+func TestContentDigest(t *testing.T) {
+	dir := t.TempDir()
+	const size = 8<<20 + 1000 // not a whole number of chunks
+	sparse := filepath.Join(dir, "sparse.img")
+	f, err := os.Create(sparse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{7}, 5000)
+	for _, off := range []int64{0, 3<<20 + 4096, size - 5000} {
+		if _, err := f.WriteAt(data, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	whole, err := os.ReadFile(sparse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := filepath.Join(dir, "full.img")
+	if err := os.WriteFile(full, whole, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a, n, err := ContentDigest(sparse)
+	if err != nil || n != size {
+		t.Fatal(n, err)
+	}
+	b, _, err := ContentDigest(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a != b || !strings.HasPrefix(a, ContentPrefix) {
+		t.Errorf("sparse %s, full %s: want one digest", a, b)
+	}
+	for _, off := range []int64{1, 5<<20 + 17, size - 1} {
+		changed := bytes.Clone(whole)
+		changed[off] ^= 1
+		p := filepath.Join(dir, "changed.img")
+		if err := os.WriteFile(p, changed, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if c, _, err := ContentDigest(p); err != nil || c == a {
+			t.Errorf("one byte changed at %d: digest %s, %v; want a different digest", off, c, err)
+		}
+	}
+	// Zeros appended are a different size, so a different image.
+	if err := os.WriteFile(full, append(whole, 0), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c, _, _ := ContentDigest(full); c == a {
+		t.Error("a longer image with the same data has the same digest")
+	}
+}

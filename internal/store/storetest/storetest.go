@@ -18,7 +18,9 @@ func DowngradeToV1(t testing.TB, path string) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	stmt, _, err := conn.Prepare(`SELECT type, name FROM sqlite_master WHERE type IN ('view', 'table')
+	// Triggers and views first (they name what is dropped after them),
+	// then tables, then the layer columns version 1 did not have.
+	stmt, _, err := conn.Prepare(`SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view', 'table')
  AND name NOT IN ('layer', 'sectors', 'hibernate_blocks') AND name NOT LIKE 'sqlite_%' ORDER BY type = 'table'`)
 	if err != nil {
 		t.Fatal(err)
@@ -28,6 +30,9 @@ func DowngradeToV1(t testing.TB, path string) {
 		drops = append(drops, "DROP "+stmt.ColumnText(0)+" "+stmt.ColumnText(1))
 	}
 	stmt.Close()
+	for _, col := range []string{"generation", "parent_generation", "parent_sha256", "parent_stat"} {
+		drops = append(drops, "ALTER TABLE layer DROP COLUMN "+col)
+	}
 	for _, sql := range append(append([]string{"PRAGMA foreign_keys = OFF"}, drops...), "PRAGMA user_version = 1") {
 		if err := conn.Exec(sql); err != nil {
 			t.Fatalf("%s: %v", sql, err)
