@@ -2,7 +2,8 @@
 # Installs the Debian packages hibdisk's tests and benchmarks run against
 # (the real peers: QEMU, libnbd, nbdkit, fio; filesystem tools for the
 # inspection tests; xz for the guest kernel's modules; gcc for the
-# capture tests' helper process) when any is missing.
+# capture tests' helper process; the sqlite3 shell, which the README's
+# SQL examples and the changed-base tests use) when any is missing.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 
@@ -30,6 +31,7 @@ declare -A need=(
   [dpkg-deb]=dpkg
   [apt-get]=apt
   [gcc]=gcc
+  [sqlite3]=sqlite3
 )
 missing=()
 for cmd in "${!need[@]}"; do

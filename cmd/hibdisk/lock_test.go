@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
 // holdLayer starts a real `hibdisk serve` process (args after "serve
@@ -209,5 +210,43 @@ func TestReadOnlyFilesystem(t *testing.T) {
 	}
 	if r := hib(t, dir, "resize", top, "2M"); r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 		t.Errorf("resize on a read-only filesystem: exit %d, stderr %q; want one error line", r.code, r.stderr)
+	}
+}
+
+// TestChangedBaseCaught is finding 5: a base written after a child was
+// made over it, by a writable server's client or by the sqlite3 shell, was
+// silently mixed into the child's view and check said "No errors".
+func TestChangedBaseCaught(t *testing.T) {
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
+	testenv.RequireTools(t, "sqlite3", "sqlite3")
+	for _, how := range []string{"served", "sqlite3"} {
+		t.Run(how, func(t *testing.T) {
+			dir := testDir(t)
+			mustHib(t, dir, "create", "-s", "1M", "base.db")
+			mustHib(t, dir, "create", "-b", "base.db", "job.db")
+			switch how {
+			case "served":
+				sock := filepath.Join(dir, "b.sock")
+				stop := startServer(t, dir, "--socket", sock, "base.db")
+				qemuIO(t, "nbd+unix:///?socket="+sock, "write -P 7 64k 4k", "flush")
+				stop()
+			case "sqlite3":
+				out, err := exec.Command("sqlite3", filepath.Join(dir, "base.db"),
+					"INSERT INTO sectors (sector, data) VALUES (16, randomblob(4096))").CombinedOutput()
+				if err != nil {
+					t.Fatalf("sqlite3: %v: %s", err, out)
+				}
+			}
+			for _, args := range [][]string{{"check", "job.db"}, {"info", "job.db"}, {"compare", "base.db", "job.db"}} {
+				r := hib(t, dir, args...)
+				if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "generation") {
+					t.Errorf("hibdisk %s over a base written since: exit %d, %s%s; want a failure naming the generation",
+						strings.Join(args, " "), r.code, r.stdout, r.stderr)
+				}
+			}
+			// The user says the change is intended.
+			mustHib(t, dir, "rebase", "-u", "-b", "base.db", "job.db")
+			mustHib(t, dir, "check", "job.db")
+		})
 	}
 }
