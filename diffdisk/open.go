@@ -249,9 +249,12 @@ type LayerInfo struct {
 	UUID      string
 	Label     string
 	CreatedAt time.Time
-	ReadOnly  bool                 // the layer's read_only flag
-	Parent    *disklayer.ParentRef // the reference as stored
-	Stats     *disklayer.Stats
+	ReadOnly  bool // the layer's read_only flag
+	// Generation counts the layer's content-changing commits (0 for a
+	// layer older than schema version 5).
+	Generation int64
+	Parent     *disklayer.ParentRef // the reference as stored
+	Stats      *disklayer.Stats
 }
 
 // Layers describes every layer, top first.
@@ -270,6 +273,7 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 			}
 			li.Format = disklayer.FormatHibdisk
 			li.UUID, li.Label, li.CreatedAt, li.ReadOnly, li.Parent = info.UUID, info.Label, info.CreatedAt, info.ReadOnly, info.Parent
+			li.Generation = info.Generation
 			li.Stats = &stats
 		}
 		list[i] = li

@@ -35,6 +35,10 @@ type layerJSON struct {
 	BackingUUID           string `json:"backing-uuid,omitempty"`
 	BackingSize           int64  `json:"backing-size,omitempty"`
 	BackingDigest         string `json:"backing-digest,omitempty"`
+	BackingGeneration     int64  `json:"backing-generation,omitempty"`
+	BackingContentDigest  string `json:"backing-content-digest,omitempty"`
+	BackingFileIdentity   string `json:"backing-file-identity,omitempty"`
+	Generation            int64  `json:"generation,omitempty"`
 	DataSectors           *int64 `json:"data-sectors,omitempty"`
 	TombstoneSectors      *int64 `json:"tombstone-sectors,omitempty"`
 	HibernateBlocks       *int64 `json:"hibernate-blocks,omitempty"`
@@ -78,7 +82,7 @@ func runInfo(_ context.Context, e *env, args []string) error {
 func infoJSON(l diffdisk.LayerInfo) layerJSON {
 	j := layerJSON{
 		Filename: l.Path, Format: l.Format, VirtualSize: l.Size, SectorSize: l.SectorSize,
-		Depth: l.Depth, UUID: l.UUID, Label: l.Label, ReadOnly: l.ReadOnly,
+		Depth: l.Depth, UUID: l.UUID, Label: l.Label, ReadOnly: l.ReadOnly, Generation: l.Generation,
 	}
 	if !l.CreatedAt.IsZero() {
 		j.Created = l.CreatedAt.UTC().Format(time.RFC3339)
@@ -93,6 +97,9 @@ func infoJSON(l diffdisk.LayerInfo) layerJSON {
 		j.BackingUUID = p.UUID
 		j.BackingSize = p.Size
 		j.BackingDigest = p.Digest
+		j.BackingGeneration = p.Generation
+		j.BackingContentDigest = p.SHA256
+		j.BackingFileIdentity = p.Stat
 	}
 	if s := l.Stats; s != nil {
 		j.ActualSize = s.FileBytes
