@@ -79,6 +79,9 @@ func CheckWith(path string, opts CheckOptions) (*Report, error) {
 	}
 	defer conn.Close()
 	info, ok := checkLayer(conn, r)
+	if err := checkWALBelongs(path); err != nil {
+		r.problemf("%v", err)
+	}
 	if ok && info.Parent != nil {
 		checkParent(path, *info.Parent, opts, r)
 	}
@@ -372,6 +375,13 @@ func RepairWith(path string, opts RepairOptions) (*Report, error) {
 		return nil, fmt.Errorf("repair %q: %w", path, err)
 	}
 	defer held.Release()
+	// A foreign WAL is not repaired: a writable open would fold it in.
+	if err := checkWALBelongs(path); err != nil {
+		r := &Report{Path: path}
+		r.problemf("%v", err)
+		r.Notes = append(r.Notes, "nothing was repaired: move the -wal file away first")
+		return r, nil
+	}
 	before, err := Check(path)
 	if err != nil {
 		return before, err

@@ -437,6 +437,9 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 			held.Release()
 		}
 	}()
+	if err := checkWALBelongs(path); err != nil {
+		return nil, fmt.Errorf("open layer %q: %w", path, err)
+	}
 	conn, err := store.Open(path, store.Options{
 		ReadOnly:     opts.ReadOnly,
 		CacheBytes:   cacheBytes,
