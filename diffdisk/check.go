@@ -2,6 +2,9 @@ package diffdisk
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 )
@@ -25,9 +28,16 @@ func RegisterCheck(c ExtraCheck) { extraChecks = append(extraChecks, c) }
 // also compares a raw parent's content digest, which disklayer cannot
 // compute itself, and runs the registered extra checks.
 func Check(path string) (*disklayer.Report, error) {
+	left := Leftovers(path)
 	r, err := disklayer.CheckWith(path, disklayer.CheckOptions{VerifyRawParent: rawDigestMatches})
 	if err != nil {
+		if len(left) > 0 {
+			err = fmt.Errorf("%w (an interrupted create or convert left %s beside it: run it again, and remove the leftover)", err, strings.Join(left, ", "))
+		}
 		return r, err
+	}
+	for _, l := range left {
+		r.Notes = append(r.Notes, fmt.Sprintf("%s is the leftover of an interrupted create or convert of %s: it is not a complete image; remove it", l, filepath.Base(path)))
 	}
 	if loop := chainLoop(path, nil); loop != "" {
 		r.Problems = append(r.Problems, fmt.Sprintf("the backing chain loops: %s", loop))
@@ -74,4 +84,26 @@ func Repair(path string, opts disklayer.RepairOptions) (*disklayer.Report, error
 func rawDigestMatches(parentPath string, ref disklayer.ParentRef) error {
 	_, err := verifyRaw(parentPath, ref)
 	return err
+}
+
+// Leftovers lists the temporary files an interrupted create or convert of
+// path left beside it (".NAME.creating-*" from disklayer's store,
+// ".NAME.partial-*" from Convert), by base name.
+func Leftovers(path string) []string {
+	entries, err := os.ReadDir(filepath.Dir(path))
+	if err != nil {
+		return nil
+	}
+	var left []string
+	prefix := "." + filepath.Base(path) + "."
+	for _, e := range entries {
+		name := e.Name()
+		if rest, ok := strings.CutPrefix(name, prefix); ok && (strings.HasPrefix(rest, "partial-") || strings.HasPrefix(rest, "creating-")) {
+			if strings.HasSuffix(name, "-wal") || strings.HasSuffix(name, "-shm") || strings.HasSuffix(name, "-journal") {
+				continue
+			}
+			left = append(left, name)
+		}
+	}
+	return left
 }

@@ -62,9 +62,12 @@ func TestConvertKilledLeavesNoImage(t *testing.T) {
 	if len(partial()) == 0 {
 		t.Fatal("no partial file: convert finished before the kill")
 	}
-	// The leftover is hidden and not named like a layer, and a re-run is
-	// not blocked by it.
+	// The leftover is hidden and not named like a layer; check names it,
+	// and a re-run is not blocked by it.
 	left := partial()
+	if r := hib(t, dir, "check", "dst.db"); r.code == 0 || !strings.Contains(r.stderr, "interrupted") || !strings.Contains(r.stderr, filepath.Base(left[0])) {
+		t.Errorf("check of the missing dst.db: exit %d, stderr %q; want it to name the leftover of the interrupted convert", r.code, r.stderr)
+	}
 	for _, p := range left {
 		if strings.HasSuffix(p, ".db") || !strings.HasPrefix(filepath.Base(p), ".") {
 			t.Errorf("partial file %s looks like a layer", p)
@@ -76,6 +79,9 @@ func TestConvertKilledLeavesNoImage(t *testing.T) {
 	}
 	if m := partial(); len(m) != len(left) {
 		t.Errorf("a complete convert left %v (the killed run left %v)", m, left)
+	}
+	if out := mustHib(t, dir, "check", "dst.db"); !strings.Contains(out, filepath.Base(left[0])) {
+		t.Errorf("check of the complete dst.db does not name the leftover beside it:\n%s", out)
 	}
 	for _, p := range left {
 		removeLeftover(t, p)
