@@ -13,6 +13,9 @@ import (
 type Tx struct {
 	f    *File
 	done bool
+	// markReadOnly: MarkReadOnly was called; the cached Info follows
+	// once the transaction commits.
+	markReadOnly bool
 }
 
 // Update runs fn in the layer's write transaction: fn's statements on
@@ -56,7 +59,29 @@ func (f *File) Update(op string, fn func(tx *Tx) error) error {
 	if err := e.conn.Exec("RELEASE layer_update"); err != nil {
 		return e.afterWriteLocked(op, 0, fmt.Errorf("%s %q: %w", op, e.path, mapStoreError(err)))
 	}
-	return e.commitLocked(op)
+	if err := e.commitLocked(op); err != nil {
+		return err
+	}
+	if tx.markReadOnly {
+		info := e.info
+		info.ReadOnly = true
+		e.setInfo(info)
+	}
+	return nil
+}
+
+// MarkReadOnly marks the layer read-only (File.SetReadOnly) in this
+// transaction: a machine snapshot and the mark that keeps it from being
+// written commit together.
+func (tx *Tx) MarkReadOnly() error {
+	if tx.done {
+		return fmt.Errorf("mark %q read-only: transaction ended: %w", tx.f.eng.path, ErrClosed)
+	}
+	if err := tx.f.eng.conn.Exec("UPDATE layer SET read_only = 1"); err != nil {
+		return fmt.Errorf("mark %q read-only: %w", tx.f.eng.path, mapStoreError(err))
+	}
+	tx.markReadOnly = true
+	return nil
 }
 
 // View runs fn with the layer's connection inside its read transaction,

@@ -175,23 +175,39 @@ func TestSaveChainOneTransaction(t *testing.T) {
 	defer d.Close()
 	s, img := synthetic(1, 2, 2, 1, 1, 1, 1)
 	failed := errors.New("device state not saved")
+	topLayer := d.Layer(0).(*disklayer.File)
 	if _, err := hibfile.SaveChain(d, s, img, func(tx *disklayer.Tx, id int64) error {
 		if err := tx.Conn().Exec("CREATE TABLE extra (x)"); err != nil {
+			return err
+		}
+		if err := tx.MarkReadOnly(); err != nil {
 			return err
 		}
 		return failed
 	}); !errors.Is(err, failed) {
 		t.Fatalf("SaveChain = %v, want the hook's error", err)
 	}
+	if topLayer.Info().ReadOnly {
+		t.Fatal("a failed SaveChain left the layer marked read-only")
+	}
 	var sawID int64
 	res, err := hibfile.SaveChain(d, s, img, func(tx *disklayer.Tx, id int64) error {
 		sawID = id
-		return tx.Conn().Exec("CREATE TABLE extra (x)")
+		if err := tx.Conn().Exec("CREATE TABLE extra (x)"); err != nil {
+			return err
+		}
+		return tx.MarkReadOnly()
 	})
 	if err != nil {
 		t.Fatalf("SaveChain after a failed one: %v (a snapshot of the failed one was left?)", err)
 	}
 	if sawID != res.SnapshotID {
 		t.Errorf("hook saw snapshot %d, SaveChain returned %d", sawID, res.SnapshotID)
+	}
+	if !topLayer.Info().ReadOnly {
+		t.Error("the layer marked read-only in the snapshot's transaction does not say so")
+	}
+	if _, err := d.WriteAt(make([]byte, 4096), 0); !errors.Is(err, disklayer.ErrReadOnly) {
+		t.Errorf("write after the snapshot marked the layer read-only: %v, want ErrReadOnly", err)
 	}
 }

@@ -197,7 +197,12 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 				return err
 			}
 			vm.SnapshotID, vm.RAMDigest, vm.SavedAt = id, digest, time.Now()
-			return insertVMState(tx.Conn(), vm)
+			if err := insertVMState(tx.Conn(), vm); err != nil {
+				return err
+			}
+			// The snapshot, its device state and the read-only mark
+			// commit together: no kill leaves a snapshot writable.
+			return tx.MarkReadOnly()
 		})
 	}
 	ramFile.Close()
@@ -206,16 +211,6 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 	}
 	if err != nil {
 		return fail(err)
-	}
-	if err := top.SetReadOnly(true); err != nil {
-		// Take the snapshot back, so the layer can hibernate again.
-		undo := top.Update("undo hibernate snapshot", func(tx *disklayer.Tx) error {
-			if err := tx.Conn().Exec("DELETE FROM vm_state; DELETE FROM hibernate_snapshot"); err != nil {
-				return err
-			}
-			return tx.ForgetHibernate(0, ramSize)
-		})
-		return fail(errors.Join(err, undo))
 	}
 	saved = true
 	result := &HibernateResult{
