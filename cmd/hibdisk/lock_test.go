@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -95,11 +96,27 @@ func TestWritersRefuseHeldLayer(t *testing.T) {
 		{"commit", "top.db"},
 		{"commit", "sibling.db"}, // into top.db
 		{"rebase", "-u", "-b", "base.db", "top.db"},
+		{"rebase", "-b", "base.db", "top.db"},
+		{"hib", "import", filepath.Join(testdata, "hib-after.json"), "top.db"},
+		{"hib", "capture", "--no-freeze", "--pid", "SLEEPER", "top.db"},
 		{"resize", "--shrink", "top.db", "512K"},
 		{"check", "--repair", "top.db"},
 		{"vm", "run", "--kernel", "no-kernel-needed", "top.db"},
 	}
 	readers := [][]string{{"info", "top.db"}, {"map", "top.db"}, {"check", "top.db"}, {"compare", "top.db", "top.db"}}
+	// hib capture needs a process to capture: a small one.
+	sleeper := exec.Command("sleep", "600")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	for _, w := range writers {
+		for i, a := range w {
+			if a == "SLEEPER" {
+				w[i] = strconv.Itoa(sleeper.Process.Pid)
+			}
+		}
+	}
 	for _, h := range holders {
 		t.Run(h.name, func(t *testing.T) {
 			dir := testDir(t)
