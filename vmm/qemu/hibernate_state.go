@@ -97,7 +97,11 @@ func insertVMState(conn *sqlite3.Conn, s *VMState) error {
 	stmt.BindText(6, string(cmdline))
 	stmt.BindInt64(7, s.RAMSize)
 	stmt.BindText(8, s.RAMDigest)
-	stmt.BindBlob(9, s.DeviceState)
+	state := s.DeviceState
+	if state == nil {
+		state = []byte{} // BindBlob(nil) binds NULL
+	}
+	stmt.BindBlob(9, state)
 	stmt.BindText(10, s.StateDigest)
 	stmt.BindText(11, s.SavedAt.UTC().Format(time.RFC3339Nano))
 	if err := stmt.Exec(); err != nil {
