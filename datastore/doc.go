@@ -2,7 +2,7 @@
 // MINIX 3's DataStore server: components of a system under test (a guest
 // agent, a test harness, a device model) back up small pieces of state,
 // get them back after a restart, and exchange data indirectly. The entries
-// live in the layer database (schema in datastore/dsschema), so they are
+// live in the layer database (schema in internal/schema), so they are
 // stacked, snapshotted and diffed with the machine.
 //
 // # Entries

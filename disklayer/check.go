@@ -9,6 +9,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/internal/lock"
+	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -105,7 +106,7 @@ func openForCheck(path string, r *Report, readOnly bool) (*sqlite3.Conn, error) 
 	if err := checkFileLength(path); err != nil {
 		r.problemf("%v", err)
 	}
-	conn, err := store.Open(path, store.Options{ReadOnly: readOnly, Migrations: layerMigrations, ReadableFrom: readableFrom, CacheBytes: cacheBytes, MaxMemory: maxMemory})
+	conn, err := store.Open(path, store.Options{ReadOnly: readOnly, Migrations: schema.History, ReadableFrom: schema.ReadableFrom, CacheBytes: cacheBytes, MaxMemory: maxMemory})
 	switch {
 	case errors.Is(err, store.ErrNeedsMigration):
 		r.problemf("schema version %d: the layer was never fully created", h.UserVersion)
@@ -133,7 +134,7 @@ func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 	}
 	if v, err := store.PragmaInt(conn, "user_version"); err != nil {
 		r.problemf("user_version unreadable: %v", err)
-	} else if v < SchemaVersion && v >= readableFrom {
+	} else if v < SchemaVersion && v >= schema.ReadableFrom {
 		r.Notes = append(r.Notes, fmt.Sprintf("schema version %d is older than %d: opening the layer writable (or hibdisk check --repair) migrates it", v, SchemaVersion))
 	} else if v != SchemaVersion {
 		r.problemf("user_version is %d, want %d", v, SchemaVersion)

@@ -15,6 +15,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/internal/lock"
+	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -29,11 +30,9 @@ const (
 // guest's RAM.
 const HibernateSize int64 = 1 << 46
 
-// SchemaVersion is the layer schema this build writes (user_version):
-// 1 is the layer tables, 2 adds the hibernate metadata, 3 the datastore,
-// 4 vm_state, 5 generations and full parent identities (layerMigrations
-// in sqlite_schema.go).
-const SchemaVersion = 5
+// SchemaVersion is the layer schema this build writes (user_version);
+// package internal/schema names the versions and holds their history.
+const SchemaVersion = schema.Current
 
 // ParentRef is a diff layer's reference to the layer below it, as stored
 // in the layer row.
@@ -194,30 +193,6 @@ func pageSizeFor(sectorSize int) int {
 // benchmarks that compare page sizes.
 var pageSizeOverride int
 
-var schemaV1 = []store.Migration{{
-	Name: "layer schema v1",
-	Apply: func(conn *sqlite3.Conn) error {
-		return conn.Exec(`
-CREATE TABLE layer (
-  id            INTEGER PRIMARY KEY CHECK (id = 1),
-  uuid          TEXT NOT NULL,
-  sector_size   INTEGER NOT NULL,
-  disk_size     INTEGER NOT NULL,
-  parent_path   TEXT,
-  parent_format TEXT,
-  parent_uuid   TEXT,
-  parent_size   INTEGER,
-  parent_digest TEXT,
-  read_only     INTEGER NOT NULL DEFAULT 0,
-  created_at    TEXT NOT NULL,
-  label         TEXT
-);
-CREATE TABLE sectors (sector INTEGER PRIMARY KEY, data BLOB);
-CREATE TABLE hibernate_blocks (block INTEGER PRIMARY KEY, data BLOB);
-`)
-	},
-}}
-
 // File is an open SQLite layer. It implements Disk, OwnReader and
 // ReadCacher over the sectors table; Hibernate gives the same engine over
 // hibernate_blocks.
@@ -297,7 +272,7 @@ func Create(path string, opts CreateOptions) (*File, error) {
 		PageSize:   pageSizeFor(info.SectorSize),
 		CacheBytes: cacheBytes,
 		MaxMemory:  maxMemory,
-		Migrations: layerMigrations,
+		Migrations: schema.History,
 		Init:       func(conn *sqlite3.Conn) error { return insertLayerRow(conn, info) },
 	})
 	if err != nil {
@@ -444,8 +419,8 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 		ReadOnly:     opts.ReadOnly,
 		CacheBytes:   cacheBytes,
 		MaxMemory:    maxMemory,
-		Migrations:   layerMigrations,
-		ReadableFrom: readableFrom,
+		Migrations:   schema.History,
+		ReadableFrom: schema.ReadableFrom,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open layer %q: %w", path, mapStoreError(err))

@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hibdisk/hibdisk/hibfile/hibschema"
+	"github.com/hibdisk/hibdisk/internal/schema"
 )
 
 // CaptureOptions say which Linux processes Capture reads.
@@ -404,7 +404,7 @@ func readFiles(dir string) ([]File, error) {
 					f.Position, _ = strconv.ParseInt(v, 10, 64)
 				case "flags":
 					if n, err := strconv.ParseInt(v, 8, 64); err == nil {
-						f.Flags = hibschema.OpenFlagNames(n)
+						f.Flags = schema.OpenFlagNames(n)
 					}
 				}
 			}

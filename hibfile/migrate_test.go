@@ -11,7 +11,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/hibfile"
-	"github.com/hibdisk/hibdisk/hibfile/hibschema"
+	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
 	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
@@ -42,7 +42,7 @@ func seedLayer(t *testing.T) string {
 	f.Close()
 	storetest.DowngradeToV1(t, path)
 	execSQL(t, path,
-		hibschema.SeedSchema,
+		schema.HibernateSeed,
 		`INSERT INTO hibernate_snapshot VALUES (7, 1700000000, '6.6.0-seed', 2, 524288, NULL)`,
 		`INSERT INTO hibernate_processes VALUES (1, 0, 'init', 'S', 0, 4194304, 8192, '/', 7)`,
 		`INSERT INTO hibernate_processes VALUES (42, 1, 'shell', 'R', 256, 4194304, 4096, '/home', 7)`,
@@ -121,8 +121,8 @@ func TestMigrateSeedV0(t *testing.T) {
 	}
 	defer conn.Close()
 	applied, err := store.AppliedMigrations(conn)
-	if err != nil || len(applied) != disklayer.SchemaVersion-1 || applied[0].Version != hibschema.Version {
-		t.Errorf("migrations table = %+v, %v; want rows for versions %d to %d", applied, err, hibschema.Version, disklayer.SchemaVersion)
+	if err != nil || len(applied) != disklayer.SchemaVersion-1 || applied[0].Version != schema.Hibernate {
+		t.Errorf("migrations table = %+v, %v; want rows for versions %d to %d", applied, err, schema.Hibernate, disklayer.SchemaVersion)
 	}
 	if err := conn.Exec("SELECT * FROM seed_hibernate_snapshot"); err == nil {
 		t.Error("the seed's tables were left behind")

@@ -10,7 +10,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
-	"github.com/hibdisk/hibdisk/hibfile/hibschema"
+	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -78,7 +78,7 @@ func hasTables(conn *sqlite3.Conn) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if v >= hibschema.Version {
+	if v >= schema.Hibernate {
 		return true, nil
 	}
 	seed, err := queryInt(conn, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'hibernate_snapshot'")

@@ -6,10 +6,10 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
-	"github.com/hibdisk/hibdisk/hibfile/hibschema"
+	"github.com/hibdisk/hibdisk/internal/schema"
 )
 
-func formatTime(t time.Time) string { return hibschema.FormatTime(t) }
+func formatTime(t time.Time) string { return schema.FormatTime(t) }
 
 func parseTime(s string) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339Nano, s)

@@ -52,7 +52,7 @@ type SavedConfig struct {
 	ExtraArgs   []string    `json:"extra_args,omitempty"`
 }
 
-// VMState is a layer's vm_state row (hibfile/vmschema).
+// VMState is a layer's vm_state row (schema in internal/schema).
 type VMState struct {
 	SnapshotID  int64
 	QEMUVersion string // major.minor.micro

@@ -1,19 +1,8 @@
-// Package vmschema is the SQL of a QEMU machine's device state in a layer
-// database (table vm_state), and the migration that creates it. It is a
-// leaf package so that disklayer, which owns the layer's schema history,
-// can list the migration without importing vmm/qemu.
-//
-// Layer schema versions (user_version):
-//
-//	1  the layer tables of DESIGN.md: layer, sectors, hibernate_blocks
-//	2  the hibernate metadata (hibfile/hibschema)
-//	3  the datastore (datastore/dsschema)
-//	4  vm_state (this package)
-//
-// A whole-machine snapshot is one layer holding three things: the disk
-// (sectors), guest RAM (hibernate_blocks at RAM offsets, stacked through
-// the chain like the disk) with its hibernate_snapshot row, and the
-// vm_state row below with QEMU's device state stream.
+// A QEMU machine's device state (schema version VMState): table
+// vm_state. A whole-machine snapshot is one layer holding three things:
+// the disk (sectors), guest RAM (hibernate_blocks at RAM offsets, stacked
+// through the chain like the disk) with its hibernate_snapshot row, and
+// the vm_state row below with QEMU's device state stream.
 //
 // # Invariants
 //
@@ -24,16 +13,11 @@
 //     vmm/qemu: SHA-256 over every non-zero 4 KiB page with its offset).
 //     QEMU does not notice a device state paired with different RAM, so
 //     a resume recomputes both and refuses a mismatch.
-package vmschema
 
-import (
-	"github.com/ncruces/go-sqlite3"
+package schema
 
-	"github.com/hibdisk/hibdisk/internal/store"
-)
-
-// Tables is the DDL of the machine state.
-const Tables = `
+// VMStateTables is the DDL of the machine state.
+const VMStateTables = `
 CREATE TABLE vm_state (
   id            INTEGER PRIMARY KEY CHECK (id = 1),
   snapshot_id   INTEGER NOT NULL REFERENCES hibernate_snapshot (snapshot_id) ON DELETE CASCADE,
@@ -49,12 +33,3 @@ CREATE TABLE vm_state (
   saved_at      TEXT NOT NULL                 -- RFC 3339, UTC
 );
 `
-
-// Version is the layer schema version that has the vm_state table.
-const Version = 4
-
-// Migrations follow the datastore in disklayer's schema history:
-// Migrations[0] is layer schema version 4.
-var Migrations = []store.Migration{
-	{Name: "vm_state (QEMU device state of a machine snapshot)", Apply: func(conn *sqlite3.Conn) error { return conn.Exec(Tables) }},
-}

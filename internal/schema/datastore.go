@@ -1,14 +1,5 @@
-// Package dsschema is the SQL of the datastore: the tables package
-// datastore reads and writes in a layer database, and the migration that
-// creates them. It is a leaf package so that disklayer, which owns the
-// layer's schema history, can list the migration without importing
-// datastore.
-//
-// Layer schema versions (user_version):
-//
-//	1  the layer tables of DESIGN.md: layer, sectors, hibernate_blocks
-//	2  the hibernate metadata (hibfile/hibschema)
-//	3  the datastore tables below (this package)
+// The datastore (schema version Datastore): the tables package
+// datastore reads and writes in a layer database.
 //
 // # Invariants
 //
@@ -24,16 +15,11 @@
 //     the chain.
 //   - datastore_snapshots rows resolve through the chain like entries; a
 //     NULL data column is a tombstone.
-package dsschema
 
-import (
-	"github.com/ncruces/go-sqlite3"
+package schema
 
-	"github.com/hibdisk/hibdisk/internal/store"
-)
-
-// Tables is the DDL of the datastore.
-const Tables = `
+// DatastoreTables is the DDL of the datastore.
+const DatastoreTables = `
 CREATE TABLE datastore (
   key        TEXT NOT NULL,
   type       TEXT NOT NULL CHECK (type IN ('u32', 'string', 'mem', 'map', 'label')),
@@ -71,13 +57,3 @@ CREATE TABLE datastore_pending (          -- DSF_INITIAL reports not yet checked
   PRIMARY KEY (owner, key, type)
 );
 `
-
-// Version is the layer schema version that has the tables of this
-// package.
-const Version = 3
-
-// Migrations follow the hibernate metadata in disklayer's schema history:
-// Migrations[0] is layer schema version 3.
-var Migrations = []store.Migration{
-	{Name: "datastore (typed entries, MAP snapshots, subscriptions)", Apply: func(conn *sqlite3.Conn) error { return conn.Exec(Tables) }},
-}

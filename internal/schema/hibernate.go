@@ -1,16 +1,9 @@
-// Package hibschema is the SQL of the hibernate metadata: the tables,
+// The hibernate metadata (schema version Hibernate): the tables,
 // indexes and views package hibfile reads and writes in a layer database,
-// and the migration that creates them. It is a leaf package so that
-// disklayer, which owns the layer's schema history, can list the
-// migration without importing hibfile.
-//
-// Layer schema versions (user_version):
-//
-//	1  the layer tables of DESIGN.md: layer, sectors, hibernate_blocks
-//	2  the hibernate metadata tables and views below (this package)
+// and the migration that creates them.
 //
 // A version 1 layer may already hold the seed's hibernate tables, created
-// by hand from the OS project's design with its literal DDL (SeedSchema,
+// by hand from the OS project's design with its literal DDL (HibernateSeed,
 // "version 0" of the metadata). Migration 2 converts them, rows included,
 // and drops the originals.
 //
@@ -26,7 +19,8 @@
 //   - blob_offset and registers_offset are byte offsets into the layer
 //     chain's hibernate file when blob_file_path is NULL; NULL offsets mean
 //     no content was stored.
-package hibschema
+
+package schema
 
 import (
 	"fmt"
@@ -34,18 +28,16 @@ import (
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
-
-	"github.com/hibdisk/hibdisk/internal/store"
 )
 
-// Tables is the DDL of the hibernate metadata. Indexes: the seed asks for
+// HibernateTables is the DDL of the hibernate metadata. Indexes: the seed asks for
 // snapshot_id on every table, pid on the process tables and (pid,
 // virtual_addr) on the memory map. The composite keys provide most of them
 // as leading columns: UNIQUE (snapshot_id, pid, ...) on processes, files
 // and signals serves snapshot_id and (snapshot_id, pid) lookups, and the
 // memory map's primary key (pid, virtual_addr, snapshot_id) serves pid and
 // (pid, virtual_addr). The remaining two are explicit indexes.
-const Tables = `
+const HibernateTables = `
 CREATE TABLE hibernate_snapshot (
   snapshot_id     INTEGER PRIMARY KEY,
   timestamp       TEXT NOT NULL,                -- RFC 3339, UTC, nanoseconds
@@ -111,8 +103,8 @@ CREATE TABLE hibernate_signals (
 );
 `
 
-// Views make the sqlite3 shell pleasant; README.md documents them.
-const Views = `
+// HibernateViews make the sqlite3 shell pleasant; README.md documents them.
+const HibernateViews = `
 CREATE VIEW hibernate_process_tree AS
 WITH RECURSIVE tree (snapshot_id, pid, depth, sort_key) AS (
   SELECT p.snapshot_id, p.pid, 0, printf('%012d', p.pid)
@@ -154,12 +146,12 @@ FROM hibernate_snapshot s
 ORDER BY s.snapshot_id;
 `
 
-// SeedSchema is the seed's literal DDL (metadata "version 0"), as the OS
+// HibernateSeed is the seed's literal DDL (metadata "version 0"), as the OS
 // project's hibernate design wrote it: integer timestamps, one memory map
 // row per page (no size column), numeric open and sigaction flags,
 // handler_address 0 for SIG_DFL and 1 for SIG_IGN. Migration 2 converts
 // databases that hold it; tests use it to build such databases.
-const SeedSchema = `
+const HibernateSeed = `
 CREATE TABLE hibernate_snapshot (
     snapshot_id INTEGER PRIMARY KEY,
     timestamp INTEGER NOT NULL,
@@ -219,17 +211,7 @@ CREATE INDEX idx_signals_snapshot ON hibernate_signals(snapshot_id);
 CREATE INDEX idx_signals_pid ON hibernate_signals(pid);
 `
 
-// Migrations follow the layer's version 1 in disklayer's schema history:
-// Migrations[0] is layer schema version 2.
-var Migrations = []store.Migration{
-	{Name: "hibernate metadata (hibfile v2; converts the seed's v0 tables)", Apply: migrateV2},
-}
-
-// Version is the layer schema version that has the tables of this
-// package.
-const Version = 2
-
-func migrateV2(conn *sqlite3.Conn) error {
+func migrateHibernate(conn *sqlite3.Conn) error {
 	seed, err := tableExists(conn, "hibernate_snapshot")
 	if err != nil {
 		return err
@@ -247,10 +229,10 @@ func migrateV2(conn *sqlite3.Conn) error {
 			}
 		}
 	}
-	if err := conn.Exec(Tables); err != nil {
+	if err := conn.Exec(HibernateTables); err != nil {
 		return fmt.Errorf("create tables: %w", err)
 	}
-	if err := conn.Exec(Views); err != nil {
+	if err := conn.Exec(HibernateViews); err != nil {
 		return fmt.Errorf("create views: %w", err)
 	}
 	if !seed {

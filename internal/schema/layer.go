@@ -1,0 +1,49 @@
+// The layer tables (schema version Layer) and what version Generations
+// adds to them.
+
+package schema
+
+// LayerTables is the DDL of the layer tables of DESIGN.md: the layer row,
+// the disk (sectors) and the hibernate file (hibernate_blocks).
+const LayerTables = `
+CREATE TABLE layer (
+  id            INTEGER PRIMARY KEY CHECK (id = 1),
+  uuid          TEXT NOT NULL,
+  sector_size   INTEGER NOT NULL,
+  disk_size     INTEGER NOT NULL,
+  parent_path   TEXT,
+  parent_format TEXT,
+  parent_uuid   TEXT,
+  parent_size   INTEGER,
+  parent_digest TEXT,
+  read_only     INTEGER NOT NULL DEFAULT 0,
+  created_at    TEXT NOT NULL,
+  label         TEXT
+);
+CREATE TABLE sectors (sector INTEGER PRIMARY KEY, data BLOB);
+CREATE TABLE hibernate_blocks (block INTEGER PRIMARY KEY, data BLOB);
+`
+
+// GenerationColumns is the DDL of version Generations: a layer's
+// generation counts the committed transactions that changed its content
+// (sectors, hibernate blocks, size); a child records its hibdisk parent's
+// generation, and a raw parent's whole-content digest and file identity,
+// when it is attached, so that a base changed in place is caught. The
+// layer engine bumps the generation once per committing transaction (with
+// the triggers off on its connection); the triggers bump it for every
+// other SQL client, once per changed row. Generations start at 1; a NULL
+// parent_generation means "not recorded" (children older than this
+// version).
+const GenerationColumns = `
+ALTER TABLE layer ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE layer ADD COLUMN parent_generation INTEGER;
+ALTER TABLE layer ADD COLUMN parent_sha256 TEXT;
+ALTER TABLE layer ADD COLUMN parent_stat TEXT;
+CREATE TRIGGER sectors_insert_generation AFTER INSERT ON sectors BEGIN UPDATE layer SET generation = generation + 1; END;
+CREATE TRIGGER sectors_update_generation AFTER UPDATE ON sectors BEGIN UPDATE layer SET generation = generation + 1; END;
+CREATE TRIGGER sectors_delete_generation AFTER DELETE ON sectors BEGIN UPDATE layer SET generation = generation + 1; END;
+CREATE TRIGGER hibernate_blocks_insert_generation AFTER INSERT ON hibernate_blocks BEGIN UPDATE layer SET generation = generation + 1; END;
+CREATE TRIGGER hibernate_blocks_update_generation AFTER UPDATE ON hibernate_blocks BEGIN UPDATE layer SET generation = generation + 1; END;
+CREATE TRIGGER hibernate_blocks_delete_generation AFTER DELETE ON hibernate_blocks BEGIN UPDATE layer SET generation = generation + 1; END;
+CREATE TRIGGER layer_size_generation AFTER UPDATE OF sector_size, disk_size ON layer BEGIN UPDATE layer SET generation = generation + 1; END;
+`
