@@ -6,7 +6,6 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/hibfile"
-	"github.com/hibdisk/hibdisk/internal/store"
 )
 
 // hib check checks only the hibernate metadata (hibdisk check runs it
@@ -42,21 +41,14 @@ func runHibMigrate(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	before, err := store.ReadHeader(pos[0])
+	from, to, err := disklayer.Migrate(pos[0])
 	if err != nil {
 		return err
 	}
-	f, err := disklayer.Open(pos[0], disklayer.OpenOptions{}) // a writable open migrates
-	if err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if int(before.UserVersion) == disklayer.SchemaVersion {
-		fmt.Fprintf(e.stdout, "%s: schema version %d is current\n", pos[0], before.UserVersion)
+	if from == to {
+		fmt.Fprintf(e.stdout, "%s: schema version %d is current\n", pos[0], from)
 		return nil
 	}
-	fmt.Fprintf(e.stdout, "%s: migrated from schema version %d to %d\n", pos[0], before.UserVersion, disklayer.SchemaVersion)
+	fmt.Fprintf(e.stdout, "%s: migrated from schema version %d to %d\n", pos[0], from, to)
 	return nil
 }

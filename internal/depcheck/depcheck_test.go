@@ -1,0 +1,122 @@
+// Package depcheck holds the test of the house's floors: which of the
+// module's packages may import which (go-containerregistry's
+// internal/depcheck, as a table).
+package depcheck
+
+import (
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/hibdisk/hibdisk/"
+
+// allowed lists, for every package of the module, the module packages it
+// may import (non-test imports). A package missing from the table fails
+// the test: a new package takes its floor explicitly.
+//
+// The floors, bottom up:
+//
+//	internal/lock, internal/store, vmm/nbd   nothing of the module
+//	internal/schema                          the format, over store
+//	disklayer                                the layer contract and SQLite layers
+//	disklayer/{memlayer,rawlayer,layertest}  other layers, conformance
+//	diffdisk                                 chains
+//	hibfile, datastore, inspect, vmm/nbddisk what a layer chain holds and exports
+//	vmm/qemu                                 machines
+//	cmd/hibdisk                              the CLI: no internal/ package
+var allowed = map[string][]string{
+	"internal/lock":              nil,
+	"internal/store":             nil,
+	"internal/store/storetest":   nil,
+	"internal/testenv":           nil,
+	"internal/schema":            {"internal/store"},
+	"vmm/nbd":                    nil,
+	"vmm/qemu/guestkit":          nil,
+	"disklayer":                  {"internal/lock", "internal/schema", "internal/store"},
+	"disklayer/memlayer":         {"disklayer"},
+	"disklayer/rawlayer":         {"disklayer", "internal/lock"},
+	"disklayer/layertest":        {"disklayer", "disklayer/memlayer"},
+	"diffdisk":                   {"disklayer", "disklayer/rawlayer"},
+	"hibfile":                    {"diffdisk", "disklayer", "internal/schema", "internal/store"},
+	"datastore":                  {"diffdisk", "disklayer", "internal/store"},
+	"inspect":                    {"diffdisk", "disklayer"},
+	"vmm/nbddisk":                {"disklayer", "vmm/nbd"},
+	"vmm/qemu":                   {"diffdisk", "disklayer", "hibfile", "vmm/nbd", "vmm/nbddisk"},
+	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "hibfile", "inspect", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
+	"test/qemu":                  nil,
+	"test/qemu/guest":            {"test/qemu/guest/guestproto"},
+	"test/qemu/guest/guestproto": nil,
+	"internal/depcheck":          nil,
+}
+
+// sqliteFree are packages that must not link SQLite at all, directly or
+// through another package: the NBD server and the layer contract's
+// pure-Go implementations.
+var sqliteFree = []string{"vmm/nbd"}
+
+func goList(t *testing.T, format string) []string {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-f", format, module+"...")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	return strings.Split(strings.TrimSpace(string(out)), "\n")
+}
+
+// TestFloors: every package imports only what its row allows, nothing
+// imports cmd/ or test/ (except test/qemu/guest its own protocol), and
+// every package has a row.
+func TestFloors(t *testing.T) {
+	lines := goList(t, "{{.ImportPath}}:{{range .Imports}} {{.}}{{end}}")
+	seen := map[string]bool{}
+	for _, line := range lines {
+		pkg, imports, _ := strings.Cut(line, ":")
+		pkg = strings.TrimPrefix(pkg, module)
+		seen[pkg] = true
+		may, ok := allowed[pkg]
+		if !ok {
+			t.Errorf("package %s has no row in the floors table: give it one", pkg)
+			continue
+		}
+		for _, imp := range strings.Fields(imports) {
+			rel, ours := strings.CutPrefix(imp, module)
+			if !ours {
+				continue
+			}
+			if !slices.Contains(may, rel) {
+				t.Errorf("%s imports %s, which its floor does not allow", pkg, rel)
+			}
+		}
+	}
+	// The table describes the house as it is: no row for a package that
+	// is gone (or a typo that would allow nothing).
+	for pkg := range allowed {
+		if !seen[pkg] {
+			t.Errorf("the floors table has a row for %s, which is not a package of the module", pkg)
+		}
+	}
+}
+
+// TestNoSQLite: the packages that must not link SQLite do not, through
+// any dependency.
+func TestNoSQLite(t *testing.T) {
+	for _, line := range goList(t, "{{.ImportPath}}:{{range .Deps}} {{.}}{{end}}") {
+		pkg, deps, _ := strings.Cut(line, ":")
+		if !slices.Contains(sqliteFree, strings.TrimPrefix(pkg, module)) {
+			continue
+		}
+		fields := strings.Fields(deps)
+		if len(fields) < 10 {
+			t.Errorf("go list -deps of %s printed only %q", pkg, fields)
+		}
+		for _, d := range fields {
+			if strings.Contains(d, "sqlite") {
+				t.Errorf("%s depends on %s", pkg, d)
+			}
+		}
+	}
+}
