@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 # Go test timeout for the whole suite; CI allows 90 minutes, we aim far lower.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build deps lint test bench bench-nbd run clean
+.PHONY: all build deps lint test fuzz bench bench-nbd run clean
 
 all: build
 
@@ -28,9 +28,24 @@ lint: $(STATICCHECK)
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+	@cp go.mod build/go.mod.lint && cp go.sum build/go.sum.lint && $(GO) mod tidy && \
+	  if ! cmp -s go.mod build/go.mod.lint || ! cmp -s go.sum build/go.sum.lint; then \
+	    echo "go mod tidy changes go.mod/go.sum: run it and commit the result"; \
+	    cp build/go.mod.lint go.mod; cp build/go.sum.lint go.sum; exit 1; fi
 
 test: deps lint build
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+
+# Every native fuzz target for FUZZTIME each (go test runs one target at a
+# time); the corpus grows under testdata/fuzz and $(go env GOCACHE)/fuzz.
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$target"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./disklayer/ ./diffdisk/

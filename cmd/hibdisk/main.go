@@ -53,16 +53,19 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// HIBDISK_CPUPROFILE=FILE profiles a whole command (make bench-nbd
 	// uses it to see where a slow cell spends its time).
+	// os.Exit skips deferred calls: the profile is stopped explicitly.
+	var profile *os.File
 	if path := os.Getenv("HIBDISK_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
-			if pprof.StartCPUProfile(f) == nil {
-				defer pprof.StopCPUProfile()
-			}
+		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+			profile = f
 		}
 	}
 	code := run(ctx, os.Args[1:], &env{stdout: os.Stdout, stderr: os.Stderr, isTerminal: isTerminal(os.Stderr)})
 	stop()
-	pprof.StopCPUProfile()
+	if profile != nil {
+		pprof.StopCPUProfile()
+		profile.Close()
+	}
 	os.Exit(code)
 }
 

@@ -4,8 +4,8 @@
 //
 // A Server offers one or more Exports, each backed by a Backend: a small
 // interface of its own (ReadAt, WriteAt, Zero, Flush, BlockStatus), so
-// that this package depends on no storage implementation; the hibdisk CLI
-// adapts a diffdisk.Disk to it.
+// that this package depends on no storage implementation; package
+// vmm/nbddisk adapts a layer chain to it.
 //
 // Handshake: NBD_OPT_GO and NBD_OPT_INFO (NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE
 // always, NBD_INFO_NAME and NBD_INFO_DESCRIPTION on request),
