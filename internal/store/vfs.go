@@ -1,6 +1,11 @@
 package store
 
 import (
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
 	"github.com/ncruces/go-sqlite3/vfs"
 )
 
@@ -39,6 +44,79 @@ const (
 
 func init() {
 	vfs.Register(VFSName, mappingVFS{vfs.Find("")})
+}
+
+// UseBaseVFS makes the databases directly inside dir open through
+// hibdisk's VFS over base instead of over the operating system's VFS,
+// until restore is called. It is the seam of the power-loss tests: base
+// is a fault-injecting filesystem (internal/store/faultfs) beneath the
+// mappings and the WAL coalescing, which are what those tests exercise,
+// the way every hibdisk connection (Open, Create, FileURI) uses them.
+// base's files must expose their descriptor (Fd() uintptr) to be mapped,
+// and must be real files in dir, since hibdisk also reads their headers
+// and takes its locks with plain system calls. A base that has a
+// SyncDir(dir string) error method syncs directories for hibdisk's VFS.
+//
+// The crash model (faultfs): a power loss keeps what each file held at
+// its last completed Sync, plus any subset of the 4 KiB pages written
+// since (through WriteAt or a mapping, which Sync sees by reading the
+// file back), one possibly torn at a 512-byte boundary; files created
+// since their directory was last synced may vanish; the -shm file is
+// lost. EIO and ENOSPC can be injected at a chosen write or sync.
+//
+// It costs a production open one atomic load (in FileURI); nothing else.
+func UseBaseVFS(dir string, base vfs.VFS) (restore func(), err error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	baseVFSMu.Lock()
+	defer baseVFSMu.Unlock()
+	old := map[string]string{}
+	if m := baseVFSByDir.Load(); m != nil {
+		old = *m
+	}
+	if _, ok := old[abs]; ok {
+		return nil, fmt.Errorf("%s already has a base VFS", abs)
+	}
+	baseVFSCount++
+	name := fmt.Sprintf("%s-base-%d", VFSName, baseVFSCount)
+	vfs.Register(name, mappingVFS{base})
+	routes := map[string]string{abs: name}
+	for d, n := range old {
+		routes[d] = n
+	}
+	baseVFSByDir.Store(&routes)
+	return func() {
+		baseVFSMu.Lock()
+		defer baseVFSMu.Unlock()
+		routes := map[string]string{}
+		for d, n := range *baseVFSByDir.Load() {
+			if d != abs {
+				routes[d] = n
+			}
+		}
+		baseVFSByDir.Store(&routes)
+		vfs.Unregister(name)
+	}, nil
+}
+
+var (
+	baseVFSMu    sync.Mutex
+	baseVFSCount int
+	// baseVFSByDir maps a directory to the VFS name its databases open
+	// through (UseBaseVFS); nil in production.
+	baseVFSByDir atomic.Pointer[map[string]string]
+)
+
+// vfsFor returns the VFS name for the database at the absolute path abs.
+func vfsFor(abs string) string {
+	if m := baseVFSByDir.Load(); m != nil {
+		if name, ok := (*m)[filepath.Dir(abs)]; ok {
+			return name
+		}
+	}
+	return VFSName
 }
 
 type mappingVFS struct{ vfs.VFS }
