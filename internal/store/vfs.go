@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/ncruces/go-sqlite3"
 	"github.com/ncruces/go-sqlite3/vfs"
 )
 
@@ -134,11 +135,25 @@ func (v mappingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.Fi
 	case err != nil:
 		return f, out, err
 	case flags&vfs.OPEN_WAL != 0:
-		return &walFile{osFile: osFile{f}, m: fileMap{limit: walMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
+		w := &walFile{osFile: osFile{f}, m: fileMap{limit: walMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}
+		if flags&vfs.OPEN_CREATE != 0 {
+			w.syncDir = v.dirSyncer(filepath.Dir(name.String()))
+		}
+		return w, out, nil
 	case flags&vfs.OPEN_MAIN_DB != 0:
 		return &dbFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
 	}
 	return f, out, nil
+}
+
+// dirSyncer returns the function that syncs dir: the base VFS's SyncDir
+// if it has one (a test's fault-injecting filesystem, which must see
+// it), an fsync of the directory otherwise.
+func (v mappingVFS) dirSyncer(dir string) func() error {
+	if s, ok := v.VFS.(interface{ SyncDir(string) error }); ok {
+		return func() error { return s.SyncDir(dir) }
+	}
+	return func() error { return syncDir(dir) }
 }
 
 // walFile buffers contiguous writes to a WAL file and maps it for reads.
@@ -147,6 +162,15 @@ type walFile struct {
 	buf []byte // bytes to write at off
 	off int64
 	m   fileMap
+	// syncDir, until it succeeds once, syncs the WAL's directory after
+	// the WAL itself. SQLite asks for that (SQLITE_OPEN_WAL with
+	// SQLITE_OPEN_CREATE), but the OS VFS of ncruces/go-sqlite3 v0.35.6
+	// fsyncs the file a second time instead of the directory it opened:
+	// a WAL created since the database was opened (as it is whenever the
+	// last connection closed cleanly and deleted it) could vanish in a
+	// power loss with every commit in it, and take a half-done
+	// checkpoint's consistency with it.
+	syncDir func() error
 }
 
 func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
@@ -202,7 +226,16 @@ func (w *walFile) Sync(flags vfs.SyncFlag) error {
 	if err := w.flush(); err != nil {
 		return err
 	}
-	return w.File.Sync(flags)
+	if err := w.File.Sync(flags); err != nil {
+		return err
+	}
+	if w.syncDir != nil {
+		if err := w.syncDir(); err != nil {
+			return vfs.SystemError(err, sqlite3.IOERR_DIR_FSYNC)
+		}
+		w.syncDir = nil
+	}
+	return nil
 }
 
 func (w *walFile) Truncate(size int64) error {
