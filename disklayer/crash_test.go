@@ -44,17 +44,21 @@ type crashOp struct {
 // crashGroup returns group number g of the deterministic op sequence: a
 // few writes and zeros, aligned and not, that the child runs and then
 // flushes as one batch.
-func crashGroup(seed uint64, g int) []crashOp {
+func crashGroup(seed uint64, g int) []crashOp { return crashGroupOn(seed, g, crashDiskSize, 128<<10) }
+
+// crashGroupOn is crashGroup on a disk of diskSize bytes, with writes and
+// zeros of up to maxLen bytes.
+func crashGroupOn(seed uint64, g int, diskSize, maxLen int64) []crashOp {
 	rng := rand.New(rand.NewPCG(seed, uint64(g)))
 	ops := make([]crashOp, 1+rng.IntN(6))
 	for i := range ops {
-		n := 1 + rng.Int64N(128<<10)
-		off := rng.Int64N(crashDiskSize)
+		n := 1 + rng.Int64N(maxLen)
+		off := rng.Int64N(diskSize)
 		if rng.IntN(2) == 0 {
 			off -= off % crashSectorSize
 			n = (n + crashSectorSize - 1) / crashSectorSize * crashSectorSize
 		}
-		n = min(n, crashDiskSize-off)
+		n = min(n, diskSize-off)
 		op := crashOp{zero: rng.IntN(5) == 0, off: off, data: make([]byte, n)}
 		if !op.zero {
 			for j := range op.data {

@@ -10,19 +10,21 @@ import (
 )
 
 // WAL bounds, in bytes of WAL frames since the WAL last restarted.
-const (
+// Variables only so that tests can make checkpoints frequent
+// (SetWALBoundsForTest).
+var (
 	// checkpointBytes is how much the WAL may hold before the background
 	// checkpointer is asked to copy it into the database file.
-	checkpointBytes = 16 << 20
+	checkpointBytes int64 = 16 << 20
 	// walLimitBytes is how large the WAL may grow before a commit waits
 	// for the checkpointer to catch up, so that the next write
 	// transaction starts the WAL over from its beginning.
-	walLimitBytes = 64 << 20
+	walLimitBytes int64 = 64 << 20
 	// walKeepBytes is the journal_size_limit: a WAL file larger than this
 	// is cut back to it when the WAL starts over. It is above what the
 	// WAL usually reaches (walLimitBytes and a batch), so that the file
 	// is not cut and regrown every time.
-	walKeepBytes = 2 * walLimitBytes
+	walKeepBytes int64 = 2 * walLimitBytes
 )
 
 // checkpointer copies committed WAL frames into the database file on a

@@ -19,7 +19,17 @@ func ExecForTest(f *File, sql string) error {
 
 // WALLimitBytes is the WAL size past which a commit waits for the
 // checkpointer.
-const WALLimitBytes = walLimitBytes
+var WALLimitBytes = walLimitBytes
+
+// SetWALBoundsForTest makes layers opened from now on request a background
+// checkpoint every checkpoint bytes of WAL, wait for one at limit bytes,
+// and cut the WAL back to keep bytes when it restarts, until the returned
+// function restores the defaults. Not safe to use from parallel tests.
+func SetWALBoundsForTest(checkpoint, limit, keep int64) (restore func()) {
+	oldCheckpoint, oldLimit, oldKeep := checkpointBytes, walLimitBytes, walKeepBytes
+	checkpointBytes, walLimitBytes, walKeepBytes = checkpoint, limit, keep
+	return func() { checkpointBytes, walLimitBytes, walKeepBytes = oldCheckpoint, oldLimit, oldKeep }
+}
 
 // BatchBytes is the data a write batch holds before it commits early.
 const BatchBytes = batchBytes

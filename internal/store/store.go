@@ -477,7 +477,7 @@ func FileURI(path, mode string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: "mode=" + mode + "&vfs=" + VFSName}
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), RawQuery: "mode=" + mode + "&vfs=" + vfsFor(abs)}
 	return u.String(), nil
 }
 

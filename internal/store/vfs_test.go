@@ -222,3 +222,47 @@ func TestFileMapCoherentAndSafe(t *testing.T) {
 		t.Fatalf("after a faulting write the file holds %d..., %v; want it written", got[0], err)
 	}
 }
+
+// dirSyncingVFS is the OS VFS with a SyncDir that records its calls.
+type dirSyncingVFS struct {
+	vfs.VFS
+	synced []string
+}
+
+func (v *dirSyncingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.File, vfs.OpenFlag, error) {
+	return v.VFS.(vfs.VFSFilename).OpenFilename(name, flags)
+}
+
+func (v *dirSyncingVFS) SyncDir(dir string) error {
+	v.synced = append(v.synced, dir)
+	return nil
+}
+
+// A WAL the connection creates is synced with its directory, once:
+// ncruces' OS VFS fsyncs the WAL twice instead.
+func TestWALSyncsItsDirectory(t *testing.T) {
+	dir := t.TempDir()
+	base := &dirSyncingVFS{VFS: vfs.Find("")}
+	restore, err := UseBaseVFS(dir, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restore()
+	uri, err := FileURI(filepath.Join(dir, "x.db"), "rwc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := sqlite3.Open(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, sql := range []string{"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"} {
+		if err := conn.Exec(sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	if len(base.synced) != 1 || base.synced[0] != dir {
+		t.Errorf("directory syncs %q, want one of %q", base.synced, dir)
+	}
+}
