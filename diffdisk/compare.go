@@ -33,54 +33,32 @@ const compareWindow = 64 << 20
 func Compare(a, b disklayer.Layer) (CompareResult, error) {
 	sa, sb := a.Size(), b.Size()
 	res := CompareResult{SizeA: sa, SizeB: sb, SizeDiffers: sa != sb, FirstDiff: -1}
-	common := min(sa, sb)
-	bufA, bufB := make([]byte, copyChunk), make([]byte, copyChunk)
-	for win := int64(0); win < common; win += compareWindow {
-		n := min(compareWindow, common-win)
-		runs, err := dataRuns(win, n, a, b)
+	unit := int64(max(a.SectorSize(), b.SectorSize()))
+	for r, err := range Changes(a, b, unit, nil) {
 		if err != nil {
 			return res, fmt.Errorf("compare: %w", err)
 		}
-		for _, r := range runs {
-			for off := r.Off; off < r.End(); off += copyChunk {
-				m := min(copyChunk, r.End()-off)
-				pa, pb := bufA[:m], bufB[:m]
-				if _, err := a.ReadAt(pa, off); err != nil {
-					return res, fmt.Errorf("compare: %w", err)
-				}
-				if _, err := b.ReadAt(pb, off); err != nil {
-					return res, fmt.Errorf("compare: %w", err)
-				}
-				if i := firstMismatch(pa, pb); i >= 0 {
-					res.FirstDiff = off + int64(i)
-					return res, nil
-				}
+		// The first changed unit: find its first differing byte.
+		pa, pb := make([]byte, r.Len), make([]byte, r.Len)
+		if r.Off >= min(sa, sb) {
+			larger := a
+			if sb > sa {
+				larger = b
 			}
+			if _, err := larger.ReadAt(pa, r.Off); err != nil {
+				return res, fmt.Errorf("compare: %w", err)
+			}
+			res.FirstDiff = r.Off + int64(firstNonZero(pa))
+			return res, nil
 		}
-	}
-	// The larger image's tail must read as zeros.
-	larger := a
-	if sb > sa {
-		larger = b
-	}
-	for win := common; win < larger.Size(); win += compareWindow {
-		n := min(compareWindow, larger.Size()-win)
-		runs, err := dataRuns(win, n, larger)
-		if err != nil {
+		if _, err := a.ReadAt(pa, r.Off); err != nil {
 			return res, fmt.Errorf("compare: %w", err)
 		}
-		for _, r := range runs {
-			for off := r.Off; off < r.End(); off += copyChunk {
-				p := bufA[:min(copyChunk, r.End()-off)]
-				if _, err := larger.ReadAt(p, off); err != nil {
-					return res, fmt.Errorf("compare: %w", err)
-				}
-				if i := firstNonZero(p); i >= 0 {
-					res.FirstDiff = off + int64(i)
-					return res, nil
-				}
-			}
+		if _, err := b.ReadAt(pb, r.Off); err != nil {
+			return res, fmt.Errorf("compare: %w", err)
 		}
+		res.FirstDiff = r.Off + int64(firstMismatch(pa, pb))
+		return res, nil
 	}
 	res.Equal = true
 	return res, nil

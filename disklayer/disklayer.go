@@ -92,6 +92,16 @@ type Extent struct {
 // End is the offset just past the extent.
 func (e Extent) End() int64 { return e.Off + e.Len }
 
+// Range is [Off, Off+Len) in bytes: where two views differ, where a
+// blob lies.
+type Range struct {
+	Off int64 `json:"offset"`
+	Len int64 `json:"length"`
+}
+
+// End is the offset just past the range.
+func (r Range) End() int64 { return r.Off + r.Len }
+
 // Sector size limits.
 const (
 	MinSectorSize     = 512

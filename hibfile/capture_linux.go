@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/hibdisk/hibdisk/disklayer"
 	"math"
 	"os"
 	"path/filepath"
@@ -551,7 +552,7 @@ type procImage struct {
 }
 
 type procRegion struct {
-	Range
+	disklayer.Range
 	pid  int64
 	addr int64
 	regs []byte // registers, or nil for memory
@@ -561,7 +562,7 @@ func openProcImage(proc string, s *Snapshot, regs map[int64][]byte) (*procImage,
 	img := &procImage{mems: map[int64]*os.File{}}
 	for _, p := range s.Processes {
 		if r := regs[p.PID]; p.RegistersOffset != nil && len(r) > 0 {
-			img.regions = append(img.regions, procRegion{Range: Range{*p.RegistersOffset, int64(len(r))}, pid: p.PID, regs: r})
+			img.regions = append(img.regions, procRegion{Range: disklayer.Range{Off: *p.RegistersOffset, Len: int64(len(r))}, pid: p.PID, regs: r})
 		}
 		opened := false
 		for _, m := range p.Mappings {
@@ -577,7 +578,7 @@ func openProcImage(proc string, s *Snapshot, regs map[int64][]byte) (*procImage,
 				img.mems[p.PID] = f
 				opened = true
 			}
-			img.regions = append(img.regions, procRegion{Range: Range{*m.BlobOffset, m.Size}, pid: p.PID, addr: m.VirtualAddr})
+			img.regions = append(img.regions, procRegion{Range: disklayer.Range{Off: *m.BlobOffset, Len: m.Size}, pid: p.PID, addr: m.VirtualAddr})
 		}
 	}
 	slices.SortFunc(img.regions, func(a, b procRegion) int { return cmpInt(a.Off, b.Off) })

@@ -127,7 +127,7 @@ func checkSnapshot(conn *sqlite3.Conn, s Snapshot, layerUUID string, problem fun
 	var ranges []blobRange
 	for _, p := range procs {
 		if p.RegistersOffset != nil {
-			ranges = append(ranges, blobRange{Range{*p.RegistersOffset, p.RegistersSize}, fmt.Sprintf("registers of pid %d", p.PID)})
+			ranges = append(ranges, blobRange{disklayer.Range{Off: *p.RegistersOffset, Len: p.RegistersSize}, fmt.Sprintf("registers of pid %d", p.PID)})
 		}
 		if p.RegistersSize < 0 {
 			problem("%s: pid %d: registers_size %d is negative", where, p.PID, p.RegistersSize)
@@ -143,7 +143,7 @@ func checkSnapshot(conn *sqlite3.Conn, s Snapshot, layerUUID string, problem fun
 			badMaps = append(badMaps, fmt.Sprintf("pid %d mapping %#x: page_size %d is not a power of two", pid, m.VirtualAddr, m.PageSize))
 		}
 		if m.BlobOffset != nil {
-			ranges = append(ranges, blobRange{Range{*m.BlobOffset, m.Size}, fmt.Sprintf("mapping %#x of pid %d", m.VirtualAddr, pid)})
+			ranges = append(ranges, blobRange{disklayer.Range{Off: *m.BlobOffset, Len: m.Size}, fmt.Sprintf("mapping %#x of pid %d", m.VirtualAddr, pid)})
 		}
 	}, id); err != nil {
 		return err

@@ -100,7 +100,7 @@ func Export(w io.Writer, v *View) error {
 }
 
 // exportRange appends the non-zero grains of r as merged chunks.
-func exportRange(v *View, r Range, out *[]jsonChunk) error {
+func exportRange(v *View, r disklayer.Range, out *[]jsonChunk) error {
 	const step = 1 << 20
 	buf := make([]byte, step)
 	var run *jsonChunk
@@ -162,7 +162,7 @@ func Import(path string, r io.Reader) (SaveResult, error) {
 	ranges := s.ranges()
 	img := &MemoryImage{}
 	for _, c := range f.Blob {
-		if !insideRanges(ranges, Range{c.Offset, int64(len(c.Data))}) {
+		if !insideRanges(ranges, disklayer.Range{Off: c.Offset, Len: int64(len(c.Data))}) {
 			return fail(fmt.Errorf("blob entry [%#x, %#x) is not inside a stored range: %w", c.Offset, c.Offset+int64(len(c.Data)), disklayer.ErrInvalid))
 		}
 		img.Put(c.Offset, c.Data)
@@ -170,7 +170,7 @@ func Import(path string, r io.Reader) (SaveResult, error) {
 	return Save(path, s, img)
 }
 
-func insideRanges(ranges []blobRange, r Range) bool {
+func insideRanges(ranges []blobRange, r disklayer.Range) bool {
 	for _, x := range ranges {
 		if r.Off >= x.Off && r.End() <= x.End() {
 			return true

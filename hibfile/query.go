@@ -392,7 +392,7 @@ type RestoreStep struct {
 // MappingContent pairs a mapping with its stored bytes' range.
 type MappingContent struct {
 	Mapping Mapping
-	Blob    Range
+	Blob    disklayer.Range
 }
 
 // RestorePlan walks the process tree parent-first (a parent is restored
@@ -419,7 +419,7 @@ func (v *View) RestorePlan() iter.Seq2[RestoreStep, error] {
 			step := RestoreStep{Depth: n.Depth, Process: p}
 			for _, m := range p.Mappings {
 				if m.BlobOffset != nil {
-					step.Content = append(step.Content, MappingContent{Mapping: m, Blob: Range{*m.BlobOffset, m.Size}})
+					step.Content = append(step.Content, MappingContent{Mapping: m, Blob: disklayer.Range{Off: *m.BlobOffset, Len: m.Size}})
 				}
 			}
 			if p.RegistersOffset != nil && p.RegistersSize > 0 {

@@ -25,17 +25,17 @@ const registersAlign = 64
 // mappings aligned to blockSize, register blobs packed at 64 bytes.
 func Layout(s *Snapshot, prev *Snapshot, blockSize int64, store func(pid int64, m Mapping) bool) {
 	type key struct{ pid, addr int64 }
-	oldMaps := map[key]Range{}
-	oldRegs := map[int64]Range{}
+	oldMaps := map[key]disklayer.Range{}
+	oldRegs := map[int64]disklayer.Range{}
 	var next int64
 	if prev != nil && prev.BlobFilePath == "" {
 		for _, p := range prev.Processes {
 			if p.RegistersOffset != nil {
-				oldRegs[p.PID] = Range{*p.RegistersOffset, p.RegistersSize}
+				oldRegs[p.PID] = disklayer.Range{Off: *p.RegistersOffset, Len: p.RegistersSize}
 			}
 			for _, m := range p.Mappings {
 				if m.BlobOffset != nil {
-					oldMaps[key{p.PID, m.VirtualAddr}] = Range{*m.BlobOffset, m.Size}
+					oldMaps[key{p.PID, m.VirtualAddr}] = disklayer.Range{Off: *m.BlobOffset, Len: m.Size}
 				}
 			}
 		}
@@ -352,7 +352,7 @@ const chunkBytes = 1 << 20
 func writeBlob(tx *disklayer.Tx, below disklayer.Layer, ranges []blobRange, image io.ReaderAt, res *SaveResult) error {
 	bs := res.BlockSize
 	// Block-aligned spans covering the ranges, merged.
-	var spans []Range
+	var spans []disklayer.Range
 	for _, r := range ranges {
 		if r.Len == 0 {
 			continue
@@ -362,7 +362,7 @@ func writeBlob(tx *disklayer.Tx, below disklayer.Layer, ranges []blobRange, imag
 			spans[n-1].Len = max(spans[n-1].End(), end) - spans[n-1].Off
 			continue
 		}
-		spans = append(spans, Range{start, end - start})
+		spans = append(spans, disklayer.Range{Off: start, Len: end - start})
 	}
 	buf := make([]byte, chunkBytes)
 	old := make([]byte, chunkBytes)

@@ -119,18 +119,10 @@ type Signal struct {
 	Flags          string `json:"flags"`
 }
 
-// Range is a byte range of the hibernate file.
-type Range struct {
-	Off, Len int64
-}
-
-// End is the offset just past the range.
-func (r Range) End() int64 { return r.Off + r.Len }
-
 // blobRange is a stored range and what it belongs to, for validation and
 // error messages.
 type blobRange struct {
-	Range
+	disklayer.Range
 	what string
 }
 
@@ -139,11 +131,11 @@ func (s *Snapshot) ranges() []blobRange {
 	var out []blobRange
 	for _, p := range s.Processes {
 		if p.RegistersOffset != nil && p.RegistersSize > 0 {
-			out = append(out, blobRange{Range{*p.RegistersOffset, p.RegistersSize}, fmt.Sprintf("registers of pid %d", p.PID)})
+			out = append(out, blobRange{disklayer.Range{Off: *p.RegistersOffset, Len: p.RegistersSize}, fmt.Sprintf("registers of pid %d", p.PID)})
 		}
 		for _, m := range p.Mappings {
 			if m.BlobOffset != nil {
-				out = append(out, blobRange{Range{*m.BlobOffset, m.Size}, fmt.Sprintf("mapping %#x of pid %d", m.VirtualAddr, p.PID)})
+				out = append(out, blobRange{disklayer.Range{Off: *m.BlobOffset, Len: m.Size}, fmt.Sprintf("mapping %#x of pid %d", m.VirtualAddr, p.PID)})
 			}
 		}
 	}

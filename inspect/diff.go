@@ -1,14 +1,12 @@
 package inspect
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"slices"
 	"sort"
 	"time"
 
@@ -16,22 +14,13 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer"
 )
 
-// Range is [Offset, Offset+Length) in bytes.
-type Range struct {
-	Offset int64 `json:"offset"`
-	Length int64 `json:"length"`
-}
-
-// End is the first byte past r.
-func (r Range) End() int64 { return r.Offset + r.Length }
-
 // RangeDiff is where two byte-addressed views (disks, hibernate files)
 // differ, in units of Unit bytes (the larger of their sector sizes).
 type RangeDiff struct {
 	SizeA   int64   `json:"size_a"`
 	SizeB   int64   `json:"size_b"`
 	Unit    int64   `json:"unit"`
-	Changed []Range `json:"changed"` // sorted, merged
+	Changed []disklayer.Range `json:"changed"` // sorted, merged
 	// ChangedBytes is the sum of the Changed lengths.
 	ChangedBytes int64 `json:"changed_bytes"`
 }
@@ -96,7 +85,7 @@ func Diff(a, b *diffdisk.Disk) (*Report, error) {
 	rep := &Report{}
 	own, reversed := overlayOf(a, b)
 	rep.FastPath = own > 0
-	var candidates []Range
+	var candidates []disklayer.Range
 	if rep.FastPath {
 		top := b
 		if reversed {
@@ -163,8 +152,8 @@ func sameFile(x, y disklayer.Layer) bool {
 
 // ownRanges is the union of what d's top n layers store (data and
 // tombstones) within [0, limit).
-func ownRanges(d *diffdisk.Disk, n int, limit int64) ([]Range, error) {
-	var out []Range
+func ownRanges(d *diffdisk.Disk, n int, limit int64) ([]disklayer.Range, error) {
+	var out []disklayer.Range
 	for i := range n {
 		l := d.Layer(i)
 		for e, err := range l.Extents(0, min(limit, l.Size())) {
@@ -172,150 +161,32 @@ func ownRanges(d *diffdisk.Disk, n int, limit int64) ([]Range, error) {
 				return nil, err
 			}
 			if e.Kind != disklayer.Absent {
-				out = append(out, Range{e.Off, e.Len})
+				out = append(out, disklayer.Range{Off: e.Off, Len: e.Len})
 			}
 		}
 	}
-	return mergeRanges(out), nil
+	return diffdisk.MergeRanges(out), nil
 }
 
-// dataRanges is where a layer reads as anything but zeros for sure:
-// its Data extents within [0, limit).
-func dataRanges(l disklayer.Layer, limit int64) ([]Range, error) {
-	var out []Range
-	for e, err := range l.Extents(0, limit) {
-		if err != nil {
-			return nil, err
-		}
-		if e.Kind == disklayer.Data {
-			out = append(out, Range{e.Off, e.Len})
-		}
-	}
-	return out, nil
-}
-
-func mergeRanges(rs []Range) []Range {
-	slices.SortFunc(rs, func(x, y Range) int { return compareInt(x.Offset, y.Offset) })
-	var out []Range
-	for _, r := range rs {
-		if r.Length <= 0 {
-			continue
-		}
-		if n := len(out); n > 0 && r.Offset <= out[n-1].End() {
-			out[n-1].Length = max(out[n-1].End(), r.End()) - out[n-1].Offset
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
-func compareInt(x, y int64) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
-}
-
-// diffChunk is how much of each side diffRanges reads at a time.
-const diffChunk = 1 << 20
-
-// diffRanges finds the units where a and b differ. With known, only the
-// candidate ranges are read; otherwise every range where either side has
-// data. Past the smaller size, the larger side's non-zero units count as
-// changed.
-func diffRanges(a, b disklayer.Layer, candidates []Range, known bool) (RangeDiff, error) {
-	rd := RangeDiff{SizeA: a.Size(), SizeB: b.Size(), Unit: int64(max(a.SectorSize(), b.SectorSize())), Changed: []Range{}}
-	common := min(a.Size(), b.Size())
+// diffRanges finds the units where a and b differ (diffdisk.Changes;
+// with known, only the candidate ranges can differ and only they are
+// read).
+func diffRanges(a, b disklayer.Layer, candidates []disklayer.Range, known bool) (RangeDiff, error) {
+	rd := RangeDiff{SizeA: a.Size(), SizeB: b.Size(), Unit: int64(max(a.SectorSize(), b.SectorSize()))}
 	if !known {
-		da, err := dataRanges(a, common)
-		if err != nil {
-			return rd, err
-		}
-		db, err := dataRanges(b, common)
-		if err != nil {
-			return rd, err
-		}
-		candidates = mergeRanges(append(da, db...))
+		candidates = nil
+	} else if candidates == nil {
+		candidates = []disklayer.Range{}
 	}
-	bufA, bufB := make([]byte, diffChunk), make([]byte, diffChunk)
-	var changed []Range
-	mark := func(off, length int64) {
-		if n := len(changed); n > 0 && changed[n-1].End() == off {
-			changed[n-1].Length += length
-			return
-		}
-		changed = append(changed, Range{off, length})
+	changed, err := diffdisk.ChangedRanges(a, b, rd.Unit, candidates)
+	if err != nil {
+		return rd, err
 	}
-	for _, c := range candidates {
-		// Widen to whole units so the report is unit-aligned.
-		from := c.Offset - c.Offset%rd.Unit
-		to := min(common, (c.End()+rd.Unit-1)/rd.Unit*rd.Unit)
-		for off := from; off < to; off += diffChunk {
-			n := min(diffChunk, to-off)
-			pa, pb := bufA[:n], bufB[:n]
-			if _, err := a.ReadAt(pa, off); err != nil {
-				return rd, err
-			}
-			if _, err := b.ReadAt(pb, off); err != nil {
-				return rd, err
-			}
-			for u := int64(0); u < n; u += rd.Unit {
-				e := min(u+rd.Unit, n)
-				if !bytes.Equal(pa[u:e], pb[u:e]) {
-					mark(off+u, e-u)
-				}
-			}
-		}
-	}
-	if rd.SizeA != rd.SizeB {
-		larger := a
-		if b.Size() > a.Size() {
-			larger = b
-		}
-		tail, err := nonZeroUnits(larger, common, rd.Unit)
-		if err != nil {
-			return rd, err
-		}
-		for _, r := range tail {
-			mark(r.Offset, r.Length)
-		}
-	}
-	rd.Changed = append(rd.Changed, mergeRanges(changed)...)
+	rd.Changed = changed
 	for _, r := range rd.Changed {
-		rd.ChangedBytes += r.Length
+		rd.ChangedBytes += r.Len
 	}
 	return rd, nil
-}
-
-// nonZeroUnits lists the units of l from off on that hold non-zero bytes.
-func nonZeroUnits(l disklayer.Layer, from, unit int64) ([]Range, error) {
-	var out []Range
-	buf := make([]byte, diffChunk)
-	for e, err := range l.Extents(from, l.Size()-from) {
-		if err != nil {
-			return nil, err
-		}
-		if e.Kind != disklayer.Data {
-			continue
-		}
-		for off := e.Off; off < e.End(); off += diffChunk {
-			p := buf[:min(diffChunk, e.End()-off)]
-			if _, err := l.ReadAt(p, off); err != nil {
-				return nil, err
-			}
-			for u := int64(0); u < int64(len(p)); u += unit {
-				q := p[u:min(u+unit, int64(len(p)))]
-				if bytes.ContainsFunc(q, func(r rune) bool { return r != 0 }) {
-					out = append(out, Range{off + u, int64(len(q))})
-				}
-			}
-		}
-	}
-	return out, nil
 }
 
 // diffHibernate compares the hibernate files when both images have one.
@@ -335,7 +206,7 @@ func diffHibernate(a, b *diffdisk.Disk, own int, reversed bool) (*RangeDiff, err
 	defer hb.Close()
 	// The fast path holds for the hibernate file when every layer of both
 	// chains is a hibdisk layer, so the hibernate views stack the same.
-	var candidates []Range
+	var candidates []disklayer.Range
 	known := own > 0 && ha.Depth() == a.Depth() && hb.Depth() == b.Depth()
 	if known {
 		top := hb
@@ -417,9 +288,9 @@ func fsName(p Partition, present bool) string {
 }
 
 // diffFS diffs one filesystem present on both sides.
-func diffFS(ia, ib *Image, p Partition, changed []Range) (*FSDiff, error) {
+func diffFS(ia, ib *Image, p Partition, changed []disklayer.Range) (*FSDiff, error) {
 	fd := &FSDiff{Partition: p.Index, Kind: p.FS, Added: []FileMeta{}, Removed: []FileMeta{}, Changed: []FileChange{}}
-	if !intersects(changed, Range{p.Start, p.Size}) {
+	if !intersects(changed, disklayer.Range{Off: p.Start, Len: p.Size}) {
 		fd.Unchanged = true
 		return fd, nil
 	}
@@ -487,7 +358,7 @@ func sortedKeys(m map[string]Entry) []string {
 // nil. Content is compared only for regular files of equal size, and on
 // ext4 only when the file's inode, extent tree or data blocks overlap a
 // changed range on either side (otherwise the bytes are the same ones).
-func compareEntries(fa, fb *FS, x, y Entry, changed []Range) (*FileChange, error) {
+func compareEntries(fa, fb *FS, x, y Entry, changed []disklayer.Range) (*FileChange, error) {
 	fc := &FileChange{Path: x.Path, A: meta(x), B: meta(y)}
 	if x.Mode.Type() != y.Mode.Type() {
 		fc.Fields = append(fc.Fields, "type")
@@ -536,7 +407,7 @@ func compareEntries(fa, fb *FS, x, y Entry, changed []Range) (*FileChange, error
 // sameFootprint reports whether a file's content is certainly the same
 // on both sides without reading it: ext4 only, when neither side's
 // inode, extent tree or data blocks overlap a changed range.
-func sameFootprint(fa, fb *FS, x, y Entry, changed []Range) (bool, error) {
+func sameFootprint(fa, fb *FS, x, y Entry, changed []disklayer.Range) (bool, error) {
 	if fa.ext == nil || fb.ext == nil || x.inode == 0 || y.inode == 0 {
 		return false, nil
 	}
@@ -549,7 +420,7 @@ func sameFootprint(fa, fb *FS, x, y Entry, changed []Range) (bool, error) {
 			return false, nil // unknown layout: compare the bytes
 		}
 		for _, r := range ranges {
-			if intersects(changed, Range{r.Off, r.Len}) {
+			if intersects(changed, disklayer.Range{Off: r.Off, Len: r.Len}) {
 				return false, nil
 			}
 		}
@@ -558,9 +429,9 @@ func sameFootprint(fa, fb *FS, x, y Entry, changed []Range) (bool, error) {
 }
 
 // intersects reports whether r overlaps any of the sorted ranges rs.
-func intersects(rs []Range, r Range) bool {
-	i := sort.Search(len(rs), func(i int) bool { return rs[i].End() > r.Offset })
-	return i < len(rs) && rs[i].Offset < r.End()
+func intersects(rs []disklayer.Range, r disklayer.Range) bool {
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].End() > r.Off })
+	return i < len(rs) && rs[i].Off < r.End()
 }
 
 func hashFile(f *FS, e Entry) (string, error) {

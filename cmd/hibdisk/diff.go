@@ -130,6 +130,6 @@ func printRanges(w io.Writer, what string, rd *inspect.RangeDiff, how string) {
 			fmt.Fprintf(w, "  ... %d more (see --json)\n", len(rd.Changed)-textRanges)
 			break
 		}
-		fmt.Fprintf(w, "  offset %d length %d\n", r.Offset, r.Length)
+		fmt.Fprintf(w, "  offset %d length %d\n", r.Off, r.Len)
 	}
 }
