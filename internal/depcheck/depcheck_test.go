@@ -30,6 +30,7 @@ var allowed = map[string][]string{
 	"internal/lock":              nil,
 	"internal/store":             nil,
 	"internal/store/storetest":   nil,
+	"internal/store/faultfs":     nil,
 	"internal/testenv":           nil,
 	"internal/schema":            {"internal/store"},
 	"vmm/nbd":                    nil,
