@@ -64,7 +64,7 @@ type Options struct {
 func Open(d *diffdisk.Disk, opts Options) (*Store, error) {
 	top, ok := d.Layer(0).(*disklayer.File)
 	if !ok {
-		return nil, fmt.Errorf("open datastore: the top layer is not a hibdisk layer: %w", disklayer.ErrInvalid)
+		return nil, fmt.Errorf("open datastore: the top layer is a raw image: %w", disklayer.ErrNotLayer)
 	}
 	s := &Store{path: top.Path(), disk: d, hib: opts.Hibernate}
 	for i := 0; i < d.Depth(); i++ {

@@ -22,7 +22,7 @@ func (d *Disk) Hibernate() (*Disk, error) {
 		views = append(views, f.Hibernate())
 	}
 	if len(views) == 0 {
-		return nil, fmt.Errorf("hibernate file: the top layer is not a hibdisk layer: %w", disklayer.ErrInvalid)
+		return nil, fmt.Errorf("hibernate file: the top layer is a raw image: %w", disklayer.ErrNotLayer)
 	}
 	h, err := Compose(Options{ReadOnly: d.ReadOnly()}, views...)
 	if err != nil {

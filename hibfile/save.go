@@ -130,7 +130,7 @@ func Save(path string, s *Snapshot, image io.ReaderAt) (SaveResult, error) {
 func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt, also func(tx *disklayer.Tx, snapshotID int64) error) (SaveResult, error) {
 	top, ok := d.Layer(0).(*disklayer.File)
 	if !ok {
-		return SaveResult{}, fmt.Errorf("save hibernate snapshot: the chain's top is not a hibdisk layer: %w", disklayer.ErrInvalid)
+		return SaveResult{}, fmt.Errorf("save hibernate snapshot: the chain's top is a raw image: %w", disklayer.ErrNotLayer)
 	}
 	path := top.Path()
 	below, err := hibernateBelow(d, 1)

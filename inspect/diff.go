@@ -3,6 +3,7 @@ package inspect
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -17,9 +18,9 @@ import (
 // RangeDiff is where two byte-addressed views (disks, hibernate files)
 // differ, in units of Unit bytes (the larger of their sector sizes).
 type RangeDiff struct {
-	SizeA   int64   `json:"size_a"`
-	SizeB   int64   `json:"size_b"`
-	Unit    int64   `json:"unit"`
+	SizeA   int64             `json:"size_a"`
+	SizeB   int64             `json:"size_b"`
+	Unit    int64             `json:"unit"`
 	Changed []disklayer.Range `json:"changed"` // sorted, merged
 	// ChangedBytes is the sum of the Changed lengths.
 	ChangedBytes int64 `json:"changed_bytes"`
@@ -199,6 +200,11 @@ func diffHibernate(a, b *diffdisk.Disk, own int, reversed bool) (*RangeDiff, err
 		}
 		if hb != nil {
 			hb.Close()
+		}
+		for _, err := range []error{errA, errB} {
+			if err != nil && !errors.Is(err, disklayer.ErrNotLayer) {
+				return nil, fmt.Errorf("diff hibernate files: %w", err)
+			}
 		}
 		return nil, nil // a raw image has no hibernate file
 	}

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 
 	"github.com/hibdisk/hibdisk/datastore"
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/inspect"
 )
 
@@ -18,16 +20,22 @@ type diffReport struct {
 }
 
 // diffDatastores compares the datastores of chains a and b; nil when
-// either top is not a hibdisk layer.
+// either top is a raw image (no datastore). Any other failure is an error.
 func diffDatastores(a, b *diffdisk.Disk) (*[]datastore.EntryDiff, error) {
 	sa, err := datastore.Open(a, datastore.Options{})
-	if err != nil {
+	if errors.Is(err, disklayer.ErrNotLayer) {
 		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	defer sa.Close()
 	sb, err := datastore.Open(b, datastore.Options{})
-	if err != nil {
+	if errors.Is(err, disklayer.ErrNotLayer) {
 		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	defer sb.Close()
 	d, err := datastore.Diff(sa, sb)
