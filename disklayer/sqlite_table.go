@@ -2,6 +2,7 @@ package disklayer
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"iter"
 	"strings"
@@ -479,7 +480,13 @@ func (t *blockTable) FillAbsent(p []byte, off int64) error {
 		return err
 	}
 	err := t.fillLocked(p, off/int64(bs))
-	return t.e.afterWriteLocked("fill", int64(len(p)), err)
+	err = t.e.afterWriteLocked("fill", int64(len(p)), err)
+	if errors.Is(err, ErrNoSpace) {
+		// Only a cache was not filled. If the batch was lost with it,
+		// the table's next Flush reports that.
+		return nil
+	}
+	return err
 }
 
 func (t *blockTable) fillLocked(p []byte, first int64) error {
