@@ -6,6 +6,7 @@ import (
 	"io"
 	"iter"
 	"math/bits"
+	"syscall"
 )
 
 // Layer is the read side of one layer: its own content, without anything
@@ -141,7 +142,25 @@ var (
 	ErrReadOnly = errors.New("read-only layer")
 	// ErrClosed: the layer was closed.
 	ErrClosed = errors.New("layer closed")
+	// ErrNoSpace: the filesystem holding the layer is full (SQLite's
+	// SQLITE_FULL, or ENOSPC or EDQUOT from below). It wraps
+	// syscall.ENOSPC, so code that classifies errors by errno (the NBD
+	// server) reports ENOSPC. What a commit that fails for lack of space
+	// does to the writes of its batch is set out in the package
+	// documentation (# Invariants).
+	ErrNoSpace error = noSpaceError{}
+	// ErrWriteLost: a read of a sector whose write had returned but was
+	// lost with its batch when a commit failed for lack of space. The
+	// layer holds the sector's older content, which must not be passed
+	// off as the sector's content; a write of the whole sector clears it.
+	ErrWriteLost = errors.New("a write that had returned was lost (no space on the layer's filesystem)")
 )
+
+// noSpaceError is ErrNoSpace's type: it unwraps to syscall.ENOSPC.
+type noSpaceError struct{}
+
+func (noSpaceError) Error() string { return "no space left on the layer's filesystem" }
+func (noSpaceError) Unwrap() error { return syscall.ENOSPC }
 
 // CheckRange validates an access of length bytes at off against a disk of
 // size bytes. It rejects negative values and int64 overflow; a zero-length

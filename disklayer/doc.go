@@ -27,6 +27,22 @@
 // started, whether or not it has been flushed. A failed commit is returned
 // by Flush and by every later request; writes are never silently lost.
 //
+// A full filesystem is the exception to "every later request": a commit
+// that fails for lack of space (ErrNoSpace, which wraps ENOSPC) loses
+// the writes of its batch, those since the last completed Flush, and the
+// layer stays usable. Data flushed before keeps being read. A read of a
+// sector whose write was lost fails with ErrWriteLost and never returns
+// the sector's older content (Extents maps it as Data), until a write of
+// the whole sector replaces it. The loss is reported by the table's next
+// Flush (the one whose commit failed, or the first one after a commit
+// that failed on its own when a batch reached its bound), and until that
+// Flush returns it, writes to the table are refused with it: no Flush
+// can succeed while a write it should cover was lost. After it, writes
+// are accepted again and fail (at the latest on the next Flush) for as
+// long as the filesystem stays full. The lost set lives in memory: after
+// reopening, those sectors read their older content. Other commit
+// failures stay sticky.
+//
 // Identity: a diff layer records its parent's uuid and size (and, for a
 // raw parent, a digest of its size and sampled content); opening the
 // chain refuses a parent that does not match, naming both sides.

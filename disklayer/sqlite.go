@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ncruces/go-sqlite3"
@@ -234,7 +235,8 @@ type engine struct {
 	pendingBytes int64 // bytes written in the open batch
 	// failure is sticky: set when a commit fails or SQLite rolled back a
 	// batch on its own, so writes the caller saw succeed were lost. Every
-	// later request returns it.
+	// later request returns it. A loss for lack of space is not sticky:
+	// see loseBatchLocked.
 	failure error
 	closed  bool
 
@@ -491,6 +493,8 @@ func mapStoreError(err error) error {
 		return fmt.Errorf("%w: %w", err, ErrUnsupportedVersion)
 	case errors.Is(err, sqlite3.CORRUPT):
 		return fmt.Errorf("%w: %w", err, ErrCorrupt)
+	case errors.Is(err, sqlite3.FULL), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("%w: %w", err, ErrNoSpace)
 	}
 	return err
 }
@@ -760,7 +764,9 @@ func (f *File) Extents(off, length int64) iter.Seq2[Extent, error] {
 	return f.disk.Extents(off, length)
 }
 
-// Flush commits the open write batch with a synced WAL.
+// Flush commits the open write batch with a synced WAL. After writes
+// were lost for lack of space, it returns that loss once instead (see
+// loseBatchLocked).
 func (f *File) Flush() error {
 	e := f.eng
 	e.lock()
@@ -768,7 +774,7 @@ func (f *File) Flush() error {
 	if err := e.usable("flush"); err != nil {
 		return err
 	}
-	return e.commitLocked("flush")
+	return f.disk.flushLocked("flush")
 }
 
 // Hibernate returns the layer's hibernate file: the same engine over the
@@ -804,6 +810,11 @@ func (e *engine) closeLocked() error {
 		err = e.failure
 	} else {
 		err = e.commitLocked("close")
+	}
+	for _, t := range e.tables {
+		if err == nil && t.lostErr != nil {
+			err = t.lostErr // never reported by a Flush
+		}
 	}
 	if e.inTx {
 		e.rollback.Exec()
@@ -909,8 +920,14 @@ func (e *engine) commitLocked(op string) error {
 		if gen != 0 {
 			e.info.Generation = gen
 		}
+		for _, t := range e.tables {
+			t.batch = t.batch[:0]
+		}
 		e.checkpointLocked()
 		return nil
+	}
+	if err := mapStoreError(err); errors.Is(err, ErrNoSpace) {
+		return e.loseBatchLocked(fmt.Errorf("%s %q: commit failed, writes since the last flush are lost: %w", op, e.path, err))
 	}
 	if !e.conn.GetAutocommit() {
 		e.rollback.Exec()
@@ -946,6 +963,9 @@ func (e *engine) checkpointLocked() {
 // acknowledged writes are gone and that becomes the sticky failure.
 func (e *engine) afterWriteLocked(op string, n int64, err error) error {
 	if err != nil {
+		if e.inTx && e.conn.GetAutocommit() && errors.Is(mapStoreError(err), ErrNoSpace) {
+			return e.loseBatchLocked(fmt.Errorf("%s %q: the write batch was rolled back, writes since the last flush are lost: %w", op, e.path, err))
+		}
 		if e.inTx && e.conn.GetAutocommit() {
 			e.inTx = false
 			e.fail(fmt.Errorf("%s %q: the write batch was rolled back, writes since the last flush are lost: %w", op, e.path, mapStoreError(err)))

@@ -2,6 +2,7 @@ package disklayer
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"iter"
 	"strings"
@@ -33,6 +34,14 @@ type blockTable struct {
 	tombstoneRange *sqlite3.Stmt // make every row in [?1, ?2] a tombstone
 
 	block []byte // read-modify-write buffer, one block; guarded by e.mu
+
+	// After a commit failed for lack of space (sqlite_nospace.go);
+	// guarded by e.mu. batch: the blocks the open batch wrote. lost:
+	// blocks whose writes were lost, sorted. lostErr: the loss this
+	// table's next Flush reports.
+	batch   []blockSpan
+	lost    []blockSpan
+	lostErr error
 }
 
 // zeroBlock is compared against to recognise all-zero blocks.
@@ -90,6 +99,9 @@ func (t *blockTable) usable(op string) error {
 func (t *blockTable) writable(op string) error {
 	if err := t.usable(op); err != nil {
 		return err
+	}
+	if t.lostErr != nil {
+		return fmt.Errorf("%s %q %s: refused until a flush has reported lost writes: %w", op, t.e.path, t.table, t.lostErr)
 	}
 	return t.e.writable(op)
 }
@@ -170,6 +182,11 @@ func (t *blockTable) readLocked(p []byte, off int64, gaps *[]span) error {
 	bs := int64(t.blockSize)
 	end := off + int64(len(p))
 	first, last := off/bs, (end-1)/bs
+	if len(t.lost) > 0 {
+		if key, ok := t.lostIn(first, last); ok {
+			return t.lostError(key)
+		}
+	}
 	stmt := t.selectRange
 	stmt.BindInt64(1, first)
 	stmt.BindInt64(2, last)
@@ -306,6 +323,7 @@ func (t *blockTable) storeLocked(n int, key func(int) int64, data func(int) []by
 			if err := t.upsertLocked("write", j-i, func(r int) int64 { return key(from + r) }, func(r int) []byte { return data(from + r) }); err != nil {
 				return err
 			}
+			t.noteKeysWrittenLocked(j-i, func(r int) int64 { return key(from + r) })
 		}
 		i = j
 	}
@@ -348,10 +366,16 @@ func (t *blockTable) upsertLocked(op string, n int, key func(int) int64, data fu
 // zeroBlocksLocked makes blocks [first, last] read as zeros: tombstones if
 // something below could show through, otherwise no rows.
 func (t *blockTable) zeroBlocksLocked(first, last int64) error {
+	var err error
 	if t.e.hasParent.Load() {
-		return t.tombstoneBlocks(first, last)
+		err = t.tombstoneBlocks(first, last)
+	} else {
+		err = t.deleteBlocks(first, last)
 	}
-	return t.deleteBlocks(first, last)
+	if err == nil {
+		t.noteWrittenLocked(first, last)
+	}
+	return err
 }
 
 // tombstoneBlocks makes blocks [first, last] tombstones. When every block
@@ -443,6 +467,9 @@ func (t *blockTable) FillAbsent(p []byte, off int64) error {
 	}
 	t.e.lock()
 	defer t.e.mu.Unlock()
+	if t.lostErr != nil {
+		return nil // a cache: reads must not fail for it while writes are refused
+	}
 	if err := t.writable("fill"); err != nil {
 		return err
 	}
@@ -453,7 +480,13 @@ func (t *blockTable) FillAbsent(p []byte, off int64) error {
 		return err
 	}
 	err := t.fillLocked(p, off/int64(bs))
-	return t.e.afterWriteLocked("fill", int64(len(p)), err)
+	err = t.e.afterWriteLocked("fill", int64(len(p)), err)
+	if errors.Is(err, ErrNoSpace) {
+		// Only a cache was not filled. If the batch was lost with it,
+		// the table's next Flush reports that.
+		return nil
+	}
+	return err
 }
 
 func (t *blockTable) fillLocked(p []byte, first int64) error {
@@ -503,8 +536,11 @@ func (t *blockTable) Extents(off, length int64) iter.Seq2[Extent, error] {
 		var pending Extent
 		// emit merges e into pending and yields pending when the kind
 		// changes. It returns false when the consumer stopped.
-		emit := func(e Extent) bool {
+		clipped := func(e Extent) bool {
 			e.Off, e.Len = max(e.Off, off), min(e.End(), end)-max(e.Off, off)
+			if e.Len <= 0 {
+				return true
+			}
 			if pending.Len > 0 && pending.Kind == e.Kind && pending.End() == e.Off {
 				pending.Len += e.Len
 				return true
@@ -515,11 +551,15 @@ func (t *blockTable) Extents(off, length int64) iter.Seq2[Extent, error] {
 			pending = e
 			return true
 		}
+		// Blocks whose writes were lost read as errors: map them as
+		// Data, never as a hole a client would skip.
+		var lost []blockSpan
+		emit := func(e Extent) bool { return lostAsData(e, lost, bs, clipped) }
 		next, last := off/bs, (end-1)/bs // next: first block not yet mapped
 		rows := make([]kindRow, 0, 64)
 		for next <= last {
 			var err error
-			rows, err = t.kindsChunk(rows[:0], next, last)
+			rows, err = t.kindsChunk(rows[:0], next, last, &lost)
 			if err != nil {
 				yield(Extent{}, err)
 				return
@@ -551,12 +591,18 @@ func (t *blockTable) Extents(off, length int64) iter.Seq2[Extent, error] {
 }
 
 // kindsChunk appends up to extentRowsPerLock rows with keys in
-// [first, last] to rows.
-func (t *blockTable) kindsChunk(rows []kindRow, first, last int64) ([]kindRow, error) {
+// [first, last] to rows, and sets *lost to the lost blocks in that range.
+func (t *blockTable) kindsChunk(rows []kindRow, first, last int64, lost *[]blockSpan) ([]kindRow, error) {
 	t.e.lockFor(t, first, last)
 	defer t.e.mu.Unlock()
 	if err := t.usable("map"); err != nil {
 		return rows, err
+	}
+	*lost = (*lost)[:0]
+	for _, s := range t.lost {
+		if s.last >= first && s.first <= last {
+			*lost = append(*lost, s)
+		}
 	}
 	if err := t.e.beginReadLocked("map"); err != nil {
 		return rows, err
@@ -581,7 +627,7 @@ func (t *blockTable) Flush() error {
 	if err := t.usable("flush"); err != nil {
 		return err
 	}
-	return t.e.commitLocked("flush")
+	return t.flushLocked("flush")
 }
 
 // Close flushes and detaches this view. It is used for the Hibernate
@@ -593,7 +639,10 @@ func (t *blockTable) Close() error {
 		return err
 	}
 	t.detached = true
-	return t.e.commitLocked("close")
+	if err := t.e.commitLocked("close"); err != nil {
+		return err
+	}
+	return t.lostErr // never reported by a Flush
 }
 
 // countRows counts data rows and tombstones. Called with the lock held.

@@ -2,6 +2,7 @@ package disklayer
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -214,6 +215,8 @@ func (wb *writeBack) applyLocked(n int) bool {
 	wb.mu.Unlock()
 	wb.applyKeys, wb.applyBufs = keys, bufs
 
+	// A loss for lack of space does not stop the applier: these writes
+	// returned after the lost batch and go into a new one.
 	err := e.failure
 	if err == nil && e.closed {
 		err = fmt.Errorf("write %q: %w", e.path, ErrClosed)
@@ -235,7 +238,24 @@ func (wb *writeBack) applyLocked(n int) bool {
 		wb.put(b)
 		bufs[i] = nil
 	}
-	if err != nil && e.failure == nil {
+	switch {
+	case err == nil || e.failure != nil:
+	case errors.Is(err, ErrNoSpace):
+		// These writes had returned: they are lost with the batch
+		// (which the failed statement may have left open).
+		lerr := fmt.Errorf("write %q: a write that had returned could not be applied, writes since the last flush are lost: %w", e.path, err)
+		if e.loseBatchLocked(lerr) == lerr {
+			var lost []blockSpan
+			for _, k := range keys {
+				if n := len(lost); n > 0 && lost[n-1].last+1 == k {
+					lost[n-1].last = k
+				} else {
+					lost = append(lost, blockSpan{k, k})
+				}
+			}
+			t.loseLocked(lost, lerr)
+		}
+	default:
 		e.fail(fmt.Errorf("write %q: a write that had returned could not be applied, writes since the last flush may be lost: %w", e.path, err))
 	}
 	wb.mu.Lock()
@@ -268,6 +288,17 @@ func (wb *writeBack) stopLocked() {
 	wb.cond.Broadcast()
 	wb.mu.Unlock()
 	wb.drainLocked()
+}
+
+// reopen accepts writes again after a loss for lack of space was
+// reported, unless the layer is closing or has failed for good. Called
+// with the engine's lock held.
+func (wb *writeBack) reopen() {
+	wb.mu.Lock()
+	if !wb.stopped && wb.t.e.failure == nil {
+		wb.open.Store(true)
+	}
+	wb.mu.Unlock()
 }
 
 // wait waits for the applier to exit (after stopLocked).

@@ -1,8 +1,11 @@
 package store
 
 import (
+	"errors"
 	"runtime/debug"
+	"syscall"
 
+	"github.com/ncruces/go-sqlite3"
 	"github.com/ncruces/go-sqlite3/vfs"
 	"golang.org/x/sys/unix"
 )
@@ -26,6 +29,16 @@ import (
 // the size this handle knows the file has (its own writes, Size, reads
 // that returned data), and a fault (another handle truncated the file)
 // is recovered from by falling back to the system call.
+//
+// A full filesystem: a store through the mapping into space the
+// filesystem has not allocated (a hole) needs a page at fault time, and
+// when there is none the fault is SIGBUS. So the mapped part grows only
+// by real writes (pwrite allocates or fails with ENOSPC) and by size
+// hints that fallocate really allocated (dbFile.SizeHint); a hole below
+// it can only come from a file made sparse outside this handle, and
+// copyFaultable recovers from that SIGBUS like any other fault, falling
+// back to pwrite, which reports ENOSPC. Every failed write for lack of
+// space reaches SQLite as SQLITE_FULL (noSpace).
 type fileMap struct {
 	limit    int64 // bytes to map
 	writable bool  // map for writing too (the file is open read-write)
@@ -82,7 +95,7 @@ func (m *fileMap) writeAt(f vfs.File, p []byte, off int64) (int, error) {
 	}
 	n, err := f.WriteAt(p, off)
 	m.wrote(off, n)
-	return n, err
+	return n, noSpace(err)
 }
 
 // wrote records that n bytes were written at off.
@@ -150,17 +163,45 @@ func (d *dbFile) Close() error {
 	return err
 }
 
-// SizeHint forwards SQLITE_FCNTL_SIZE_HINT, which extends the file.
+// SizeHint serves SQLITE_FCNTL_SIZE_HINT (a checkpoint about to grow
+// the database file) by allocating the space with fallocate, as the
+// operating system's VFS does. Only space so allocated joins the mapped
+// part of the file: where the filesystem cannot fallocate, the file is
+// extended sparsely (by the operating system's VFS, as before) and its
+// new part keeps being written with pwrite, which reports a full
+// filesystem as ENOSPC. A store through the mapping into a hole would
+// need the page allocated at fault time, and on a full filesystem that
+// is SIGBUS (copyFaultable recovers from it, but the mapping should not
+// be asked to).
 func (d *dbFile) SizeHint(size int64) error {
-	h, ok := d.File.(vfs.FileSizeHint)
+	fd, ok := d.File.(interface{ Fd() uintptr })
 	if !ok {
+		if h, ok := d.File.(vfs.FileSizeHint); ok {
+			return noSpace(h.SizeHint(size))
+		}
 		return nil
 	}
-	err := h.SizeHint(size)
-	if err == nil {
-		d.m.known = max(d.m.known, size)
+	end, err := d.File.Size()
+	if err != nil || end >= size {
+		return err
 	}
-	return err
+	for {
+		err = unix.Fallocate(int(fd.Fd()), 0, end, size-end)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	switch {
+	case err == nil:
+		d.m.known = max(d.m.known, size)
+		return nil
+	case err == unix.EOPNOTSUPP:
+		if h, ok := d.File.(vfs.FileSizeHint); ok {
+			return noSpace(h.SizeHint(size))
+		}
+		return nil
+	}
+	return noSpace(err)
 }
 
 // SharedMemory forwards the WAL index's shared memory.
@@ -193,4 +234,17 @@ func (d *dbFile) HasMoved() (bool, error) {
 		return f.HasMoved()
 	}
 	return false, nil
+}
+
+// noSpace tags a write's failure for lack of space (ENOSPC, EDQUOT,
+// EFBIG) as SQLITE_FULL, as SQLite's own unix VFS does; the operating
+// system's VFS of ncruces/go-sqlite3 reports every failed write as
+// SQLITE_IOERR_WRITE, and the system error it carries is dropped by the
+// time a failed COMMIT returns. The layer engine tells a full disk from
+// a failing one by this code.
+func noSpace(err error) error {
+	if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG)) {
+		return vfs.SystemError(err, sqlite3.FULL)
+	}
+	return err
 }

@@ -193,7 +193,7 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) >= walBufferBytes {
 		n, err := w.File.WriteAt(p, off)
 		w.m.wrote(off, n)
-		return n, err
+		return n, noSpace(err)
 	}
 	if w.buf == nil {
 		w.buf = make([]byte, 0, walBufferBytes)
@@ -213,7 +213,7 @@ func (w *walFile) flush() error {
 	n, err := w.File.WriteAt(w.buf, w.off)
 	w.m.wrote(w.off, n)
 	w.buf = w.buf[:0]
-	return err
+	return noSpace(err)
 }
 
 func (w *walFile) ReadAt(p []byte, off int64) (int, error) {

@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ncruces/go-sqlite3"
 	"github.com/ncruces/go-sqlite3/vfs"
+
+	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
 // countingFile is a vfs.File over a plain os.File that counts its writes.
@@ -265,4 +270,63 @@ func TestWALSyncsItsDirectory(t *testing.T) {
 	if len(base.synced) != 1 || base.synced[0] != dir {
 		t.Errorf("directory syncs %q, want one of %q", base.synced, dir)
 	}
+}
+
+// TestFullFilesystem: on a full filesystem a write into a hole of the
+// file (space the filesystem never allocated) fails with SQLITE_FULL
+// wrapping ENOSPC instead of killing the process with SIGBUS, whether it
+// would have gone through the mapping or not; a size hint that cannot be
+// allocated leaves the mapped part of the file where it was.
+func TestFullFilesystem(t *testing.T) {
+	dir := testenv.SmallFilesystem(t, "2m")
+	f, err := os.OpenFile(filepath.Join(dir, "db"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dbFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}
+	defer d.Close()
+	page := bytes.Repeat([]byte{7}, 4096)
+	if _, err := d.WriteAt(page, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A hole: the file is 1 MiB long, one page of it allocated.
+	if err := f.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	testenv.FillFilesystem(t, dir)
+	if size, err := d.Size(); err != nil || size != 1<<20 {
+		t.Fatalf("size %d, %v", size, err)
+	}
+	if d.m.mapped(d.File) == nil {
+		t.Fatal("the file could not be mapped")
+	}
+	for _, off := range []int64{512 << 10, 2 << 20} { // in the hole, past the end
+		_, err := d.WriteAt(page, off)
+		if err == nil || !strings.Contains(err.Error(), syscall.ENOSPC.Error()) || vfsCode(err) != sqlite3.FULL {
+			t.Errorf("write at %d on a full filesystem: %v (code %v); want SQLITE_FULL wrapping ENOSPC", off, err, vfsCode(err))
+		}
+	}
+	known := d.m.known
+	if err := d.SizeHint(4 << 20); err == nil || vfsCode(err) != sqlite3.FULL {
+		t.Errorf("size hint on a full filesystem: %v, want SQLITE_FULL", err)
+	}
+	if d.m.known != known {
+		t.Errorf("a failed size hint moved the mapped part from %d to %d", known, d.m.known)
+	}
+	// What was written before is intact.
+	got := make([]byte, 4096)
+	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, page) {
+		t.Fatalf("read of the allocated page: %v", err)
+	}
+}
+
+// vfsCode is the SQLite result code an error made by vfs.SystemError
+// carries (its type is unexported), or 0.
+func vfsCode(err error) sqlite3.ErrorCode {
+	var code sqlite3.ErrorCode
+	v := reflect.ValueOf(err)
+	if v.Kind() == reflect.Struct && v.NumField() == 2 && v.Field(1).CanUint() {
+		code = sqlite3.ErrorCode(v.Field(1).Uint())
+	}
+	return code
 }
