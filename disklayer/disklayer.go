@@ -1,12 +1,10 @@
 package disklayer
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"iter"
 	"math/bits"
-	"syscall"
 )
 
 // Layer is the read side of one layer: its own content, without anything
@@ -109,58 +107,6 @@ const (
 	MaxSectorSize     = 65536
 	DefaultSectorSize = 4096
 )
-
-// Errors, grouped by when they happen. Every error a layer returns wraps
-// one of these (or an I/O error from below) with the operation and the
-// file, so callers test with errors.Is.
-var (
-	// Opening and creating.
-
-	// ErrNotLayer: the file is not a hibdisk layer (not SQLite, or a
-	// SQLite database with another application_id).
-	ErrNotLayer = errors.New("not a hibdisk layer")
-	// ErrUnsupportedVersion: the layer's schema is newer than this build
-	// understands.
-	ErrUnsupportedVersion = errors.New("unsupported layer schema version")
-	// ErrCorrupt: the database or its layer row is damaged or
-	// inconsistent (truncated file, malformed row, blob of the wrong size).
-	ErrCorrupt = errors.New("corrupt layer")
-	// ErrParentMismatch: a diff layer's parent is missing or is not the
-	// file the layer was created over (uuid, size or content digest
-	// differ).
-	ErrParentMismatch = errors.New("parent mismatch")
-	// ErrInvalid: an argument is malformed (sector size not a power of two
-	// in range, size not a multiple of the sector size, negative size).
-	ErrInvalid = errors.New("invalid argument")
-
-	// Reading and writing.
-
-	// ErrOutOfRange: an offset or length is negative, overflows, or
-	// reaches past the end of the disk.
-	ErrOutOfRange = errors.New("out of range")
-	// ErrReadOnly: a write, zero, or metadata change on a read-only layer.
-	ErrReadOnly = errors.New("read-only layer")
-	// ErrClosed: the layer was closed.
-	ErrClosed = errors.New("layer closed")
-	// ErrNoSpace: the filesystem holding the layer is full (SQLite's
-	// SQLITE_FULL, or ENOSPC or EDQUOT from below). It wraps
-	// syscall.ENOSPC, so code that classifies errors by errno (the NBD
-	// server) reports ENOSPC. What a commit that fails for lack of space
-	// does to the writes of its batch is set out in the package
-	// documentation (# Invariants).
-	ErrNoSpace error = noSpaceError{}
-	// ErrWriteLost: a read of a sector whose write had returned but was
-	// lost with its batch when a commit failed for lack of space. The
-	// layer holds the sector's older content, which must not be passed
-	// off as the sector's content; a write of the whole sector clears it.
-	ErrWriteLost = errors.New("a write that had returned was lost (no space on the layer's filesystem)")
-)
-
-// noSpaceError is ErrNoSpace's type: it unwraps to syscall.ENOSPC.
-type noSpaceError struct{}
-
-func (noSpaceError) Error() string { return "no space left on the layer's filesystem" }
-func (noSpaceError) Unwrap() error { return syscall.ENOSPC }
 
 // CheckRange validates an access of length bytes at off against a disk of
 // size bytes. It rejects negative values and int64 overflow; a zero-length

@@ -86,7 +86,7 @@ func hasTables(conn *sqlite3.Conn) (bool, error) {
 		return false, err
 	}
 	if seed > 0 {
-		return false, ErrNeedsMigration
+		return false, fmt.Errorf("the layer holds the seed's v0 hibernate tables: run hibdisk hib migrate (or hibdisk check --repair) on it: %w", ErrNeedsMigration)
 	}
 	return false, nil
 }
