@@ -108,11 +108,11 @@ func checkVMStateRAM(path string) (*disklayer.Report, error) {
 	}
 	defer chain.Close()
 	view, err := chain.Latest()
-	if err != nil {
+	if err != nil && !errors.Is(err, hibfile.ErrNoSnapshot) {
 		note("%v", err)
 		return r, nil
 	}
-	if view.LayerDepth() != 0 {
+	if err != nil || view.LayerDepth() != 0 {
 		note("the layer holds no snapshot of its own (see the vm_state problems)")
 		return r, nil
 	}
