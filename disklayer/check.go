@@ -62,11 +62,8 @@ type CheckOptions struct {
 // Check verifies the layer at path and reports every problem it finds:
 // the database structure (PRAGMA integrity_check), the header, the layer
 // row, every row of sectors and hibernate_blocks (blob length, key range,
-// all-zero data, tombstones in a base layer), the tables of the packages
-// that registered a TableCheck (hibfile, datastore, vmm/qemu: whichever
-// are linked into the program) and the parent reference (reachable, same
-// uuid and size). It reads the whole file. diffdisk.Check adds what needs
-// the whole chain; that is the check `hibdisk check` runs.
+// all-zero data, tombstones in a base layer) and the parent reference
+// (reachable, same uuid and size). It reads the whole file.
 //
 // The error is for failing to check at all: the file cannot be read, is
 // not a layer (ErrNotLayer) or is newer than this build
@@ -121,9 +118,10 @@ func openForCheck(path string, r *Report, readOnly bool) (*sqlite3.Conn, error) 
 	return conn, nil
 }
 
-// checkLayer runs the checks that need only the layer's own file. ok is
-// false if the layer row could not be read, so the caller cannot rely on
-// info.
+// checkLayer runs the checks that need only the layer's own file, the
+// registered TableChecks included (Check, Repair and a Strict open all
+// come through here). ok is false if the layer row could not be read, so
+// the caller cannot rely on info.
 func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 	checkIntegrity(conn, r)
 	if v, err := store.PragmaInt(conn, "application_id"); err != nil {
