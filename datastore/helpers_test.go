@@ -7,14 +7,17 @@ import (
 
 	"github.com/hibdisk/hibdisk/datastore"
 	"github.com/hibdisk/hibdisk/diffdisk"
+	_ "github.com/hibdisk/hibdisk/internal/checkers"
+	"github.com/hibdisk/hibdisk/internal/checktest"
 )
 
 const testSize = 1 << 20
 
 // newBase creates a base layer in a test directory and returns its path.
+// Every layer in that directory is checked when the test ends.
 func newBase(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "base.hib")
+	path := filepath.Join(checktest.TempDir(t), "base.hib")
 	if err := diffdisk.Create(path, diffdisk.CreateOptions{Size: testSize}); err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,13 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer"
 )
 
+// validKey reports whether key is 1 to MaxKeyLen bytes of UTF-8.
+func validKey(key string) bool {
+	return len(key) > 0 && len(key) <= MaxKeyLen && utf8.ValidString(key)
+}
+
 func checkKey(op string, key string) error {
-	if len(key) == 0 || len(key) > MaxKeyLen || !utf8.ValidString(key) {
+	if !validKey(key) {
 		return fmt.Errorf("%s %q: key must be 1 to %d bytes of UTF-8: %w", op, key, MaxKeyLen, disklayer.ErrInvalid)
 	}
 	return nil
@@ -117,23 +122,32 @@ func (s *Store) validate(op string, e *Entry) error {
 		if e.Map == nil {
 			return fmt.Errorf("%s %q: no range: %w", op, e.Key, disklayer.ErrInvalid)
 		}
-		var size int64
-		switch e.Map.Source {
-		case SourceDisk:
-			size = s.disk.Size()
-		case SourceHibernate:
-			size = disklayer.HibernateSize
-		default:
-			return fmt.Errorf("%s %q: map source %q: want disk or hibernate: %w", op, e.Key, e.Map.Source, disklayer.ErrInvalid)
-		}
-		if e.Map.Length <= 0 || e.Map.Length > MaxValueLen {
-			return fmt.Errorf("%s %q: length %d, want 1 to %d bytes: %w", op, e.Key, e.Map.Length, MaxValueLen, disklayer.ErrInvalid)
-		}
-		if err := disklayer.CheckRange(e.Map.Offset, e.Map.Length, size); err != nil {
-			return fmt.Errorf("%s %q: %s range: %w", op, e.Key, e.Map.Source, err)
+		if err := checkMapRange(*e.Map, s.disk.Size()); err != nil {
+			return fmt.Errorf("%s %q: %w", op, e.Key, err)
 		}
 	default:
 		return fmt.Errorf("%s %q: unknown type %q: %w", op, e.Key, e.Type, disklayer.ErrInvalid)
+	}
+	return nil
+}
+
+// checkMapRange checks that m lies in its file, on a chain whose disk is
+// diskSize bytes.
+func checkMapRange(m MapRange, diskSize int64) error {
+	var size int64
+	switch m.Source {
+	case SourceDisk:
+		size = diskSize
+	case SourceHibernate:
+		size = disklayer.HibernateSize
+	default:
+		return fmt.Errorf("map source %q: want disk or hibernate: %w", m.Source, disklayer.ErrInvalid)
+	}
+	if m.Length <= 0 || m.Length > MaxValueLen {
+		return fmt.Errorf("length %d, want 1 to %d bytes: %w", m.Length, MaxValueLen, disklayer.ErrInvalid)
+	}
+	if err := disklayer.CheckRange(m.Offset, m.Length, size); err != nil {
+		return fmt.Errorf("%s range: %w", m.Source, err)
 	}
 	return nil
 }

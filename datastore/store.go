@@ -79,7 +79,7 @@ func Open(d *diffdisk.Disk, opts Options) (*Store, error) {
 		s.layers = append(s.layers, layerRef{f: f, has: has})
 	}
 	if s.layers[0].has {
-		uri, err := store.FileURI(s.path, "ro")
+		uri, err := store.ReadOnlyURI(s.path)
 		if err != nil {
 			return nil, fmt.Errorf("open datastore of %q: %w", s.path, err)
 		}

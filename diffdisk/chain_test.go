@@ -16,8 +16,9 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
 )
 
-// checkOnCleanup runs disklayer.Check on every hibdisk layer file in dir
-// when the test ends, verifying raw parents' digests too.
+// checkOnCleanup runs Check, the whole layer check (checkers_test.go links
+// the packages that register theirs), on every hibdisk layer file in dir
+// when the test ends.
 func checkOnCleanup(t *testing.T, dir string) {
 	t.Helper()
 	t.Cleanup(func() {
@@ -38,6 +39,11 @@ func checkOnCleanup(t *testing.T, dir string) {
 			if err != nil {
 				t.Errorf("check %s: %v", path, err)
 				continue
+			}
+			for _, n := range r.Notes {
+				if strings.Contains(n, "tables not checked") {
+					t.Errorf("check %s: %s", path, n)
+				}
 			}
 			if _, broken := brokenParents.Load(path); broken {
 				// The test broke this layer's parent on purpose: Check

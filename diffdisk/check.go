@@ -9,9 +9,14 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer"
 )
 
-// ExtraCheck is a check of a layer file's own tables that another package
-// adds to Check and Repair (hibfile checks the hibernate metadata). It
-// runs after the layer check, on a file disklayer could open.
+// ExtraCheck is what another package adds to Check and Repair beyond the
+// checks of its tables in one file (those are disklayer.TableChecks, run
+// by every check of a layer file, Strict opens included): a check that
+// needs the layer's chain (vmm/qemu: the RAM a vm_state row was saved
+// with; datastore: entries resolved through the chain), or a repair.
+// Either func may be nil. A check runs after the layer check, on a file
+// disklayer could open; it reports what it cannot verify (a chain that
+// does not open) as a Note, since the layer check reports why.
 type ExtraCheck struct {
 	Name   string
 	Check  func(path string) (*disklayer.Report, error)
@@ -24,9 +29,18 @@ var extraChecks []ExtraCheck
 // from init.
 func RegisterCheck(c ExtraCheck) { extraChecks = append(extraChecks, c) }
 
-// Check runs disklayer.Check on the layer at path (`hibdisk check`), and
-// also compares a raw parent's content digest, which disklayer cannot
-// compute itself, and runs the registered extra checks.
+// Check is the consistency check of a layer: `hibdisk check`, and what
+// tests run on every layer they touched. It runs disklayer.CheckWith on
+// the layer at path (the file, its tables and every registered
+// disklayer.TableCheck, the parent's identity), also compares a raw
+// parent's content digest, which disklayer cannot compute itself, finds
+// a chain that loops, and runs the registered extra checks. It reports
+// every problem, not just the first; the error is for failing to check
+// at all.
+//
+// The checks of hibfile, datastore and vmm/qemu run where those packages
+// are linked in (they register from init), as in cmd/hibdisk; a table
+// holding rows that no linked check covers is named in the Notes.
 func Check(path string) (*disklayer.Report, error) {
 	left := Leftovers(path)
 	r, err := disklayer.CheckWith(path, disklayer.CheckOptions{VerifyRawParent: rawDigestMatches})
@@ -43,6 +57,9 @@ func Check(path string) (*disklayer.Report, error) {
 		r.Problems = append(r.Problems, fmt.Sprintf("the backing chain loops: %s", loop))
 	}
 	for _, c := range extraChecks {
+		if c.Check == nil {
+			continue
+		}
 		x, err := c.Check(path)
 		if err != nil {
 			r.Problems = append(r.Problems, fmt.Sprintf("%s: %v", c.Name, err))
@@ -64,6 +81,9 @@ func Repair(path string, opts disklayer.RepairOptions) (*disklayer.Report, error
 	}
 	repairs := r.Repairs
 	for _, c := range extraChecks {
+		if c.Repair == nil {
+			continue
+		}
 		x, err := c.Repair(path)
 		if err != nil {
 			return r, err

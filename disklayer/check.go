@@ -122,9 +122,10 @@ func openForCheck(path string, r *Report, readOnly bool) (*sqlite3.Conn, error) 
 	return conn, nil
 }
 
-// checkLayer runs the checks that need only the layer's own file. ok is
-// false if the layer row could not be read, so the caller cannot rely on
-// info.
+// checkLayer runs the checks that need only the layer's own file, the
+// registered TableChecks included (Check, Repair and a Strict open all
+// come through here). ok is false if the layer row could not be read, so
+// the caller cannot rely on info.
 func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 	checkIntegrity(conn, r)
 	if v, err := store.PragmaInt(conn, "application_id"); err != nil {
@@ -141,7 +142,7 @@ func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 	}
 	info, ok = scanLayerRow(conn, func(p string) { r.problemf("layer row: %s", p) })
 	if !ok || !ValidSectorSize(info.SectorSize) {
-		r.Notes = append(r.Notes, "sectors and hibernate_blocks not checked: no valid layer row")
+		r.Notes = append(r.Notes, "sectors, hibernate_blocks and the other packages' tables not checked: no valid layer row")
 		return info, false
 	}
 	for _, t := range layerTables(info) {
@@ -156,6 +157,7 @@ func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 			}
 		}
 	}
+	runTableChecks(conn, info, r)
 	return info, true
 }
 

@@ -101,8 +101,11 @@ func TestRepairMigratesVersion1(t *testing.T) {
 func TestUpdateIsOneTransaction(t *testing.T) {
 	path := newLayerPath(t, "u.db")
 	f := createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20})
+	// A row the hibernate metadata check accepts: the test's layers are
+	// checked at the end.
+	uuid := f.Info().UUID
 	insert := func(tx *disklayer.Tx) error {
-		return tx.Conn().Exec(`INSERT INTO hibernate_snapshot (snapshot_id, timestamp, total_processes, total_memory_kb, layer_uuid) VALUES (1, 't', 0, 0, 'u')`)
+		return tx.Conn().Exec(`INSERT INTO hibernate_snapshot (snapshot_id, timestamp, total_processes, total_memory_kb, layer_uuid) VALUES (1, '2026-01-02T03:04:05Z', 0, 0, '` + uuid + `')`)
 	}
 	boom := errors.New("boom")
 	err := f.Update("test", func(tx *disklayer.Tx) error {

@@ -20,6 +20,10 @@ import (
 // and timestamps, and a rooted (acyclic) process tree. The error is for
 // failing to check at all: the file is not a layer, cannot be opened, or
 // is corrupt.
+//
+// This is `hibdisk hib check`. The same check is registered with
+// disklayer (checkTables), so every check of a layer file runs it too:
+// `hibdisk check`, diffdisk.Check, a Strict open.
 func Check(path string) (*disklayer.Report, error) {
 	r := &disklayer.Report{Path: path}
 	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
@@ -27,27 +31,36 @@ func Check(path string) (*disklayer.Report, error) {
 		return r, fmt.Errorf("check hibernate metadata of %q: %w", path, err)
 	}
 	defer f.Close()
-	uuid := f.Info().UUID // before View: both take the layer's lock
+	info := f.Info() // before View: both take the layer's lock
 	err = f.View("check hibernate metadata", func(conn *sqlite3.Conn) error {
-		ok, err := hasTables(conn)
-		switch {
-		case errors.Is(err, ErrNeedsMigration):
-			r.Problems = append(r.Problems, "hibernate metadata: the seed's v0 tables are not migrated yet (hibdisk check --repair migrates them)")
-			return nil
-		case err != nil:
-			return err
-		case !ok:
-			r.Notes = append(r.Notes, "hibernate metadata: schema version 1, no hibernate tables")
-			return nil
-		}
-		return checkMetadata(conn, uuid, func(format string, args ...any) {
-			r.Problems = append(r.Problems, "hibernate metadata: "+fmt.Sprintf(format, args...))
-		})
+		return disklayer.RunTableCheck(conn, info, tableCheck, r)
 	})
 	if err != nil {
 		return r, fmt.Errorf("check hibernate metadata of %q: %w", path, err)
 	}
 	return r, nil
+}
+
+// tableCheck is Check on a connection, registered with disklayer.
+var tableCheck = disklayer.TableCheck{
+	Name:   "hibernate metadata",
+	Tables: []string{"hibernate_snapshot", "hibernate_processes", "hibernate_memory_map", "hibernate_files", "hibernate_signals"},
+	Check:  checkTables,
+}
+
+func checkTables(conn *sqlite3.Conn, info disklayer.Info, r *disklayer.TableReport) error {
+	ok, err := hasTables(conn)
+	switch {
+	case errors.Is(err, ErrNeedsMigration):
+		r.Problemf("the seed's v0 tables are not migrated yet (hibdisk check --repair migrates them)")
+		return nil
+	case err != nil:
+		return err
+	case !ok:
+		r.Notef("schema version 1, no hibernate tables")
+		return nil
+	}
+	return checkMetadata(conn, info.UUID, r.Problemf)
 }
 
 // foreignKeyProblems lists the rows that break a foreign key, per table.
@@ -242,5 +255,6 @@ func Repair(path string) (*disklayer.Report, error) {
 }
 
 func init() {
-	diffdisk.RegisterCheck(diffdisk.ExtraCheck{Name: "hibernate metadata", Check: Check, Repair: Repair})
+	disklayer.RegisterTableCheck(tableCheck)
+	diffdisk.RegisterCheck(diffdisk.ExtraCheck{Name: "hibernate metadata", Repair: Repair})
 }

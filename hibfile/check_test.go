@@ -9,13 +9,15 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/hibfile"
+	"github.com/hibdisk/hibdisk/internal/checktest"
 )
 
-// savedLayer is a base layer holding a small synthetic snapshot; it is
-// not registered for the end-of-test check (the tests break it).
+// savedLayer is a base layer holding a small synthetic snapshot, checked
+// when the test ends (a test that breaks it says so with
+// checktest.Damaged).
 func savedLayer(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "l.db")
+	path := checked(t, filepath.Join(t.TempDir(), "l.db"))
 	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -28,6 +30,7 @@ func savedLayer(t *testing.T) string {
 
 func TestCheckFindsEveryProblem(t *testing.T) {
 	path := savedLayer(t)
+	checktest.Damaged(t, path, "cycle", "outside [0, blob_size", "overlapping")
 	execSQL(t, path,
 		"PRAGMA foreign_keys = OFF",
 		// A cycle: 100 → 101 → 100 (101's parent is 100 in the synthetic tree).
@@ -73,6 +76,7 @@ func TestCheckFindsEveryProblem(t *testing.T) {
 
 func TestCheckTruncatedAndForeignFiles(t *testing.T) {
 	path := savedLayer(t)
+	checktest.Damaged(t, path, "truncated")
 	st, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +95,7 @@ func TestCheckTruncatedAndForeignFiles(t *testing.T) {
 }
 
 func TestRestorePlanParentFirst(t *testing.T) {
-	path := checked(t, savedLayer(t))
+	path := savedLayer(t)
 	want, err := hibfile.Latest(path)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +131,7 @@ func TestRestorePlanParentFirst(t *testing.T) {
 }
 
 func TestViews(t *testing.T) {
-	path := checked(t, savedLayer(t))
+	path := savedLayer(t)
 	conn := openSQL(t, path)
 	defer conn.Close()
 	stmt, _, err := conn.Prepare("SELECT pid, parent_pid, depth, tree FROM hibernate_process_tree")

@@ -13,25 +13,15 @@ import (
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/hibfile"
+	_ "github.com/hibdisk/hibdisk/internal/checkers"
+	"github.com/hibdisk/hibdisk/internal/checktest"
 )
 
-// checked registers path to be checked (disk and hibernate metadata)
-// when the test ends.
+// checked registers path to be checked (the whole layer check, as
+// `hibdisk check` runs it) when the test ends.
 func checked(t testing.TB, path string) string {
 	t.Helper()
-	t.Cleanup(func() {
-		for _, check := range []func(string) (*disklayer.Report, error){disklayer.Check, hibfile.Check} {
-			r, err := check(path)
-			if err != nil {
-				t.Errorf("check %s: %v", path, err)
-				continue
-			}
-			if !r.OK() {
-				t.Errorf("check %s found problems:\n%s", path, r)
-			}
-		}
-	})
-	return path
+	return checktest.Layer(t, path)
 }
 
 // newBase creates a base layer in dir.

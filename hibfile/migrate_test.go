@@ -34,7 +34,7 @@ func execSQL(t *testing.T, path string, sql ...string) {
 // the seed's literal v0 hibernate tables with rows.
 func seedLayer(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "seed.db")
+	path := checked(t, filepath.Join(t.TempDir(), "seed.db"))
 	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)

@@ -213,6 +213,7 @@ func TestReadOnlyFilesystem(t *testing.T) {
 	top := filepath.Join(ro, "top.db")
 	for _, args := range [][]string{
 		{"info", top}, {"map", top}, {"check", top}, {"compare", top, filepath.Join(ro, "base.db")},
+		{"ds", "list", top}, // the datastore's own reader connection too
 		{"create", "-b", top, "job.db"},
 		{"convert", top, "copy.db"},
 	} {

@@ -13,7 +13,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/internal/checktest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -53,21 +55,10 @@ func mustHib(t *testing.T, dir string, args ...string) string {
 }
 
 // testDir is a scratch directory whose every layer is checked when the
-// test ends, the way bbolt's tests check every database they touched.
+// test ends, the way bbolt's tests check every database they touched: with
+// the whole check `hibdisk check` runs (internal/checktest).
 func testDir(t *testing.T) string {
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		files, _ := filepath.Glob(filepath.Join(dir, "*.db"))
-		for _, f := range files {
-			r, err := diffdisk.Check(f)
-			if err != nil {
-				t.Errorf("check %s: %v", f, err)
-			} else if !r.OK() {
-				t.Errorf("check %s: %s", f, r)
-			}
-		}
-	})
-	return dir
+	return checktest.TempDir(t)
 }
 
 var normalizers = []struct {

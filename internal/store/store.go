@@ -413,17 +413,11 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 	// OpenContext is the only way to pass the memory limit, and it always
 	// creates missing files unless told otherwise by a URI's mode.
 	uri, err := FileURI(path, mode)
+	if opts.ReadOnly {
+		uri, err = ReadOnlyURI(path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open %q: %w", path, err)
-	}
-	if opts.ReadOnly {
-		immutable, err := cannotWriteBeside(path)
-		if err != nil {
-			return nil, fmt.Errorf("open %q: %w", path, err)
-		}
-		if immutable {
-			uri += "&immutable=1"
-		}
 	}
 	conn, err := sqlite3.OpenContext(ctx, uri)
 	if err != nil {
@@ -466,6 +460,25 @@ func cannotWriteBeside(path string) (bool, error) {
 		return false, fmt.Errorf("cannot be read where it is: its WAL (%s-wal) holds commits not in the file, and the file cannot be written; open it once where it is writable (any hibdisk command folds the WAL when it closes), or copy it with its -wal", path)
 	}
 	return true, nil
+}
+
+// ReadOnlyURI is the URI of a read-only connection to path, for
+// connections opened without Open (datastore's own reader): FileURI with
+// mode "ro", and immutable where SQLite could not make its -shm beside
+// the file (cannotWriteBeside).
+func ReadOnlyURI(path string) (string, error) {
+	uri, err := FileURI(path, "ro")
+	if err != nil {
+		return "", err
+	}
+	immutable, err := cannotWriteBeside(path)
+	if err != nil {
+		return "", err
+	}
+	if immutable {
+		uri += "&immutable=1"
+	}
+	return uri, nil
 }
 
 // FileURI turns a file name into an SQLite URI (https://sqlite.org/uri.html)

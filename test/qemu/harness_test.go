@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	_ "github.com/hibdisk/hibdisk/internal/checkers" // checkLayer's diffdisk.Check is the whole check
 	"github.com/hibdisk/hibdisk/internal/testenv"
 	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
 	"github.com/hibdisk/hibdisk/vmm/qemu"

@@ -140,24 +140,7 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 		}
 	}
 	ramSize := int64(m.cfg.MemoryMiB) << 20
-	snap := &hibfile.Snapshot{
-		Timestamp:     time.Now().UTC(),
-		KernelVersion: opts.KernelVersion,
-		TotalMemoryKB: ramSize >> 10,
-		Source:        SnapshotSource,
-		Status:        hibfile.StatusComplete,
-		Arch:          "x86_64",
-		Processes: []hibfile.Process{{
-			// The machine is the snapshot's one "process": its memory
-			// map is guest RAM, stored at blob offset = RAM offset.
-			PID: 1, Name: "qemu-" + machineType, State: "stopped",
-			MemorySize: ramSize,
-			Mappings: []hibfile.Mapping{{
-				VirtualAddr: 0, Size: ramSize, PhysicalAddr: ptr(int64(0)), PageSize: pageSize,
-				Permissions: "rwxs", Flags: "guest-ram,shared", BlobOffset: ptr(int64(0)), Path: "[guest-ram]",
-			}},
-		}},
-	}
+	snap := machineSnapshot(ramSize, machineType, opts.KernelVersion)
 	ramDigest := make(chan error, 1)
 	var digest string
 	go func() {
@@ -228,6 +211,29 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// machineSnapshot is the hibernate snapshot row of a machine with
+// ramSize bytes of RAM.
+func machineSnapshot(ramSize int64, machineType, kernelVersion string) *hibfile.Snapshot {
+	return &hibfile.Snapshot{
+		Timestamp:     time.Now().UTC(),
+		KernelVersion: kernelVersion,
+		TotalMemoryKB: ramSize >> 10,
+		Source:        SnapshotSource,
+		Status:        hibfile.StatusComplete,
+		Arch:          "x86_64",
+		Processes: []hibfile.Process{{
+			// The machine is the snapshot's one "process": its memory
+			// map is guest RAM, stored at blob offset = RAM offset.
+			PID: 1, Name: "qemu-" + machineType, State: "stopped",
+			MemorySize: ramSize,
+			Mappings: []hibfile.Mapping{{
+				VirtualAddr: 0, Size: ramSize, PhysicalAddr: ptr(int64(0)), PageSize: pageSize,
+				Permissions: "rwxs", Flags: "guest-ram,shared", BlobOffset: ptr(int64(0)), Path: "[guest-ram]",
+			}},
+		}},
+	}
+}
 
 // hibernatable returns the snapshot layer, or why the machine cannot
 // hibernate.

@@ -130,9 +130,11 @@ func ReadVMState(path string) (*VMState, error) {
 	return s, nil
 }
 
+const vmStateColumns = `snapshot_id, qemu_version, qemu_package, machine_type, config, command_line,
+ ram_size, ram_digest, device_state, state_digest, saved_at`
+
 func selectVMState(conn *sqlite3.Conn) (*VMState, error) {
-	stmt, _, err := conn.Prepare(`SELECT snapshot_id, qemu_version, qemu_package, machine_type, config, command_line,
- ram_size, ram_digest, device_state, state_digest, saved_at FROM vm_state WHERE id = 1`)
+	stmt, _, err := conn.Prepare(`SELECT ` + vmStateColumns + ` FROM vm_state WHERE id = 1`)
 	if err != nil {
 		// A layer from before schema version 4 (opened read-only, not
 		// migrated) has no vm_state table: it holds no machine state.
@@ -148,7 +150,17 @@ func selectVMState(conn *sqlite3.Conn) (*VMState, error) {
 		}
 		return nil, ErrNoVMState
 	}
-	s := &VMState{
+	s, bad := scanVMState(stmt)
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("%v: %w", bad[0], disklayer.ErrCorrupt)
+	}
+	return s, stmt.Err()
+}
+
+// scanVMState reads a row of vmStateColumns. bad lists the columns that
+// do not decode (each as "vm_state COLUMN: why"); their fields stay zero.
+func scanVMState(stmt *sqlite3.Stmt) (s *VMState, bad []error) {
+	s = &VMState{
 		SnapshotID:  stmt.ColumnInt64(0),
 		QEMUVersion: stmt.ColumnText(1),
 		QEMUPackage: stmt.ColumnText(2),
@@ -159,13 +171,14 @@ func selectVMState(conn *sqlite3.Conn) (*VMState, error) {
 		StateDigest: stmt.ColumnText(9),
 	}
 	if err := json.Unmarshal([]byte(stmt.ColumnText(4)), &s.Config); err != nil {
-		return nil, fmt.Errorf("vm_state config: %v: %w", err, disklayer.ErrCorrupt)
+		bad = append(bad, fmt.Errorf("vm_state config: %v", err))
 	}
 	if err := json.Unmarshal([]byte(stmt.ColumnText(5)), &s.CommandLine); err != nil {
-		return nil, fmt.Errorf("vm_state command_line: %v: %w", err, disklayer.ErrCorrupt)
+		bad = append(bad, fmt.Errorf("vm_state command_line: %v", err))
 	}
+	var err error
 	if s.SavedAt, err = time.Parse(time.RFC3339Nano, stmt.ColumnText(10)); err != nil {
-		return nil, fmt.Errorf("vm_state saved_at: %v: %w", err, disklayer.ErrCorrupt)
+		bad = append(bad, fmt.Errorf("vm_state saved_at: %v", err))
 	}
-	return s, stmt.Err()
+	return s, bad
 }

@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/memlayer"
+	"github.com/hibdisk/hibdisk/internal/checktest"
 )
 
 // sparseRAM writes a RAM file of size bytes with the given pages (offset
@@ -127,7 +129,8 @@ func TestArgsSharedRAM(t *testing.T) {
 // TestVMStateRoundTrip: a vm_state row written in a layer transaction
 // reads back as written; a layer without one is ErrNoVMState.
 func TestVMStateRoundTrip(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "snap.db")
+	dir := checktest.TempDir(t)
+	path := filepath.Join(dir, "snap.db")
 	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -136,13 +139,15 @@ func TestVMStateRoundTrip(t *testing.T) {
 		QEMUVersion: "7.2.22", QEMUPackage: "Debian", MachineType: "pc-i440fx-7.2",
 		Config: SavedConfig{Accel: "tcg", MachineType: "pc-i440fx-7.2", MemoryMiB: 64, CPUs: 1, Kernel: "/k",
 			Disks: []SavedDisk{{Name: "data"}, {Name: "ro", Path: "../base.db", ReadOnly: true}}},
-		CommandLine: []string{"-m", "64"}, RAMSize: 64 << 20, RAMDigest: "ab",
+		// All-zero RAM (the layer stores none), so the check passes.
+		CommandLine: []string{"-m", "64"}, RAMSize: 64 << 20, RAMDigest: newRAMDigest().hex(),
 		DeviceState: []byte("QEVM state"), StateDigest: digestBytes([]byte("QEVM state")),
 		SavedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
 	}
+	uuid := f.Info().UUID // not inside Update: both take the layer's lock
 	err = f.Update("test", func(tx *disklayer.Tx) error {
-		if err := tx.Conn().Exec(`INSERT INTO hibernate_snapshot (timestamp, total_processes, total_memory_kb, layer_uuid)
- VALUES ('2026-01-02T03:04:05Z', 0, 65536, 'u')`); err != nil {
+		if err := tx.Conn().Exec(`INSERT INTO hibernate_snapshot (timestamp, total_processes, total_memory_kb, layer_uuid, source)
+ VALUES ('2026-01-02T03:04:05Z', 0, 65536, '` + uuid + `', 'qemu')`); err != nil {
 			return err
 		}
 		want.SnapshotID = tx.Conn().LastInsertRowID()
@@ -162,7 +167,7 @@ func TestVMStateRoundTrip(t *testing.T) {
 		t.Errorf("vm_state (-written +read):\n%s", diff)
 	}
 
-	empty := filepath.Join(t.TempDir(), "empty.db")
+	empty := filepath.Join(dir, "empty.db")
 	f, err = disklayer.Create(empty, disklayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)

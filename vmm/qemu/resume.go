@@ -239,14 +239,11 @@ func openResumeDisks(opts ResumeOptions, state *VMState) (Config, []io.Closer, e
 // another snapshot, or was saved by another QEMU version or machine type
 // than binary offers.
 func checkVMState(binary string, s *VMState, snap hibfile.Snapshot) error {
-	if got := digestBytes(s.DeviceState); got != s.StateDigest {
-		return fmt.Errorf("device state (%d bytes) has digest %s, vm_state records %s: %w", len(s.DeviceState), got, s.StateDigest, ErrStateMismatch)
+	if bad := stateProblems(s); len(bad) > 0 {
+		return bad[0]
 	}
-	if s.SnapshotID != snap.ID {
-		return fmt.Errorf("vm_state belongs to snapshot %d, the layer's snapshot is %d: %w", s.SnapshotID, snap.ID, ErrStateMismatch)
-	}
-	if s.RAMSize != int64(s.Config.MemoryMiB)<<20 || s.RAMSize > maxRAMBytes || s.RAMSize <= 0 {
-		return fmt.Errorf("vm_state RAM size %d does not match %d MiB of guest RAM: %w", s.RAMSize, s.Config.MemoryMiB, ErrStateMismatch)
+	if err := snapshotBinding(s, snap); err != nil {
+		return err
 	}
 	version, err := binaryVersion(binary)
 	if err != nil {
@@ -259,8 +256,47 @@ func checkVMState(binary string, s *VMState, snap hibfile.Snapshot) error {
 	if err != nil {
 		return err
 	}
-	if !types[s.MachineType] || s.MachineType != s.Config.MachineType {
+	if !types[s.MachineType] {
 		return fmt.Errorf("machine type %q (config %q) is not offered by %s (QEMU %s): %w", s.MachineType, s.Config.MachineType, binary, version, ErrStateMismatch)
+	}
+	return nil
+}
+
+// qemuVersion is how vm_state records the QEMU that saved it, and all
+// that binaryVersion can match.
+var qemuVersion = regexp.MustCompile(`^\d+\.\d+\.\d+$`)
+
+// stateProblems lists what keeps a vm_state row from resuming on any
+// QEMU, each wrapping ErrStateMismatch: a device state that does not
+// match its digest, a RAM size that is not the configured guest RAM or
+// that a machine snapshot cannot hold, a machine type that differs from
+// the configuration's, a QEMU version that no binary reports. Resume and
+// the layer check (checkVMStateRow) both use it.
+func stateProblems(s *VMState) []error {
+	var bad []error
+	if got := digestBytes(s.DeviceState); got != s.StateDigest {
+		bad = append(bad, fmt.Errorf("device state (%d bytes) has digest %s, vm_state records %s: %w", len(s.DeviceState), got, s.StateDigest, ErrStateMismatch))
+	}
+	if s.RAMSize != int64(s.Config.MemoryMiB)<<20 || s.RAMSize > maxRAMBytes || s.RAMSize <= 0 {
+		bad = append(bad, fmt.Errorf("vm_state RAM size %d does not match %d MiB of guest RAM: %w", s.RAMSize, s.Config.MemoryMiB, ErrStateMismatch))
+	}
+	if s.MachineType != s.Config.MachineType {
+		bad = append(bad, fmt.Errorf("machine type %q, but the config says %q: %w", s.MachineType, s.Config.MachineType, ErrStateMismatch))
+	}
+	if !qemuVersion.MatchString(s.QEMUVersion) {
+		bad = append(bad, fmt.Errorf("QEMU version %q is not major.minor.micro: %w", s.QEMUVersion, ErrStateMismatch))
+	}
+	return bad
+}
+
+// snapshotBinding refuses a vm_state row that does not belong to snap,
+// the snapshot a resume restores the RAM of.
+func snapshotBinding(s *VMState, snap hibfile.Snapshot) error {
+	if snap.Source != SnapshotSource {
+		return fmt.Errorf("the snapshot is from %q, not a QEMU machine: %w", snap.Source, ErrNoVMState)
+	}
+	if s.SnapshotID != snap.ID {
+		return fmt.Errorf("vm_state belongs to snapshot %d, the layer's snapshot is %d: %w", s.SnapshotID, snap.ID, ErrStateMismatch)
 	}
 	return nil
 }
@@ -310,23 +346,41 @@ func rebuildRAM(view *hibfile.View, path string, s *VMState) (int64, error) {
 	if err := f.Truncate(s.RAMSize); err != nil {
 		return 0, fmt.Errorf("rebuild RAM: %w", err)
 	}
+	var written int64
+	err = verifyRAM(view, s, func(p []byte, off int64) error {
+		n, err := writeRAMPages(f, p, off)
+		written += n
+		return err
+	})
+	if errors.Is(err, ErrStateMismatch) {
+		return 0, err
+	}
+	if err != nil {
+		return 0, fmt.Errorf("rebuild RAM: %w", err)
+	}
+	return written, nil
+}
+
+// verifyRAM reads s.RAMSize bytes of RAM from the view's hibernate file,
+// passing each chunk to each (if not nil), and checks them against the
+// digest the device state was saved with (ErrStateMismatch).
+func verifyRAM(view *hibfile.View, s *VMState, each func(p []byte, off int64) error) error {
 	d := newRAMDigest()
 	buf := make([]byte, ramChunk)
-	var written int64
 	for off := int64(0); off < s.RAMSize; off += ramChunk {
 		p := buf[:min(ramChunk, s.RAMSize-off)]
 		if err := view.ReadBlob(p, off); err != nil {
-			return 0, fmt.Errorf("rebuild RAM: %w", err)
+			return err
 		}
 		d.add(p, off)
-		n, err := writeRAMPages(f, p, off)
-		if err != nil {
-			return 0, fmt.Errorf("rebuild RAM: %w", err)
+		if each != nil {
+			if err := each(p, off); err != nil {
+				return err
+			}
 		}
-		written += n
 	}
 	if got := d.hex(); got != s.RAMDigest {
-		return 0, fmt.Errorf("the RAM in the chain's hibernate file has digest %s, the device state was saved with RAM %s: %w", got, s.RAMDigest, ErrStateMismatch)
+		return fmt.Errorf("the RAM in the chain's hibernate file has digest %s, the device state was saved with RAM %s: %w", got, s.RAMDigest, ErrStateMismatch)
 	}
-	return written, nil
+	return nil
 }

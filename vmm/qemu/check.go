@@ -1,0 +1,131 @@
+package qemu
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/hibfile"
+)
+
+// The checks of a machine snapshot's vm_state row (hibfile/vmschema),
+// registered so that every check of a layer runs them. They verify what
+// Resume verifies before it starts QEMU, except what depends on the QEMU
+// binary (its version, its machine types):
+//
+//   - in the layer file (a disklayer.TableCheck, so also on a Strict
+//     open): the row belongs to a hibernate snapshot of the layer (no
+//     orphan); config, command_line and saved_at decode; the device
+//     state matches state_digest; ram_size is the configured RAM and fits
+//     a machine snapshot; machine_type is the configuration's; the QEMU
+//     version is major.minor.micro; ram_digest is a SHA-256 in hex;
+//   - through the chain (a diffdisk check, `hibdisk check`): the row
+//     belongs to the layer's newest snapshot, a QEMU one, and the RAM
+//     that snapshot stores in the chain's hibernate file has ram_digest
+//     (reading all of it, as a resume does).
+func init() {
+	disklayer.RegisterTableCheck(disklayer.TableCheck{Name: "vm_state", Tables: []string{"vm_state"}, Check: checkVMStateTable})
+	diffdisk.RegisterCheck(diffdisk.ExtraCheck{Name: "vm_state", Check: checkVMStateRAM})
+}
+
+func checkVMStateTable(conn *sqlite3.Conn, _ disklayer.Info, r *disklayer.TableReport) error {
+	stmt, _, err := conn.Prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'vm_state'`)
+	if err != nil {
+		return err
+	}
+	has := stmt.Step() && stmt.ColumnInt(0) > 0
+	if err := stmt.Close(); err != nil {
+		return err
+	}
+	if !has {
+		return nil // a layer older than schema version 4, opened read-only
+	}
+	stmt, _, err = conn.Prepare(`SELECT v.snapshot_id FROM vm_state v WHERE NOT EXISTS
+ (SELECT 1 FROM hibernate_snapshot s WHERE s.snapshot_id = v.snapshot_id)`)
+	if err != nil {
+		return err
+	}
+	for stmt.Step() {
+		r.Problemf("the row belongs to snapshot %d, which the layer does not hold (an orphan)", stmt.ColumnInt64(0))
+	}
+	if err := stmt.Close(); err != nil {
+		return err
+	}
+	stmt, _, err = conn.Prepare(`SELECT ` + vmStateColumns + ` FROM vm_state ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	for stmt.Step() {
+		s, bad := scanVMState(stmt)
+		for _, err := range bad {
+			r.Problemf("%v", err)
+		}
+		if len(bad) > 0 {
+			// A field that does not decode would be reported again
+			// below as a mismatch with its zero value.
+			continue
+		}
+		for _, err := range stateProblems(s) {
+			r.Problemf("%v", err)
+		}
+		if d, err := hex.DecodeString(s.RAMDigest); err != nil || len(d) != 32 {
+			r.Problemf("ram_digest %q is not a hex SHA-256", s.RAMDigest)
+		}
+	}
+	return stmt.Err()
+}
+
+// checkVMStateRAM checks a vm_state row against the chain: the snapshot
+// it belongs to and the RAM that snapshot stores.
+func checkVMStateRAM(path string) (*disklayer.Report, error) {
+	r := &disklayer.Report{Path: path}
+	note := func(format string, args ...any) {
+		r.Notes = append(r.Notes, "vm_state: RAM digest not verified: "+fmt.Sprintf(format, args...))
+	}
+	s, err := ReadVMState(path)
+	switch {
+	case errors.Is(err, ErrNoVMState):
+		return r, nil
+	case errors.Is(err, disklayer.ErrCorrupt):
+		note("the row does not decode (see the vm_state problems)")
+		return r, nil
+	case err != nil:
+		return r, err
+	}
+	if s.RAMSize <= 0 || s.RAMSize > maxRAMBytes {
+		note("ram_size %d is not a machine snapshot's", s.RAMSize)
+		return r, nil
+	}
+	chain, err := hibfile.Open(path)
+	if err != nil {
+		note("%v", err)
+		return r, nil
+	}
+	defer chain.Close()
+	view, err := chain.Latest()
+	if err != nil && !errors.Is(err, hibfile.ErrNoSnapshot) {
+		note("%v", err)
+		return r, nil
+	}
+	if err != nil || view.LayerDepth() != 0 {
+		note("the layer holds no snapshot of its own (see the vm_state problems)")
+		return r, nil
+	}
+	if err := snapshotBinding(s, view.Snapshot()); err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("vm_state: %v", err))
+		return r, nil
+	}
+	if f := view.Snapshot().BlobFilePath; f != "" {
+		note("the snapshot's RAM is in the external file %q", f)
+		return r, nil
+	}
+	if err := verifyRAM(view, s, nil); err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("vm_state: %v", err))
+	}
+	return r, nil
+}
