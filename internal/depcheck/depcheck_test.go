@@ -25,6 +25,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //	diffdisk                                 chains
 //	hibfile, datastore, inspect, vmm/nbddisk what a layer chain holds and exports
 //	vmm/qemu                                 machines
+//	internal/checkers, internal/checktest    every check linked in, for tests
 //	cmd/hibdisk                              the CLI: no internal/ package
 var allowed = map[string][]string{
 	"internal/lock":              nil,
@@ -45,6 +46,8 @@ var allowed = map[string][]string{
 	"inspect":                    {"diffdisk", "disklayer"},
 	"vmm/nbddisk":                {"disklayer", "vmm/nbd"},
 	"vmm/qemu":                   {"diffdisk", "disklayer", "hibfile", "vmm/nbd", "vmm/nbddisk"},
+	"internal/checkers":          {"datastore", "hibfile", "vmm/qemu"},
+	"internal/checktest":         {"diffdisk", "disklayer"},
 	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "hibfile", "inspect", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
 	"test/qemu":                  nil,
 	"test/qemu/guest":            {"test/qemu/guest/guestproto"},

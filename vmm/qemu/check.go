@@ -12,7 +12,7 @@ import (
 	"github.com/hibdisk/hibdisk/hibfile"
 )
 
-// The checks of a machine snapshot's vm_state row (hibfile/vmschema),
+// The checks of a machine snapshot's vm_state row (schema in internal/schema),
 // registered so that every check of a layer runs them. They verify what
 // Resume verifies before it starts QEMU, except what depends on the QEMU
 // binary (its version, its machine types):
