@@ -17,9 +17,9 @@ import (
 // RangeDiff is where two byte-addressed views (disks, hibernate files)
 // differ, in units of Unit bytes (the larger of their sector sizes).
 type RangeDiff struct {
-	SizeA   int64   `json:"size_a"`
-	SizeB   int64   `json:"size_b"`
-	Unit    int64   `json:"unit"`
+	SizeA   int64             `json:"size_a"`
+	SizeB   int64             `json:"size_b"`
+	Unit    int64             `json:"unit"`
 	Changed []disklayer.Range `json:"changed"` // sorted, merged
 	// ChangedBytes is the sum of the Changed lengths.
 	ChangedBytes int64 `json:"changed_bytes"`
