@@ -85,13 +85,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		disks = append(disks, d)
-		exports = append(exports, nbd.Export{
-			Name: s.name, Description: describe(s.file, d), Backend: nbddisk.New(d),
-			ReadOnly: d.ReadOnly(), PreferredBlockSize: uint32(d.SectorSize()),
-			// One SQLite connection serves every NBD connection, so a
-			// FLUSH on any of them commits all their writes.
-			MultiConn: true,
-		})
+		// One SQLite connection serves every NBD connection, so a
+		// FLUSH on any of them commits all their writes.
+		exports = append(exports, nbddisk.Export(s.name, d, nbddisk.ExportOptions{Description: describe(s.file, d), MultiConn: true}))
 	}
 	if *hibExport != "" {
 		h, err := disks[0].Hibernate()
@@ -99,10 +95,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		disks = append(disks, h)
-		exports = append(exports, nbd.Export{
-			Name: *hibExport, Description: "hibernate file of " + specs[0].file, Backend: nbddisk.New(h),
-			ReadOnly: h.ReadOnly(), PreferredBlockSize: uint32(h.SectorSize()), MultiConn: true,
-		})
+		exports = append(exports, nbddisk.Export(*hibExport, h, nbddisk.ExportOptions{Description: "hibernate file of " + specs[0].file, MultiConn: true}))
 	}
 	for i, s := range specs {
 		var hib *diffdisk.Disk
