@@ -61,16 +61,10 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	for i, s := range o.specs {
-		var hib *diffdisk.Disk
-		if i == 0 && o.hibExport != "" {
-			hib = disks[len(disks)-1]
-		}
-		stopDatastore, err := serveDatastore(e, s.file, disks[i], hib)
-		if err != nil {
-			return err
-		}
-		defer stopDatastore() // before the disks close
+	stopDatastores, err := serveDatastores(e, o, disks)
+	defer stopDatastores() // before the disks close
+	if err != nil {
+		return err
 	}
 	srv, err := nbd.NewServer(exports...)
 	if err != nil {
@@ -168,6 +162,30 @@ func openExports(o serveOptions, disks *[]*diffdisk.Disk) ([]nbd.Export, error) 
 		exports = append(exports, nbddisk.Export(o.hibExport, h, nbddisk.ExportOptions{Description: "hibernate file of " + o.specs[0].file, MultiConn: true}))
 	}
 	return exports, nil
+}
+
+// serveDatastores serves the datastore of every export's chain (see
+// serveDatastore); stop ends those that started, last first, and is to
+// be called even after an error.
+func serveDatastores(e *env, o serveOptions, disks []*diffdisk.Disk) (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	for i, s := range o.specs {
+		var hib *diffdisk.Disk
+		if i == 0 && o.hibExport != "" {
+			hib = disks[len(disks)-1]
+		}
+		stopOne, err := serveDatastore(e, s.file, disks[i], hib)
+		if err != nil {
+			return stop, err
+		}
+		stops = append(stops, stopOne)
+	}
+	return stop, nil
 }
 
 // listenServe listens where the flags say: an inherited socket, --listen,
