@@ -97,7 +97,7 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 	}
 
 	// RAM in a shared file on tmpfs, so `vm hibernate` can save it.
-	ramPath, err := newRAMFile()
+	ramPath, err := qemu.NewRAMFile()
 	if err != nil {
 		return err
 	}
