@@ -7,6 +7,8 @@
 // NBD server (vmm/nbd) whose socket listens before QEMU starts, starts
 // QEMU, and connects QMP. Disks may instead name an NBD server already
 // running elsewhere (Disk.Socket), such as a `hibdisk serve` process.
+// Supervise runs a machine for a command line: it quits it on an
+// interrupt and answers RequestHibernate from other processes.
 //
 // # Invariants
 //
