@@ -79,5 +79,5 @@
 // serve) keeps a read transaction open between guest requests, and a
 // commit from another process would make the server's next write fail; so
 // while a layer is served, other processes reach its datastore through the
-// server (Serve, Dial): the CLI does that on its own.
+// server (Serve, Dial): OpenPath does that on its own.
 package datastore

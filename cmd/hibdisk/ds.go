@@ -4,17 +4,14 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/hibdisk/hibdisk/datastore"
-	"github.com/hibdisk/hibdisk/diffdisk"
 )
 
 func init() {
@@ -47,40 +44,10 @@ func runDS(ctx context.Context, e *env, args []string) error {
 	return run(ctx, e, args[1:])
 }
 
-// openDatastore reaches the datastore of the layer chain at path:
-// through the process serving it (hibdisk serve) when one answers on its
-// socket, since writing to a served layer from another process would
-// fail the server's next guest write; else by opening the chain.
-func openDatastore(path string, readOnly bool) (datastore.API, error) {
-	if c, err := datastore.Dial(path); err == nil {
-		return c, nil
-	}
-	d, err := diffdisk.Open(path, diffdisk.Options{ReadOnly: readOnly})
-	if err != nil {
-		return nil, err
-	}
-	s, err := datastore.Open(d, datastore.Options{})
-	if err != nil {
-		d.Close()
-		return nil, err
-	}
-	return &localDatastore{Store: s, chain: d}, nil
-}
-
-// localDatastore is a Store that closes its chain too.
-type localDatastore struct {
-	*datastore.Store
-	chain *diffdisk.Disk
-}
-
-func (l *localDatastore) Close() error {
-	return errors.Join(l.Store.Close(), l.chain.Close())
-}
-
 // withDatastore runs fn on the datastore of path and closes it; a close
 // error (a failed final commit) is the command's error.
 func withDatastore(path string, readOnly bool, fn func(ds datastore.API) error) (err error) {
-	ds, err := openDatastore(path, readOnly)
+	ds, err := datastore.OpenPath(path, readOnly)
 	if err != nil {
 		return err
 	}
@@ -115,36 +82,11 @@ func runDSPublish(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	entry := datastore.Entry{Key: pos[2], Type: typ, Owner: *owner}
-	value := pos[3]
-	switch typ {
-	case datastore.U32, datastore.Label:
-		n, err := strconv.ParseUint(value, 0, 32)
-		if err != nil {
-			return usagef("%s value %q: want a number from 0 to 4294967295", typ, value)
-		}
-		entry.U32, entry.Label = uint32(n), uint32(n)
-		if typ == datastore.U32 {
-			entry.Label = 0
-		} else {
-			entry.U32 = 0
-		}
-	case datastore.String:
-		entry.String = value
-	case datastore.Mem:
-		entry.Mem = []byte(value)
-		if *isHex {
-			if entry.Mem, err = hex.DecodeString(value); err != nil {
-				return usagef("mem value: %v", err)
-			}
-		}
-	case datastore.Map:
-		m, err := parseMapRange(value)
-		if err != nil {
-			return err
-		}
-		entry.Map = &m
+	entry, err := datastore.ParseEntry(typ, pos[2], pos[3], datastore.ParseOptions{Hex: *isHex, ParseSize: parseSize})
+	if err != nil {
+		return usageError{err.Error()}
 	}
+	entry.Owner = *owner
 	var flags datastore.Flags
 	if *overwrite {
 		flags |= datastore.Overwrite
@@ -155,24 +97,6 @@ func runDSPublish(_ context.Context, e *env, args []string) error {
 	return withDatastore(pos[0], false, func(ds datastore.API) error {
 		return ds.Publish(entry, flags)
 	})
-}
-
-// parseMapRange parses SOURCE:OFFSET:LENGTH; OFFSET and LENGTH take
-// K/M/G suffixes.
-func parseMapRange(s string) (datastore.MapRange, error) {
-	parts := strings.Split(s, ":")
-	if len(parts) != 3 {
-		return datastore.MapRange{}, usagef("map value %q: want SOURCE:OFFSET:LENGTH", s)
-	}
-	off, err := parseSize(parts[1])
-	if err != nil {
-		return datastore.MapRange{}, usagef("map offset: %v", err)
-	}
-	length, err := parseSize(parts[2])
-	if err != nil {
-		return datastore.MapRange{}, usagef("map length: %v", err)
-	}
-	return datastore.MapRange{Source: datastore.MapSource(parts[0]), Offset: off, Length: length}, nil
 }
 
 // retrieveJSON is `hibdisk ds retrieve --json`: the entry, and for a map
@@ -210,63 +134,58 @@ func runDSRetrieve(_ context.Context, e *env, args []string) error {
 	key := pos[2]
 	return withDatastore(pos[0], true, func(ds datastore.API) error {
 		if *byNumber {
-			n, err := strconv.ParseUint(key, 0, 32)
-			if err != nil {
-				return usagef("label number %q: want a number from 0 to 4294967295", key)
-			}
-			name, err := ds.RetrieveLabelName(uint32(n), *owner)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(e.stdout, name)
-			return nil
+			return printLabelName(e, ds, key, *owner)
 		}
-		ent, err := ds.Retrieve(key, typ, *owner)
+		ent, data, err := datastore.RetrieveValue(ds, key, typ, *owner, *maxLen, *snapshot)
 		if err != nil {
 			return err
 		}
-		var data []byte
-		switch typ {
-		case datastore.String:
-			if len(ent.String) > *maxLen {
-				return fmt.Errorf("retrieve string %q: %d bytes, the bound is %d: %w", key, len(ent.String), *maxLen, datastore.ErrTooSmall)
-			}
-		case datastore.Mem:
-			data = ent.Mem[:min(len(ent.Mem), *maxLen)]
-		case datastore.Map:
-			buf := make([]byte, min(int64(*maxLen), ent.Map.Length))
-			n, _, err := ds.RetrieveMap(key, *owner, buf, *snapshot)
-			if err != nil {
-				return err
-			}
-			data = buf[:n]
-		}
-		if *asJSON {
-			if typ == datastore.Mem {
-				ent.Mem = data
-			}
-			out := retrieveJSON{Entry: ent}
-			if typ == datastore.Map {
-				out.Data = data
-			}
-			return printJSON(e.stdout, out)
-		}
-		switch typ {
-		case datastore.U32:
-			fmt.Fprintln(e.stdout, ent.U32)
-		case datastore.Label:
-			fmt.Fprintln(e.stdout, ent.Label)
-		case datastore.String:
-			fmt.Fprintln(e.stdout, ent.String)
-		default:
-			if *isHex {
-				fmt.Fprintln(e.stdout, hex.EncodeToString(data))
-			} else {
-				e.stdout.Write(data)
-			}
-		}
-		return nil
+		return printRetrieved(e, typ, ent, data, *asJSON, *isHex)
 	})
+}
+
+// printLabelName prints the name of the label whose number is key.
+func printLabelName(e *env, ds datastore.API, key, owner string) error {
+	n, err := strconv.ParseUint(key, 0, 32)
+	if err != nil {
+		return usagef("label number %q: want a number from 0 to 4294967295", key)
+	}
+	name, err := ds.RetrieveLabelName(uint32(n), owner)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, name)
+	return nil
+}
+
+// printRetrieved prints a retrieved entry of type typ: its value, or for a mem or
+// map the bytes retrieved (data), raw or as hex; with asJSON the entry.
+func printRetrieved(e *env, typ datastore.Type, ent datastore.Entry, data []byte, asJSON, isHex bool) error {
+	if asJSON {
+		if typ == datastore.Mem {
+			ent.Mem = data
+		}
+		out := retrieveJSON{Entry: ent}
+		if typ == datastore.Map {
+			out.Data = data
+		}
+		return printJSON(e.stdout, out)
+	}
+	switch typ {
+	case datastore.U32:
+		fmt.Fprintln(e.stdout, ent.U32)
+	case datastore.Label:
+		fmt.Fprintln(e.stdout, ent.Label)
+	case datastore.String:
+		fmt.Fprintln(e.stdout, ent.String)
+	default:
+		if isHex {
+			fmt.Fprintln(e.stdout, hex.EncodeToString(data))
+		} else {
+			e.stdout.Write(data)
+		}
+	}
+	return nil
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -392,52 +311,17 @@ func runDSSubscribe(ctx context.Context, e *env, args []string) error {
 			types = append(types, t)
 		}
 	}
-	pattern := pos[1]
+	opts := datastore.FollowOptions{Owner: *owner, Pattern: pos[1], Types: types, Once: *once}
+	if *initial {
+		opts.Flags |= datastore.Initial
+	}
+	if *overwrite {
+		opts.Flags |= datastore.Overwrite
+	}
 	return withDatastore(pos[0], false, func(ds datastore.API) error {
-		sub, err := ds.Subscription(*owner)
-		resume := err == nil && sub.Pattern == pattern && slices.Equal(sub.Types, types) && !*overwrite
-		if err != nil && !errors.Is(err, datastore.ErrNotFound) {
-			return err
-		}
-		if !resume {
-			var flags datastore.Flags
-			if *initial {
-				flags |= datastore.Initial
-			}
-			if *overwrite {
-				flags |= datastore.Overwrite
-			}
-			if err := ds.Subscribe(*owner, pattern, types, flags); err != nil {
-				return err
-			}
-		}
-		for {
-			v, err := ds.Version()
-			if err != nil {
-				return err
-			}
-			for {
-				c, ok, err := ds.Check(*owner)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					break
-				}
-				if err := printChange(e.stdout, c, *asJSON); err != nil {
-					return err
-				}
-			}
-			if *once {
-				return nil
-			}
-			if err := ds.Wait(ctx, v); err != nil {
-				if ctx.Err() != nil {
-					return nil // interrupted: the way to stop following
-				}
-				return err
-			}
-		}
+		return datastore.Follow(ctx, ds, opts, func(c datastore.Change) error {
+			return printChange(e.stdout, c, *asJSON)
+		})
 	})
 }
 

@@ -28,7 +28,7 @@ func serveDatastore(e *env, file string, d *diffdisk.Disk, hib *diffdisk.Disk) (
 		return nil, err
 	}
 	sock := datastore.SocketPath(file)
-	removeStaleSocket(sock)
+	nbd.RemoveStaleSocket(sock)
 	l, err := nbd.ListenUnix(sock) // mode 0600; a live server's socket is refused
 	if err != nil {
 		// Serving goes on: another process serving the same layer (a

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -33,44 +32,23 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 // exportSpec is one export asked for on the command line.
 type exportSpec struct{ name, file string }
 
-func runServe(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "serve", "--nbd [--socket PATH | --listen HOST:PORT] [--read-only] [--export NAME] [--export NAME=FILE]... [--hibernate-export NAME] [--create SIZE] [FILE]")
-	nbdMode := fs.Bool("nbd", false, "serve over NBD (the only protocol so far; required)")
-	socket := fs.String("socket", "", "unix socket path (default: FILE with extension .sock, mode 0600)")
-	listen := fs.String("listen", "", "TCP HOST:PORT instead of a unix socket; HOST defaults to 127.0.0.1")
-	readOnly := fs.Bool("read-only", false, "refuse writes (EPERM); the layers are opened read-only")
-	var exportFlags multiFlag
-	fs.Var(&exportFlags, "export", `export name of FILE (default ""), or NAME=FILE for another export; repeatable`)
-	hibExport := fs.String("hibernate-export", "", "also export the first chain's hibernate file under this name")
-	create := fs.String("create", "", "create FILE with this size when it does not exist")
-	readCache := fs.Bool("read-cache", false, "copy what reads find below into the top layer")
-	pos, err := parseArgs(fs, args, 0, 1)
-	if err != nil {
-		return err
-	}
-	if !*nbdMode {
-		return usagef("say which protocol to serve: --nbd")
-	}
-	if *socket != "" && *listen != "" {
-		return usagef("--socket and --listen exclude each other")
-	}
-	specs, err := exportSpecs(pos, exportFlags)
-	if err != nil {
-		return err
-	}
-	if *create != "" {
-		size, err := parseSize(*create)
-		if err != nil {
-			return usageError{err.Error()}
-		}
-		if _, err := os.Stat(specs[0].file); errors.Is(err, os.ErrNotExist) {
-			if err := diffdisk.Create(specs[0].file, diffdisk.CreateOptions{Size: size}); err != nil {
-				return err
-			}
-		}
-	}
+// serveOptions are serve's flags and arguments.
+type serveOptions struct {
+	specs               []exportSpec
+	socket, listen      string
+	readOnly, readCache bool
+	hibExport           string
+	create              string
+}
 
-	var exports []nbd.Export
+func runServe(ctx context.Context, e *env, args []string) error {
+	o, err := parseServeArgs(e, args)
+	if err != nil {
+		return err
+	}
+	if err := createServed(o); err != nil {
+		return err
+	}
 	var disks []*diffdisk.Disk // closed in reverse order
 	defer func() {
 		for i := len(disks) - 1; i >= 0; i-- {
@@ -79,41 +57,14 @@ func runServe(ctx context.Context, e *env, args []string) error {
 			}
 		}
 	}()
-	for _, s := range specs {
-		d, err := openServed(s.file, *readOnly, *readCache)
-		if err != nil {
-			return err
-		}
-		disks = append(disks, d)
-		exports = append(exports, nbd.Export{
-			Name: s.name, Description: describe(s.file, d), Backend: nbddisk.New(d),
-			ReadOnly: d.ReadOnly(), PreferredBlockSize: uint32(d.SectorSize()),
-			// One SQLite connection serves every NBD connection, so a
-			// FLUSH on any of them commits all their writes.
-			MultiConn: true,
-		})
+	exports, err := openExports(o, &disks)
+	if err != nil {
+		return err
 	}
-	if *hibExport != "" {
-		h, err := disks[0].Hibernate()
-		if err != nil {
-			return err
-		}
-		disks = append(disks, h)
-		exports = append(exports, nbd.Export{
-			Name: *hibExport, Description: "hibernate file of " + specs[0].file, Backend: nbddisk.New(h),
-			ReadOnly: h.ReadOnly(), PreferredBlockSize: uint32(h.SectorSize()), MultiConn: true,
-		})
-	}
-	for i, s := range specs {
-		var hib *diffdisk.Disk
-		if i == 0 && *hibExport != "" {
-			hib = disks[len(disks)-1]
-		}
-		stopDatastore, err := serveDatastore(e, s.file, disks[i], hib)
-		if err != nil {
-			return err
-		}
-		defer stopDatastore() // before the disks close
+	stopDatastores, err := serveDatastores(e, o, disks)
+	defer stopDatastores() // before the disks close
+	if err != nil {
+		return err
 	}
 	srv, err := nbd.NewServer(exports...)
 	if err != nil {
@@ -121,7 +72,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	}
 	srv.Logger = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	l, where, activated, err := serveListener(*socket, *listen, specs[0].file)
+	l, where, activated, err := listenServe(o)
 	if err != nil {
 		return err
 	}
@@ -134,7 +85,128 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		banner = e.stderr
 	}
 	printBanner(banner, l, where, exports)
+	return serveUntilDone(ctx, srv, l)
+}
 
+// parseServeArgs parses serve's command line.
+func parseServeArgs(e *env, args []string) (serveOptions, error) {
+	fs := newFlags(e, "serve", "--nbd [--socket PATH | --listen HOST:PORT] [--read-only] [--export NAME] [--export NAME=FILE]... [--hibernate-export NAME] [--create SIZE] [FILE]")
+	nbdMode := fs.Bool("nbd", false, "serve over NBD (the only protocol so far; required)")
+	socket := fs.String("socket", "", "unix socket path (default: FILE with extension .sock, mode 0600)")
+	listen := fs.String("listen", "", "TCP HOST:PORT instead of a unix socket; HOST defaults to 127.0.0.1")
+	readOnly := fs.Bool("read-only", false, "refuse writes (EPERM); the layers are opened read-only")
+	var exportFlags multiFlag
+	fs.Var(&exportFlags, "export", `export name of FILE (default ""), or NAME=FILE for another export; repeatable`)
+	hibExport := fs.String("hibernate-export", "", "also export the first chain's hibernate file under this name")
+	create := fs.String("create", "", "create FILE with this size when it does not exist")
+	readCache := fs.Bool("read-cache", false, "copy what reads find below into the top layer")
+	pos, err := parseArgs(fs, args, 0, 1)
+	if err != nil {
+		return serveOptions{}, err
+	}
+	if !*nbdMode {
+		return serveOptions{}, usagef("say which protocol to serve: --nbd")
+	}
+	if *socket != "" && *listen != "" {
+		return serveOptions{}, usagef("--socket and --listen exclude each other")
+	}
+	specs, err := exportSpecs(pos, exportFlags)
+	if err != nil {
+		return serveOptions{}, err
+	}
+	return serveOptions{
+		specs: specs, socket: *socket, listen: *listen, readOnly: *readOnly, readCache: *readCache,
+		hibExport: *hibExport, create: *create,
+	}, nil
+}
+
+// createServed creates the first export's file for --create when it
+// does not exist.
+func createServed(o serveOptions) error {
+	if o.create == "" {
+		return nil
+	}
+	size, err := parseSize(o.create)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if _, err := os.Stat(o.specs[0].file); errors.Is(err, os.ErrNotExist) {
+		if err := diffdisk.Create(o.specs[0].file, diffdisk.CreateOptions{Size: size}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openExports opens every export's chain, and the first chain's
+// hibernate file for --hibernate-export (last), appending each to
+// *disks as it opens, so the caller closes them even after an error.
+func openExports(o serveOptions, disks *[]*diffdisk.Disk) ([]nbd.Export, error) {
+	var exports []nbd.Export
+	for _, s := range o.specs {
+		d, err := openServed(s.file, o.readOnly, o.readCache)
+		if err != nil {
+			return nil, err
+		}
+		*disks = append(*disks, d)
+		// One SQLite connection serves every NBD connection, so a
+		// FLUSH on any of them commits all their writes.
+		exports = append(exports, nbddisk.Export(s.name, d, nbddisk.ExportOptions{Description: describe(s.file, d), MultiConn: true}))
+	}
+	if o.hibExport != "" {
+		h, err := (*disks)[0].Hibernate()
+		if err != nil {
+			return nil, err
+		}
+		*disks = append(*disks, h)
+		exports = append(exports, nbddisk.Export(o.hibExport, h, nbddisk.ExportOptions{Description: "hibernate file of " + o.specs[0].file, MultiConn: true}))
+	}
+	return exports, nil
+}
+
+// serveDatastores serves the datastore of every export's chain (see
+// serveDatastore); stop ends those that started, last first, and is to
+// be called even after an error.
+func serveDatastores(e *env, o serveOptions, disks []*diffdisk.Disk) (stop func(), err error) {
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	for i, s := range o.specs {
+		var hib *diffdisk.Disk
+		if i == 0 && o.hibExport != "" {
+			hib = disks[len(disks)-1]
+		}
+		stopOne, err := serveDatastore(e, s.file, disks[i], hib)
+		if err != nil {
+			return stop, err
+		}
+		stops = append(stops, stopOne)
+	}
+	return stop, nil
+}
+
+// listenServe listens where the flags say: an inherited socket, --listen,
+// --socket, or a unix socket beside the first file.
+func listenServe(o serveOptions) (l net.Listener, where string, activated bool, err error) {
+	socket := o.socket
+	if socket == "" {
+		file := o.specs[0].file
+		socket = strings.TrimSuffix(file, filepath.Ext(file)) + ".sock"
+	}
+	l, where, activated, err = nbd.Listen(nbd.ListenOptions{TCP: o.listen, Unix: socket})
+	if errors.Is(err, nbd.ErrAddress) {
+		return nil, "", false, usagef("--listen %q: want HOST:PORT", o.listen)
+	}
+	return l, where, activated, err
+}
+
+// serveUntilDone serves until the server fails or ctx ends (SIGINT,
+// SIGTERM); then it stops accepting, answers what is in flight and
+// flushes every export.
+func serveUntilDone(ctx context.Context, srv *nbd.Server, l net.Listener) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	select {
@@ -142,7 +214,6 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	// SIGINT/SIGTERM: stop accepting, answer what is in flight, flush.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -225,80 +296,6 @@ func markedReadOnly(path string) (bool, error) {
 
 func describe(path string, d *diffdisk.Disk) string {
 	return fmt.Sprintf("hibdisk %s: %d layer(s), %s", filepath.Base(path), d.Depth(), formatSize(d.Size()))
-}
-
-// serveListener picks the listener: an inherited socket (systemd
-// LISTEN_FDS), a TCP address, or a unix socket beside the first file.
-func serveListener(socket, listen, file string) (l net.Listener, where string, activated bool, err error) {
-	if l, ok, err := activationListener(); err != nil || ok {
-		if err != nil {
-			return nil, "", false, err
-		}
-		return l, l.Addr().String(), true, nil
-	}
-	if listen != "" {
-		host, port, err := net.SplitHostPort(listen)
-		if err != nil {
-			return nil, "", false, usagef("--listen %q: want HOST:PORT", listen)
-		}
-		if host == "" {
-			host = "127.0.0.1" // a non-loopback address only when asked for
-		}
-		l, err := net.Listen("tcp", net.JoinHostPort(host, port))
-		if err != nil {
-			return nil, "", false, err
-		}
-		return l, l.Addr().String(), false, nil
-	}
-	if socket == "" {
-		socket = strings.TrimSuffix(file, filepath.Ext(file)) + ".sock"
-	}
-	if abs, err := filepath.Abs(socket); err == nil {
-		socket = abs
-	}
-	removeStaleSocket(socket)
-	l, err = nbd.ListenUnix(socket)
-	if err != nil {
-		return nil, "", false, err
-	}
-	return l, socket, false, nil
-}
-
-// removeStaleSocket deletes a socket file left by a server that died,
-// but never a live server's socket or a file that is not a socket.
-func removeStaleSocket(path string) {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&os.ModeSocket == 0 {
-		return
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return
-	}
-	os.Remove(path)
-}
-
-// activationListener takes the first socket passed by systemd-style
-// socket activation (LISTEN_PID, LISTEN_FDS; fds start at 3), as
-// `nbdinfo -- [ hibdisk serve --nbd FILE ]` does.
-func activationListener() (net.Listener, bool, error) {
-	pid, fds := os.Getenv("LISTEN_PID"), os.Getenv("LISTEN_FDS")
-	if pid == "" || fds == "" || pid != strconv.Itoa(os.Getpid()) {
-		return nil, false, nil
-	}
-	if n, err := strconv.Atoi(fds); err != nil || n < 1 {
-		return nil, false, fmt.Errorf("socket activation: LISTEN_FDS=%q", fds)
-	}
-	os.Unsetenv("LISTEN_PID")
-	os.Unsetenv("LISTEN_FDS")
-	os.Unsetenv("LISTEN_FDNAMES")
-	f := os.NewFile(3, "LISTEN_FD_3")
-	defer f.Close()
-	l, err := net.FileListener(f)
-	if err != nil {
-		return nil, false, fmt.Errorf("socket activation: fd 3: %w", err)
-	}
-	return l, true, nil
 }
 
 // printBanner says where the exports are and how QEMU connects.

@@ -56,7 +56,64 @@ func parseVMDisk(arg string) (vmDisk, error) {
 	return vmDisk{name, file}, nil
 }
 
+// vmRunOptions are vm run's flags and disks.
+type vmRunOptions struct {
+	cfg      qemu.Config // without RAMPath and Disks
+	specs    []vmDisk
+	boot     bool // specs[0] is the boot disk
+	readOnly bool
+}
+
 func runVMRun(ctx context.Context, e *env, args []string) (err error) {
+	o, err := parseVMRunArgs(e, args)
+	if err != nil {
+		return err
+	}
+	// RAM in a shared file on tmpfs, so `vm hibernate` can save it.
+	ramPath, err := qemu.NewRAMFile()
+	if err != nil {
+		return err
+	}
+	defer os.Remove(ramPath)
+	cfg := o.cfg
+	cfg.RAMPath = ramPath
+	var disks []*diffdisk.Disk // closed in reverse order, after the machine
+	closeDisks := func() error {
+		var errs []error
+		for i := len(disks) - 1; i >= 0; i-- {
+			if cerr := disks[i].Close(); cerr != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", o.specs[i].file, cerr))
+			}
+		}
+		disks = nil
+		return errors.Join(errs...)
+	}
+	defer func() { err = errors.Join(err, closeDisks()) }()
+	for i, s := range o.specs {
+		d, err := openServed(s.file, o.readOnly, false)
+		if err != nil {
+			return err
+		}
+		disks = append(disks, d)
+		cfg.Disks = append(cfg.Disks, qemu.Disk{Name: s.name, Layer: d, Boot: o.boot && i == 0})
+	}
+
+	m, err := qemu.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "hibdisk vm: QMP socket %s\n", m.QMPPath())
+	// A writable first disk can hold a machine snapshot: `vm hibernate`
+	// finds the machine through a state file beside it.
+	top := ""
+	if !o.readOnly {
+		top = o.specs[0].file
+	}
+	return superviseVM(ctx, e, m, top, closeDisks)
+}
+
+// parseVMRunArgs parses vm run's command line.
+func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	fs := newFlags(e, "vm run", "[--kernel K [--initrd I] [--append ARGS]] [--boot DISK] [--mem SIZE] [--cpus N] [--read-only] [--qmp PATH] DISK...")
 	kernel := fs.String("kernel", "", "Linux kernel to boot directly")
 	initrd := fs.String("initrd", "", "initramfs for --kernel")
@@ -69,76 +126,35 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 	qmpPath := fs.String("qmp", "", "QMP socket path (default: in a private temporary directory)")
 	pos, err := parseArgs(fs, args, 0, -1)
 	if err != nil {
-		return err
+		return vmRunOptions{}, err
 	}
 	if *kernel == "" && *boot == "" {
-		return usagef("nothing to boot: give --kernel or --boot DISK")
+		return vmRunOptions{}, usagef("nothing to boot: give --kernel or --boot DISK")
 	}
 	if *kernel == "" && (*initrd != "" || *appendArgs != "") {
-		return usagef("--initrd and --append need --kernel")
+		return vmRunOptions{}, usagef("--initrd and --append need --kernel")
 	}
 	memBytes, err := parseSize(*mem)
 	if err != nil {
-		return usageError{err.Error()}
+		return vmRunOptions{}, usageError{err.Error()}
 	}
 	if memBytes < 16<<20 {
-		return usagef("--mem %s: want at least 16M", *mem)
+		return vmRunOptions{}, usagef("--mem %s: want at least 16M", *mem)
 	}
-	var specs []vmDisk
 	if *boot != "" {
 		pos = append([]string{*boot}, pos...)
 	}
-	for _, a := range pos {
-		s, err := parseVMDisk(a)
-		if err != nil {
-			return err
-		}
-		specs = append(specs, s)
-	}
-
-	// RAM in a shared file on tmpfs, so `vm hibernate` can save it.
-	ramPath, err := newRAMFile()
-	if err != nil {
-		return err
-	}
-	defer os.Remove(ramPath)
-	cfg := qemu.Config{
+	o := vmRunOptions{boot: *boot != "", readOnly: *readOnly, cfg: qemu.Config{
 		Accel: *accel, MemoryMiB: int(memBytes >> 20), CPUs: *cpus,
 		Kernel: *kernel, Initrd: *initrd, Append: *appendArgs,
 		Console: e.stdout, Stderr: e.stderr, QMPSocket: *qmpPath,
-		RAMPath: ramPath,
-	}
-	var disks []*diffdisk.Disk // closed in reverse order, after the machine
-	closeDisks := func() error {
-		var errs []error
-		for i := len(disks) - 1; i >= 0; i-- {
-			if cerr := disks[i].Close(); cerr != nil {
-				errs = append(errs, fmt.Errorf("close %s: %w", specs[i].file, cerr))
-			}
-		}
-		disks = nil
-		return errors.Join(errs...)
-	}
-	defer func() { err = errors.Join(err, closeDisks()) }()
-	for i, s := range specs {
-		d, err := openServed(s.file, *readOnly, false)
+	}}
+	for _, a := range pos {
+		s, err := parseVMDisk(a)
 		if err != nil {
-			return err
+			return vmRunOptions{}, err
 		}
-		disks = append(disks, d)
-		cfg.Disks = append(cfg.Disks, qemu.Disk{Name: s.name, Layer: d, Boot: *boot != "" && i == 0})
+		o.specs = append(o.specs, s)
 	}
-
-	m, err := qemu.Start(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stderr, "hibdisk vm: QMP socket %s\n", m.QMPPath())
-	// A writable first disk can hold a machine snapshot: `vm hibernate`
-	// finds the machine through a state file beside it.
-	top := ""
-	if !*readOnly {
-		top = specs[0].file
-	}
-	return superviseVM(ctx, e, m, top, closeDisks)
+	return o, nil
 }

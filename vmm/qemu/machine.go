@@ -7,6 +7,8 @@
 // NBD server (vmm/nbd) whose socket listens before QEMU starts, starts
 // QEMU, and connects QMP. Disks may instead name an NBD server already
 // running elsewhere (Disk.Socket), such as a `hibdisk serve` process.
+// Supervise runs a machine for a command line: it quits it on an
+// interrupt and answers RequestHibernate from other processes.
 //
 // # Invariants
 //
@@ -235,13 +237,7 @@ func readOnly(d Disk) bool {
 	if d.ReadOnly || d.Layer == nil {
 		return d.ReadOnly
 	}
-	if _, ok := d.Layer.(disklayer.Disk); !ok {
-		return true
-	}
-	if ro, ok := d.Layer.(interface{ ReadOnly() bool }); ok && ro.ReadOnly() {
-		return true
-	}
-	return false
+	return !nbddisk.Writable(d.Layer)
 }
 
 // Machine is a running (or exited) QEMU.
@@ -379,13 +375,12 @@ func (m *Machine) startServer(cfg Config, path string) error {
 		if d.Layer == nil {
 			continue
 		}
-		exports = append(exports, nbd.Export{
-			Name:               d.Name,
-			Description:        "disk " + d.Name,
-			Backend:            nbddisk.New(d.Layer),
-			ReadOnly:           readOnly(d),
-			PreferredBlockSize: uint32(max(d.Layer.SectorSize(), 512)),
-		})
+		// No MultiConn: QEMU opens one connection per disk (see
+		// nbddisk.ExportOptions).
+		exports = append(exports, nbddisk.Export(d.Name, d.Layer, nbddisk.ExportOptions{
+			Description: "disk " + d.Name,
+			ReadOnly:    d.ReadOnly,
+		}))
 	}
 	if len(exports) == 0 {
 		return nil
