@@ -13,18 +13,6 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer"
 )
 
-// ErrNoVMState: the layer holds no vm_state row (not a machine snapshot,
-// or a hibernate that did not complete).
-var ErrNoVMState = errors.New("no QEMU machine state (vm_state) in the layer")
-
-// ErrStateMismatch: a machine snapshot cannot be resumed as recorded: its
-// device state does not match its digest, its RAM does not match the
-// digest the device state was saved with, or this QEMU is not the version
-// or lacks the machine type that saved it. QEMU itself would not notice
-// a device state paired with the wrong RAM (the guest crashes or runs
-// from the wrong point), so Resume refuses instead.
-var ErrStateMismatch = errors.New("machine snapshot does not match")
-
 // SavedDisk is one disk of a machine snapshot's configuration.
 type SavedDisk struct {
 	Name string `json:"name"`

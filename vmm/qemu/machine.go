@@ -277,9 +277,6 @@ func (m *Machine) closeOwned() error {
 	return errors.Join(errs...)
 }
 
-// ErrExited is returned by WaitLine when QEMU exits before a matching line.
-var ErrExited = errors.New("qemu: exited")
-
 // Start launches a machine. ctx bounds only the start (QMP connection);
 // the machine runs until the guest powers off, Shutdown, or Kill. After a
 // successful Start the caller must call Wait (or Shutdown).

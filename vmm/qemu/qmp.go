@@ -47,10 +47,6 @@ func (e *QMPError) Error() string {
 	return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc)
 }
 
-// ErrQMPClosed is returned for commands on a connection that has ended
-// (QEMU exited or Close was called).
-var ErrQMPClosed = errors.New("qmp: connection closed")
-
 type qmpResponse struct {
 	ret json.RawMessage
 	err *QMPError
