@@ -1,16 +1,17 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // generationOf reads the committed generation from the file, as a child's
 // chain would when it opens the layer.
 func generationOf(t *testing.T, path string) int64 {
 	t.Helper()
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,7 +25,7 @@ func generationOf(t *testing.T, path string) int64 {
 // marking the layer does not.
 func TestGenerationCountsContentChanges(t *testing.T) {
 	path := newLayerPath(t, "g.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 4 << 20})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 4 << 20})
 	gen := f.Info().Generation
 	if gen != 1 {
 		t.Fatalf("new layer at generation %d, want 1", gen)
@@ -118,9 +119,9 @@ func TestGenerationCountsContentChanges(t *testing.T) {
 func TestAbsorbRecordsParentGeneration(t *testing.T) {
 	dir := t.TempDir()
 	ppath := checkedLayer(t, dir+"/p.hibdisk")
-	p := createLayer(t, ppath, disklayer.CreateOptions{Size: 1 << 20})
+	p := createLayer(t, ppath, sqlitelayer.CreateOptions{Size: 1 << 20})
 	pinfo := p.Info()
-	c := createLayer(t, checkedLayer(t, dir+"/c.hibdisk"), disklayer.CreateOptions{Size: 1 << 20, Parent: &disklayer.ParentRef{
+	c := createLayer(t, checkedLayer(t, dir+"/c.hibdisk"), sqlitelayer.CreateOptions{Size: 1 << 20, Parent: &disklayer.ParentRef{
 		Path: "p.hibdisk", Format: disklayer.FormatHibdisk, UUID: pinfo.UUID, Size: pinfo.DiskSize, Generation: pinfo.Generation,
 	}})
 	defer c.Close()

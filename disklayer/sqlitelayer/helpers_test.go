@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"os"
@@ -8,16 +8,17 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
-// checkedLayer registers path to be checked with disklayer.Check when the
+// checkedLayer registers path to be checked with sqlitelayer.Check when the
 // test ends: every layer file a test touches must end up consistent.
 // Register before the t.Cleanup that closes the layer, so the check runs
 // after it (cleanups run last-registered first).
 func checkedLayer(t testing.TB, path string) string {
 	t.Helper()
 	t.Cleanup(func() {
-		r, err := disklayer.Check(path)
+		r, err := sqlitelayer.Check(path)
 		if err != nil {
 			t.Errorf("check %s: %v", path, err)
 			return
@@ -38,9 +39,9 @@ func newLayerPath(t testing.TB, name string) string {
 }
 
 // createLayer creates a layer and closes it when the test ends.
-func createLayer(t testing.TB, path string, opts disklayer.CreateOptions) *disklayer.File {
+func createLayer(t testing.TB, path string, opts sqlitelayer.CreateOptions) *sqlitelayer.File {
 	t.Helper()
-	f, err := disklayer.Create(path, opts)
+	f, err := sqlitelayer.Create(path, opts)
 	if err != nil {
 		t.Fatalf("create %s: %v", path, err)
 	}
@@ -50,16 +51,16 @@ func createLayer(t testing.TB, path string, opts disklayer.CreateOptions) *diskl
 
 // createWriteBack creates a layer and reopens it with write-back (the
 // caller closes it).
-func createWriteBack(t testing.TB, path string, opts disklayer.CreateOptions) *disklayer.File {
+func createWriteBack(t testing.TB, path string, opts sqlitelayer.CreateOptions) *sqlitelayer.File {
 	t.Helper()
-	f, err := disklayer.Create(path, opts)
+	f, err := sqlitelayer.Create(path, opts)
 	if err != nil {
 		t.Fatalf("create %s: %v", path, err)
 	}
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if f, err = disklayer.Open(path, disklayer.OpenOptions{WriteBack: true}); err != nil {
+	if f, err = sqlitelayer.Open(path, sqlitelayer.OpenOptions{WriteBack: true}); err != nil {
 		t.Fatalf("open %s with write-back: %v", path, err)
 	}
 	return f

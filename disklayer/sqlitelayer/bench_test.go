@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"flag"
@@ -11,7 +11,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // Layer benchmarks. Each runs on one layer of -bench.size bytes with 4 KiB
@@ -19,7 +19,7 @@ import (
 // binary run, in -bench.dir). Compare page sizes with
 // -bench.pagesizes=4096,16384,32768,65536.
 //
-//	go test ./disklayer -run '^$' -bench Layer -benchtime 3s
+//	go test ./disklayer/sqlitelayer -run '^$' -bench Layer -benchtime 3s
 //
 // What is measured:
 //   - read4k-random: ReadAt of one random aligned 4 KiB sector.
@@ -99,16 +99,16 @@ func benchLayer(b *testing.B, pageSize int) string {
 	}
 	path := filepath.Join(benchFixtures.dir, fmt.Sprintf("bench-%d-%d.hibdisk", pageSize, os.Getpid()))
 	os.Remove(path)
-	defer disklayer.SetPageSizeForTest(pageSize)()
-	createFilled(b, path, disklayer.CreateOptions{Size: *benchSize}, 1)
+	defer sqlitelayer.SetPageSizeForTest(pageSize)()
+	createFilled(b, path, sqlitelayer.CreateOptions{Size: *benchSize}, 1)
 	benchFixtures.paths[pageSize] = path
 	return path
 }
 
 // createFilled creates a layer at path and fills every sector with random
 // data drawn from seed.
-func createFilled(b *testing.B, path string, opts disklayer.CreateOptions, seed uint64) {
-	f, err := disklayer.Create(path, opts)
+func createFilled(b *testing.B, path string, opts sqlitelayer.CreateOptions, seed uint64) {
+	f, err := sqlitelayer.Create(path, opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func createFilled(b *testing.B, path string, opts disklayer.CreateOptions, seed 
 // writeSeq writes buf b.N times walking the layer in order and wrapping,
 // with a Flush every flushEvery writes and at the end; change, if not nil,
 // alters buf before write i.
-func writeSeq(b *testing.B, f *disklayer.File, buf []byte, flushEvery int, change func(i int)) {
+func writeSeq(b *testing.B, f *sqlitelayer.File, buf []byte, flushEvery int, change func(i int)) {
 	b.SetBytes(int64(len(buf)))
 	b.ResetTimer()
 	off := int64(0)
@@ -160,8 +160,8 @@ func randomFill(rng *rand.Rand, p []byte) {
 	}
 }
 
-func openBench(b *testing.B, path string, opts disklayer.OpenOptions) *disklayer.File {
-	f, err := disklayer.Open(path, opts)
+func openBench(b *testing.B, path string, opts sqlitelayer.OpenOptions) *sqlitelayer.File {
+	f, err := sqlitelayer.Open(path, opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func BenchmarkLayer(b *testing.B) {
 			path := benchLayer(b, ps)
 			sectors := *benchSize / 4096
 			b.Run("read4k-random", func(b *testing.B) {
-				f := openBench(b, path, disklayer.OpenOptions{})
+				f := openBench(b, path, sqlitelayer.OpenOptions{})
 				rng := rand.New(rand.NewPCG(3, 4))
 				buf := make([]byte, 4096)
 				b.SetBytes(4096)
@@ -192,7 +192,7 @@ func BenchmarkLayer(b *testing.B) {
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 			})
 			b.Run("read4k-random-parallel", func(b *testing.B) {
-				f := openBench(b, path, disklayer.OpenOptions{})
+				f := openBench(b, path, sqlitelayer.OpenOptions{})
 				b.SetBytes(4096)
 				var seed sync.Mutex
 				var next uint64
@@ -213,7 +213,7 @@ func BenchmarkLayer(b *testing.B) {
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 			})
 			b.Run("write4k-random", func(b *testing.B) {
-				f := openBench(b, path, disklayer.OpenOptions{})
+				f := openBench(b, path, sqlitelayer.OpenOptions{})
 				rng := rand.New(rand.NewPCG(6, 7))
 				buf := make([]byte, 4096)
 				b.SetBytes(4096)
@@ -235,7 +235,7 @@ func BenchmarkLayer(b *testing.B) {
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 			})
 			b.Run("read1m-seq", func(b *testing.B) {
-				f := openBench(b, path, disklayer.OpenOptions{})
+				f := openBench(b, path, sqlitelayer.OpenOptions{})
 				buf := make([]byte, 1<<20)
 				b.SetBytes(int64(len(buf)))
 				b.ResetTimer()
@@ -252,7 +252,7 @@ func BenchmarkLayer(b *testing.B) {
 				}
 			})
 			b.Run("write1m-seq", func(b *testing.B) {
-				f := openBench(b, path, disklayer.OpenOptions{})
+				f := openBench(b, path, sqlitelayer.OpenOptions{})
 				rng := rand.New(rand.NewPCG(8, 9))
 				buf := make([]byte, 1<<20)
 				randomFill(rng, buf)
@@ -272,8 +272,8 @@ func BenchmarkZeroWrites(b *testing.B) {
 		b.Run(fmt.Sprintf("writeback=%v", wb), func(b *testing.B) {
 			dir := b.TempDir()
 			path := filepath.Join(dir, "diff.hibdisk")
-			createFilled(b, path, disklayer.CreateOptions{Size: *benchSize, Parent: rawParent(b, dir, *benchSize)}, 10)
-			f := openBench(b, path, disklayer.OpenOptions{WriteBack: wb})
+			createFilled(b, path, sqlitelayer.CreateOptions{Size: *benchSize, Parent: rawParent(b, dir, *benchSize)}, 10)
+			f := openBench(b, path, sqlitelayer.OpenOptions{WriteBack: wb})
 			writeSeq(b, f, make([]byte, 64<<10), 1024, nil)
 		})
 	}

@@ -1,4 +1,4 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"crypto/rand"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"iter"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,15 +14,10 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/lock"
 	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
-)
-
-// Parent formats stored in parent_format.
-const (
-	FormatHibdisk = "hibdisk"
-	FormatRaw     = "raw"
 )
 
 // HibernateSize is the size of every layer's hibernate file (the
@@ -35,53 +29,26 @@ const HibernateSize int64 = 1 << 46
 // package internal/schema names the versions and holds their history.
 const SchemaVersion = schema.Current
 
-// ParentRef is a diff layer's reference to the layer below it, as stored
-// in the layer row.
-type ParentRef struct {
-	Path   string // as stored: relative to the child's directory (absolute allowed)
-	Format string // FormatHibdisk or FormatRaw
-	UUID   string // hibdisk parent's uuid; "" for raw
-	Size   int64  // parent's size in bytes when attached
-	Digest string // raw parent: digest of size + sampled content; "" for hibdisk
-
-	// Generation is a hibdisk parent's generation when attached (see
-	// sqlite_generation.go); 0 when not recorded (older layers).
-	Generation int64
-	// SHA256 is a raw parent's whole-content digest and Stat its file
-	// identity when attached (rawlayer.ContentDigest, rawlayer.FileStat);
-	// "" when not recorded (older layers).
-	SHA256 string
-	Stat   string
-}
-
-// ResolvePath returns the parent's file name as seen from the working
-// directory: Path joined to the directory of the child layer at childPath
-// unless Path is absolute.
-func (r ParentRef) ResolvePath(childPath string) string {
-	if filepath.IsAbs(r.Path) {
-		return r.Path
-	}
-	return filepath.Join(filepath.Dir(childPath), r.Path)
-}
-
-func (r ParentRef) validate() error {
+// validateParent checks a parent reference before it is stored in the
+// layer row.
+func validateParent(r disklayer.ParentRef) error {
 	switch {
 	case r.Path == "":
 		return errors.New("parent path is empty")
 	case r.Size < 0:
 		return fmt.Errorf("parent size %d is negative", r.Size)
-	case r.Format == FormatHibdisk && r.UUID == "":
+	case r.Format == disklayer.FormatHibdisk && r.UUID == "":
 		return errors.New("hibdisk parent without uuid")
-	case r.Format == FormatHibdisk && (r.Digest != "" || r.SHA256 != "" || r.Stat != ""):
+	case r.Format == disklayer.FormatHibdisk && (r.Digest != "" || r.SHA256 != "" || r.Stat != ""):
 		return errors.New("hibdisk parent with a raw digest")
-	case r.Format == FormatRaw && r.Generation != 0:
+	case r.Format == disklayer.FormatRaw && r.Generation != 0:
 		return errors.New("raw parent with a generation")
 	case r.Generation < 0:
 		return fmt.Errorf("parent generation %d is negative", r.Generation)
-	case r.Format == FormatRaw && r.UUID != "":
+	case r.Format == disklayer.FormatRaw && r.UUID != "":
 		return errors.New("raw parent with a uuid")
-	case r.Format != FormatHibdisk && r.Format != FormatRaw:
-		return fmt.Errorf("parent format %q is neither %q nor %q", r.Format, FormatHibdisk, FormatRaw)
+	case r.Format != disklayer.FormatHibdisk && r.Format != disklayer.FormatRaw:
+		return fmt.Errorf("parent format %q is neither %q nor %q", r.Format, disklayer.FormatHibdisk, disklayer.FormatRaw)
 	}
 	return nil
 }
@@ -91,21 +58,21 @@ type Info struct {
 	UUID       string
 	SectorSize int
 	DiskSize   int64
-	Parent     *ParentRef // nil for a base layer
-	ReadOnly   bool       // the read_only column: the layer refuses writes
+	Parent     *disklayer.ParentRef // nil for a base layer
+	ReadOnly   bool                 // the read_only column: the layer refuses writes
 	CreatedAt  time.Time
 	Label      string
 	// Generation counts the committed transactions that changed the
-	// layer's content (sqlite_generation.go); 0 for a layer older than
+	// layer's content (generation.go); 0 for a layer older than
 	// schema version 5 opened read-only.
 	Generation int64
 }
 
 // CreateOptions describe a new layer.
 type CreateOptions struct {
-	Size       int64      // bytes the guest sees; a multiple of SectorSize
-	SectorSize int        // 0 means DefaultSectorSize
-	Parent     *ParentRef // nil for a base layer
+	Size       int64                // bytes the guest sees; a multiple of SectorSize
+	SectorSize int                  // 0 means DefaultSectorSize
+	Parent     *disklayer.ParentRef // nil for a base layer
 	Label      string
 }
 
@@ -303,17 +270,17 @@ func newInfo(opts CreateOptions) (Info, error) {
 		CreatedAt:  time.Now().UTC().Truncate(time.Second),
 	}
 	if info.SectorSize == 0 {
-		info.SectorSize = DefaultSectorSize
+		info.SectorSize = disklayer.DefaultSectorSize
 	}
-	if !ValidSectorSize(info.SectorSize) {
-		return Info{}, fmt.Errorf("sector size %d: want a power of two in [%d, %d]: %w", info.SectorSize, MinSectorSize, MaxSectorSize, ErrInvalid)
+	if !disklayer.ValidSectorSize(info.SectorSize) {
+		return Info{}, fmt.Errorf("sector size %d: want a power of two in [%d, %d]: %w", info.SectorSize, disklayer.MinSectorSize, disklayer.MaxSectorSize, disklayer.ErrInvalid)
 	}
 	if err := validDiskSize(info.DiskSize, info.SectorSize); err != nil {
 		return Info{}, err
 	}
 	if opts.Parent != nil {
-		if err := opts.Parent.validate(); err != nil {
-			return Info{}, fmt.Errorf("%w: %w", err, ErrInvalid)
+		if err := validateParent(*opts.Parent); err != nil {
+			return Info{}, fmt.Errorf("%w: %w", err, disklayer.ErrInvalid)
 		}
 		p := *opts.Parent
 		info.Parent = &p
@@ -331,7 +298,7 @@ const maxDiskSize = 1 << 60
 
 func validDiskSize(size int64, sectorSize int) error {
 	if size < 0 || size > maxDiskSize || size%int64(sectorSize) != 0 {
-		return fmt.Errorf("disk size %d: want a multiple of the %d-byte sector size in [0, 2^60]: %w", size, sectorSize, ErrInvalid)
+		return fmt.Errorf("disk size %d: want a multiple of the %d-byte sector size in [0, 2^60]: %w", size, sectorSize, disklayer.ErrInvalid)
 	}
 	return nil
 }
@@ -364,7 +331,7 @@ func insertLayerRow(conn *sqlite3.Conn, info Info) error {
 	return updateParent(conn, info.Parent)
 }
 
-func updateParent(conn *sqlite3.Conn, ref *ParentRef) error {
+func updateParent(conn *sqlite3.Conn, ref *disklayer.ParentRef) error {
 	stmt, _, err := conn.Prepare(`UPDATE layer SET parent_path = ?1, parent_format = ?2, parent_uuid = ?3, parent_size = ?4, parent_digest = ?5,
   parent_generation = ?6, parent_sha256 = ?7, parent_stat = ?8`)
 	if err != nil {
@@ -432,7 +399,7 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 		checkLayer(conn, r)
 		if !r.OK() {
 			conn.Close()
-			return nil, fmt.Errorf("open layer %q strictly: %s: %w", path, strings.Join(r.Problems, "; "), ErrCorrupt)
+			return nil, fmt.Errorf("open layer %q strictly: %s: %w", path, strings.Join(r.Problems, "; "), disklayer.ErrCorrupt)
 		}
 	}
 	f, err = newFile(conn, path, opts.ReadOnly)
@@ -478,7 +445,7 @@ func checkFileLength(path string) error {
 		return err
 	}
 	if want := int64(h.PageCount) * int64(h.PageSize); st.Size() < want {
-		return fmt.Errorf("file is %d bytes, its header says %d pages of %d bytes (%d bytes): truncated: %w", st.Size(), h.PageCount, h.PageSize, want, ErrCorrupt)
+		return fmt.Errorf("file is %d bytes, its header says %d pages of %d bytes (%d bytes): truncated: %w", st.Size(), h.PageCount, h.PageSize, want, disklayer.ErrCorrupt)
 	}
 	return nil
 }
@@ -488,16 +455,25 @@ func checkFileLength(path string) error {
 func mapStoreError(err error) error {
 	switch {
 	case errors.Is(err, store.ErrNotSQLite), errors.Is(err, store.ErrOtherApplication), errors.Is(err, sqlite3.NOTADB):
-		return fmt.Errorf("%w: %w", err, ErrNotLayer)
+		return fmt.Errorf("%w: %w", err, disklayer.ErrNotLayer)
 	case errors.Is(err, store.ErrNewerSchema):
-		return fmt.Errorf("%w: %w", err, ErrUnsupportedVersion)
+		return fmt.Errorf("%w: %w", err, disklayer.ErrUnsupportedVersion)
 	case errors.Is(err, sqlite3.CORRUPT):
-		return fmt.Errorf("%w: %w", err, ErrCorrupt)
+		return fmt.Errorf("%w: %w", err, disklayer.ErrCorrupt)
 	case errors.Is(err, sqlite3.FULL), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return fmt.Errorf("%w: %w", err, ErrNoSpace)
+		return fmt.Errorf("%w: %w", err, disklayer.ErrNoSpace)
+	case errors.Is(err, store.ErrNeedsMigration):
+		// The two sentinels have one text: keep it once.
+		return alsoIs{err, disklayer.ErrNeedsMigration}
 	}
 	return err
 }
+
+// alsoIs is err, whose text it keeps, with target added to its chain.
+type alsoIs struct{ err, target error }
+
+func (e alsoIs) Error() string   { return e.err.Error() }
+func (e alsoIs) Unwrap() []error { return []error{e.err, e.target} }
 
 func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 	e := &engine{conn: conn, path: path, openedReadOnly: readOnly}
@@ -600,7 +576,7 @@ func readLayerRow(conn *sqlite3.Conn) (Info, error) {
 	var problems []string
 	info, ok := scanLayerRow(conn, func(p string) { problems = append(problems, p) })
 	if len(problems) > 0 || !ok {
-		return Info{}, fmt.Errorf("layer row: %s: %w", strings.Join(problems, "; "), ErrCorrupt)
+		return Info{}, fmt.Errorf("layer row: %s: %w", strings.Join(problems, "; "), disklayer.ErrCorrupt)
 	}
 	return info, nil
 }
@@ -648,8 +624,8 @@ func scanLayerRow(conn *sqlite3.Conn, problem func(string)) (info Info, ok bool)
 		if info.UUID == "" {
 			problem("uuid is empty")
 		}
-		if !ValidSectorSize(info.SectorSize) {
-			problem(fmt.Sprintf("sector_size %d is not a power of two in [%d, %d]", info.SectorSize, MinSectorSize, MaxSectorSize))
+		if !disklayer.ValidSectorSize(info.SectorSize) {
+			problem(fmt.Sprintf("sector_size %d is not a power of two in [%d, %d]", info.SectorSize, disklayer.MinSectorSize, disklayer.MaxSectorSize))
 		} else if err := validDiskSize(info.DiskSize, info.SectorSize); err != nil {
 			problem(fmt.Sprintf("disk_size %d is not a multiple of sector_size %d in [0, 2^60]", info.DiskSize, info.SectorSize))
 		}
@@ -671,7 +647,7 @@ func scanLayerRow(conn *sqlite3.Conn, problem func(string)) (info Info, ok bool)
 		if parentSet == 0 {
 			continue
 		}
-		ref := ParentRef{
+		ref := disklayer.ParentRef{
 			Path:       stmt.ColumnText(3),
 			Format:     stmt.ColumnText(4),
 			UUID:       stmt.ColumnText(5),
@@ -690,7 +666,7 @@ func scanLayerRow(conn *sqlite3.Conn, problem func(string)) (info Info, ok bool)
 		if stmt.ColumnType(6) == sqlite3.NULL {
 			problem("parent_size is NULL for a layer with a parent")
 		}
-		if err := ref.validate(); err != nil {
+		if err := validateParent(ref); err != nil {
 			problem(err.Error())
 		}
 		info.Parent = &ref
@@ -760,7 +736,7 @@ func (f *File) Zero(off, length int64) error { return f.disk.Zero(off, length) }
 func (f *File) FillAbsent(p []byte, off int64) error { return f.disk.FillAbsent(p, off) }
 
 // Extents implements Layer.
-func (f *File) Extents(off, length int64) iter.Seq2[Extent, error] {
+func (f *File) Extents(off, length int64) iter.Seq2[disklayer.Extent, error] {
 	return f.disk.Extents(off, length)
 }
 
@@ -781,7 +757,7 @@ func (f *File) Flush() error {
 // hibernate_blocks table (block size = sector size, size HibernateSize).
 // It shares f's connection and write batch: f.Flush flushes it too. Its
 // Close flushes and detaches the view; closing f closes it as well.
-func (f *File) Hibernate() Disk { return f.hib }
+func (f *File) Hibernate() disklayer.Disk { return f.hib }
 
 // Close flushes the open batch and closes the database. The returned error
 // is the flush's (or the sticky failure); the layer is closed either way.
@@ -800,7 +776,7 @@ func (f *File) Close() error {
 
 func (e *engine) closeLocked() error {
 	if e.closed {
-		return fmt.Errorf("close layer %q: %w", e.path, ErrClosed)
+		return fmt.Errorf("close layer %q: %w", e.path, disklayer.ErrClosed)
 	}
 	if e.wb != nil {
 		e.wb.stopLocked()
@@ -842,7 +818,7 @@ func (e *engine) closeLocked() error {
 // database: closed, or a sticky failure. Called with mu held.
 func (e *engine) usable(op string) error {
 	if e.closed {
-		return fmt.Errorf("%s %q: %w", op, e.path, ErrClosed)
+		return fmt.Errorf("%s %q: %w", op, e.path, disklayer.ErrClosed)
 	}
 	return e.failure
 }
@@ -853,10 +829,10 @@ func (e *engine) writable(op string) error {
 		return err
 	}
 	if e.openedReadOnly {
-		return fmt.Errorf("%s %q: opened read-only: %w", op, e.path, ErrReadOnly)
+		return fmt.Errorf("%s %q: opened read-only: %w", op, e.path, disklayer.ErrReadOnly)
 	}
 	if e.readOnlyColumn.Load() {
-		return fmt.Errorf("%s %q: layer is marked read-only: %w", op, e.path, ErrReadOnly)
+		return fmt.Errorf("%s %q: layer is marked read-only: %w", op, e.path, disklayer.ErrReadOnly)
 	}
 	return nil
 }
@@ -926,7 +902,7 @@ func (e *engine) commitLocked(op string) error {
 		e.checkpointLocked()
 		return nil
 	}
-	if err := mapStoreError(err); errors.Is(err, ErrNoSpace) {
+	if err := mapStoreError(err); errors.Is(err, disklayer.ErrNoSpace) {
 		return e.loseBatchLocked(fmt.Errorf("%s %q: commit failed, writes since the last flush are lost: %w", op, e.path, err))
 	}
 	if !e.conn.GetAutocommit() {
@@ -963,7 +939,7 @@ func (e *engine) checkpointLocked() {
 // acknowledged writes are gone and that becomes the sticky failure.
 func (e *engine) afterWriteLocked(op string, n int64, err error) error {
 	if err != nil {
-		if e.inTx && e.conn.GetAutocommit() && errors.Is(mapStoreError(err), ErrNoSpace) {
+		if e.inTx && e.conn.GetAutocommit() && errors.Is(mapStoreError(err), disklayer.ErrNoSpace) {
 			return e.loseBatchLocked(fmt.Errorf("%s %q: the write batch was rolled back, writes since the last flush are lost: %w", op, e.path, err))
 		}
 		if e.inTx && e.conn.GetAutocommit() {
@@ -982,10 +958,10 @@ func (e *engine) afterWriteLocked(op string, n int64, err error) error {
 
 // SetParent rewrites the parent reference (rebase -u); nil makes the layer
 // a base, which also drops its tombstones, since nothing is below them.
-func (f *File) SetParent(ref *ParentRef) error {
+func (f *File) SetParent(ref *disklayer.ParentRef) error {
 	if ref != nil {
-		if err := ref.validate(); err != nil {
-			return fmt.Errorf("set parent of %q: %w: %w", f.eng.path, err, ErrInvalid)
+		if err := validateParent(*ref); err != nil {
+			return fmt.Errorf("set parent of %q: %w: %w", f.eng.path, err, disklayer.ErrInvalid)
 		}
 		r := *ref
 		ref = &r
@@ -1102,7 +1078,7 @@ func (e *engine) updateMetadataAllowReadOnly(op string, content bool, change fun
 		return err
 	}
 	if e.openedReadOnly {
-		return fmt.Errorf("%s %q: opened read-only: %w", op, e.path, ErrReadOnly)
+		return fmt.Errorf("%s %q: opened read-only: %w", op, e.path, disklayer.ErrReadOnly)
 	}
 	return e.changeMetadataLocked(op, content, change)
 }

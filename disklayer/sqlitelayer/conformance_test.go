@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"fmt"
@@ -8,48 +8,49 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/layertest"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 var conformanceFiles atomic.Int64
 
-func sqliteFactory() layertest.Factory { return sqliteFactoryWith(disklayer.OpenOptions{}) }
+func sqliteFactory() layertest.Factory { return sqliteFactoryWith(sqlitelayer.OpenOptions{}) }
 
 // sqliteWriteBackFactory serves layers opened with write-back: the same
 // contract must hold.
 func sqliteWriteBackFactory() layertest.Factory {
-	return sqliteFactoryWith(disklayer.OpenOptions{WriteBack: true})
+	return sqliteFactoryWith(sqlitelayer.OpenOptions{WriteBack: true})
 }
 
-func sqliteFactoryWith(open disklayer.OpenOptions) layertest.Factory {
+func sqliteFactoryWith(open sqlitelayer.OpenOptions) layertest.Factory {
 	return layertest.Factory{
 		New: func(t *testing.T, size int64, sectorSize int, hasParent bool) disklayer.Disk {
 			dir := t.TempDir()
 			path := checkedLayer(t, filepath.Join(dir, fmt.Sprintf("layer%d.hibdisk", conformanceFiles.Add(1))))
-			opts := disklayer.CreateOptions{Size: size, SectorSize: sectorSize}
+			opts := sqlitelayer.CreateOptions{Size: size, SectorSize: sectorSize}
 			if hasParent {
 				opts.Parent = rawParent(t, dir, size)
 			}
-			f, err := disklayer.Create(path, opts)
+			f, err := sqlitelayer.Create(path, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if open == (disklayer.OpenOptions{}) {
+			if open == (sqlitelayer.OpenOptions{}) {
 				return f
 			}
 			if err := f.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if f, err = disklayer.Open(path, open); err != nil {
+			if f, err = sqlitelayer.Open(path, open); err != nil {
 				t.Fatal(err)
 			}
 			return f
 		},
 		Reopen: func(t *testing.T, d disklayer.Disk) disklayer.Disk {
-			f := d.(*disklayer.File)
+			f := d.(*sqlitelayer.File)
 			if err := f.Close(); err != nil {
 				t.Fatal(err)
 			}
-			g, err := disklayer.Open(f.Path(), open)
+			g, err := sqlitelayer.Open(f.Path(), open)
 			if err != nil {
 				t.Fatal(err)
 			}

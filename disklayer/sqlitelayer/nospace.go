@@ -1,8 +1,10 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"fmt"
 	"slices"
+
+	"github.com/hibdisk/hibdisk/disklayer"
 )
 
 // A full filesystem. A commit that fails for lack of space (ErrNoSpace)
@@ -72,7 +74,7 @@ func (t *blockTable) lostIn(first, last int64) (int64, bool) {
 
 // lostError is the error of a read that touches lost block key.
 func (t *blockTable) lostError(key int64) error {
-	return fmt.Errorf("read %q %s %s %d: %w", t.e.path, t.table, t.key, key, ErrWriteLost)
+	return fmt.Errorf("read %q %s %s %d: %w", t.e.path, t.table, t.key, key, disklayer.ErrWriteLost)
 }
 
 // loseBatchLocked ends the open batch after a failure for lack of space
@@ -190,8 +192,8 @@ func subtractSpan(spans []blockSpan, first, last int64) []blockSpan {
 // lostAsData passes x on to emit with the parts that overlap lost
 // blocks (sorted byte spans of bs-byte blocks) turned into Data, and
 // reports whether emit wants more.
-func lostAsData(x Extent, lost []blockSpan, bs int64, emit func(Extent) bool) bool {
-	if x.Kind == Data {
+func lostAsData(x disklayer.Extent, lost []blockSpan, bs int64, emit func(disklayer.Extent) bool) bool {
+	if x.Kind == disklayer.Data {
 		return emit(x)
 	}
 	for _, s := range lost {
@@ -200,14 +202,14 @@ func lostAsData(x Extent, lost []blockSpan, bs int64, emit func(Extent) bool) bo
 			continue
 		}
 		if lo > x.Off {
-			if !emit(Extent{Off: x.Off, Len: lo - x.Off, Kind: x.Kind}) {
+			if !emit(disklayer.Extent{Off: x.Off, Len: lo - x.Off, Kind: x.Kind}) {
 				return false
 			}
 			x.Len -= lo - x.Off
 			x.Off = lo
 		}
 		n := min(hi, x.End()) - x.Off
-		if !emit(Extent{Off: x.Off, Len: n, Kind: Data}) {
+		if !emit(disklayer.Extent{Off: x.Off, Len: n, Kind: disklayer.Data}) {
 			return false
 		}
 		x.Off, x.Len = x.Off+n, x.Len-n

@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
@@ -34,7 +35,7 @@ func testHostDiskFull(t *testing.T, writeBack bool) {
 	path := filepath.Join(dir, "disk.db")
 	// Checked after the filesystem is unmounted otherwise: the cleanup
 	// below runs first.
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 64 << 20})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +43,7 @@ func testHostDiskFull(t *testing.T, writeBack bool) {
 		if err := f.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if f, err = disklayer.Open(path, disklayer.OpenOptions{WriteBack: true}); err != nil {
+		if f, err = sqlitelayer.Open(path, sqlitelayer.OpenOptions{WriteBack: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -151,11 +152,11 @@ func testHostDiskFull(t *testing.T, writeBack bool) {
 
 	// Reopened: everything flushed is there; the lost sectors hold what
 	// was flushed before (the lost set is not kept across opens).
-	r, err := disklayer.Check(path)
+	r, err := sqlitelayer.Check(path)
 	if err != nil || !r.OK() {
 		t.Fatalf("check: %v %v", err, r)
 	}
-	f, err = disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err = sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

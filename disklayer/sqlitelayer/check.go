@@ -1,4 +1,4 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/lock"
 	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
@@ -54,10 +55,10 @@ func (r *Report) String() string {
 // CheckOptions extend Check.
 type CheckOptions struct {
 	// VerifyRawParent, if set, compares a raw parent's content digest with
-	// the stored one (rawlayer provides the digest; disklayer cannot
+	// the stored one (rawlayer provides the digest; sqlitelayer does not
 	// import it). parentPath is resolved. Without it the digest is not
 	// compared and the Report says so in Notes.
-	VerifyRawParent func(parentPath string, ref ParentRef) error
+	VerifyRawParent func(parentPath string, ref disklayer.ParentRef) error
 }
 
 // Check verifies the layer at path and reports every problem it finds:
@@ -98,10 +99,10 @@ func openForCheck(path string, r *Report, readOnly bool) (*sqlite3.Conn, error) 
 		return nil, fmt.Errorf("check %q: %w", path, mapStoreError(err))
 	}
 	if h.ApplicationID != store.ApplicationID {
-		return nil, fmt.Errorf("check %q: application_id %#x: %w", path, h.ApplicationID, ErrNotLayer)
+		return nil, fmt.Errorf("check %q: application_id %#x: %w", path, h.ApplicationID, disklayer.ErrNotLayer)
 	}
 	if h.UserVersion > SchemaVersion {
-		return nil, fmt.Errorf("check %q: schema version %d, this build knows %d: %w", path, h.UserVersion, SchemaVersion, ErrUnsupportedVersion)
+		return nil, fmt.Errorf("check %q: schema version %d, this build knows %d: %w", path, h.UserVersion, SchemaVersion, disklayer.ErrUnsupportedVersion)
 	}
 	if err := checkFileLength(path); err != nil {
 		r.problemf("%v", err)
@@ -141,7 +142,7 @@ func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 		r.problemf("user_version is %d, want %d", v, SchemaVersion)
 	}
 	info, ok = scanLayerRow(conn, func(p string) { r.problemf("layer row: %s", p) })
-	if !ok || !ValidSectorSize(info.SectorSize) {
+	if !ok || !disklayer.ValidSectorSize(info.SectorSize) {
 		r.Notes = append(r.Notes, "sectors, hibernate_blocks and the other packages' tables not checked: no valid layer row")
 		return info, false
 	}
@@ -290,13 +291,13 @@ func describeKeys(n int64, what, key string, keys []int64) string {
 
 // checkParent verifies that the parent is reachable and is the file the
 // layer was created over.
-func checkParent(childPath string, ref ParentRef, opts CheckOptions, r *Report) {
+func checkParent(childPath string, ref disklayer.ParentRef, opts CheckOptions, r *Report) {
 	parentPath := ref.ResolvePath(childPath)
 	if err := VerifyParent(childPath, ref); err != nil {
 		r.problemf("%v", err)
 		return
 	}
-	if ref.Format != FormatRaw {
+	if ref.Format != disklayer.FormatRaw {
 		return
 	}
 	if opts.VerifyRawParent == nil {
@@ -312,22 +313,22 @@ func checkParent(childPath string, ref ParentRef, opts CheckOptions, r *Report) 
 // reachable and matches: a hibdisk parent by uuid and size, a raw parent
 // by size (its digest is rawlayer's to compare). A mismatch or a missing
 // parent wraps ErrParentMismatch and names both sides.
-func VerifyParent(childPath string, ref ParentRef) error {
+func VerifyParent(childPath string, ref disklayer.ParentRef) error {
 	parentPath := ref.ResolvePath(childPath)
 	mismatch := func(format string, args ...any) error {
-		return fmt.Errorf("layer %q: parent %q: %s: %w", childPath, parentPath, fmt.Sprintf(format, args...), ErrParentMismatch)
+		return fmt.Errorf("layer %q: parent %q: %s: %w", childPath, parentPath, fmt.Sprintf(format, args...), disklayer.ErrParentMismatch)
 	}
 	st, err := os.Stat(parentPath)
 	if err != nil {
 		return mismatch("unreachable: %v", err)
 	}
 	switch ref.Format {
-	case FormatRaw:
+	case disklayer.FormatRaw:
 		if st.Size() != ref.Size {
 			return mismatch("raw image is %d bytes, the layer was created over %d bytes", st.Size(), ref.Size)
 		}
 		return nil
-	case FormatHibdisk:
+	case disklayer.FormatHibdisk:
 		parent, err := Open(parentPath, OpenOptions{ReadOnly: true})
 		if err != nil {
 			return mismatch("cannot open: %v", err)
@@ -429,7 +430,7 @@ func repairLayer(conn *sqlite3.Conn, r *Report, force bool) (err error) {
 		return fmt.Errorf("repair %q: layer row: %w", r.Path, err)
 	}
 	info, ok := scanLayerRow(conn, func(string) {})
-	if !ok || !ValidSectorSize(info.SectorSize) {
+	if !ok || !disklayer.ValidSectorSize(info.SectorSize) {
 		return nil // nothing below can be repaired without a sector size
 	}
 	for _, t := range layerTables(info) {
@@ -511,7 +512,7 @@ func repairSectorSize(conn *sqlite3.Conn, r *Report) error {
 	if err := stmt.Close(); err != nil {
 		return err
 	}
-	if len(lengths) != 1 || !ValidSectorSize(int(lengths[0])) {
+	if len(lengths) != 1 || !disklayer.ValidSectorSize(int(lengths[0])) {
 		return nil
 	}
 	size := lengths[0]

@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 func TestCreateReopenPersists(t *testing.T) {
@@ -25,7 +26,7 @@ func TestCreateReopenPersists(t *testing.T) {
 	path := checkedLayer(t, filepath.Join(dir, "child.hibdisk"))
 	parent := rawParent(t, dir, 1<<20)
 	before := time.Now().UTC().Add(-time.Second)
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20, SectorSize: 512, Parent: parent, Label: "booted"})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 1 << 20, SectorSize: 512, Parent: parent, Label: "booted"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,13 +46,13 @@ func TestCreateReopenPersists(t *testing.T) {
 	}
 	// A new layer is generation 1; the batch Close committed is its
 	// first content change.
-	want := disklayer.Info{UUID: info.UUID, SectorSize: 512, DiskSize: 1 << 20, Parent: parent, CreatedAt: info.CreatedAt, Label: "booted", Generation: 1}
+	want := sqlitelayer.Info{UUID: info.UUID, SectorSize: 512, DiskSize: 1 << 20, Parent: parent, CreatedAt: info.CreatedAt, Label: "booted", Generation: 1}
 	if diff := cmp.Diff(want, info); diff != "" {
 		t.Errorf("Info after create (-want +got):\n%s", diff)
 	}
 	want.Generation = 2
 
-	g, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true, Strict: true})
+	g, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true, Strict: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,22 +89,22 @@ func TestCreateValidates(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
 		name string
-		opts disklayer.CreateOptions
+		opts sqlitelayer.CreateOptions
 	}{
-		{"sector size not a power of two", disklayer.CreateOptions{Size: 3000 * 10, SectorSize: 3000}},
-		{"sector size too small", disklayer.CreateOptions{Size: 4096, SectorSize: 256}},
-		{"sector size too large", disklayer.CreateOptions{Size: 1 << 20, SectorSize: 1 << 17}},
-		{"size not a multiple", disklayer.CreateOptions{Size: 4097}},
-		{"negative size", disklayer.CreateOptions{Size: -4096}},
-		{"parent without path", disklayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Format: "raw", Size: 4096}}},
-		{"parent with unknown format", disklayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "qcow2", Size: 4096}}},
-		{"hibdisk parent without uuid", disklayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "hibdisk", Size: 4096}}},
-		{"raw parent with uuid", disklayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "raw", UUID: "x", Size: 4096}}},
+		{"sector size not a power of two", sqlitelayer.CreateOptions{Size: 3000 * 10, SectorSize: 3000}},
+		{"sector size too small", sqlitelayer.CreateOptions{Size: 4096, SectorSize: 256}},
+		{"sector size too large", sqlitelayer.CreateOptions{Size: 1 << 20, SectorSize: 1 << 17}},
+		{"size not a multiple", sqlitelayer.CreateOptions{Size: 4097}},
+		{"negative size", sqlitelayer.CreateOptions{Size: -4096}},
+		{"parent without path", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Format: "raw", Size: 4096}}},
+		{"parent with unknown format", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "qcow2", Size: 4096}}},
+		{"hibdisk parent without uuid", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "hibdisk", Size: 4096}}},
+		{"raw parent with uuid", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "raw", UUID: "x", Size: 4096}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "-"))
-			f, err := disklayer.Create(path, tt.opts)
+			f, err := sqlitelayer.Create(path, tt.opts)
 			if !errors.Is(err, disklayer.ErrInvalid) {
 				t.Errorf("Create: %v, want ErrInvalid", err)
 			}
@@ -120,7 +121,7 @@ func TestCreateValidates(t *testing.T) {
 		if err := os.WriteFile(path, []byte("keep me"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := disklayer.Create(path, disklayer.CreateOptions{Size: 4096}); !errors.Is(err, os.ErrExist) {
+		if _, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 4096}); !errors.Is(err, os.ErrExist) {
 			t.Errorf("Create over an existing file: %v, want os.ErrExist", err)
 		}
 		if b, _ := os.ReadFile(path); string(b) != "keep me" {
@@ -142,11 +143,11 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 	rawExec(t, plain, "CREATE TABLE sectors (sector INTEGER PRIMARY KEY, data BLOB)")
 
 	newer := filepath.Join(dir, "newer.hibdisk")
-	createLayer(t, newer, disklayer.CreateOptions{Size: 1 << 20}).Close()
+	createLayer(t, newer, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
 	rawExec(t, newer, "PRAGMA user_version=99")
 
 	truncated := filepath.Join(dir, "truncated.hibdisk")
-	f := createLayer(t, truncated, disklayer.CreateOptions{Size: 4 << 20})
+	f := createLayer(t, truncated, sqlitelayer.CreateOptions{Size: 4 << 20})
 	mustWrite(t, f, fill(4<<20, 1), 0)
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
@@ -160,11 +161,11 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 	}
 
 	noRow := filepath.Join(dir, "norow.hibdisk")
-	createLayer(t, noRow, disklayer.CreateOptions{Size: 1 << 20}).Close()
+	createLayer(t, noRow, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
 	rawExec(t, noRow, "DELETE FROM layer")
 
 	badRow := filepath.Join(dir, "badrow.hibdisk")
-	createLayer(t, badRow, disklayer.CreateOptions{Size: 1 << 20}).Close()
+	createLayer(t, badRow, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
 	rawExec(t, badRow, "UPDATE layer SET sector_size = 1000")
 
 	random := make([]byte, 8192)
@@ -191,7 +192,7 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, ro := range []bool{true, false} {
-				f, err := disklayer.Open(tt.path, disklayer.OpenOptions{ReadOnly: ro})
+				f, err := sqlitelayer.Open(tt.path, sqlitelayer.OpenOptions{ReadOnly: ro})
 				if f != nil {
 					f.Close()
 					t.Fatalf("Open(read-only=%v) succeeded", ro)
@@ -209,11 +210,11 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 			}
 		})
 	}
-	if ok, err := disklayer.IsLayer(newer); !ok || err != nil {
+	if ok, err := sqlitelayer.IsLayer(newer); !ok || err != nil {
 		t.Errorf("IsLayer(layer) = %v, %v", ok, err)
 	}
 	for _, p := range []string{plain, filepath.Join(dir, "empty"), filepath.Join(dir, "random")} {
-		if ok, err := disklayer.IsLayer(p); ok || err != nil {
+		if ok, err := sqlitelayer.IsLayer(p); ok || err != nil {
 			t.Errorf("IsLayer(%s) = %v, %v; want false, nil", p, ok, err)
 		}
 	}
@@ -228,7 +229,7 @@ func TestZeroSectorsAreNeverData(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			path := checkedLayer(t, filepath.Join(dir, "l.hibdisk"))
-			opts := disklayer.CreateOptions{Size: 64 * 4096}
+			opts := sqlitelayer.CreateOptions{Size: 64 * 4096}
 			if withParent {
 				opts.Parent = rawParent(t, dir, opts.Size)
 			}
@@ -283,7 +284,7 @@ func TestZeroSectorsAreNeverData(t *testing.T) {
 
 func TestUnalignedReadModifyWrite(t *testing.T) {
 	path := newLayerPath(t, "l.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 16 * 512, SectorSize: 512})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 16 * 512, SectorSize: 512})
 	model := make([]byte, f.Size())
 	write := func(p []byte, off int64) {
 		mustWrite(t, f, p, off)
@@ -307,12 +308,12 @@ func TestUnalignedReadModifyWrite(t *testing.T) {
 
 func TestReadOnly(t *testing.T) {
 	path := newLayerPath(t, "l.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	mustWrite(t, f, fill(4096, 1), 0)
 	if err := f.SetReadOnly(true); err != nil {
 		t.Fatal(err)
 	}
-	refused := func(what string, f *disklayer.File) {
+	refused := func(what string, f *sqlitelayer.File) {
 		t.Helper()
 		for name, err := range map[string]error{
 			"write":     func() error { _, err := f.WriteAt(fill(4096, 2), 0); return err }(),
@@ -335,7 +336,7 @@ func TestReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	g, err := disklayer.Open(path, disklayer.OpenOptions{})
+	g, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +352,7 @@ func TestReadOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	h, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	h, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +372,7 @@ func TestResize(t *testing.T) {
 	dir := t.TempDir()
 	path := checkedLayer(t, filepath.Join(dir, "l.hibdisk"))
 	parent := rawParent(t, dir, 16*4096)
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 16 * 4096, Parent: parent})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 16 * 4096, Parent: parent})
 	mustWrite(t, f, fill(16*4096, 1), 0)
 	if err := f.Resize(10 * 4096); err != nil {
 		t.Fatal(err)
@@ -404,7 +405,7 @@ func TestResize(t *testing.T) {
 		t.Errorf("resize to a partial sector: %v, want ErrInvalid", err)
 	}
 	f.Close()
-	g, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	g, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -418,7 +419,7 @@ func TestSetParentAndLabel(t *testing.T) {
 	dir := t.TempDir()
 	path := checkedLayer(t, filepath.Join(dir, "l.hibdisk"))
 	parent := rawParent(t, dir, 8*4096)
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 8 * 4096, Parent: parent})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 8 * 4096, Parent: parent})
 	mustWrite(t, f, fill(4096, 1), 0)
 	if err := f.Zero(4096, 2*4096); err != nil {
 		t.Fatal(err)
@@ -458,7 +459,7 @@ func TestAbsorb(t *testing.T) {
 			dir := t.TempDir()
 			ppath := checkedLayer(t, filepath.Join(dir, "parent.hibdisk"))
 			cpath := checkedLayer(t, filepath.Join(dir, "child.hibdisk"))
-			popts := disklayer.CreateOptions{Size: 8 * 4096}
+			popts := sqlitelayer.CreateOptions{Size: 8 * 4096}
 			if baseHasParent {
 				popts.Parent = rawParent(t, dir, 8*4096)
 			}
@@ -466,7 +467,7 @@ func TestAbsorb(t *testing.T) {
 			mustWrite(t, p, fill(4*4096, 1), 0) // parent: sectors 0-3 data
 			mustWrite(t, p.Hibernate(), fill(4096, 1), 0)
 			pinfo := p.Info()
-			c := createLayer(t, cpath, disklayer.CreateOptions{Size: 12 * 4096, Parent: &disklayer.ParentRef{
+			c := createLayer(t, cpath, sqlitelayer.CreateOptions{Size: 12 * 4096, Parent: &disklayer.ParentRef{
 				Path: "parent.hibdisk", Format: disklayer.FormatHibdisk, UUID: pinfo.UUID, Size: pinfo.DiskSize,
 			}})
 			mustWrite(t, c, fill(4096, 2), 1*4096)  // replaces parent data
@@ -515,7 +516,7 @@ func TestAbsorb(t *testing.T) {
 				}
 			}
 			// Absorbing a layer that is not a child is refused.
-			other := createLayer(t, checkedLayer(t, filepath.Join(dir, "other.hibdisk")), disklayer.CreateOptions{Size: 8 * 4096})
+			other := createLayer(t, checkedLayer(t, filepath.Join(dir, "other.hibdisk")), sqlitelayer.CreateOptions{Size: 8 * 4096})
 			if err := p.Absorb(other); !errors.Is(err, disklayer.ErrParentMismatch) {
 				t.Errorf("Absorb of an unrelated layer: %v, want ErrParentMismatch", err)
 			}
@@ -525,9 +526,9 @@ func TestAbsorb(t *testing.T) {
 
 func TestHibernateView(t *testing.T) {
 	path := newLayerPath(t, "l.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	h := f.Hibernate()
-	if h.Size() != disklayer.HibernateSize || h.SectorSize() != 4096 {
+	if h.Size() != sqlitelayer.HibernateSize || h.SectorSize() != 4096 {
 		t.Errorf("hibernate geometry %d/%d", h.Size(), h.SectorSize())
 	}
 	mustWrite(t, h, fill(10000, 7), 1<<45+100)
@@ -547,7 +548,7 @@ func TestHibernateView(t *testing.T) {
 		t.Errorf("read from a closed hibernate view: %v, want ErrClosed", err)
 	}
 	mustWrite(t, f, fill(4096, 1), 0) // the File is still open
-	if _, err := h.WriteAt(make([]byte, 1), disklayer.HibernateSize); !errors.Is(err, disklayer.ErrOutOfRange) {
+	if _, err := h.WriteAt(make([]byte, 1), sqlitelayer.HibernateSize); !errors.Is(err, disklayer.ErrOutOfRange) {
 		t.Errorf("write past the hibernate file: %v, want ErrOutOfRange", err)
 	}
 }
@@ -559,14 +560,14 @@ func TestHibernateView(t *testing.T) {
 // the Flush must fail and reads of the lost writes too.
 func TestFailedWritesAreNeverSilent(t *testing.T) {
 	path := newLayerPath(t, "l.hibdisk")
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 64 << 20})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if err := disklayer.ExecForTest(f, "PRAGMA max_page_count = 300"); err != nil {
+	if err := sqlitelayer.ExecForTest(f, "PRAGMA max_page_count = 300"); err != nil {
 		t.Fatal(err)
 	}
 	var acked []int64
@@ -596,7 +597,7 @@ func TestFailedWritesAreNeverSilent(t *testing.T) {
 			t.Fatalf("acknowledged write %d lost although Flush succeeded", i)
 		}
 	}
-	if err := disklayer.ExecForTest(f, "PRAGMA max_page_count = 1000000"); err != nil {
+	if err := sqlitelayer.ExecForTest(f, "PRAGMA max_page_count = 1000000"); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
@@ -611,8 +612,8 @@ func TestConcurrentReadYourWrites(t *testing.T) {
 	for _, writeBack := range []bool{false, true} {
 		t.Run(fmt.Sprintf("write-back=%v", writeBack), func(t *testing.T) {
 			path := newLayerPath(t, "l.hibdisk")
-			opts := disklayer.CreateOptions{Size: 256 * 4096}
-			var f *disklayer.File
+			opts := sqlitelayer.CreateOptions{Size: 256 * 4096}
+			var f *sqlitelayer.File
 			if writeBack {
 				f = createWriteBack(t, path, opts)
 				t.Cleanup(func() { f.Close() })
@@ -624,7 +625,7 @@ func TestConcurrentReadYourWrites(t *testing.T) {
 	}
 }
 
-func concurrentReadYourWrites(t *testing.T, f *disklayer.File) {
+func concurrentReadYourWrites(t *testing.T, f *sqlitelayer.File) {
 	sectorData := func(round int, s int64) []byte { return fill(4096, byte(round*7+int(s))) }
 	// Each writer owns a slice of sectors; last[s] is the round last
 	// written to sector s (-1: none), guarded by written[s].
@@ -708,7 +709,7 @@ func concurrentReadYourWrites(t *testing.T, f *disklayer.File) {
 
 func TestClosedFile(t *testing.T) {
 	path := newLayerPath(t, "l.hibdisk")
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -734,14 +735,14 @@ func TestClosedFile(t *testing.T) {
 
 func TestStrictOpen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "l.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 4 * 4096})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 4 * 4096})
 	mustWrite(t, f, fill(4096, 1), 0)
 	f.Close()
 	rawExec(t, path, "INSERT INTO sectors VALUES (99, x'00')")
-	if _, err := disklayer.Open(path, disklayer.OpenOptions{Strict: true}); !errors.Is(err, disklayer.ErrCorrupt) {
+	if _, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{Strict: true}); !errors.Is(err, disklayer.ErrCorrupt) {
 		t.Errorf("strict open of a damaged layer: %v, want ErrCorrupt", err)
 	}
-	g, err := disklayer.Open(path, disklayer.OpenOptions{})
+	g, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		t.Fatalf("non-strict open of a layer with a bad row out of range: %v", err)
 	}
@@ -752,7 +753,7 @@ func TestExtentsWhileWriting(t *testing.T) {
 	// Extents reads in chunks and releases the lock between them: the
 	// consumer may call back into the layer.
 	path := newLayerPath(t, "l.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 20000 * 512, SectorSize: 512})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 20000 * 512, SectorSize: 512})
 	for s := int64(0); s < 20000; s += 2 {
 		mustWrite(t, f, fill(512, 1), s*512)
 	}
@@ -784,12 +785,12 @@ func TestExtentsWhileWriting(t *testing.T) {
 func TestWALStaysBounded(t *testing.T) {
 	path := newLayerPath(t, "w.db")
 	const diskSize = 256 << 20
-	f := createLayer(t, path, disklayer.CreateOptions{Size: diskSize})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: diskSize})
 	sector := fill(4096, 3)
 	rng := rand.New(rand.NewPCG(1, 2))
 	written := int64(0)
 	maxWAL := int64(0)
-	for i := 0; written < 3*disklayer.WALLimitBytes; i++ {
+	for i := 0; written < 3*sqlitelayer.WALLimitBytes; i++ {
 		sector[0] = byte(i) | 1 // every write changes the data
 		mustWrite(t, f, sector, rng.Int64N(diskSize/4096)*4096)
 		written += int64(len(sector))
@@ -801,7 +802,7 @@ func TestWALStaysBounded(t *testing.T) {
 	}
 	// The WAL may pass the limit by what commits before the wait: a batch
 	// and its b-tree pages.
-	if limit := int64(disklayer.WALLimitBytes + 3*disklayer.BatchBytes); maxWAL > limit {
+	if limit := int64(sqlitelayer.WALLimitBytes + 3*sqlitelayer.BatchBytes); maxWAL > limit {
 		t.Fatalf("after %d MiB of writes the WAL reached %d MiB, want at most %d MiB", written>>20, maxWAL>>20, limit>>20)
 	}
 	t.Logf("after %d MiB of writes the WAL reached %d MiB", written>>20, maxWAL>>20)
@@ -813,8 +814,8 @@ func TestWALStaysBounded(t *testing.T) {
 // sectors must not read back their older content. After that Flush,
 // writes are accepted again (TestHostDiskFull covers the rest).
 func TestWriteBackFailureIsNeverSilent(t *testing.T) {
-	f := createWriteBack(t, newLayerPath(t, "l.hibdisk"), disklayer.CreateOptions{Size: 64 << 20})
-	if err := disklayer.ExecForTest(f, "PRAGMA max_page_count = 300"); err != nil {
+	f := createWriteBack(t, newLayerPath(t, "l.hibdisk"), sqlitelayer.CreateOptions{Size: 64 << 20})
+	if err := sqlitelayer.ExecForTest(f, "PRAGMA max_page_count = 300"); err != nil {
 		t.Fatal(err)
 	}
 	var writeErr error
@@ -841,7 +842,7 @@ func TestWriteBackFailureIsNeverSilent(t *testing.T) {
 	if got := mustRead(t, f, 0, 4096); !bytes.Equal(got, fill(4096, 9)) {
 		t.Error("the write after the reported loss does not read back")
 	}
-	if err := disklayer.ExecForTest(f, "PRAGMA max_page_count = 1000000"); err != nil {
+	if err := sqlitelayer.ExecForTest(f, "PRAGMA max_page_count = 1000000"); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
@@ -853,7 +854,7 @@ func TestWriteBackFailureIsNeverSilent(t *testing.T) {
 // zeroing see every write that returned, applied or not.
 func TestWriteBackReadsAndMapsSeeWrites(t *testing.T) {
 	path := newLayerPath(t, "l.hibdisk")
-	f := createWriteBack(t, path, disklayer.CreateOptions{Size: 16 << 20, Parent: rawParent(t, filepath.Dir(path), 16<<20)})
+	f := createWriteBack(t, path, sqlitelayer.CreateOptions{Size: 16 << 20, Parent: rawParent(t, filepath.Dir(path), 16<<20)})
 	defer f.Close()
 	for i := range int64(64) {
 		off := i * 3 * 4096
@@ -906,7 +907,7 @@ func TestWriteBackZeroWrites(t *testing.T) {
 	for _, diff := range []bool{true, false} {
 		t.Run(fmt.Sprintf("diff=%v", diff), func(t *testing.T) {
 			path := newLayerPath(t, "l.hibdisk")
-			opts := disklayer.CreateOptions{Size: 16 << 20}
+			opts := sqlitelayer.CreateOptions{Size: 16 << 20}
 			if diff {
 				opts.Parent = rawParent(t, filepath.Dir(path), 16<<20)
 			}

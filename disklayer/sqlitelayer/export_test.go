@@ -1,4 +1,4 @@
-package disklayer
+package sqlitelayer
 
 // SetPageSizeForTest makes Create use the given SQLite page size (0: the
 // measured default) until the returned function restores it. Not safe to

@@ -1,4 +1,4 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/hibdisk/hibdisk/disklayer"
 )
 
 // Write-back bounds.
@@ -219,7 +221,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 	// returned after the lost batch and go into a new one.
 	err := e.failure
 	if err == nil && e.closed {
-		err = fmt.Errorf("write %q: %w", e.path, ErrClosed)
+		err = fmt.Errorf("write %q: %w", e.path, disklayer.ErrClosed)
 	}
 	if err == nil {
 		err = e.beginLocked("write")
@@ -240,7 +242,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 	}
 	switch {
 	case err == nil || e.failure != nil:
-	case errors.Is(err, ErrNoSpace):
+	case errors.Is(err, disklayer.ErrNoSpace):
 		// These writes had returned: they are lost with the batch
 		// (which the failed statement may have left open).
 		lerr := fmt.Errorf("write %q: a write that had returned could not be applied, writes since the last flush are lost: %w", e.path, err)

@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 func copyBytes(t *testing.T, from, to string) {
@@ -26,11 +27,11 @@ func copyBytes(t *testing.T, from, to string) {
 // by Check and left alone by Repair because of its -wal file, naming why.
 func refusesWAL(t *testing.T, path, why string) {
 	t.Helper()
-	_, err := disklayer.Open(path, disklayer.OpenOptions{})
+	_, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if !errors.Is(err, disklayer.ErrCorrupt) || !strings.Contains(err.Error(), why) {
 		t.Errorf("open with that -wal: %v; want ErrCorrupt saying %q", err, why)
 	}
-	for name, run := range map[string]func(string) (*disklayer.Report, error){"check": disklayer.Check, "repair": disklayer.Repair} {
+	for name, run := range map[string]func(string) (*sqlitelayer.Report, error){"check": sqlitelayer.Check, "repair": sqlitelayer.Repair} {
 		r, err := run(path)
 		if err != nil || r.OK() || !strings.Contains(r.String(), why) {
 			t.Errorf("%s with that -wal: %v, %v; want a problem saying %q", name, r, err, why)
@@ -45,13 +46,13 @@ func refusesWAL(t *testing.T, path, why string) {
 func TestForeignWALRefused(t *testing.T) {
 	dir := t.TempDir()
 	a, b := checkedLayer(t, filepath.Join(dir, "a.hibdisk")), checkedLayer(t, filepath.Join(dir, "b.hibdisk"))
-	fa := createLayer(t, a, disklayer.CreateOptions{Size: 1 << 20})
+	fa := createLayer(t, a, sqlitelayer.CreateOptions{Size: 1 << 20})
 	mustWrite(t, fa, fill(4096, 1), 0)
 	if err := fa.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// b's WAL, with a flushed commit, while b is open.
-	fb := createLayer(t, b, disklayer.CreateOptions{Size: 1 << 20})
+	fb := createLayer(t, b, sqlitelayer.CreateOptions{Size: 1 << 20})
 	mustWrite(t, fb, fill(4096, 2), 0)
 	if err := fb.Flush(); err != nil {
 		t.Fatal(err)
@@ -64,7 +65,7 @@ func TestForeignWALRefused(t *testing.T) {
 	if err := os.Remove(a + "-wal"); err != nil {
 		t.Fatal(err)
 	}
-	f, err := disklayer.Open(a, disklayer.OpenOptions{})
+	f, err := sqlitelayer.Open(a, sqlitelayer.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +87,7 @@ func TestForeignWALRefused(t *testing.T) {
 	if err := os.Remove(a + "-wal"); err != nil {
 		t.Fatal(err)
 	}
-	f, err = disklayer.Open(a, disklayer.OpenOptions{ReadOnly: true})
+	f, err = sqlitelayer.Open(a, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

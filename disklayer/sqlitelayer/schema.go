@@ -1,4 +1,4 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"fmt"

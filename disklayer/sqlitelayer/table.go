@@ -1,4 +1,4 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"github.com/ncruces/go-sqlite3"
+
+	"github.com/hibdisk/hibdisk/disklayer"
 )
 
 // blockTable is the sparse-disk engine over one table of a layer
@@ -35,7 +37,7 @@ type blockTable struct {
 
 	block []byte // read-modify-write buffer, one block; guarded by e.mu
 
-	// After a commit failed for lack of space (sqlite_nospace.go);
+	// After a commit failed for lack of space (nospace.go);
 	// guarded by e.mu. batch: the blocks the open batch wrote. lost:
 	// blocks whose writes were lost, sorted. lostErr: the loss this
 	// table's next Flush reports.
@@ -45,7 +47,7 @@ type blockTable struct {
 }
 
 // zeroBlock is compared against to recognise all-zero blocks.
-var zeroBlock [MaxSectorSize]byte
+var zeroBlock [disklayer.MaxSectorSize]byte
 
 func newBlockTable(e *engine, table, key string, blockSize int, size int64) (*blockTable, error) {
 	t := &blockTable{e: e, table: table, key: key, blockSize: blockSize, block: make([]byte, blockSize)}
@@ -91,7 +93,7 @@ func (t *blockTable) usable(op string) error {
 		return err
 	}
 	if t.detached {
-		return fmt.Errorf("%s %q %s: %w", op, t.e.path, t.table, ErrClosed)
+		return fmt.Errorf("%s %q %s: %w", op, t.e.path, t.table, disklayer.ErrClosed)
 	}
 	return nil
 }
@@ -114,7 +116,7 @@ func (t *blockTable) wrap(op string, off int64, err error) error {
 // ReadAt reads the table's own content; absent blocks and tombstones read
 // as zeros.
 func (t *blockTable) ReadAt(p []byte, off int64) (int, error) {
-	if err := CheckRange(off, int64(len(p)), t.Size()); err != nil {
+	if err := disklayer.CheckRange(off, int64(len(p)), t.Size()); err != nil {
 		return 0, fmt.Errorf("read %q %s: %w", t.e.path, t.table, err)
 	}
 	first, last := t.blockRange(off, len(p))
@@ -149,7 +151,7 @@ type span struct{ off, len int64 }
 // the table has no rows for. absent runs after the engine's lock is
 // released, so it may call back into this layer.
 func (t *blockTable) ReadOwn(p []byte, off int64, absent func(off, length int64) error) error {
-	if err := CheckRange(off, int64(len(p)), t.Size()); err != nil {
+	if err := disklayer.CheckRange(off, int64(len(p)), t.Size()); err != nil {
 		return fmt.Errorf("read %q %s: %w", t.e.path, t.table, err)
 	}
 	var gapsBuf [8]span
@@ -211,7 +213,7 @@ func (t *blockTable) readLocked(p []byte, off int64, gaps *[]span) error {
 		default:
 			typ := stmt.ColumnType(1)
 			stmt.Reset()
-			return fmt.Errorf("read %q %s %s %d: row holds %d bytes (%s), want %d: %w", t.e.path, t.table, t.key, key, len(data), typ, t.blockSize, ErrCorrupt)
+			return fmt.Errorf("read %q %s %s %d: row holds %d bytes (%s), want %d: %w", t.e.path, t.table, t.key, key, len(data), typ, t.blockSize, disklayer.ErrCorrupt)
 		}
 		covered = stop
 	}
@@ -231,7 +233,7 @@ func (t *blockTable) readLocked(p []byte, off int64, gaps *[]span) error {
 // loop; partial blocks at either end are read, merged and written back.
 // All-zero blocks become tombstones (the layer has a parent) or no rows.
 func (t *blockTable) WriteAt(p []byte, off int64) (int, error) {
-	if err := CheckRange(off, int64(len(p)), t.Size()); err != nil {
+	if err := disklayer.CheckRange(off, int64(len(p)), t.Size()); err != nil {
 		return 0, fmt.Errorf("write %q %s: %w", t.e.path, t.table, err)
 	}
 	bs := int64(t.blockSize)
@@ -407,7 +409,7 @@ func (t *blockTable) deleteBlocks(first, last int64) error {
 // Zero makes [off, off+length) read as zeros: whole blocks with one
 // statement, partial blocks at the ends by read-modify-write.
 func (t *blockTable) Zero(off, length int64) error {
-	if err := CheckRange(off, length, t.Size()); err != nil {
+	if err := disklayer.CheckRange(off, length, t.Size()); err != nil {
 		return fmt.Errorf("zero %q %s: %w", t.e.path, t.table, err)
 	}
 	t.e.lock()
@@ -458,12 +460,12 @@ func (t *blockTable) zeroLocked(off, length int64) error {
 // FillAbsent implements ReadCacher: it stores the aligned blocks of p only
 // where the table has no row.
 func (t *blockTable) FillAbsent(p []byte, off int64) error {
-	if err := CheckRange(off, int64(len(p)), t.Size()); err != nil {
+	if err := disklayer.CheckRange(off, int64(len(p)), t.Size()); err != nil {
 		return fmt.Errorf("fill %q %s: %w", t.e.path, t.table, err)
 	}
 	bs := t.blockSize
 	if off%int64(bs) != 0 || len(p)%bs != 0 {
-		return fmt.Errorf("fill %q %s at %d length %d: not aligned to %d-byte blocks: %w", t.e.path, t.table, off, len(p), bs, ErrInvalid)
+		return fmt.Errorf("fill %q %s at %d length %d: not aligned to %d-byte blocks: %w", t.e.path, t.table, off, len(p), bs, disklayer.ErrInvalid)
 	}
 	t.e.lock()
 	defer t.e.mu.Unlock()
@@ -481,7 +483,7 @@ func (t *blockTable) FillAbsent(p []byte, off int64) error {
 	}
 	err := t.fillLocked(p, off/int64(bs))
 	err = t.e.afterWriteLocked("fill", int64(len(p)), err)
-	if errors.Is(err, ErrNoSpace) {
+	if errors.Is(err, disklayer.ErrNoSpace) {
 		// Only a cache was not filled. If the batch was lost with it,
 		// the table's next Flush reports that.
 		return nil
@@ -522,10 +524,10 @@ type kindRow struct {
 }
 
 // Extents implements Layer.
-func (t *blockTable) Extents(off, length int64) iter.Seq2[Extent, error] {
-	return func(yield func(Extent, error) bool) {
-		if err := CheckRange(off, length, t.Size()); err != nil {
-			yield(Extent{}, fmt.Errorf("map %q %s: %w", t.e.path, t.table, err))
+func (t *blockTable) Extents(off, length int64) iter.Seq2[disklayer.Extent, error] {
+	return func(yield func(disklayer.Extent, error) bool) {
+		if err := disklayer.CheckRange(off, length, t.Size()); err != nil {
+			yield(disklayer.Extent{}, fmt.Errorf("map %q %s: %w", t.e.path, t.table, err))
 			return
 		}
 		if length == 0 {
@@ -533,10 +535,10 @@ func (t *blockTable) Extents(off, length int64) iter.Seq2[Extent, error] {
 		}
 		bs := int64(t.blockSize)
 		end := off + length
-		var pending Extent
+		var pending disklayer.Extent
 		// emit merges e into pending and yields pending when the kind
 		// changes. It returns false when the consumer stopped.
-		clipped := func(e Extent) bool {
+		clipped := func(e disklayer.Extent) bool {
 			e.Off, e.Len = max(e.Off, off), min(e.End(), end)-max(e.Off, off)
 			if e.Len <= 0 {
 				return true
@@ -554,31 +556,31 @@ func (t *blockTable) Extents(off, length int64) iter.Seq2[Extent, error] {
 		// Blocks whose writes were lost read as errors: map them as
 		// Data, never as a hole a client would skip.
 		var lost []blockSpan
-		emit := func(e Extent) bool { return lostAsData(e, lost, bs, clipped) }
+		emit := func(e disklayer.Extent) bool { return lostAsData(e, lost, bs, clipped) }
 		next, last := off/bs, (end-1)/bs // next: first block not yet mapped
 		rows := make([]kindRow, 0, 64)
 		for next <= last {
 			var err error
 			rows, err = t.kindsChunk(rows[:0], next, last, &lost)
 			if err != nil {
-				yield(Extent{}, err)
+				yield(disklayer.Extent{}, err)
 				return
 			}
 			for _, r := range rows {
-				if r.key > next && !emit(Extent{Off: next * bs, Len: (r.key - next) * bs, Kind: Absent}) {
+				if r.key > next && !emit(disklayer.Extent{Off: next * bs, Len: (r.key - next) * bs, Kind: disklayer.Absent}) {
 					return
 				}
-				kind := Data
+				kind := disklayer.Data
 				if r.tombstone {
-					kind = Zero
+					kind = disklayer.Zero
 				}
-				if !emit(Extent{Off: r.key * bs, Len: bs, Kind: kind}) {
+				if !emit(disklayer.Extent{Off: r.key * bs, Len: bs, Kind: kind}) {
 					return
 				}
 				next = r.key + 1
 			}
 			if len(rows) < extentRowsPerLock {
-				if next <= last && !emit(Extent{Off: next * bs, Len: (last + 1 - next) * bs, Kind: Absent}) {
+				if next <= last && !emit(disklayer.Extent{Off: next * bs, Len: (last + 1 - next) * bs, Kind: disklayer.Absent}) {
 					return
 				}
 				break

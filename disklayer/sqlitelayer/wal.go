@@ -1,4 +1,4 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"fmt"
@@ -6,6 +6,7 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -51,10 +52,10 @@ func checkWALBelongs(path string) error {
 	switch {
 	case walUUID != fileUUID:
 		return fmt.Errorf("%s-wal belongs to another layer: read through it the layer is %s, the file alone is %s. It was copied or left beside this file; move it away (the layer then opens as its file holds it): %w",
-			path, walUUID, fileUUID, ErrCorrupt)
+			path, walUUID, fileUUID, disklayer.ErrCorrupt)
 	case fileV5 && walV5 && walGen < fileGen:
 		return fmt.Errorf("%s-wal is older than the file: read through it the layer is at generation %d, the file alone at %d. An old copy of the WAL was put beside a newer file; move it away: %w",
-			path, walGen, fileGen, ErrCorrupt)
+			path, walGen, fileGen, disklayer.ErrCorrupt)
 	}
 	return nil
 }

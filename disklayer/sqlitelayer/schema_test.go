@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/store"
 	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
@@ -22,9 +22,9 @@ func userVersion(t *testing.T, path string) int {
 
 func TestCreateWritesCurrentSchema(t *testing.T) {
 	path := newLayerPath(t, "l.db")
-	createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20}).Close()
-	if v := userVersion(t, path); v != disklayer.SchemaVersion {
-		t.Errorf("user_version = %d, want %d", v, disklayer.SchemaVersion)
+	createLayer(t, path, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
+	if v := userVersion(t, path); v != sqlitelayer.SchemaVersion {
+		t.Errorf("user_version = %d, want %d", v, sqlitelayer.SchemaVersion)
 	}
 	conn, err := sqlite3.Open(path)
 	if err != nil {
@@ -35,20 +35,20 @@ func TestCreateWritesCurrentSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(applied) != disklayer.SchemaVersion {
-		t.Fatalf("migrations table = %+v, want %d rows", applied, disklayer.SchemaVersion)
+	if len(applied) != sqlitelayer.SchemaVersion {
+		t.Fatalf("migrations table = %+v, want %d rows", applied, sqlitelayer.SchemaVersion)
 	}
 }
 
 func TestVersion1LayerReadOnlyThenMigrated(t *testing.T) {
 	path := newLayerPath(t, "old.db")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	mustWrite(t, f, fill(4096, 7), 4096)
 	f.Close()
 	storetest.DowngradeToV1(t, path)
 
 	// A read-only open reads a version 1 layer as it is, and leaves it so.
-	ro, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	ro, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("read-only open of a version 1 layer: %v", err)
 	}
@@ -59,18 +59,18 @@ func TestVersion1LayerReadOnlyThenMigrated(t *testing.T) {
 	if v := userVersion(t, path); v != 1 {
 		t.Fatalf("read-only open changed user_version to %d", v)
 	}
-	if r, err := disklayer.Check(path); err != nil || !r.OK() || len(r.Notes) == 0 {
+	if r, err := sqlitelayer.Check(path); err != nil || !r.OK() || len(r.Notes) == 0 {
 		t.Errorf("Check of a version 1 layer: %v, %v; want ok with a note about migrating", r, err)
 	}
 
 	// A writable open migrates, recording only the new version.
-	w, err := disklayer.Open(path, disklayer.OpenOptions{})
+	w, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.Close()
-	if v := userVersion(t, path); v != disklayer.SchemaVersion {
-		t.Fatalf("user_version after writable open = %d, want %d", v, disklayer.SchemaVersion)
+	if v := userVersion(t, path); v != sqlitelayer.SchemaVersion {
+		t.Fatalf("user_version after writable open = %d, want %d", v, sqlitelayer.SchemaVersion)
 	}
 	conn, err := sqlite3.Open(path)
 	if err != nil {
@@ -78,8 +78,8 @@ func TestVersion1LayerReadOnlyThenMigrated(t *testing.T) {
 	}
 	defer conn.Close()
 	applied, _ := store.AppliedMigrations(conn)
-	if len(applied) != disklayer.SchemaVersion-1 || applied[0].Version != 2 {
-		t.Errorf("migrations table = %+v, want rows for versions 2 to %d", applied, disklayer.SchemaVersion)
+	if len(applied) != sqlitelayer.SchemaVersion-1 || applied[0].Version != 2 {
+		t.Errorf("migrations table = %+v, want rows for versions 2 to %d", applied, sqlitelayer.SchemaVersion)
 	}
 	if err := conn.Exec("SELECT count(*) FROM hibernate_process_tree"); err != nil {
 		t.Errorf("views missing after migration: %v", err)
@@ -88,27 +88,27 @@ func TestVersion1LayerReadOnlyThenMigrated(t *testing.T) {
 
 func TestRepairMigratesVersion1(t *testing.T) {
 	path := newLayerPath(t, "old.db")
-	createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20}).Close()
+	createLayer(t, path, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
 	storetest.DowngradeToV1(t, path)
-	if _, err := disklayer.Repair(path); err != nil {
+	if _, err := sqlitelayer.Repair(path); err != nil {
 		t.Fatal(err)
 	}
-	if v := userVersion(t, path); v != disklayer.SchemaVersion {
-		t.Errorf("user_version after Repair = %d, want %d", v, disklayer.SchemaVersion)
+	if v := userVersion(t, path); v != sqlitelayer.SchemaVersion {
+		t.Errorf("user_version after Repair = %d, want %d", v, sqlitelayer.SchemaVersion)
 	}
 }
 
 func TestUpdateIsOneTransaction(t *testing.T) {
 	path := newLayerPath(t, "u.db")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	// A row the hibernate metadata check accepts: the test's layers are
 	// checked at the end.
 	uuid := f.Info().UUID
-	insert := func(tx *disklayer.Tx) error {
+	insert := func(tx *sqlitelayer.Tx) error {
 		return tx.Conn().Exec(`INSERT INTO hibernate_snapshot (snapshot_id, timestamp, total_processes, total_memory_kb, layer_uuid) VALUES (1, '2026-01-02T03:04:05Z', 0, 0, '` + uuid + `')`)
 	}
 	boom := errors.New("boom")
-	err := f.Update("test", func(tx *disklayer.Tx) error {
+	err := f.Update("test", func(tx *sqlitelayer.Tx) error {
 		if err := insert(tx); err != nil {
 			return err
 		}
@@ -123,7 +123,7 @@ func TestUpdateIsOneTransaction(t *testing.T) {
 	if got := mustRead(t, f.Hibernate(), 1<<30, 8192); got[0] != 0 {
 		t.Error("hibernate write of a failed Update is visible")
 	}
-	if err := f.Update("test", func(tx *disklayer.Tx) error {
+	if err := f.Update("test", func(tx *sqlitelayer.Tx) error {
 		if err := insert(tx); err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"bytes"
@@ -7,11 +7,12 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 func TestEmpty(t *testing.T) {
 	path := newLayerPath(t, "l.db")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 64 << 10, Parent: rawParent(t, filepath.Dir(path), 64<<10)})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 64 << 10, Parent: rawParent(t, filepath.Dir(path), 64<<10)})
 	mustWrite(t, f, fill(8192, 3), 4096)
 	if err := f.Zero(32<<10, 4096); err != nil {
 		t.Fatal(err)
@@ -51,12 +52,12 @@ func TestEmpty(t *testing.T) {
 
 func TestEmptyReadOnly(t *testing.T) {
 	path := newLayerPath(t, "l.db")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 8192})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 8192})
 	mustWrite(t, f, fill(4096, 1), 0)
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	ro, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	ro, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

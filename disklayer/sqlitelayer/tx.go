@@ -1,9 +1,11 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"fmt"
 
 	"github.com/ncruces/go-sqlite3"
+
+	"github.com/hibdisk/hibdisk/disklayer"
 )
 
 // Tx is a transaction on a layer's own database, for packages that keep
@@ -75,7 +77,7 @@ func (f *File) Update(op string, fn func(tx *Tx) error) error {
 // written commit together.
 func (tx *Tx) MarkReadOnly() error {
 	if tx.done {
-		return fmt.Errorf("mark %q read-only: transaction ended: %w", tx.f.eng.path, ErrClosed)
+		return fmt.Errorf("mark %q read-only: transaction ended: %w", tx.f.eng.path, disklayer.ErrClosed)
 	}
 	if err := tx.f.eng.conn.Exec("UPDATE layer SET read_only = 1"); err != nil {
 		return fmt.Errorf("mark %q read-only: %w", tx.f.eng.path, mapStoreError(err))
@@ -119,9 +121,9 @@ func (tx *Tx) HasParent() bool { return tx.f.eng.hasParent.Load() }
 func (tx *Tx) WriteHibernate(p []byte, off int64) error {
 	t := tx.f.hib
 	if tx.done {
-		return fmt.Errorf("write %q %s: transaction ended: %w", t.e.path, t.table, ErrClosed)
+		return fmt.Errorf("write %q %s: transaction ended: %w", t.e.path, t.table, disklayer.ErrClosed)
 	}
-	if err := CheckRange(off, int64(len(p)), t.Size()); err != nil {
+	if err := disklayer.CheckRange(off, int64(len(p)), t.Size()); err != nil {
 		return fmt.Errorf("write %q %s: %w", t.e.path, t.table, err)
 	}
 	if len(p) == 0 {
@@ -140,14 +142,14 @@ func (tx *Tx) WriteHibernate(p []byte, off int64) error {
 func (tx *Tx) ForgetHibernate(off, length int64) error {
 	t := tx.f.hib
 	if tx.done {
-		return fmt.Errorf("forget %q %s: transaction ended: %w", t.e.path, t.table, ErrClosed)
+		return fmt.Errorf("forget %q %s: transaction ended: %w", t.e.path, t.table, disklayer.ErrClosed)
 	}
 	bs := int64(t.blockSize)
-	if err := CheckRange(off, length, t.Size()); err != nil {
+	if err := disklayer.CheckRange(off, length, t.Size()); err != nil {
 		return fmt.Errorf("forget %q %s: %w", t.e.path, t.table, err)
 	}
 	if off%bs != 0 || length%bs != 0 {
-		return fmt.Errorf("forget %q %s at %d length %d: not %d-byte aligned: %w", t.e.path, t.table, off, length, bs, ErrInvalid)
+		return fmt.Errorf("forget %q %s at %d length %d: not %d-byte aligned: %w", t.e.path, t.table, off, length, bs, disklayer.ErrInvalid)
 	}
 	if length == 0 {
 		return nil

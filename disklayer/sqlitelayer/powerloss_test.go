@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/store"
 	"github.com/hibdisk/hibdisk/internal/store/faultfs"
 )
@@ -50,7 +51,7 @@ func TestPowerLoss(t *testing.T) {
 		seed = rand.Uint64()
 	}
 	t.Logf("seed %d (replay with -powerloss.seed=%d)", seed, seed)
-	defer disklayer.SetWALBoundsForTest(powerLossCheckpointBytes, 4*powerLossCheckpointBytes, 4*powerLossCheckpointBytes)()
+	defer sqlitelayer.SetWALBoundsForTest(powerLossCheckpointBytes, 4*powerLossCheckpointBytes, 4*powerLossCheckpointBytes)()
 
 	root := t.TempDir()
 	dir := filepath.Join(root, "0")
@@ -58,7 +59,7 @@ func TestPowerLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	const name = "powerloss.hibdisk"
-	f, err := disklayer.Create(filepath.Join(dir, name), disklayer.CreateOptions{Size: powerLossDiskSize, SectorSize: crashSectorSize})
+	f, err := sqlitelayer.Create(filepath.Join(dir, name), sqlitelayer.CreateOptions{Size: powerLossDiskSize, SectorSize: crashSectorSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func TestPowerLoss(t *testing.T) {
 			t.Fatalf("iteration %d (seed %d, plan %+v, write-back %v, %+v): after %d acknowledged groups the layer holds neither that state nor the next one (first difference at byte %d)",
 				iter, seed, plan, run.writeBack, c, done, firstDifference(got, model))
 		}
-		r, err := disklayer.Check(path)
+		r, err := sqlitelayer.Check(path)
 		if err != nil {
 			t.Fatalf("iteration %d (seed %d): %v", iter, seed, err)
 		}
@@ -151,7 +152,7 @@ func TestPowerLoss(t *testing.T) {
 		if rng.IntN(3) == 0 {
 			// Fold the WAL in and delete it, so that the next
 			// iteration creates it anew.
-			f, err := disklayer.Open(path, disklayer.OpenOptions{})
+			f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -195,7 +196,7 @@ type powerLossRun struct {
 func (r *powerLossRun) run(t *testing.T, fs *faultfs.FS) {
 	t.Helper()
 	r.acked = r.start
-	f, err := disklayer.Open(r.path, disklayer.OpenOptions{WriteBack: r.writeBack})
+	f, err := sqlitelayer.Open(r.path, sqlitelayer.OpenOptions{WriteBack: r.writeBack})
 	if err != nil {
 		if !fs.PowerLost() && fs.Counts().EIO+fs.Counts().ENOSPC == 0 {
 			t.Fatalf("open with no fault injected: %v", err)
@@ -266,7 +267,7 @@ func (r *powerLossRun) run(t *testing.T, fs *faultfs.FS) {
 }
 
 func readPowerLossLayer(path string) ([]byte, error) {
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("open after power loss: %w", err)
 	}

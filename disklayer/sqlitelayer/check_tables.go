@@ -1,4 +1,4 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"fmt"
@@ -11,7 +11,7 @@ import (
 
 // TableCheck is the consistency check of tables that another package owns
 // in a layer's database (hibfile's hibernate metadata, the datastore,
-// vm_state). disklayer owns the schema history but not the meaning of
+// vm_state). sqlitelayer owns the schema history but not the meaning of
 // those rows, and may not import the packages that do: they register
 // their checks from init, and every check of a layer file runs them on
 // the connection it checks with: Check, CheckWith (so diffdisk.Check and
@@ -65,7 +65,7 @@ func tableCheckList() []TableCheck {
 	return slices.Clone(registeredTableChecks)
 }
 
-// coreTables are the tables disklayer itself checks, and internal/store's
+// coreTables are the tables sqlitelayer itself checks, and internal/store's
 // record of the migrations applied (user_version is what is checked).
 var coreTables = []string{"layer", "sectors", "hibernate_blocks", "migrations"}
 

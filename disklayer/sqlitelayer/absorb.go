@@ -1,10 +1,11 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"fmt"
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -22,10 +23,10 @@ func (f *File) Absorb(child *File) error {
 	e := f.eng
 	ci := child.Info()
 	if ci.SectorSize != f.disk.blockSize {
-		return fmt.Errorf("absorb %q into %q: sector sizes %d and %d differ: %w", child.Path(), e.path, ci.SectorSize, f.disk.blockSize, ErrInvalid)
+		return fmt.Errorf("absorb %q into %q: sector sizes %d and %d differ: %w", child.Path(), e.path, ci.SectorSize, f.disk.blockSize, disklayer.ErrInvalid)
 	}
-	if ci.Parent == nil || ci.Parent.Format != FormatHibdisk || ci.Parent.UUID != f.Info().UUID {
-		return fmt.Errorf("absorb %q into %q: the child's parent is not this layer (uuid %s): %w", child.Path(), e.path, f.Info().UUID, ErrParentMismatch)
+	if ci.Parent == nil || ci.Parent.Format != disklayer.FormatHibdisk || ci.Parent.UUID != f.Info().UUID {
+		return fmt.Errorf("absorb %q into %q: the child's parent is not this layer (uuid %s): %w", child.Path(), e.path, f.Info().UUID, disklayer.ErrParentMismatch)
 	}
 	// The child's batch must be committed for f's connection to see it.
 	if err := child.Flush(); err != nil {
@@ -35,7 +36,7 @@ func (f *File) Absorb(child *File) error {
 	// reference must follow (and its size, if f grows), or the child
 	// would no longer open over f.
 	if child.eng.openedReadOnly || child.eng.readOnlyColumn.Load() {
-		return fmt.Errorf("absorb %q into %q: the child's parent reference must be updated, but it is read-only: %w", child.Path(), e.path, ErrReadOnly)
+		return fmt.Errorf("absorb %q into %q: the child's parent reference must be updated, but it is read-only: %w", child.Path(), e.path, disklayer.ErrReadOnly)
 	}
 	if err := f.absorb(child, ci); err != nil {
 		return err

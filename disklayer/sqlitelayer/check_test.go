@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // damagedLayer makes a base layer with good data in sectors 0-3 and then
@@ -16,7 +17,7 @@ import (
 func damagedLayer(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "damaged.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 16 * 4096})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 16 * 4096})
 	mustWrite(t, f, fill(4*4096, 1), 0)
 	mustWrite(t, f.Hibernate(), fill(4096, 2), 0)
 	if err := f.Close(); err != nil {
@@ -38,7 +39,7 @@ func damagedLayer(t *testing.T) string {
 
 func TestCheckReportsEveryProblem(t *testing.T) {
 	path := damagedLayer(t)
-	r, err := disklayer.Check(path)
+	r, err := sqlitelayer.Check(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +64,7 @@ func TestCheckReportsEveryProblem(t *testing.T) {
 
 	// Without Force, nothing that holds data is dropped: the notes say
 	// what --force would drop, and those problems remain.
-	soft, err := disklayer.Repair(path)
+	soft, err := sqlitelayer.Repair(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +83,7 @@ func TestCheckReportsEveryProblem(t *testing.T) {
 		t.Errorf("Repair without Force dropped data rows: %v", rows)
 	}
 
-	rep, err := disklayer.RepairWith(path, disklayer.RepairOptions{Force: true})
+	rep, err := sqlitelayer.RepairWith(path, sqlitelayer.RepairOptions{Force: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +100,7 @@ func TestCheckReportsEveryProblem(t *testing.T) {
 		t.Errorf("Repairs:\n%s\nwant (any order):\n%s", strings.Join(rep.Repairs, "\n"), strings.Join(wantRepairs, "\n"))
 	}
 	// Good data survived.
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true, Strict: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true, Strict: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +112,7 @@ func TestCheckReportsEveryProblem(t *testing.T) {
 		t.Error("Repair changed a good hibernate block")
 	}
 	// Repairing a consistent file changes nothing.
-	again, err := disklayer.Repair(path)
+	again, err := sqlitelayer.Repair(path)
 	if err != nil || !again.OK() || len(again.Repairs) != 0 {
 		t.Errorf("second Repair: %v, %+v", err, again)
 	}
@@ -140,9 +141,9 @@ func TestCheckLayerRow(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "l.hibdisk")
 	parent := rawParent(t, dir, 8*4096)
-	createLayer(t, path, disklayer.CreateOptions{Size: 8 * 4096, Parent: parent}).Close()
+	createLayer(t, path, sqlitelayer.CreateOptions{Size: 8 * 4096, Parent: parent}).Close()
 	rawExec(t, path, "UPDATE layer SET disk_size = 8 * 4096 + 100, created_at = 'yesterday', parent_format = NULL")
-	r, err := disklayer.Check(path)
+	r, err := sqlitelayer.Check(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +152,7 @@ func TestCheckLayerRow(t *testing.T) {
 			t.Errorf("Check does not report %q:\n%s", want, r)
 		}
 	}
-	rep, err := disklayer.Repair(path)
+	rep, err := sqlitelayer.Repair(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,26 +168,26 @@ func TestCheckLayerRow(t *testing.T) {
 func TestCheckParent(t *testing.T) {
 	dir := t.TempDir()
 	ppath := checkedLayer(t, filepath.Join(dir, "base.hibdisk"))
-	p := createLayer(t, ppath, disklayer.CreateOptions{Size: 8 * 4096})
+	p := createLayer(t, ppath, sqlitelayer.CreateOptions{Size: 8 * 4096})
 	pinfo := p.Info()
 	p.Close()
 	ref := &disklayer.ParentRef{Path: "base.hibdisk", Format: disklayer.FormatHibdisk, UUID: pinfo.UUID, Size: pinfo.DiskSize}
 	cpath := filepath.Join(dir, "child.hibdisk")
-	createLayer(t, cpath, disklayer.CreateOptions{Size: 8 * 4096, Parent: ref}).Close()
-	if r, err := disklayer.Check(cpath); err != nil || !r.OK() {
+	createLayer(t, cpath, sqlitelayer.CreateOptions{Size: 8 * 4096, Parent: ref}).Close()
+	if r, err := sqlitelayer.Check(cpath); err != nil || !r.OK() {
 		t.Fatalf("Check of a good child: %v\n%s", err, r)
 	}
 
 	problem := func(t *testing.T, want string) {
 		t.Helper()
-		r, err := disklayer.Check(cpath)
+		r, err := sqlitelayer.Check(cpath)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(r.Problems) != 1 || !strings.Contains(r.Problems[0], want) || !strings.Contains(r.Problems[0], "base.hibdisk") {
 			t.Errorf("Check problems %q, want one naming the parent and containing %q", r.Problems, want)
 		}
-		if err := disklayer.VerifyParent(cpath, *ref); !errors.Is(err, disklayer.ErrParentMismatch) {
+		if err := sqlitelayer.VerifyParent(cpath, *ref); !errors.Is(err, disklayer.ErrParentMismatch) {
 			t.Errorf("VerifyParent: %v, want ErrParentMismatch", err)
 		}
 	}
@@ -216,13 +217,13 @@ func TestCheckParent(t *testing.T) {
 	t.Run("raw digest verifier", func(t *testing.T) {
 		rpath := filepath.Join(dir, "over-raw.hibdisk")
 		raw := rawParent(t, dir, 8*4096)
-		createLayer(t, rpath, disklayer.CreateOptions{Size: 8 * 4096, Parent: raw}).Close()
-		r, err := disklayer.Check(rpath)
+		createLayer(t, rpath, sqlitelayer.CreateOptions{Size: 8 * 4096, Parent: raw}).Close()
+		r, err := sqlitelayer.Check(rpath)
 		if err != nil || !r.OK() || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], "digest not compared") {
 			t.Errorf("Check without a verifier: %v, %+v", err, r)
 		}
 		var called string
-		r, err = disklayer.CheckWith(rpath, disklayer.CheckOptions{VerifyRawParent: func(p string, ref disklayer.ParentRef) error {
+		r, err = sqlitelayer.CheckWith(rpath, sqlitelayer.CheckOptions{VerifyRawParent: func(p string, ref disklayer.ParentRef) error {
 			called = p
 			return errors.New("content digest differs")
 		}})
@@ -238,23 +239,23 @@ func TestCheckRefusesNonLayers(t *testing.T) {
 	if err := os.WriteFile(random, bytes.Repeat([]byte("raw disk "), 100), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := disklayer.Check(random); !errors.Is(err, disklayer.ErrNotLayer) {
+	if _, err := sqlitelayer.Check(random); !errors.Is(err, disklayer.ErrNotLayer) {
 		t.Errorf("Check(random bytes): %v, want ErrNotLayer", err)
 	}
 	newer := filepath.Join(dir, "newer")
-	createLayer(t, newer, disklayer.CreateOptions{Size: 4096}).Close()
+	createLayer(t, newer, sqlitelayer.CreateOptions{Size: 4096}).Close()
 	rawExec(t, newer, "PRAGMA user_version = 99")
-	if _, err := disklayer.Check(newer); !errors.Is(err, disklayer.ErrUnsupportedVersion) {
+	if _, err := sqlitelayer.Check(newer); !errors.Is(err, disklayer.ErrUnsupportedVersion) {
 		t.Errorf("Check(user_version 99): %v, want ErrUnsupportedVersion", err)
 	}
-	if _, err := disklayer.Repair(newer); !errors.Is(err, disklayer.ErrUnsupportedVersion) {
+	if _, err := sqlitelayer.Repair(newer); !errors.Is(err, disklayer.ErrUnsupportedVersion) {
 		t.Errorf("Repair(user_version 99): %v, want ErrUnsupportedVersion", err)
 	}
 }
 
 func TestCheckTruncatedIsNotRepaired(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "l.hibdisk")
-	f := createLayer(t, path, disklayer.CreateOptions{Size: 4 << 20})
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 4 << 20})
 	mustWrite(t, f, fill(4<<20, 1), 0)
 	f.Close()
 	st, _ := os.Stat(path)
@@ -262,7 +263,7 @@ func TestCheckTruncatedIsNotRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadFile(path)
-	r, err := disklayer.Repair(path)
+	r, err := sqlitelayer.Repair(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,13 +285,13 @@ func TestRepairTrustsBlobsOverDamagedRow(t *testing.T) {
 	for _, damage := range []string{"UPDATE layer SET sector_size = 512", "UPDATE layer SET disk_size = 4096"} {
 		t.Run(damage, func(t *testing.T) {
 			path := newLayerPath(t, "l.db")
-			f := createLayer(t, path, disklayer.CreateOptions{Size: 64 << 10})
+			f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 64 << 10})
 			mustWrite(t, f, fill(64<<10, 7), 0)
 			if err := f.Close(); err != nil {
 				t.Fatal(err)
 			}
 			rawExec(t, path, damage)
-			rep, err := disklayer.Repair(path)
+			rep, err := sqlitelayer.Repair(path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -301,7 +302,7 @@ func TestRepairTrustsBlobsOverDamagedRow(t *testing.T) {
 				if !rep.OK() || len(rep.Repairs) != 1 || !strings.Contains(rep.Repairs[0], "set sector_size to 4096") {
 					t.Errorf("want the row repaired from the blobs:\n%s", rep)
 				}
-				g, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+				g, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -324,9 +325,9 @@ func TestRepairTrustsBlobsOverDamagedRow(t *testing.T) {
 // checked (a note, not a problem: the table may be someone's own).
 func TestCheckNamesUncheckedTables(t *testing.T) {
 	path := newLayerPath(t, "extra.db")
-	createLayer(t, path, disklayer.CreateOptions{Size: 1 << 20}).Close()
+	createLayer(t, path, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
 	rawExec(t, path, "CREATE TABLE empty_extra (x)", "CREATE TABLE extra (x)", "INSERT INTO extra VALUES (1)")
-	r, err := disklayer.Check(path)
+	r, err := sqlitelayer.Check(path)
 	if err != nil {
 		t.Fatal(err)
 	}

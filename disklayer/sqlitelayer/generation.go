@@ -1,10 +1,11 @@
-package disklayer
+package sqlitelayer
 
 import (
 	"fmt"
 
 	"github.com/ncruces/go-sqlite3"
 
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
@@ -64,7 +65,7 @@ func (e *engine) bumpGenerationInTx() (int64, error) {
 		if err := e.bumpGen.Err(); err != nil {
 			return 0, err
 		}
-		return 0, fmt.Errorf("generation bump: the layer table has no row: %w", ErrCorrupt)
+		return 0, fmt.Errorf("generation bump: the layer table has no row: %w", disklayer.ErrCorrupt)
 	}
 	gen := e.bumpGen.ColumnInt64(0)
 	for e.bumpGen.Step() {

@@ -1,4 +1,4 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"bufio"
@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 var crashIterations = flag.Int("crash.iterations", 20, "number of kill -9 rounds in TestCrashSafety")
@@ -100,7 +100,7 @@ func TestCrashSafety(t *testing.T) {
 	t.Logf("seed %d", seed)
 	dir := t.TempDir()
 	path := checkedLayer(t, filepath.Join(dir, "crash.hibdisk"))
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: crashDiskSize, SectorSize: crashSectorSize})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: crashDiskSize, SectorSize: crashSectorSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestCrashSafety(t *testing.T) {
 			t.Fatalf("iteration %d (seed %d): after %d acknowledged groups the layer holds neither that state nor the next one (first difference at byte %d)",
 				iter, seed, done, firstDifference(got, model))
 		}
-		r, err := disklayer.Check(path)
+		r, err := sqlitelayer.Check(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +232,7 @@ func crashChild(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := disklayer.Open(path, disklayer.OpenOptions{WriteBack: os.Getenv(crashWriteBackEnv) == "true"})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{WriteBack: os.Getenv(crashWriteBackEnv) == "true"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func crashChild(t *testing.T, path string) {
 
 func readCrashLayer(t *testing.T, path string) []byte {
 	t.Helper()
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("open after kill -9: %v", err)
 	}

@@ -1,11 +1,11 @@
-package disklayer_test
+package sqlitelayer_test
 
 import (
 	"bytes"
 	"errors"
 	"testing"
 
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/lock"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
@@ -17,12 +17,12 @@ import (
 // SQLITE_BUSY_SNAPSHOT; the engine starts a fresh write transaction.
 func TestWriteAfterAnotherConnectionCommitted(t *testing.T) {
 	path := newLayerPath(t, "shared.db")
-	served := createLayer(t, path, disklayer.CreateOptions{Size: 64 << 10})
+	served := createLayer(t, path, sqlitelayer.CreateOptions{Size: 64 << 10})
 	mustRead(t, served, 0, 4096) // opens the read transaction
 
 	// Another hibdisk writer is refused by the layer lock, so the other
 	// connection is the sqlite3 shell's kind.
-	if _, err := disklayer.Open(path, disklayer.OpenOptions{}); !errors.Is(err, lock.ErrInUse) {
+	if _, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{}); !errors.Is(err, lock.ErrInUse) {
 		t.Fatalf("second writable open: %v, want lock.ErrInUse", err)
 	}
 	uri, err := store.FileURI(path, "rw") // the layer's own VFS, so WAL and mappings are shared
