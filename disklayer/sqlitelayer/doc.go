@@ -4,6 +4,16 @@
 // holds the format's consistency checker (Check, Repair, the TableChecks
 // other packages register for their tables) and its schema migration.
 //
+// The files, by job: layer.go (File, Create, Open, IsLayer, the
+// options), engine.go (the connection a File and its Hibernate view
+// share: transactions, commit, the sticky failure), errors.go (engine
+// errors to the contract's sentinels), row.go (the layer row: write,
+// read, validate), metadata.go (SetParent, Resize, SetReadOnly,
+// SetLabel), stats.go, table.go (one table's row semantics), tx.go
+// (Update and View for the packages that own other tables), absorb.go,
+// empty.go, generation.go, nospace.go, writeback.go, checkpoint.go,
+// wal.go, schema.go (Migrate), and the checker: check.go, check_tables.go.
+//
 // # Invariants
 //
 // Row semantics, the same for the sectors table (the disk) and the
