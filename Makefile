@@ -48,7 +48,7 @@ fuzz:
 	done
 
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./disklayer/ ./diffdisk/
+	$(GO) test -run '^$$' -bench . -benchmem ./disklayer/sqlitelayer/ ./diffdisk/
 
 # hibdisk vs qemu-nbd (qcow2 overlay) vs nbdkit memory, fio nbd engine.
 bench-nbd: deps

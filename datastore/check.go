@@ -11,7 +11,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // The datastore's consistency checks, registered so that every check of a
@@ -20,7 +20,7 @@ import (
 // beyond what the schema's constraints enforce (integrity_check verifies
 // those):
 //
-// In the layer file (a disklayer.TableCheck):
+// In the layer file (a sqlitelayer.TableCheck):
 //   - every key (of entries, MAP snapshots and pending reports) is 1 to
 //     MaxKeyLen bytes of UTF-8 (checkKey), and every type is one of Types;
 //   - a live entry holds exactly the value of its type: U32 and LABEL an
@@ -45,7 +45,7 @@ import (
 //   - every visible MAP snapshot belongs to a live MAP entry of the chain
 //     and has its range's length.
 func init() {
-	disklayer.RegisterTableCheck(disklayer.TableCheck{
+	sqlitelayer.RegisterTableCheck(sqlitelayer.TableCheck{
 		Name:   "datastore",
 		Tables: []string{"datastore", "datastore_snapshots", "datastore_subscriptions", "datastore_pending"},
 		Check:  checkTables,
@@ -85,7 +85,7 @@ func (f *findings) report(problem func(string, ...any)) {
 	}
 }
 
-func checkTables(conn *sqlite3.Conn, info disklayer.Info, r *disklayer.TableReport) error {
+func checkTables(conn *sqlite3.Conn, info sqlitelayer.Info, r *sqlitelayer.TableReport) error {
 	st, _, err := conn.Prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'datastore'`)
 	if err != nil {
 		return err
@@ -114,7 +114,7 @@ func checkTables(conn *sqlite3.Conn, info disklayer.Info, r *disklayer.TableRepo
 
 // checkEntries checks the rows of table datastore and returns the highest
 // seq.
-func checkEntries(conn *sqlite3.Conn, info disklayer.Info, f *findings) (maxSeq int64, err error) {
+func checkEntries(conn *sqlite3.Conn, info sqlitelayer.Info, f *findings) (maxSeq int64, err error) {
 	err = query(conn, `SELECT key, typeof(key), type, deleted, num, typeof(num), value, typeof(value),
  map_source, map_offset, typeof(map_offset), map_length, typeof(map_length), seq, changed_at
  FROM datastore ORDER BY seq`, nil, func(st *sqlite3.Stmt) bool {
@@ -248,8 +248,8 @@ func checkSubscriptions(conn *sqlite3.Conn, maxSeq int64, f *findings) error {
 
 // checkChain checks what holds across the chain: label numbers and MAP
 // snapshots, resolved as Retrieve resolves them.
-func checkChain(path string) (*disklayer.Report, error) {
-	r := &disklayer.Report{Path: path}
+func checkChain(path string) (*sqlitelayer.Report, error) {
+	r := &sqlitelayer.Report{Path: path}
 	note := func(err error) {
 		r.Notes = append(r.Notes, fmt.Sprintf("datastore: entries not checked across the chain: %v", err))
 	}

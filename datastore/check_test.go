@@ -10,6 +10,7 @@ import (
 	"github.com/hibdisk/hibdisk/datastore"
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/checktest"
 )
 
@@ -59,7 +60,7 @@ func rawExec(t *testing.T, path string, sql ...string) {
 	}
 }
 
-func mustCheck(t *testing.T, path string) *disklayer.Report {
+func mustCheck(t *testing.T, path string) *sqlitelayer.Report {
 	t.Helper()
 	r, err := diffdisk.Check(path)
 	if err != nil {

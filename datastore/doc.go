@@ -63,7 +63,7 @@
 // # Invariants
 //
 //   - Every change is one synced transaction on the top layer
-//     (disklayer.File.Update): the entry row, its tombstones and its change
+//     (sqlitelayer.File.Update): the entry row, its tombstones and its change
 //     number commit together, and a notification is visible only after the
 //     commit.
 //   - Change numbers (seq) increase within a layer; a row's seq is that of

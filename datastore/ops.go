@@ -10,6 +10,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // validKey reports whether key is 1 to MaxKeyLen bytes of UTF-8.
@@ -139,7 +140,7 @@ func checkMapRange(m MapRange, diskSize int64) error {
 	case SourceDisk:
 		size = diskSize
 	case SourceHibernate:
-		size = disklayer.HibernateSize
+		size = sqlitelayer.HibernateSize
 	default:
 		return fmt.Errorf("map source %q: want disk or hibernate: %w", m.Source, disklayer.ErrInvalid)
 	}

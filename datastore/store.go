@@ -11,6 +11,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -44,7 +45,7 @@ type Store struct {
 // the datastore tables (a layer opened read-only may be at an older
 // schema version, and then holds no entries).
 type layerRef struct {
-	f   *disklayer.File
+	f   *sqlitelayer.File
 	has bool
 }
 
@@ -62,13 +63,13 @@ type Options struct {
 // hibdisk layer; the datastore ends at the first layer that is not one (a
 // raw base holds no entries). Close the Store before d.
 func Open(d *diffdisk.Disk, opts Options) (*Store, error) {
-	top, ok := d.Layer(0).(*disklayer.File)
+	top, ok := d.Layer(0).(*sqlitelayer.File)
 	if !ok {
 		return nil, fmt.Errorf("open datastore: the top layer is a raw image: %w", disklayer.ErrNotLayer)
 	}
 	s := &Store{path: top.Path(), disk: d, hib: opts.Hibernate}
 	for i := 0; i < d.Depth(); i++ {
-		f, ok := d.Layer(i).(*disklayer.File)
+		f, ok := d.Layer(i).(*sqlitelayer.File)
 		if !ok {
 			break
 		}
@@ -96,7 +97,7 @@ func Open(d *diffdisk.Disk, opts Options) (*Store, error) {
 	return s, nil
 }
 
-func hasTables(f *disklayer.File) (bool, error) {
+func hasTables(f *sqlitelayer.File) (bool, error) {
 	var has bool
 	err := f.View("open datastore", func(conn *sqlite3.Conn) error {
 		st, _, err := conn.Prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'datastore'`)
@@ -195,7 +196,7 @@ func (s *Store) write(op string, fn func(r *reader) error) error {
 		if err = top.f.Flush(); err != nil {
 			return err
 		}
-		err = top.f.Update(op, func(tx *disklayer.Tx) error {
+		err = top.f.Update(op, func(tx *sqlitelayer.Tx) error {
 			return fn(&reader{s: s, top: tx.Conn()})
 		})
 		if !errors.Is(err, sqlite3.BUSY_SNAPSHOT) {

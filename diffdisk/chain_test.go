@@ -14,6 +14,7 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/layertest"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // checkOnCleanup runs Check, the whole layer check (checkers_test.go links
@@ -32,7 +33,7 @@ func checkOnCleanup(t *testing.T, dir string) {
 			if e.IsDir() {
 				continue
 			}
-			if ok, err := disklayer.IsLayer(path); err != nil || !ok {
+			if ok, err := sqlitelayer.IsLayer(path); err != nil || !ok {
 				continue
 			}
 			r, err := Check(path)
@@ -412,13 +413,13 @@ func TestOpenRefusesCycle(t *testing.T) {
 // the layer API alone, without the checks rebase makes.
 func setParentRef(t *testing.T, path, parent string) {
 	t.Helper()
-	p, err := disklayer.Open(parent, disklayer.OpenOptions{ReadOnly: true})
+	p, err := sqlitelayer.Open(parent, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	info := p.Info()
 	p.Close()
-	f, err := disklayer.Open(path, disklayer.OpenOptions{})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -642,7 +643,7 @@ func TestCommitIntoRawParent(t *testing.T) {
 // assertEmptyLayer checks that the layer at path holds no disk rows.
 func assertEmptyLayer(t *testing.T, path string) {
 	t.Helper()
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -669,7 +670,7 @@ func TestCommitKeep(t *testing.T) {
 	if err := Commit(top, CommitOptions{Keep: true}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := disklayer.Open(top, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(top, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

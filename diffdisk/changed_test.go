@@ -12,6 +12,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // refusesChangedBase asserts that the chain at child no longer opens and
@@ -170,7 +171,7 @@ func TestChangedRawBaseCaught(t *testing.T) {
 // layerParent reads the parent reference the layer at path records.
 func layerParent(t *testing.T, path string) disklayer.ParentRef {
 	t.Helper()
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

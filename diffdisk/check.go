@@ -7,20 +7,21 @@ import (
 	"strings"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // ExtraCheck is what another package adds to Check and Repair beyond the
-// checks of its tables in one file (those are disklayer.TableChecks, run
+// checks of its tables in one file (those are sqlitelayer.TableChecks, run
 // by every check of a layer file, Strict opens included): a check that
 // needs the layer's chain (vmm/qemu: the RAM a vm_state row was saved
 // with; datastore: entries resolved through the chain), or a repair.
 // Either func may be nil. A check runs after the layer check, on a file
-// disklayer could open; it reports what it cannot verify (a chain that
+// sqlitelayer could open; it reports what it cannot verify (a chain that
 // does not open) as a Note, since the layer check reports why.
 type ExtraCheck struct {
 	Name   string
-	Check  func(path string) (*disklayer.Report, error)
-	Repair func(path string) (*disklayer.Report, error)
+	Check  func(path string) (*sqlitelayer.Report, error)
+	Repair func(path string) (*sqlitelayer.Report, error)
 }
 
 var extraChecks []ExtraCheck
@@ -30,10 +31,10 @@ var extraChecks []ExtraCheck
 func RegisterCheck(c ExtraCheck) { extraChecks = append(extraChecks, c) }
 
 // Check is the consistency check of a layer: `hibdisk check`, and what
-// tests run on every layer they touched. It runs disklayer.CheckWith on
+// tests run on every layer they touched. It runs sqlitelayer.CheckWith on
 // the layer at path (the file, its tables and every registered
-// disklayer.TableCheck, the parent's identity), also compares a raw
-// parent's content digest, which disklayer cannot compute itself, finds
+// sqlitelayer.TableCheck, the parent's identity), also compares a raw
+// parent's content digest, which sqlitelayer does not compute itself, finds
 // a chain that loops, and runs the registered extra checks. It reports
 // every problem, not just the first; the error is for failing to check
 // at all.
@@ -41,9 +42,9 @@ func RegisterCheck(c ExtraCheck) { extraChecks = append(extraChecks, c) }
 // The checks of hibfile, datastore and vmm/qemu run where those packages
 // are linked in (they register from init), as in cmd/hibdisk; a table
 // holding rows that no linked check covers is named in the Notes.
-func Check(path string) (*disklayer.Report, error) {
+func Check(path string) (*sqlitelayer.Report, error) {
 	left := Leftovers(path)
-	r, err := disklayer.CheckWith(path, disklayer.CheckOptions{VerifyRawParent: rawDigestMatches})
+	r, err := sqlitelayer.CheckWith(path, sqlitelayer.CheckOptions{VerifyRawParent: rawDigestMatches})
 	if err != nil {
 		if len(left) > 0 {
 			err = fmt.Errorf("%w (an interrupted create or convert left %s beside it: run it again, and remove the leftover)", err, strings.Join(left, ", "))
@@ -71,11 +72,11 @@ func Check(path string) (*disklayer.Report, error) {
 	return r, nil
 }
 
-// Repair runs disklayer.RepairWith and the registered extra repairs on
+// Repair runs sqlitelayer.RepairWith and the registered extra repairs on
 // the layer at path, then checks it again the way Check does, so the
 // report covers the raw parent and the extra checks too.
-func Repair(path string, opts disklayer.RepairOptions) (*disklayer.Report, error) {
-	r, err := disklayer.RepairWith(path, opts)
+func Repair(path string, opts sqlitelayer.RepairOptions) (*sqlitelayer.Report, error) {
+	r, err := sqlitelayer.RepairWith(path, opts)
 	if err != nil {
 		return r, err
 	}
@@ -107,7 +108,7 @@ func rawDigestMatches(parentPath string, ref disklayer.ParentRef) error {
 }
 
 // Leftovers lists the temporary files an interrupted create or convert of
-// path left beside it (".NAME.creating-*" from disklayer's store,
+// path left beside it (".NAME.creating-*" from the SQLite layer's store,
 // ".NAME.partial-*" from Convert), by base name.
 func Leftovers(path string) []string {
 	entries, err := os.ReadDir(filepath.Dir(path))

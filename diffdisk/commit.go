@@ -7,6 +7,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // copyChunk is the unit of bulk copies and comparisons.
@@ -16,7 +17,7 @@ const copyChunk = 1 << 20
 // The chain is verified first.
 //
 //   - A hibdisk parent absorbs the layer's rows (disk sectors and
-//     hibernate blocks) in one transaction (disklayer.File.Absorb): it
+//     hibernate blocks) in one transaction (sqlitelayer.File.Absorb): it
 //     commits completely or not at all.
 //   - A raw parent gets the layer's data written into it and its
 //     tombstones zeroed; then the layer's recorded size and digest of the
@@ -64,13 +65,13 @@ func commit(path string, opts CommitOptions) (err error) {
 	if len(d.layers) < 2 {
 		return fmt.Errorf("%q has no backing file to commit into: %w", path, disklayer.ErrInvalid)
 	}
-	top := d.layers[0].(*disklayer.File)
+	top := d.layers[0].(*sqlitelayer.File)
 	if err := top.Flush(); err != nil {
 		return err
 	}
 	ref := *top.Info().Parent
 	switch parent := d.layers[1].(type) {
-	case *disklayer.File:
+	case *sqlitelayer.File:
 		if err := parent.Absorb(top); err != nil {
 			return err
 		}

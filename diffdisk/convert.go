@@ -9,6 +9,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // ConvertOptions describe the output of Convert.
@@ -105,7 +106,7 @@ func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklay
 		if size%int64(ss) != 0 {
 			return nil, fmt.Errorf("source size %d is not a multiple of sector size %d: %w", size, ss, disklayer.ErrInvalid)
 		}
-		return disklayer.Create(dst, disklayer.CreateOptions{Size: size, SectorSize: ss, Label: opts.Label})
+		return sqlitelayer.Create(dst, sqlitelayer.CreateOptions{Size: size, SectorSize: ss, Label: opts.Label})
 	case disklayer.FormatRaw:
 		return rawlayer.Create(dst, size)
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // CreateOptions describe a new layer (`hibdisk create`).
@@ -48,7 +49,7 @@ func create(path string, opts CreateOptions) error {
 		if opts.Size <= 0 {
 			return fmt.Errorf("a base layer needs a size: %w", disklayer.ErrInvalid)
 		}
-		f, err := disklayer.Create(path, disklayer.CreateOptions{Size: opts.Size, SectorSize: opts.SectorSize, Label: opts.Label})
+		f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: opts.Size, SectorSize: opts.SectorSize, Label: opts.Label})
 		if err != nil {
 			return err
 		}
@@ -72,7 +73,7 @@ func create(path string, opts CreateOptions) error {
 			sectorSize = rawDiffSectorSize(size)
 		}
 	}
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: size, SectorSize: sectorSize, Parent: ref, Label: opts.Label})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: size, SectorSize: sectorSize, Parent: ref, Label: opts.Label})
 	if err != nil {
 		return err
 	}
@@ -95,7 +96,7 @@ func rawDiffSectorSize(size int64) int {
 // backingFormat decides the format of a backing file. A file that is not
 // a hibdisk layer is raw only when the caller says so.
 func backingFormat(backing, format string) (string, error) {
-	isLayer, err := disklayer.IsLayer(backing)
+	isLayer, err := sqlitelayer.IsLayer(backing)
 	if err != nil {
 		return "", fmt.Errorf("backing file: %w", err)
 	}
@@ -157,7 +158,7 @@ func openBacking(childPath, backing, format string) (*Disk, *disklayer.ParentRef
 	if err != nil {
 		return nil, nil, fmt.Errorf("backing file %q: %w", backing, err)
 	}
-	info := d.layers[0].(*disklayer.File).Info()
+	info := d.layers[0].(*sqlitelayer.File).Info()
 	ref.UUID, ref.Generation = info.UUID, info.Generation
 	ref.Size = d.Size()
 	return d, ref, nil

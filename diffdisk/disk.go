@@ -20,12 +20,12 @@ type Options struct {
 	// It needs a writable top that implements ReadCacher.
 	ReadCache bool
 	// Strict opens every SQLite layer in strict mode (see
-	// disklayer.OpenOptions).
+	// sqlitelayer.OpenOptions).
 	Strict bool
-	// WriteBack opens the top with disklayer.OpenOptions.WriteBack.
+	// WriteBack opens the top with sqlitelayer.OpenOptions.WriteBack.
 	WriteBack bool
 	// HoldStable holds a read-only top so that no other process may write
-	// it while it is open (disklayer.OpenOptions.HoldStable); the lower
+	// it while it is open (sqlitelayer.OpenOptions.HoldStable); the lower
 	// layers are always held so.
 	HoldStable bool
 }

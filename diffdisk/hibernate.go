@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // Hibernate returns the chain's hibernate file: the hibernate_blocks
@@ -15,7 +16,7 @@ import (
 func (d *Disk) Hibernate() (*Disk, error) {
 	var views []disklayer.Layer
 	for _, l := range d.layers {
-		f, ok := l.(*disklayer.File)
+		f, ok := l.(*sqlitelayer.File)
 		if !ok {
 			break
 		}

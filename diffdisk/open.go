@@ -9,6 +9,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // Open opens the chain whose top layer is the hibdisk file at path,
@@ -28,7 +29,7 @@ func Open(path string, opts Options) (*Disk, error) {
 }
 
 // OpenImage opens the input of a read-only command: a hibdisk layer
-// (recognised by its header, disklayer.IsLayer) as its whole chain,
+// (recognised by its header, sqlitelayer.IsLayer) as its whole chain,
 // anything else as a raw image. The Disk is read-only.
 func OpenImage(path string) (*Disk, error) {
 	return openImage(path, false)
@@ -42,7 +43,7 @@ func OpenImageStable(path string) (*Disk, error) {
 }
 
 func openImage(path string, stable bool) (*Disk, error) {
-	isLayer, err := disklayer.IsLayer(path)
+	isLayer, err := sqlitelayer.IsLayer(path)
 	if err != nil {
 		return nil, fmt.Errorf("open image %q: %w", path, err)
 	}
@@ -76,7 +77,7 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 			closeLayers(layers)
 		}
 	}()
-	top, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: opts.ReadOnly, Strict: opts.Strict, WriteBack: opts.WriteBack, HoldStable: opts.HoldStable})
+	top, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: opts.ReadOnly, Strict: opts.Strict, WriteBack: opts.WriteBack, HoldStable: opts.HoldStable})
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +146,7 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 	}
 	switch ref.Format {
 	case disklayer.FormatHibdisk:
-		f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: !writable, Strict: strict, HoldStable: true})
+		f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: !writable, Strict: strict, HoldStable: true})
 		if errors.Is(err, disklayer.ErrNotLayer) {
 			return nil, nil, nil, fmt.Errorf("%s: %s recorded, file is not a hibdisk layer: %w: %w", link, describeRef(ref), disklayer.ErrParentMismatch, err)
 		}
@@ -190,7 +191,7 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 
 // generationMoved is the error for a hibdisk parent changed after its
 // child recorded it.
-func generationMoved(ref disklayer.ParentRef, info disklayer.Info) error {
+func generationMoved(ref disklayer.ParentRef, info sqlitelayer.Info) error {
 	return fmt.Errorf("generation %d recorded, layer %s is now at generation %d: its content changed after this layer was made over it (a writable serve, vm run, commit, or an SQL client wrote it); this layer's view would silently mix in the change. If the change is intended, `hibdisk rebase -u -b PARENT LAYER` accepts it: %w",
 		ref.Generation, info.UUID, info.Generation, disklayer.ErrParentMismatch)
 }
@@ -254,7 +255,7 @@ type LayerInfo struct {
 	// layer older than schema version 5).
 	Generation int64
 	Parent     *disklayer.ParentRef // the reference as stored
-	Stats      *disklayer.Stats
+	Stats      *sqlitelayer.Stats
 }
 
 // Layers describes every layer, top first.
@@ -265,7 +266,7 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 	list := make([]LayerInfo, len(d.layers))
 	for i, l := range d.layers {
 		li := LayerInfo{Depth: i, Path: d.meta[i].path, Format: d.meta[i].format, Size: l.Size(), SectorSize: l.SectorSize()}
-		if f, ok := l.(*disklayer.File); ok {
+		if f, ok := l.(*sqlitelayer.File); ok {
 			info := f.Info()
 			stats, err := f.Stats()
 			if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // Rebase changes the backing file of the layer at path to newBase (a path
@@ -82,10 +83,10 @@ func chainLoop(start string, extra os.FileInfo) string {
 			}
 		}
 		seen = append(seen, st)
-		if ok, err := disklayer.IsLayer(next); err != nil || !ok {
+		if ok, err := sqlitelayer.IsLayer(next); err != nil || !ok {
 			return ""
 		}
-		f, err := disklayer.Open(next, disklayer.OpenOptions{ReadOnly: true})
+		f, err := sqlitelayer.Open(next, sqlitelayer.OpenOptions{ReadOnly: true})
 		if err != nil {
 			return ""
 		}
@@ -103,7 +104,7 @@ func chainLoop(start string, extra os.FileInfo) string {
 const maxChainDepth = 4096
 
 func rebaseUnsafe(path, newBase, format string) (err error) {
-	top, err := disklayer.Open(path, disklayer.OpenOptions{})
+	top, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		return err
 	}
@@ -148,7 +149,7 @@ func rebaseSafe(path, newBase, format string) (err error) {
 			}
 		}()
 	}
-	top := old.layers[0].(*disklayer.File)
+	top := old.layers[0].(*sqlitelayer.File)
 	if err := keepView(old, newView); err != nil {
 		return err
 	}

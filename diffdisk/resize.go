@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // ResizeOptions control Resize.
@@ -31,7 +32,7 @@ func Resize(path string, size int64, opts ResizeOptions) error {
 }
 
 func resize(path string, size int64, opts ResizeOptions) (err error) {
-	f, err := disklayer.Open(path, disklayer.OpenOptions{})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		return err
 	}

@@ -1,49 +1,27 @@
-// Package disklayer defines the layer contract of hibdisk (Layer, Disk,
-// Extent, the sentinel errors) and implements its on-disk format: one
-// SQLite database per layer.
+// Package disklayer defines the layer contract of hibdisk: Layer, Disk,
+// the optional abilities (OwnReader, ReadCacher), Extent and Range, the
+// sector size limits, the sentinel errors every layer wraps, and
+// ParentRef, the link from a diff layer to the layer below it. It holds
+// no implementation and links no storage engine, as go-containerregistry's
+// pkg/v1 holds no image format.
 //
 // A layer is a sparse disk. Layers stack into differencing chains (package
 // diffdisk); each stores only what changed relative to the layer below.
-// Implementations: the SQLite layer in this package, memlayer (in memory,
-// the test oracle) and rawlayer (raw image files).
+// Implementations are sibling packages: sqlitelayer (the on-disk format,
+// one SQLite database per layer), memlayer (in memory, the test oracle)
+// and rawlayer (raw image files); layertest is the conformance suite
+// every one of them runs.
 //
 // # Invariants
 //
-// Row semantics, the same for the sectors table (the disk) and the
-// hibernate_blocks table (the hibernate file):
-//   - no row: this layer says nothing; a read falls through to the parent,
-//     and reads zeros when there is none (Absent);
-//   - data IS NULL: the sector reads as zeros and hides the parent, a
-//     tombstone (Zero);
-//   - otherwise data is exactly one sector (Data). An all-zero sector is
-//     never stored as data: it becomes a tombstone when the layer has a
-//     parent, and no row when nothing below could show through.
+// Row semantics, which every implementation follows (memlayer models
+// them, layertest checks them):
+//   - Absent: this layer says nothing; a read falls through to the
+//     parent, and reads zeros when there is none;
+//   - Zero: the range reads as zeros and hides the parent, a tombstone;
+//   - Data: the layer stores the bytes.
 //
-// Durability: writes are batched in an open transaction; Flush commits it
-// with synchronous=FULL, so everything written before a completed Flush
-// survives kill -9 and power loss. The journal is WAL.
-//
-// Consistency: a read returns every write that completed before the read
-// started, whether or not it has been flushed. A failed commit is returned
-// by Flush and by every later request; writes are never silently lost.
-//
-// A full filesystem is the exception to "every later request": a commit
-// that fails for lack of space (ErrNoSpace, which wraps ENOSPC) loses
-// the writes of its batch, those since the last completed Flush, and the
-// layer stays usable. Data flushed before keeps being read. A read of a
-// sector whose write was lost fails with ErrWriteLost and never returns
-// the sector's older content (Extents maps it as Data), until a write of
-// the whole sector replaces it. The loss is reported by the table's next
-// Flush (the one whose commit failed, or the first one after a commit
-// that failed on its own when a batch reached its bound), and until that
-// Flush returns it, writes to the table are refused with it: no Flush
-// can succeed while a write it should cover was lost. After it, writes
-// are accepted again and fail (at the latest on the next Flush) for as
-// long as the filesystem stays full. The lost set lives in memory: after
-// reopening, those sectors read their older content. Other commit
-// failures stay sticky.
-//
-// Identity: a diff layer records its parent's uuid and size (and, for a
-// raw parent, a digest of its size and sampled content); opening the
-// chain refuses a parent that does not match, naming both sides.
+// Durability: after Flush returns nil, every write that completed before
+// it survives kill -9 and power loss. Consistency: a read returns every
+// write that completed before the read started, flushed or not.
 package disklayer

@@ -3,8 +3,6 @@ package disklayer
 import (
 	"errors"
 	"syscall"
-
-	"github.com/hibdisk/hibdisk/internal/store"
 )
 
 // Errors, grouped by when they happen. Every error a layer returns wraps
@@ -21,9 +19,11 @@ var (
 	ErrUnsupportedVersion = errors.New("unsupported layer schema version")
 	// ErrNeedsMigration: a read-only open of a layer whose schema is too
 	// old for what was asked of it (hibfile: the seed's v0 hibernate
-	// tables); opening it writable once migrates it. It is internal/store's
-	// error, so every package reports the one text.
-	ErrNeedsMigration = store.ErrNeedsMigration
+	// tables); opening it writable once migrates it. It has the text of
+	// internal/store's error, which the SQLite layer (package sqlitelayer)
+	// maps to it, so every package reports the one text and the contract
+	// does not import the engine.
+	ErrNeedsMigration = errors.New("schema needs migration; open it writable once (hibdisk check --repair)")
 	// ErrCorrupt: the database or its layer row is damaged or
 	// inconsistent (truncated file, malformed row, blob of the wrong size).
 	ErrCorrupt = errors.New("corrupt layer")
@@ -48,8 +48,8 @@ var (
 	// SQLITE_FULL, or ENOSPC or EDQUOT from below). It wraps
 	// syscall.ENOSPC, so code that classifies errors by errno (the NBD
 	// server) reports ENOSPC. What a commit that fails for lack of space
-	// does to the writes of its batch is set out in the package
-	// documentation (# Invariants).
+	// does to the writes of its batch is set out in the SQLite layer's
+	// package documentation (package sqlitelayer, # Invariants).
 	ErrNoSpace error = noSpaceError{}
 	// ErrWriteLost: a read of a sector whose write had returned but was
 	// lost with its batch when a commit failed for lack of space. The

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // Check verifies the hibernate metadata of the layer at path (its own
@@ -22,18 +23,18 @@ import (
 // is corrupt.
 //
 // This is `hibdisk hib check`. The same check is registered with
-// disklayer (checkTables), so every check of a layer file runs it too:
+// sqlitelayer (checkTables), so every check of a layer file runs it too:
 // `hibdisk check`, diffdisk.Check, a Strict open.
-func Check(path string) (*disklayer.Report, error) {
-	r := &disklayer.Report{Path: path}
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+func Check(path string) (*sqlitelayer.Report, error) {
+	r := &sqlitelayer.Report{Path: path}
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		return r, fmt.Errorf("check hibernate metadata of %q: %w", path, err)
 	}
 	defer f.Close()
 	info := f.Info() // before View: both take the layer's lock
 	err = f.View("check hibernate metadata", func(conn *sqlite3.Conn) error {
-		return disklayer.RunTableCheck(conn, info, tableCheck, r)
+		return sqlitelayer.RunTableCheck(conn, info, tableCheck, r)
 	})
 	if err != nil {
 		return r, fmt.Errorf("check hibernate metadata of %q: %w", path, err)
@@ -41,14 +42,14 @@ func Check(path string) (*disklayer.Report, error) {
 	return r, nil
 }
 
-// tableCheck is Check on a connection, registered with disklayer.
-var tableCheck = disklayer.TableCheck{
+// tableCheck is Check on a connection, registered with sqlitelayer.
+var tableCheck = sqlitelayer.TableCheck{
 	Name:   "hibernate metadata",
 	Tables: []string{"hibernate_snapshot", "hibernate_processes", "hibernate_memory_map", "hibernate_files", "hibernate_signals"},
 	Check:  checkTables,
 }
 
-func checkTables(conn *sqlite3.Conn, info disklayer.Info, r *disklayer.TableReport) error {
+func checkTables(conn *sqlite3.Conn, info sqlitelayer.Info, r *sqlitelayer.TableReport) error {
 	ok, err := hasTables(conn)
 	switch {
 	case errors.Is(err, ErrNeedsMigration):
@@ -167,13 +168,13 @@ func checkSnapshot(conn *sqlite3.Conn, s Snapshot, layerUUID string, problem fun
 	if s.BlobFilePath != "" {
 		return nil // offsets are into an external file this check cannot see
 	}
-	if s.BlobSize < 0 || s.BlobSize > disklayer.HibernateSize {
-		problem("%s: blob_size %d is outside the %d-byte hibernate file", where, s.BlobSize, disklayer.HibernateSize)
+	if s.BlobSize < 0 || s.BlobSize > sqlitelayer.HibernateSize {
+		problem("%s: blob_size %d is outside the %d-byte hibernate file", where, s.BlobSize, sqlitelayer.HibernateSize)
 	}
 	slices.SortFunc(ranges, func(a, b blobRange) int { return cmpInt(a.Off, b.Off) })
 	var outside, overlaps []string
 	for i, r := range ranges {
-		if r.Off < 0 || r.Len < 0 || r.End() < r.Off || r.End() > s.BlobSize || r.End() > disklayer.HibernateSize {
+		if r.Off < 0 || r.Len < 0 || r.End() < r.Off || r.End() > s.BlobSize || r.End() > sqlitelayer.HibernateSize {
 			outside = append(outside, fmt.Sprintf("%s [%#x, %#x)", r.what, r.Off, r.End()))
 		}
 		if i > 0 && r.Off < ranges[i-1].End() {
@@ -204,13 +205,13 @@ func firstFew(items []string) string {
 // overlapping (which Save never writes: the offsets themselves are
 // damaged) and cycles in the process tree are not repairable; they remain
 // in the returned report, which is a fresh Check with Repairs filled in.
-func Repair(path string) (*disklayer.Report, error) {
-	f, err := disklayer.Open(path, disklayer.OpenOptions{})
+func Repair(path string) (*sqlitelayer.Report, error) {
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
-		return &disklayer.Report{Path: path}, fmt.Errorf("repair hibernate metadata of %q: %w", path, err)
+		return &sqlitelayer.Report{Path: path}, fmt.Errorf("repair hibernate metadata of %q: %w", path, err)
 	}
 	var repairs []string
-	err = f.Update("repair hibernate metadata", func(tx *disklayer.Tx) error {
+	err = f.Update("repair hibernate metadata", func(tx *sqlitelayer.Tx) error {
 		conn := tx.Conn()
 		fk, err := foreignKeyProblems(conn)
 		if err != nil {
@@ -245,7 +246,7 @@ func Repair(path string) (*disklayer.Report, error) {
 		err = cerr
 	}
 	if err != nil {
-		return &disklayer.Report{Path: path}, fmt.Errorf("repair hibernate metadata of %q: %w", path, err)
+		return &sqlitelayer.Report{Path: path}, fmt.Errorf("repair hibernate metadata of %q: %w", path, err)
 	}
 	r, err := Check(path)
 	if r != nil {
@@ -255,6 +256,6 @@ func Repair(path string) (*disklayer.Report, error) {
 }
 
 func init() {
-	disklayer.RegisterTableCheck(tableCheck)
+	sqlitelayer.RegisterTableCheck(tableCheck)
 	diffdisk.RegisterCheck(diffdisk.ExtraCheck{Name: "hibernate metadata", Repair: Repair})
 }

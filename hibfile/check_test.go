@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/internal/checktest"
 )
@@ -18,7 +19,7 @@ import (
 func savedLayer(t *testing.T) string {
 	t.Helper()
 	path := checked(t, filepath.Join(t.TempDir(), "l.db"))
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

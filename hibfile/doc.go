@@ -5,7 +5,7 @@
 // stacked like the disk.
 //
 // The schema (tables, indexes, views, the migration from the seed's v0
-// tables) is in internal/schema; disklayer applies it as layer schema
+// tables) is in internal/schema; sqlitelayer applies it as layer schema
 // version 2 when a layer is created or opened writable.
 //
 // Producers: Capture reads live Linux processes from /proc; Import reads

@@ -17,6 +17,7 @@ var (
 	ErrNoProcess = errors.New("no such process in the snapshot")
 	// ErrNeedsMigration: a layer opened read-only still has the seed's v0
 	// hibernate tables; opening it writable once migrates them. It is
-	// disklayer's error (one text for every package).
+	// the layer contract's error (disklayer.ErrNeedsMigration, one text
+	// for every package).
 	ErrNeedsMigration = disklayer.ErrNeedsMigration
 )

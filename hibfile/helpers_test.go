@@ -11,7 +11,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 	_ "github.com/hibdisk/hibdisk/internal/checkers"
 	"github.com/hibdisk/hibdisk/internal/checktest"
@@ -28,7 +28,7 @@ func checked(t testing.TB, path string) string {
 func newBase(t testing.TB, dir, name string) string {
 	t.Helper()
 	path := checked(t, filepath.Join(dir, name))
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/ncruces/go-sqlite3"
 
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
@@ -35,7 +35,7 @@ func execSQL(t *testing.T, path string, sql ...string) {
 func seedLayer(t *testing.T) string {
 	t.Helper()
 	path := checked(t, filepath.Join(t.TempDir(), "seed.db"))
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,15 +73,15 @@ func TestMigrateSeedV0(t *testing.T) {
 	}
 
 	// A writable open migrates.
-	f, err := disklayer.Open(path, disklayer.OpenOptions{})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	uuid := f.Info().UUID
 	f.Close()
 	checked(t, path)
-	if h, _ := store.ReadHeader(path); h.UserVersion != disklayer.SchemaVersion {
-		t.Fatalf("user_version after migration = %d, want %d", h.UserVersion, disklayer.SchemaVersion)
+	if h, _ := store.ReadHeader(path); h.UserVersion != sqlitelayer.SchemaVersion {
+		t.Fatalf("user_version after migration = %d, want %d", h.UserVersion, sqlitelayer.SchemaVersion)
 	}
 	got, err := hibfile.Latest(path)
 	if err != nil {
@@ -121,8 +121,8 @@ func TestMigrateSeedV0(t *testing.T) {
 	}
 	defer conn.Close()
 	applied, err := store.AppliedMigrations(conn)
-	if err != nil || len(applied) != disklayer.SchemaVersion-1 || applied[0].Version != schema.Hibernate {
-		t.Errorf("migrations table = %+v, %v; want rows for versions %d to %d", applied, err, schema.Hibernate, disklayer.SchemaVersion)
+	if err != nil || len(applied) != sqlitelayer.SchemaVersion-1 || applied[0].Version != schema.Hibernate {
+		t.Errorf("migrations table = %+v, %v; want rows for versions %d to %d", applied, err, schema.Hibernate, sqlitelayer.SchemaVersion)
 	}
 	if err := conn.Exec("SELECT * FROM seed_hibernate_snapshot"); err == nil {
 		t.Error("the seed's tables were left behind")

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
@@ -48,7 +49,7 @@ func (c *Chain) Path() string { return c.path }
 // read through the chain from that layer down.
 func (c *Chain) Latest() (*View, error) {
 	for i := 0; i < c.disk.Depth(); i++ {
-		f, ok := c.disk.Layer(i).(*disklayer.File)
+		f, ok := c.disk.Layer(i).(*sqlitelayer.File)
 		if !ok {
 			break
 		}
@@ -115,7 +116,7 @@ func scanSnapshot(stmt *sqlite3.Stmt) (Snapshot, error) {
 }
 
 // latestRow reads the layer's newest snapshot row.
-func latestRow(f *disklayer.File) (s Snapshot, found bool, err error) {
+func latestRow(f *sqlitelayer.File) (s Snapshot, found bool, err error) {
 	err = f.View("read hibernate snapshot", func(conn *sqlite3.Conn) error {
 		ok, err := hasTables(conn)
 		if err != nil || !ok {
@@ -140,7 +141,7 @@ func latestRow(f *disklayer.File) (s Snapshot, found bool, err error) {
 // its blobs in the chain's hibernate file from that layer down. It is
 // valid until its Chain is closed.
 type View struct {
-	file  *disklayer.File
+	file  *sqlitelayer.File
 	depth int
 	snap  Snapshot
 	blob  *diffdisk.Disk

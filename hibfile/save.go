@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // registersAlign aligns register blobs, which are packed together.
@@ -127,8 +128,8 @@ func Save(path string, s *Snapshot, image io.ReaderAt) (SaveResult, error) {
 // is not nil it runs inside Save's transaction, after the snapshot's rows
 // and blocks are written, so what it adds (a machine's device state)
 // commits with them or not at all.
-func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt, also func(tx *disklayer.Tx, snapshotID int64) error) (SaveResult, error) {
-	top, ok := d.Layer(0).(*disklayer.File)
+func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt, also func(tx *sqlitelayer.Tx, snapshotID int64) error) (SaveResult, error) {
+	top, ok := d.Layer(0).(*sqlitelayer.File)
 	if !ok {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot: the chain's top is a raw image: %w", disklayer.ErrNotLayer)
 	}
@@ -151,7 +152,7 @@ func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt, also func(tx *d
 func hibernateBelow(d *diffdisk.Disk, from int) (*diffdisk.Disk, error) {
 	var views []disklayer.Layer
 	for i := from; i < d.Depth(); i++ {
-		f, ok := d.Layer(i).(*disklayer.File)
+		f, ok := d.Layer(i).(*sqlitelayer.File)
 		if !ok {
 			break
 		}
@@ -163,7 +164,7 @@ func hibernateBelow(d *diffdisk.Disk, from int) (*diffdisk.Disk, error) {
 	return diffdisk.Compose(diffdisk.Options{ReadOnly: true}, views...)
 }
 
-func saveInto(top *disklayer.File, below disklayer.Layer, s *Snapshot, image io.ReaderAt, also func(*disklayer.Tx, int64) error) (SaveResult, error) {
+func saveInto(top *sqlitelayer.File, below disklayer.Layer, s *Snapshot, image io.ReaderAt, also func(*sqlitelayer.Tx, int64) error) (SaveResult, error) {
 	path := top.Path()
 	fail := func(err error) (SaveResult, error) {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot to %q: %w", path, err)
@@ -188,7 +189,7 @@ func saveInto(top *disklayer.File, below disklayer.Layer, s *Snapshot, image io.
 	s.TotalProcesses = int64(len(s.Processes))
 	s.LayerUUID = top.Info().UUID
 	res := SaveResult{BlockSize: int64(top.SectorSize())}
-	err := top.Update("save hibernate snapshot", func(tx *disklayer.Tx) error {
+	err := top.Update("save hibernate snapshot", func(tx *sqlitelayer.Tx) error {
 		if err := requireNoSnapshot(tx.Conn()); err != nil {
 			return err
 		}
@@ -349,7 +350,7 @@ const chunkBytes = 1 << 20
 // touch are built (zeros outside the ranges), compared with the chain
 // below, and written only where they differ. Ranges are sorted and do not
 // overlap.
-func writeBlob(tx *disklayer.Tx, below disklayer.Layer, ranges []blobRange, image io.ReaderAt, res *SaveResult) error {
+func writeBlob(tx *sqlitelayer.Tx, below disklayer.Layer, ranges []blobRange, image io.ReaderAt, res *SaveResult) error {
 	bs := res.BlockSize
 	// Block-aligned spans covering the ranges, merged.
 	var spans []disklayer.Range
@@ -397,7 +398,7 @@ func writeBlob(tx *disklayer.Tx, below disklayer.Layer, ranges []blobRange, imag
 // storeChunk writes the blocks of chunk (at off) that differ from below
 // (zeros when nothing is below) and drops the top's rows for the others,
 // in runs.
-func storeChunk(tx *disklayer.Tx, below disklayer.Layer, chunk, old []byte, off, bs int64, res *SaveResult) error {
+func storeChunk(tx *sqlitelayer.Tx, below disklayer.Layer, chunk, old []byte, off, bs int64, res *SaveResult) error {
 	n := int64(len(chunk))
 	old = old[:n]
 	if below == nil {

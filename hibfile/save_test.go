@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 )
 
@@ -175,8 +176,8 @@ func TestSaveChainOneTransaction(t *testing.T) {
 	defer d.Close()
 	s, img := synthetic(1, 2, 2, 1, 1, 1, 1)
 	failed := errors.New("device state not saved")
-	topLayer := d.Layer(0).(*disklayer.File)
-	if _, err := hibfile.SaveChain(d, s, img, func(tx *disklayer.Tx, id int64) error {
+	topLayer := d.Layer(0).(*sqlitelayer.File)
+	if _, err := hibfile.SaveChain(d, s, img, func(tx *sqlitelayer.Tx, id int64) error {
 		if err := tx.Conn().Exec("CREATE TABLE extra (x)"); err != nil {
 			return err
 		}
@@ -191,7 +192,7 @@ func TestSaveChainOneTransaction(t *testing.T) {
 		t.Fatal("a failed SaveChain left the layer marked read-only")
 	}
 	var sawID int64
-	res, err := hibfile.SaveChain(d, s, img, func(tx *disklayer.Tx, id int64) error {
+	res, err := hibfile.SaveChain(d, s, img, func(tx *sqlitelayer.Tx, id int64) error {
 		sawID = id
 		if err := tx.Conn().Exec("CREATE TABLE extra (x)"); err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // Statuses of a snapshot.
@@ -198,7 +199,7 @@ func (s *Snapshot) validate() error {
 	}
 	var prev blobRange
 	for i, r := range s.ranges() {
-		if err := disklayer.CheckRange(r.Off, r.Len, disklayer.HibernateSize); err != nil {
+		if err := disklayer.CheckRange(r.Off, r.Len, sqlitelayer.HibernateSize); err != nil {
 			return bad("%s: %v", r.what, err)
 		}
 		if i > 0 && r.Off < prev.End() {

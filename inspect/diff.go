@@ -13,6 +13,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // RangeDiff is where two byte-addressed views (disks, hibernate files)
@@ -146,8 +147,8 @@ func sameFile(x, y disklayer.Layer) bool {
 	if err1 != nil || err2 != nil || !os.SameFile(sx, sy) {
 		return false
 	}
-	fx, ok1 := x.(*disklayer.File)
-	fy, ok2 := y.(*disklayer.File)
+	fx, ok1 := x.(*sqlitelayer.File)
+	fy, ok2 := y.(*sqlitelayer.File)
 	return ok1 == ok2 && (!ok1 || fx.Info().UUID == fy.Info().UUID)
 }
 

@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 func init() {
@@ -25,8 +25,8 @@ func runCheck(_ context.Context, e *env, args []string) error {
 	}
 	check := diffdisk.Check
 	if *repair {
-		check = func(path string) (*disklayer.Report, error) {
-			return diffdisk.Repair(path, disklayer.RepairOptions{Force: *force})
+		check = func(path string) (*sqlitelayer.Report, error) {
+			return diffdisk.Repair(path, sqlitelayer.RepairOptions{Force: *force})
 		}
 	}
 	r, err := check(pos[0])
@@ -39,7 +39,7 @@ func runCheck(_ context.Context, e *env, args []string) error {
 // printReport prints a check report the way qemu-img check does (one
 // line per repair, note and problem) and turns problems into exit status
 // 1; ok is the line printed when there are none.
-func printReport(e *env, path string, r *disklayer.Report, ok string) error {
+func printReport(e *env, path string, r *sqlitelayer.Report, ok string) error {
 	for _, s := range r.Repairs {
 		fmt.Fprintf(e.stdout, "Repaired: %s\n", s)
 	}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/datastore"
 	"github.com/hibdisk/hibdisk/diffdisk"
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/vmm/nbd"
 )
 
@@ -20,7 +20,7 @@ import (
 // whose socket cannot be made (a note on stderr). The returned stop
 // ends the server and removes the socket; call it before closing d.
 func serveDatastore(e *env, file string, d *diffdisk.Disk, hib *diffdisk.Disk) (stop func(), err error) {
-	if _, ok := d.Layer(0).(*disklayer.File); !ok {
+	if _, ok := d.Layer(0).(*sqlitelayer.File); !ok {
 		return func() {}, nil
 	}
 	s, err := datastore.Open(d, datastore.Options{Hibernate: hib})

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 )
 
@@ -41,7 +41,7 @@ func runHibMigrate(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	from, to, err := disklayer.Migrate(pos[0])
+	from, to, err := sqlitelayer.Migrate(pos[0])
 	if err != nil {
 		return err
 	}

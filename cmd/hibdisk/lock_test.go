@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
@@ -164,7 +164,7 @@ func TestWritersRefuseHeldLayer(t *testing.T) {
 func TestServeMarkedReadOnly(t *testing.T) {
 	dir := testDir(t)
 	mustHib(t, dir, "create", "-s", "1M", "snap.db")
-	f, err := disklayer.Open(filepath.Join(dir, "snap.db"), disklayer.OpenOptions{})
+	f, err := sqlitelayer.Open(filepath.Join(dir, "snap.db"), sqlitelayer.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/vmm/nbd"
 	"github.com/hibdisk/hibdisk/vmm/nbddisk"
 )
@@ -283,10 +283,10 @@ func openServed(path string, readOnly, readCache bool) (*diffdisk.Disk, error) {
 // flag is set.
 func markedReadOnly(path string) (bool, error) {
 	// Anything that does not open here is reported by the real open.
-	if ok, err := disklayer.IsLayer(path); err != nil || !ok {
+	if ok, err := sqlitelayer.IsLayer(path); err != nil || !ok {
 		return false, nil
 	}
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		return false, nil
 	}

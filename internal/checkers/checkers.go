@@ -1,5 +1,5 @@
 // Package checkers links in every package that registers a consistency
-// check of a layer (disklayer.RegisterTableCheck, diffdisk.RegisterCheck),
+// check of a layer (sqlitelayer.RegisterTableCheck, diffdisk.RegisterCheck),
 // so that diffdisk.Check is the whole check: the hibernate metadata
 // (hibfile), the datastore (datastore) and a machine snapshot's vm_state
 // (vmm/qemu). Import it for its side effect where a program or a test

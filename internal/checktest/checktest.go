@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // Layer checks the layer at path when the test ends, and returns path.
@@ -47,7 +47,7 @@ func Dir(t testing.TB, dir string) string {
 			if !e.Type().IsRegular() {
 				continue
 			}
-			if ok, err := disklayer.IsLayer(path); err != nil || !ok {
+			if ok, err := sqlitelayer.IsLayer(path); err != nil || !ok {
 				continue
 			}
 			check(t, path)

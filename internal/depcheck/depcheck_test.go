@@ -20,7 +20,8 @@ const module = "github.com/hibdisk/hibdisk/"
 //
 //	internal/lock, internal/store, vmm/nbd   nothing of the module
 //	internal/schema                          the format, over store
-//	disklayer                                the layer contract and SQLite layers
+//	disklayer                                the layer contract: nothing of the module
+//	disklayer/sqlitelayer                    the SQLite layer format
 //	disklayer/{memlayer,rawlayer,layertest}  other layers, conformance
 //	diffdisk                                 chains
 //	hibfile, datastore, inspect, vmm/nbddisk what a layer chain holds and exports
@@ -36,19 +37,20 @@ var allowed = map[string][]string{
 	"internal/schema":            {"internal/store"},
 	"vmm/nbd":                    nil,
 	"vmm/qemu/guestkit":          nil,
-	"disklayer":                  {"internal/lock", "internal/schema", "internal/store"},
+	"disklayer":                  nil,
+	"disklayer/sqlitelayer":      {"disklayer", "internal/lock", "internal/schema", "internal/store"},
 	"disklayer/memlayer":         {"disklayer"},
 	"disklayer/rawlayer":         {"disklayer", "internal/lock"},
 	"disklayer/layertest":        {"disklayer", "disklayer/memlayer"},
-	"diffdisk":                   {"disklayer", "disklayer/rawlayer"},
-	"hibfile":                    {"diffdisk", "disklayer", "internal/schema", "internal/store"},
-	"datastore":                  {"diffdisk", "disklayer", "internal/store"},
-	"inspect":                    {"diffdisk", "disklayer"},
+	"diffdisk":                   {"disklayer", "disklayer/rawlayer", "disklayer/sqlitelayer"},
+	"hibfile":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/schema", "internal/store"},
+	"datastore":                  {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/store"},
+	"inspect":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer"},
 	"vmm/nbddisk":                {"disklayer", "vmm/nbd"},
-	"vmm/qemu":                   {"diffdisk", "disklayer", "hibfile", "vmm/nbd", "vmm/nbddisk"},
+	"vmm/qemu":                   {"diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "vmm/nbd", "vmm/nbddisk"},
 	"internal/checkers":          {"datastore", "hibfile", "vmm/qemu"},
-	"internal/checktest":         {"diffdisk", "disklayer"},
-	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "hibfile", "inspect", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
+	"internal/checktest":         {"diffdisk", "disklayer/sqlitelayer"},
+	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "inspect", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
 	"test/qemu":                  nil,
 	"test/qemu/guest":            {"test/qemu/guest/guestproto"},
 	"test/qemu/guest/guestproto": nil,
@@ -56,9 +58,11 @@ var allowed = map[string][]string{
 }
 
 // sqliteFree are packages that must not link SQLite at all, directly or
-// through another package: the NBD server and the layer contract's
-// pure-Go implementations.
-var sqliteFree = []string{"vmm/nbd"}
+// through another package: the NBD server and its disk adapter, the
+// layer contract, its pure-Go implementations and the conformance
+// suite. (A dependency whose path contains "sqlite" counts, so
+// disklayer/sqlitelayer does too.)
+var sqliteFree = []string{"vmm/nbd", "vmm/nbddisk", "disklayer", "disklayer/memlayer", "disklayer/rawlayer", "disklayer/layertest"}
 
 func goList(t *testing.T, format string) []string {
 	t.Helper()

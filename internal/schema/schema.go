@@ -1,8 +1,8 @@
 // Package schema is hibdisk's on-disk format: every table a layer database
 // holds, the named schema versions, and the one ordered migration history
 // that builds a layer from nothing. It sits below every package that reads
-// or writes a layer (disklayer, hibfile, datastore, vmm/qemu), so none of
-// them needs another to know the format.
+// or writes a layer (disklayer/sqlitelayer, hibfile, datastore, vmm/qemu),
+// so none of them needs another to know the format.
 //
 // A layer's user_version is the number of History entries applied to it;
 // the migrations table records when each was applied (internal/store).

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
 	"github.com/hibdisk/hibdisk/vmm/qemu"
@@ -178,9 +179,9 @@ func hibernated(t *testing.T, dir string) (string, int64) {
 	return job, n
 }
 
-func layerInfo(t *testing.T, path string) disklayer.Info {
+func layerInfo(t *testing.T, path string) sqlitelayer.Info {
 	t.Helper()
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

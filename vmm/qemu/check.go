@@ -9,6 +9,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 )
 
@@ -17,7 +18,7 @@ import (
 // Resume verifies before it starts QEMU, except what depends on the QEMU
 // binary (its version, its machine types):
 //
-//   - in the layer file (a disklayer.TableCheck, so also on a Strict
+//   - in the layer file (a sqlitelayer.TableCheck, so also on a Strict
 //     open): the row belongs to a hibernate snapshot of the layer (no
 //     orphan); config, command_line and saved_at decode; the device
 //     state matches state_digest; ram_size is the configured RAM and fits
@@ -28,11 +29,11 @@ import (
 //     that snapshot stores in the chain's hibernate file has ram_digest
 //     (reading all of it, as a resume does).
 func init() {
-	disklayer.RegisterTableCheck(disklayer.TableCheck{Name: "vm_state", Tables: []string{"vm_state"}, Check: checkVMStateTable})
+	sqlitelayer.RegisterTableCheck(sqlitelayer.TableCheck{Name: "vm_state", Tables: []string{"vm_state"}, Check: checkVMStateTable})
 	diffdisk.RegisterCheck(diffdisk.ExtraCheck{Name: "vm_state", Check: checkVMStateRAM})
 }
 
-func checkVMStateTable(conn *sqlite3.Conn, _ disklayer.Info, r *disklayer.TableReport) error {
+func checkVMStateTable(conn *sqlite3.Conn, _ sqlitelayer.Info, r *sqlitelayer.TableReport) error {
 	stmt, _, err := conn.Prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'vm_state'`)
 	if err != nil {
 		return err
@@ -82,8 +83,8 @@ func checkVMStateTable(conn *sqlite3.Conn, _ disklayer.Info, r *disklayer.TableR
 
 // checkVMStateRAM checks a vm_state row against the chain: the snapshot
 // it belongs to and the RAM that snapshot stores.
-func checkVMStateRAM(path string) (*disklayer.Report, error) {
-	r := &disklayer.Report{Path: path}
+func checkVMStateRAM(path string) (*sqlitelayer.Report, error) {
+	r := &sqlitelayer.Report{Path: path}
 	note := func(format string, args ...any) {
 		r.Notes = append(r.Notes, "vm_state: RAM digest not verified: "+fmt.Sprintf(format, args...))
 	}

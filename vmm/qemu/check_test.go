@@ -10,7 +10,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
-	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/internal/checktest"
 )
@@ -44,7 +44,7 @@ func savedMachine(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	defer chain.Close()
-	_, err = hibfile.SaveChain(chain, machineSnapshot(ramSize, vm.MachineType, ""), img, func(tx *disklayer.Tx, id int64) error {
+	_, err = hibfile.SaveChain(chain, machineSnapshot(ramSize, vm.MachineType, ""), img, func(tx *sqlitelayer.Tx, id int64) error {
 		vm.SnapshotID = id
 		return insertVMState(tx.Conn(), vm)
 	})

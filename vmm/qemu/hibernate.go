@@ -15,6 +15,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 )
 
@@ -174,7 +175,7 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 	var res hibfile.SaveResult
 	digestDone := false
 	if err == nil {
-		res, err = hibfile.SaveChain(chain, snap, &ramImage{f: ramFile, size: ramSize}, func(tx *disklayer.Tx, id int64) error {
+		res, err = hibfile.SaveChain(chain, snap, &ramImage{f: ramFile, size: ramSize}, func(tx *sqlitelayer.Tx, id int64) error {
 			digestDone = true
 			if err := <-ramDigest; err != nil {
 				return err
@@ -237,8 +238,8 @@ func machineSnapshot(ramSize int64, machineType, kernelVersion string) *hibfile.
 
 // hibernatable returns the snapshot layer, or why the machine cannot
 // hibernate.
-func (m *Machine) hibernatable() (*disklayer.File, error) {
-	bad := func(format string, args ...any) (*disklayer.File, error) {
+func (m *Machine) hibernatable() (*sqlitelayer.File, error) {
+	bad := func(format string, args ...any) (*sqlitelayer.File, error) {
 		return nil, fmt.Errorf("hibernate: "+format+": %w", append(args, disklayer.ErrInvalid)...)
 	}
 	if m.cfg.RAMPath == "" {
@@ -250,11 +251,11 @@ func (m *Machine) hibernatable() (*disklayer.File, error) {
 	if len(m.cfg.Disks) == 0 {
 		return bad("the machine has no disk to hold the snapshot")
 	}
-	var top *disklayer.File
+	var top *sqlitelayer.File
 	switch l := m.cfg.Disks[0].Layer.(type) {
 	case *diffdisk.Disk:
-		top, _ = l.Layer(0).(*disklayer.File)
-	case *disklayer.File:
+		top, _ = l.Layer(0).(*sqlitelayer.File)
+	case *sqlitelayer.File:
 		top = l
 	}
 	if top == nil || readOnly(m.cfg.Disks[0]) {

@@ -11,6 +11,7 @@ import (
 	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
 
 // SavedDisk is one disk of a machine snapshot's configuration.
@@ -101,7 +102,7 @@ func insertVMState(conn *sqlite3.Conn, s *VMState) error {
 // ReadVMState reads the vm_state row of the layer at path (that layer
 // only, opened read-only). It does not verify the digests: Resume does.
 func ReadVMState(path string) (*VMState, error) {
-	f, err := disklayer.Open(path, disklayer.OpenOptions{ReadOnly: true})
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("read vm_state of %q: %w", path, err)
 	}

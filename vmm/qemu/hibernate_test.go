@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/memlayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/checktest"
 )
 
@@ -131,7 +131,7 @@ func TestArgsSharedRAM(t *testing.T) {
 func TestVMStateRoundTrip(t *testing.T) {
 	dir := checktest.TempDir(t)
 	path := filepath.Join(dir, "snap.db")
-	f, err := disklayer.Create(path, disklayer.CreateOptions{Size: 1 << 20})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestVMStateRoundTrip(t *testing.T) {
 		SavedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
 	}
 	uuid := f.Info().UUID // not inside Update: both take the layer's lock
-	err = f.Update("test", func(tx *disklayer.Tx) error {
+	err = f.Update("test", func(tx *sqlitelayer.Tx) error {
 		if err := tx.Conn().Exec(`INSERT INTO hibernate_snapshot (timestamp, total_processes, total_memory_kb, layer_uuid, source)
  VALUES ('2026-01-02T03:04:05Z', 0, 65536, '` + uuid + `', 'qemu')`); err != nil {
 			return err
@@ -168,7 +168,7 @@ func TestVMStateRoundTrip(t *testing.T) {
 	}
 
 	empty := filepath.Join(dir, "empty.db")
-	f, err = disklayer.Create(empty, disklayer.CreateOptions{Size: 1 << 20})
+	f, err = sqlitelayer.Create(empty, sqlitelayer.CreateOptions{Size: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,308 @@
+package sqlitelayer
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/internal/lock"
+	"github.com/hibdisk/hibdisk/internal/store"
+)
+
+// Tuning. pageSizeFor (layer.go) documents the page size measurement.
+const (
+	// cacheBytes is SQLite's page cache per connection. It counts against
+	// the connection's memory cap (maxMemory).
+	cacheBytes = 64 << 20
+	maxMemory  = 256 << 20
+	// batchBytes bounds the data written in one transaction before it is
+	// committed early; the WAL then stays bounded during long sequential
+	// writes. Early commits run with synchronous=FULL like every commit,
+	// so they are as durable as a Flush.
+	batchBytes = 16 << 20
+)
+
+// engine is the state a File and its Hibernate view share: one
+// connection, its open write batch, and the sticky error.
+type engine struct {
+	mu   sync.Mutex
+	conn *sqlite3.Conn
+	path string
+
+	openedReadOnly bool
+	info           Info // the layer row; changed only under mu
+	hasParent      atomic.Bool
+	readOnlyColumn atomic.Bool
+
+	// inTx: a transaction is open. Reads open one too and leave it open
+	// (a deferred BEGIN): each statement in autocommit mode would take and
+	// release WAL read locks, two fcntl calls per read. The first write
+	// upgrades the transaction; Flush commits it.
+	inTx bool
+	// writeTx: the open transaction holds the write lock (it began as
+	// or was turned into the write batch). Only meaningful while inTx.
+	writeTx      bool
+	pendingBytes int64 // bytes written in the open batch
+	// failure is sticky: set when a commit fails or SQLite rolled back a
+	// batch on its own, so writes the caller saw succeed were lost. Every
+	// later request returns it. A loss for lack of space is not sticky:
+	// see loseBatchLocked.
+	failure error
+	closed  bool
+
+	begin, beginRead, commit, rollback *sqlite3.Stmt
+	tables                             []*blockTable
+
+	// ckpt checkpoints in the background (writable opens only). walBytes
+	// is the WAL's size after the last commit (from the WAL hook);
+	// requestedAt its size at the last checkpoint request.
+	ckpt        *checkpointer
+	walBytes    int64
+	requestedAt int64
+
+	// wb is the sectors table's write-back (OpenOptions.WriteBack), or nil.
+	wb *writeBack
+	// held is the layer's lock against other processes (internal/lock),
+	// released when the layer closes.
+	held *lock.Lock
+
+	// contentChanged: the open write transaction changed content, so its
+	// commit bumps the generation (bumpGen, writable opens only).
+	contentChanged bool
+	bumpGen        *sqlite3.Stmt
+}
+
+// startBackgroundCheckpoints moves WAL checkpoints off the request path:
+// the engine's connection stops checkpointing by itself, and a
+// checkpointer does it when enough has been committed.
+func startBackgroundCheckpoints(e *engine) error {
+	if err := e.conn.Exec(fmt.Sprintf("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=%d", walKeepBytes)); err != nil {
+		return fmt.Errorf("disable automatic checkpoints: %w", err)
+	}
+	pageSize, err := store.PragmaInt(e.conn, "page_size")
+	if err != nil {
+		return err
+	}
+	// Set after wal_autocheckpoint, which replaces the WAL hook. It runs
+	// inside COMMIT, under e.mu.
+	e.conn.WALHook(func(_ *sqlite3.Conn, _ string, pages int) error {
+		e.walBytes = int64(pages) * pageSize
+		return nil
+	})
+	c, err := startCheckpointer(e.path)
+	if err != nil {
+		return err
+	}
+	e.ckpt = c
+	return nil
+}
+
+// setInfo publishes a committed layer row. Called with mu held (or
+// before the engine is shared).
+func (e *engine) setInfo(info Info) {
+	e.info = info
+	for _, t := range e.tables {
+		if t.table == "sectors" {
+			t.size.Store(info.DiskSize)
+		}
+	}
+	e.hasParent.Store(info.Parent != nil)
+	e.readOnlyColumn.Store(info.ReadOnly)
+}
+
+func (e *engine) closeStatements() {
+	for _, t := range e.tables {
+		t.closeStatements()
+	}
+	for _, s := range []*sqlite3.Stmt{e.begin, e.beginRead, e.commit, e.rollback, e.bumpGen} {
+		if s != nil {
+			s.Close()
+		}
+	}
+}
+
+func (e *engine) closeLocked() error {
+	if e.closed {
+		return fmt.Errorf("close layer %q: %w", e.path, disklayer.ErrClosed)
+	}
+	if e.wb != nil {
+		e.wb.stopLocked()
+	}
+	var err error
+	if e.failure != nil {
+		err = e.failure
+	} else {
+		err = e.commitLocked("close")
+	}
+	for _, t := range e.tables {
+		if err == nil && t.lostErr != nil {
+			err = t.lostErr // never reported by a Flush
+		}
+	}
+	if e.inTx {
+		e.rollback.Exec()
+		e.inTx = false
+	}
+	e.closeStatements()
+	if e.ckpt != nil {
+		if cerr := e.ckpt.stop(); cerr != nil && err == nil {
+			err = fmt.Errorf("close layer %q: checkpoint: %w", e.path, cerr)
+		}
+	}
+	if cerr := e.conn.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("close layer %q: %w", e.path, cerr)
+	}
+	// The lock outlives the connection: nobody else may write before
+	// the last commit and checkpoint are done.
+	if cerr := e.held.Release(); cerr != nil && err == nil {
+		err = fmt.Errorf("close layer %q: release lock: %w", e.path, cerr)
+	}
+	e.closed = true
+	return err
+}
+
+// usable returns the error a request must fail with before touching the
+// database: closed, or a sticky failure. Called with mu held.
+func (e *engine) usable(op string) error {
+	if e.closed {
+		return fmt.Errorf("%s %q: %w", op, e.path, disklayer.ErrClosed)
+	}
+	return e.failure
+}
+
+// writable additionally refuses writes to a read-only layer.
+func (e *engine) writable(op string) error {
+	if err := e.usable(op); err != nil {
+		return err
+	}
+	if e.openedReadOnly {
+		return fmt.Errorf("%s %q: opened read-only: %w", op, e.path, disklayer.ErrReadOnly)
+	}
+	if e.readOnlyColumn.Load() {
+		return fmt.Errorf("%s %q: layer is marked read-only: %w", op, e.path, disklayer.ErrReadOnly)
+	}
+	return nil
+}
+
+// beginReadLocked opens a (deferred) transaction for reading if none is
+// open.
+func (e *engine) beginReadLocked(op string) error {
+	if e.inTx {
+		return nil
+	}
+	if err := e.beginRead.Exec(); err != nil {
+		return fmt.Errorf("%s %q: begin: %w", op, e.path, mapStoreError(err))
+	}
+	e.inTx = true
+	e.writeTx = false
+	e.pendingBytes = 0
+	return nil
+}
+
+// beginLocked opens the write batch unless it is open. An open read
+// transaction is ended first rather than upgraded: its snapshot may be
+// older than a commit another connection made since (a `hibdisk ds` or
+// `hib capture` process, say), and SQLite refuses to upgrade a stale
+// snapshot (SQLITE_BUSY_SNAPSHOT, which no busy timeout cures). It holds
+// no writes, so ending it loses nothing; BEGIN IMMEDIATE then waits for
+// the write lock under the busy timeout.
+func (e *engine) beginLocked(op string) error {
+	if e.inTx && e.writeTx {
+		return nil
+	}
+	if e.inTx {
+		if err := e.commit.Exec(); err != nil {
+			return fmt.Errorf("%s %q: end read transaction: %w", op, e.path, mapStoreError(err))
+		}
+		e.inTx = false
+	}
+	if err := e.begin.Exec(); err != nil {
+		return fmt.Errorf("%s %q: begin: %w", op, e.path, mapStoreError(err))
+	}
+	e.inTx = true
+	e.writeTx = true
+	e.pendingBytes = 0
+	e.contentChanged = true
+	return nil
+}
+
+// commitLocked commits the open batch, if any. A failed commit loses
+// writes that were acknowledged: it becomes the sticky failure.
+func (e *engine) commitLocked(op string) error {
+	if !e.inTx {
+		return nil
+	}
+	gen, err := e.bumpGenerationLocked()
+	if err == nil {
+		err = e.commit.Exec()
+	}
+	if err == nil {
+		e.inTx = false
+		e.pendingBytes = 0
+		e.contentChanged = false
+		if gen != 0 {
+			e.info.Generation = gen
+		}
+		for _, t := range e.tables {
+			t.batch = t.batch[:0]
+		}
+		e.checkpointLocked()
+		return nil
+	}
+	if err := mapStoreError(err); errors.Is(err, disklayer.ErrNoSpace) {
+		return e.loseBatchLocked(fmt.Errorf("%s %q: commit failed, writes since the last flush are lost: %w", op, e.path, err))
+	}
+	if !e.conn.GetAutocommit() {
+		e.rollback.Exec()
+	}
+	e.inTx = false
+	e.fail(fmt.Errorf("%s %q: commit failed, writes since the last flush are lost: %w", op, e.path, mapStoreError(err)))
+	return e.failure
+}
+
+// checkpointLocked keeps the WAL bounded after a commit: a background
+// checkpoint every checkpointBytes of WAL, and a wait for one to catch up
+// once the WAL reaches walLimitBytes (see checkpointer).
+func (e *engine) checkpointLocked() {
+	if e.ckpt == nil {
+		return
+	}
+	if e.walBytes < e.requestedAt {
+		e.requestedAt = 0 // the WAL started over
+	}
+	switch {
+	case e.walBytes >= walLimitBytes:
+		e.ckpt.catchUp()
+		e.requestedAt = e.walBytes
+	case e.walBytes-e.requestedAt >= checkpointBytes:
+		e.ckpt.request()
+		e.requestedAt = e.walBytes
+	}
+}
+
+// afterWriteLocked accounts n written bytes and commits early when the
+// batch is large. err is the write statement's error: if SQLite rolled the
+// whole batch back on its own (it does for I/O errors and out of memory),
+// acknowledged writes are gone and that becomes the sticky failure.
+func (e *engine) afterWriteLocked(op string, n int64, err error) error {
+	if err != nil {
+		if e.inTx && e.conn.GetAutocommit() && errors.Is(mapStoreError(err), disklayer.ErrNoSpace) {
+			return e.loseBatchLocked(fmt.Errorf("%s %q: the write batch was rolled back, writes since the last flush are lost: %w", op, e.path, err))
+		}
+		if e.inTx && e.conn.GetAutocommit() {
+			e.inTx = false
+			e.fail(fmt.Errorf("%s %q: the write batch was rolled back, writes since the last flush are lost: %w", op, e.path, mapStoreError(err)))
+			return e.failure
+		}
+		return err
+	}
+	e.pendingBytes += n
+	if e.pendingBytes >= batchBytes {
+		return e.commitLocked(op)
+	}
+	return nil
+}

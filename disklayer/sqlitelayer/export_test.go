@@ -1,0 +1,35 @@
+package sqlitelayer
+
+// SetPageSizeForTest makes Create use the given SQLite page size (0: the
+// measured default) until the returned function restores it. Not safe to
+// use from parallel tests.
+func SetPageSizeForTest(pageSize int) (restore func()) {
+	old := pageSizeOverride
+	pageSizeOverride = pageSize
+	return func() { pageSizeOverride = old }
+}
+
+// ExecForTest runs sql on the layer's own connection, inside its open
+// transaction if there is one: tests use it to inject failures.
+func ExecForTest(f *File, sql string) error {
+	f.eng.mu.Lock()
+	defer f.eng.mu.Unlock()
+	return f.eng.conn.Exec(sql)
+}
+
+// WALLimitBytes is the WAL size past which a commit waits for the
+// checkpointer.
+var WALLimitBytes = walLimitBytes
+
+// SetWALBoundsForTest makes layers opened from now on request a background
+// checkpoint every checkpoint bytes of WAL, wait for one at limit bytes,
+// and cut the WAL back to keep bytes when it restarts, until the returned
+// function restores the defaults. Not safe to use from parallel tests.
+func SetWALBoundsForTest(checkpoint, limit, keep int64) (restore func()) {
+	oldCheckpoint, oldLimit, oldKeep := checkpointBytes, walLimitBytes, walKeepBytes
+	checkpointBytes, walLimitBytes, walKeepBytes = checkpoint, limit, keep
+	return func() { checkpointBytes, walLimitBytes, walKeepBytes = oldCheckpoint, oldLimit, oldKeep }
+}
+
+// BatchBytes is the data a write batch holds before it commits early.
+const BatchBytes = batchBytes

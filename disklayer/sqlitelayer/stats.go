@@ -1,0 +1,47 @@
+package sqlitelayer
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/hibdisk/hibdisk/internal/store"
+)
+
+// Stats summarise a layer's contents, for `hibdisk info`.
+type Stats struct {
+	DataSectors      int64 // rows in sectors holding data
+	TombstoneSectors int64 // rows in sectors with data IS NULL
+	DataBlocks       int64 // rows in hibernate_blocks holding data
+	TombstoneBlocks  int64 // rows in hibernate_blocks with data IS NULL
+	PageSize         int
+	FileBytes        int64 // the database file plus its WAL
+}
+
+// Stats counts the layer's rows and measures its files.
+func (f *File) Stats() (Stats, error) {
+	e := f.eng
+	e.lock()
+	defer e.mu.Unlock()
+	if err := e.usable("stats"); err != nil {
+		return Stats{}, err
+	}
+	var s Stats
+	var err error
+	if s.DataSectors, s.TombstoneSectors, err = f.disk.countRows(); err != nil {
+		return Stats{}, fmt.Errorf("stats %q: %w", e.path, err)
+	}
+	if s.DataBlocks, s.TombstoneBlocks, err = f.hib.countRows(); err != nil {
+		return Stats{}, fmt.Errorf("stats %q: %w", e.path, err)
+	}
+	ps, err := store.PragmaInt(e.conn, "page_size")
+	if err != nil {
+		return Stats{}, fmt.Errorf("stats %q: %w", e.path, err)
+	}
+	s.PageSize = int(ps)
+	for _, p := range []string{e.path, e.path + "-wal"} {
+		if st, err := os.Stat(p); err == nil {
+			s.FileBytes += st.Size()
+		}
+	}
+	return s, nil
+}

@@ -1,0 +1,158 @@
+package sqlitelayer
+
+import (
+	"fmt"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+)
+
+// Tx is a transaction on a layer's own database, for packages that keep
+// their own tables in the layer (hibfile's hibernate metadata) and must
+// change them atomically with the hibernate file. It is valid only inside
+// the function passed to File.Update.
+type Tx struct {
+	f    *File
+	done bool
+	// markReadOnly: MarkReadOnly was called; the cached Info follows
+	// once the transaction commits.
+	markReadOnly bool
+}
+
+// Update runs fn in the layer's write transaction: fn's statements on
+// tx.Conn() and its hibernate writes (tx.WriteHibernate) commit together
+// in one synced commit when fn returns nil, or are undone when it
+// returns an error. Writes batched before Update commit with it. Large
+// writes inside fn do not commit early: the transaction holds them all.
+// Every other request on the layer waits until Update returns; fn must
+// not call f's methods (they would wait for the lock fn runs under).
+func (f *File) Update(op string, fn func(tx *Tx) error) error {
+	e := f.eng
+	e.lock()
+	defer e.mu.Unlock()
+	if err := e.writable(op); err != nil {
+		return err
+	}
+	batched, changed := e.inTx && e.writeTx, e.contentChanged
+	if err := e.beginLocked(op); err != nil {
+		return err
+	}
+	// A savepoint undoes a failed fn without touching earlier batched
+	// writes.
+	if err := e.conn.Exec("SAVEPOINT layer_update"); err != nil {
+		return e.afterWriteLocked(op, 0, fmt.Errorf("%s %q: %w", op, e.path, mapStoreError(err)))
+	}
+	tx := &Tx{f: f}
+	err := fn(tx)
+	tx.done = true
+	if err != nil {
+		if e.conn.GetAutocommit() {
+			// SQLite rolled the whole transaction back on its own.
+			return e.afterWriteLocked(op, 0, err)
+		}
+		if rerr := e.conn.Exec("ROLLBACK TO layer_update; RELEASE layer_update"); rerr != nil {
+			e.fail(fmt.Errorf("%s %q: undo failed update: %w", op, e.path, rerr))
+			return e.failure
+		}
+		e.contentChanged = batched && changed // nothing of fn's remains
+		return err
+	}
+	if err := e.conn.Exec("RELEASE layer_update"); err != nil {
+		return e.afterWriteLocked(op, 0, fmt.Errorf("%s %q: %w", op, e.path, mapStoreError(err)))
+	}
+	if err := e.commitLocked(op); err != nil {
+		return err
+	}
+	if tx.markReadOnly {
+		info := e.info
+		info.ReadOnly = true
+		e.setInfo(info)
+	}
+	return nil
+}
+
+// MarkReadOnly marks the layer read-only (File.SetReadOnly) in this
+// transaction: a machine snapshot and the mark that keeps it from being
+// written commit together.
+func (tx *Tx) MarkReadOnly() error {
+	if tx.done {
+		return fmt.Errorf("mark %q read-only: transaction ended: %w", tx.f.eng.path, disklayer.ErrClosed)
+	}
+	if err := tx.f.eng.conn.Exec("UPDATE layer SET read_only = 1"); err != nil {
+		return fmt.Errorf("mark %q read-only: %w", tx.f.eng.path, mapStoreError(err))
+	}
+	tx.markReadOnly = true
+	return nil
+}
+
+// View runs fn with the layer's connection inside its read transaction,
+// which sees every write that completed before, flushed or not. fn must
+// only read, and must not call f's methods (they would wait for the lock
+// fn runs under).
+func (f *File) View(op string, fn func(conn *sqlite3.Conn) error) error {
+	e := f.eng
+	e.lock()
+	defer e.mu.Unlock()
+	if err := e.usable(op); err != nil {
+		return err
+	}
+	if err := e.beginReadLocked(op); err != nil {
+		return err
+	}
+	if err := fn(e.conn); err != nil {
+		return fmt.Errorf("%s %q: %w", op, e.path, mapStoreError(err))
+	}
+	return nil
+}
+
+// Conn is the layer's connection, inside the transaction.
+func (tx *Tx) Conn() *sqlite3.Conn { return tx.f.eng.conn }
+
+// Path is the layer's file name.
+func (tx *Tx) Path() string { return tx.f.eng.path }
+
+// HasParent reports whether the layer has a parent (all-zero hibernate
+// blocks then become tombstones instead of no rows).
+func (tx *Tx) HasParent() bool { return tx.f.eng.hasParent.Load() }
+
+// WriteHibernate writes p at off into the layer's hibernate file, with the
+// row rules of WriteAt (all-zero blocks become tombstones or no rows).
+func (tx *Tx) WriteHibernate(p []byte, off int64) error {
+	t := tx.f.hib
+	if tx.done {
+		return fmt.Errorf("write %q %s: transaction ended: %w", t.e.path, t.table, disklayer.ErrClosed)
+	}
+	if err := disklayer.CheckRange(off, int64(len(p)), t.Size()); err != nil {
+		return fmt.Errorf("write %q %s: %w", t.e.path, t.table, err)
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	if err := t.writeLocked(p, off); err != nil {
+		return err
+	}
+	t.e.pendingBytes += int64(len(p))
+	return nil
+}
+
+// ForgetHibernate drops the layer's own rows for the whole blocks of
+// [off, off+length) of the hibernate file, so the parent's content (or
+// zeros) shows through there. off and length must be block aligned.
+func (tx *Tx) ForgetHibernate(off, length int64) error {
+	t := tx.f.hib
+	if tx.done {
+		return fmt.Errorf("forget %q %s: transaction ended: %w", t.e.path, t.table, disklayer.ErrClosed)
+	}
+	bs := int64(t.blockSize)
+	if err := disklayer.CheckRange(off, length, t.Size()); err != nil {
+		return fmt.Errorf("forget %q %s: %w", t.e.path, t.table, err)
+	}
+	if off%bs != 0 || length%bs != 0 {
+		return fmt.Errorf("forget %q %s at %d length %d: not %d-byte aligned: %w", t.e.path, t.table, off, length, bs, disklayer.ErrInvalid)
+	}
+	if length == 0 {
+		return nil
+	}
+	return t.deleteBlocks(off/bs, (off+length)/bs-1)
+}
