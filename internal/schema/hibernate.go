@@ -212,7 +212,7 @@ CREATE INDEX idx_signals_pid ON hibernate_signals(pid);
 `
 
 func migrateHibernate(conn *sqlite3.Conn) error {
-	seed, err := tableExists(conn, "hibernate_snapshot")
+	seed, err := TableExists(conn, "hibernate_snapshot")
 	if err != nil {
 		return err
 	}
@@ -249,7 +249,8 @@ func migrateHibernate(conn *sqlite3.Conn) error {
 	return nil
 }
 
-func tableExists(conn *sqlite3.Conn, name string) (bool, error) {
+// TableExists reports whether the database on conn has table name.
+func TableExists(conn *sqlite3.Conn, name string) (bool, error) {
 	stmt, _, err := conn.Prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")
 	if err != nil {
 		return false, err

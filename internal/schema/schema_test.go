@@ -104,8 +104,18 @@ func TestReadmeVersionTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The table under its header, up to the first line that is not a row.
+	text := string(readme)
+	start := strings.Index(text, "| version | adds |")
+	if start < 0 {
+		t.Fatal("README has no version table (a header starting \"| version | adds |\")")
+	}
+	table := text[start:]
+	if end := strings.Index(table, "\n\n"); end >= 0 {
+		table = table[:end]
+	}
 	row := regexp.MustCompile("(?m)^\\| (\\d+) \\| [^|]+ \\| `([^`]+)` \\|$")
-	rows := row.FindAllStringSubmatch(string(readme), -1)
+	rows := row.FindAllStringSubmatch(table, -1)
 	if len(rows) != len(schema.History) {
 		t.Fatalf("README's version table has %d rows, History %d migrations", len(rows), len(schema.History))
 	}

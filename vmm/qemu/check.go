@@ -34,35 +34,19 @@ func init() {
 }
 
 func checkVMStateTable(conn *sqlite3.Conn, _ sqlitelayer.Info, r *sqlitelayer.TableReport) error {
-	stmt, _, err := conn.Prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'vm_state'`)
+	orphans, err := hibfile.OrphanMachineStates(conn)
 	if err != nil {
 		return err
 	}
-	has := stmt.Step() && stmt.ColumnInt(0) > 0
-	if err := stmt.Close(); err != nil {
-		return err
+	for _, id := range orphans {
+		r.Problemf("the row belongs to snapshot %d, which the layer does not hold (an orphan)", id)
 	}
-	if !has {
-		return nil // a layer older than schema version 4, opened read-only
-	}
-	stmt, _, err = conn.Prepare(`SELECT v.snapshot_id FROM vm_state v WHERE NOT EXISTS
- (SELECT 1 FROM hibernate_snapshot s WHERE s.snapshot_id = v.snapshot_id)`)
+	rows, err := hibfile.MachineStates(conn)
 	if err != nil {
 		return err
 	}
-	for stmt.Step() {
-		r.Problemf("the row belongs to snapshot %d, which the layer does not hold (an orphan)", stmt.ColumnInt64(0))
-	}
-	if err := stmt.Close(); err != nil {
-		return err
-	}
-	stmt, _, err = conn.Prepare(`SELECT ` + vmStateColumns + ` FROM vm_state ORDER BY id`)
-	if err != nil {
-		return err
-	}
-	defer stmt.Close()
-	for stmt.Step() {
-		s, bad := scanVMState(stmt)
+	for _, row := range rows {
+		s, bad := decodeVMState(row)
 		for _, err := range bad {
 			r.Problemf("%v", err)
 		}
@@ -78,7 +62,7 @@ func checkVMStateTable(conn *sqlite3.Conn, _ sqlitelayer.Info, r *sqlitelayer.Ta
 			r.Problemf("ram_digest %q is not a hex SHA-256", s.RAMDigest)
 		}
 	}
-	return stmt.Err()
+	return nil
 }
 
 // checkVMStateRAM checks a vm_state row against the chain: the snapshot

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
+	"github.com/hibdisk/hibdisk/hibfile"
 )
 
 // SavedDisk is one disk of a machine snapshot's configuration.
@@ -71,32 +72,12 @@ func insertVMState(conn *sqlite3.Conn, s *VMState) error {
 	if err != nil {
 		return err
 	}
-	stmt, _, err := conn.Prepare(`INSERT INTO vm_state
- (id, snapshot_id, qemu_version, qemu_package, machine_type, config, command_line, ram_size, ram_digest, device_state, state_digest, saved_at)
- VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)`)
-	if err != nil {
-		return fmt.Errorf("insert vm_state: %w", err)
-	}
-	defer stmt.Close()
-	stmt.BindInt64(1, s.SnapshotID)
-	stmt.BindText(2, s.QEMUVersion)
-	stmt.BindText(3, s.QEMUPackage)
-	stmt.BindText(4, s.MachineType)
-	stmt.BindText(5, string(config))
-	stmt.BindText(6, string(cmdline))
-	stmt.BindInt64(7, s.RAMSize)
-	stmt.BindText(8, s.RAMDigest)
-	state := s.DeviceState
-	if state == nil {
-		state = []byte{} // BindBlob(nil) binds NULL
-	}
-	stmt.BindBlob(9, state)
-	stmt.BindText(10, s.StateDigest)
-	stmt.BindText(11, s.SavedAt.UTC().Format(time.RFC3339Nano))
-	if err := stmt.Exec(); err != nil {
-		return fmt.Errorf("insert vm_state: %w", err)
-	}
-	return nil
+	return hibfile.PutMachineState(conn, hibfile.MachineState{
+		SnapshotID: s.SnapshotID, QEMUVersion: s.QEMUVersion, QEMUPackage: s.QEMUPackage,
+		MachineType: s.MachineType, Config: string(config), CommandLine: string(cmdline),
+		RAMSize: s.RAMSize, RAMDigest: s.RAMDigest, DeviceState: s.DeviceState,
+		StateDigest: s.StateDigest, SavedAt: s.SavedAt.UTC().Format(time.RFC3339Nano),
+	})
 }
 
 // ReadVMState reads the vm_state row of the layer at path (that layer
@@ -119,54 +100,43 @@ func ReadVMState(path string) (*VMState, error) {
 	return s, nil
 }
 
-const vmStateColumns = `snapshot_id, qemu_version, qemu_package, machine_type, config, command_line,
- ram_size, ram_digest, device_state, state_digest, saved_at`
-
 func selectVMState(conn *sqlite3.Conn) (*VMState, error) {
-	stmt, _, err := conn.Prepare(`SELECT ` + vmStateColumns + ` FROM vm_state WHERE id = 1`)
-	if err != nil {
-		// A layer from before schema version 4 (opened read-only, not
-		// migrated) has no vm_state table: it holds no machine state.
-		if errors.Is(err, sqlite3.ERROR) {
-			return nil, ErrNoVMState
-		}
-		return nil, err
-	}
-	defer stmt.Close()
-	if !stmt.Step() {
-		if err := stmt.Err(); err != nil {
-			return nil, err
-		}
+	row, err := hibfile.ReadMachineState(conn)
+	if errors.Is(err, hibfile.ErrNoMachineState) {
 		return nil, ErrNoVMState
 	}
-	s, bad := scanVMState(stmt)
+	if err != nil {
+		return nil, err
+	}
+	s, bad := decodeVMState(row)
 	if len(bad) > 0 {
 		return nil, fmt.Errorf("%v: %w", bad[0], disklayer.ErrCorrupt)
 	}
-	return s, stmt.Err()
+	return s, nil
 }
 
-// scanVMState reads a row of vmStateColumns. bad lists the columns that
-// do not decode (each as "vm_state COLUMN: why"); their fields stay zero.
-func scanVMState(stmt *sqlite3.Stmt) (s *VMState, bad []error) {
+// decodeVMState gives a vm_state row its meaning. bad lists the columns
+// that do not decode (each as "vm_state COLUMN: why"); their fields stay
+// zero.
+func decodeVMState(row hibfile.MachineState) (s *VMState, bad []error) {
 	s = &VMState{
-		SnapshotID:  stmt.ColumnInt64(0),
-		QEMUVersion: stmt.ColumnText(1),
-		QEMUPackage: stmt.ColumnText(2),
-		MachineType: stmt.ColumnText(3),
-		RAMSize:     stmt.ColumnInt64(6),
-		RAMDigest:   stmt.ColumnText(7),
-		DeviceState: stmt.ColumnBlob(8, nil),
-		StateDigest: stmt.ColumnText(9),
+		SnapshotID:  row.SnapshotID,
+		QEMUVersion: row.QEMUVersion,
+		QEMUPackage: row.QEMUPackage,
+		MachineType: row.MachineType,
+		RAMSize:     row.RAMSize,
+		RAMDigest:   row.RAMDigest,
+		DeviceState: row.DeviceState,
+		StateDigest: row.StateDigest,
 	}
-	if err := json.Unmarshal([]byte(stmt.ColumnText(4)), &s.Config); err != nil {
+	if err := json.Unmarshal([]byte(row.Config), &s.Config); err != nil {
 		bad = append(bad, fmt.Errorf("vm_state config: %v", err))
 	}
-	if err := json.Unmarshal([]byte(stmt.ColumnText(5)), &s.CommandLine); err != nil {
+	if err := json.Unmarshal([]byte(row.CommandLine), &s.CommandLine); err != nil {
 		bad = append(bad, fmt.Errorf("vm_state command_line: %v", err))
 	}
 	var err error
-	if s.SavedAt, err = time.Parse(time.RFC3339Nano, stmt.ColumnText(10)); err != nil {
+	if s.SavedAt, err = time.Parse(time.RFC3339Nano, row.SavedAt); err != nil {
 		bad = append(bad, fmt.Errorf("vm_state saved_at: %v", err))
 	}
 	return s, bad
