@@ -103,6 +103,9 @@ func backingFormat(backing, format string) (string, error) {
 	switch format {
 	case "":
 		if !isLayer {
+			if err := refuseForeign(backing); err != nil {
+				return "", fmt.Errorf("backing file: %w", err)
+			}
 			return "", fmt.Errorf("backing file %q is not a hibdisk layer; if it is a raw image, say so with -F raw (BackingFormat %q): %w", backing, disklayer.FormatRaw, disklayer.ErrNotLayer)
 		}
 		return disklayer.FormatHibdisk, nil

@@ -50,6 +50,9 @@ func openImage(path string, stable bool) (*Disk, error) {
 	if isLayer {
 		return Open(path, Options{ReadOnly: true, HoldStable: stable})
 	}
+	if err := refuseForeign(path); err != nil {
+		return nil, fmt.Errorf("open image %q: %w", path, err)
+	}
 	var opts []rawlayer.Option
 	if stable {
 		opts = append(opts, rawlayer.HoldStable())
@@ -280,4 +283,25 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 		list[i] = li
 	}
 	return list, nil
+}
+
+// refuseForeign refuses to read the file at path as raw when its magic
+// number says it is an image of another format (rawlayer.Detect): a
+// qcow2 read as raw gives a silently wrong answer (compare says it
+// differs from the image it came from, convert copies its file bytes).
+// A raw image is only ever named raw explicitly (-F raw) or found to match
+// no known format.
+func refuseForeign(path string) error {
+	format, err := rawlayer.Detect(path)
+	if err != nil || format == "" {
+		return err
+	}
+	switch format {
+	case rawlayer.FormatSQLite:
+		return fmt.Errorf("%q is an SQLite database but not a hibdisk layer (no hibdisk application_id), not a raw image: %w", path, disklayer.ErrForeignFormat)
+	case rawlayer.FormatOpenVMM:
+		return fmt.Errorf("%q is an OpenVMM disklayer_sqlite file, which hibdisk does not read yet, not a raw image: %w", path, disklayer.ErrForeignFormat)
+	}
+	return fmt.Errorf("%q is a %s image (found by its magic number), not raw; hibdisk does not read %s yet: convert it first (qemu-img convert -O raw %s IMAGE.img): %w",
+		path, format, format, path, disklayer.ErrForeignFormat)
 }

@@ -14,6 +14,10 @@ var (
 	// ErrNotLayer: the file is not a hibdisk layer (not SQLite, or a
 	// SQLite database with another application_id).
 	ErrNotLayer = errors.New("not a hibdisk layer")
+	// ErrForeignFormat: the file is an image of another format (qcow2,
+	// vmdk, vhdx, ...; found by its magic number) that hibdisk does not
+	// read, so it is refused rather than read as raw bytes.
+	ErrForeignFormat = errors.New("image format hibdisk does not read")
 	// ErrUnsupportedVersion: the layer's schema is newer than this build
 	// understands.
 	ErrUnsupportedVersion = errors.New("unsupported layer schema version")
