@@ -5,13 +5,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ncruces/go-sqlite3"
-
 	"github.com/hibdisk/hibdisk/datastore"
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/checktest"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
 // populated makes a base and a diff layer holding every kind of entry, a
@@ -46,20 +45,6 @@ func populated(t *testing.T) (base, diff string) {
 	return base, diff
 }
 
-// rawExec changes the layer file outside the datastore's API, as damage
-// (or a user with sqlite3) would.
-func rawExec(t *testing.T, path string, sql ...string) {
-	t.Helper()
-	conn, err := sqlite3.Open(path)
-	must(t, err)
-	defer conn.Close()
-	for _, s := range sql {
-		if err := conn.Exec(s); err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
-	}
-}
-
 func mustCheck(t *testing.T, path string) *sqlitelayer.Report {
 	t.Helper()
 	r, err := diffdisk.Check(path)
@@ -85,7 +70,7 @@ func TestCheckHealthyDatastore(t *testing.T) {
 func TestCheckDamagedDatastore(t *testing.T) {
 	base, diff := populated(t)
 	long := strings.Repeat("k", datastore.MaxKeyLen+1)
-	rawExec(t, base,
+	storetest.Exec(t, base,
 		"PRAGMA foreign_keys = OFF",
 		// A value that does not fit its type, and a tombstone with one.
 		"UPDATE datastore SET value = 'x' WHERE key = 'u' AND type = 'u32'",
@@ -135,8 +120,8 @@ func TestCheckDamagedDatastore(t *testing.T) {
 func TestCheckDatastoreChain(t *testing.T) {
 	base, diff := populated(t)
 	// Each file on its own is fine.
-	rawExec(t, base, "UPDATE datastore SET key = 'k' WHERE key = 'l'") // the diff's tombstone of l no longer hides 10
-	rawExec(t, diff,
+	storetest.Exec(t, base, "UPDATE datastore SET key = 'k' WHERE key = 'l'") // the diff's tombstone of l no longer hides 10
+	storetest.Exec(t, diff,
 		"DELETE FROM datastore_snapshots", // the base's snapshot of map shows through
 		"INSERT INTO datastore (key, type, deleted, seq, changed_at) VALUES ('map', 'map', 1, 51, '2026-01-02T03:04:05Z')",
 	)

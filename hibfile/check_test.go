@@ -11,6 +11,7 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/internal/checktest"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
 // savedLayer is a base layer holding a small synthetic snapshot, checked
@@ -32,7 +33,7 @@ func savedLayer(t *testing.T) string {
 func TestCheckFindsEveryProblem(t *testing.T) {
 	path := savedLayer(t)
 	checktest.Damaged(t, path, "cycle", "outside [0, blob_size", "overlapping")
-	execSQL(t, path,
+	storetest.Exec(t, path,
 		"PRAGMA foreign_keys = OFF",
 		// A cycle: 100 → 101 → 100 (101's parent is 100 in the synthetic tree).
 		"UPDATE hibernate_processes SET parent_pid = 101 WHERE pid = 100",

@@ -16,20 +16,6 @@ import (
 	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
-func execSQL(t *testing.T, path string, sql ...string) {
-	t.Helper()
-	conn, err := sqlite3.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	for _, s := range sql {
-		if err := conn.Exec(s); err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
-	}
-}
-
 // seedLayer makes a version 1 layer (DESIGN.md's three tables) holding
 // the seed's literal v0 hibernate tables with rows.
 func seedLayer(t *testing.T) string {
@@ -41,7 +27,7 @@ func seedLayer(t *testing.T) string {
 	}
 	f.Close()
 	storetest.DowngradeToV1(t, path)
-	execSQL(t, path,
+	storetest.Exec(t, path,
 		schema.HibernateSeed,
 		`INSERT INTO hibernate_snapshot VALUES (7, 1700000000, '6.6.0-seed', 2, 524288, NULL)`,
 		`INSERT INTO hibernate_processes VALUES (1, 0, 'init', 'S', 0, 4194304, 8192, '/', 7)`,

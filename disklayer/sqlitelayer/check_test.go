@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
 // damagedLayer makes a base layer with good data in sectors 0-3 and then
@@ -23,7 +24,7 @@ func damagedLayer(t *testing.T) string {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	rawExec(t, path,
+	storetest.Exec(t, path,
 		"INSERT INTO sectors VALUES (16, zeroblob(4096))",                  // one past the end
 		"INSERT INTO sectors VALUES (-1, randomblob(4096))",                // negative
 		"INSERT INTO sectors VALUES (5, randomblob(100))",                  // short blob
@@ -142,7 +143,7 @@ func TestCheckLayerRow(t *testing.T) {
 	path := filepath.Join(dir, "l.hibdisk")
 	parent := rawParent(t, dir, 8*4096)
 	createLayer(t, path, sqlitelayer.CreateOptions{Size: 8 * 4096, Parent: parent}).Close()
-	rawExec(t, path, "UPDATE layer SET disk_size = 8 * 4096 + 100, created_at = 'yesterday', parent_format = NULL")
+	storetest.Exec(t, path, "UPDATE layer SET disk_size = 8 * 4096 + 100, created_at = 'yesterday', parent_format = NULL")
 	r, err := sqlitelayer.Check(path)
 	if err != nil {
 		t.Fatal(err)
@@ -192,17 +193,17 @@ func TestCheckParent(t *testing.T) {
 		}
 	}
 	t.Run("other uuid", func(t *testing.T) {
-		rawExec(t, cpath, "UPDATE layer SET parent_uuid = 'f00'")
+		storetest.Exec(t, cpath, "UPDATE layer SET parent_uuid = 'f00'")
 		ref.UUID = "f00"
 		problem(t, "uuid is "+pinfo.UUID+", the layer was created over f00")
-		rawExec(t, cpath, "UPDATE layer SET parent_uuid = '"+pinfo.UUID+"'")
+		storetest.Exec(t, cpath, "UPDATE layer SET parent_uuid = '"+pinfo.UUID+"'")
 		ref.UUID = pinfo.UUID
 	})
 	t.Run("other size", func(t *testing.T) {
-		rawExec(t, cpath, "UPDATE layer SET parent_size = 4096")
+		storetest.Exec(t, cpath, "UPDATE layer SET parent_size = 4096")
 		ref.Size = 4096
 		problem(t, "size is 32768 bytes, the layer was created over 4096 bytes")
-		rawExec(t, cpath, "UPDATE layer SET parent_size = 32768")
+		storetest.Exec(t, cpath, "UPDATE layer SET parent_size = 32768")
 		ref.Size = 32768
 	})
 	t.Run("missing", func(t *testing.T) {
@@ -244,7 +245,7 @@ func TestCheckRefusesNonLayers(t *testing.T) {
 	}
 	newer := filepath.Join(dir, "newer")
 	createLayer(t, newer, sqlitelayer.CreateOptions{Size: 4096}).Close()
-	rawExec(t, newer, "PRAGMA user_version = 99")
+	storetest.Exec(t, newer, "PRAGMA user_version = 99")
 	if _, err := sqlitelayer.Check(newer); !errors.Is(err, disklayer.ErrUnsupportedVersion) {
 		t.Errorf("Check(user_version 99): %v, want ErrUnsupportedVersion", err)
 	}
@@ -290,7 +291,7 @@ func TestRepairTrustsBlobsOverDamagedRow(t *testing.T) {
 			if err := f.Close(); err != nil {
 				t.Fatal(err)
 			}
-			rawExec(t, path, damage)
+			storetest.Exec(t, path, damage)
 			rep, err := sqlitelayer.Repair(path)
 			if err != nil {
 				t.Fatal(err)
@@ -314,7 +315,7 @@ func TestRepairTrustsBlobsOverDamagedRow(t *testing.T) {
 				if rep.OK() || !strings.Contains(strings.Join(rep.Notes, "\n"), "needs --force") {
 					t.Errorf("want the rows past disk_size reported, kept, and --force named:\n%s", rep)
 				}
-				rawExec(t, path, "UPDATE layer SET disk_size = 65536") // undo, for the cleanup check
+				storetest.Exec(t, path, "UPDATE layer SET disk_size = 65536") // undo, for the cleanup check
 			}
 		})
 	}
@@ -326,7 +327,7 @@ func TestRepairTrustsBlobsOverDamagedRow(t *testing.T) {
 func TestCheckNamesUncheckedTables(t *testing.T) {
 	path := newLayerPath(t, "extra.db")
 	createLayer(t, path, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
-	rawExec(t, path, "CREATE TABLE empty_extra (x)", "CREATE TABLE extra (x)", "INSERT INTO extra VALUES (1)")
+	storetest.Exec(t, path, "CREATE TABLE empty_extra (x)", "CREATE TABLE extra (x)", "INSERT INTO extra VALUES (1)")
 	r, err := sqlitelayer.Check(path)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/internal/lock"
 	"github.com/hibdisk/hibdisk/internal/store"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
 // TestWriteAfterAnotherConnectionCommitted: a layer that has read (and so
@@ -29,7 +30,7 @@ func TestWriteAfterAnotherConnectionCommitted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rawExec(t, uri, "INSERT INTO sectors (sector, data) VALUES (2, unhex(replace(hex(zeroblob(4096)), '00', '21')))")
+	storetest.Exec(t, uri, "INSERT INTO sectors (sector, data) VALUES (2, unhex(replace(hex(zeroblob(4096)), '00', '21')))")
 
 	mustWrite(t, served, fill(4096, 0x42), 0)
 	if err := served.Flush(); err != nil {

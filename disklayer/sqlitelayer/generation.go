@@ -14,6 +14,9 @@ import (
 // means are in internal/schema): the engine bumps a layer's generation
 // once per committing transaction that changed content (commitLocked), in
 // that transaction, so a crash cannot separate a change from its bump.
+// Content is everything a child sees through the chain: sectors,
+// hibernate blocks, the size, and what File.Update commits (hibernate
+// metadata, datastore entries).
 // Transactions that change only the label, the read-only flag or the
 // parent reference leave it alone, so naming or sealing a base does not
 // orphan its children. The engine turns triggers off on its own

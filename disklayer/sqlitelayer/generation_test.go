@@ -5,6 +5,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
 // generationOf reads the committed generation from the file, as a child's
@@ -100,14 +101,14 @@ func TestGenerationCountsContentChanges(t *testing.T) {
 		"INSERT INTO hibernate_blocks (block, data) VALUES (5, randomblob(4096))",
 		"UPDATE layer SET disk_size = 4194304",
 	} {
-		rawExec(t, path, sql)
+		storetest.Exec(t, path, sql)
 		got := generationOf(t, path)
 		if got <= gen {
 			t.Errorf("%s: generation %d -> %d, want it to move", sql, gen, got)
 		}
 		gen = got
 	}
-	rawExec(t, path, "UPDATE layer SET label = 'x'")
+	storetest.Exec(t, path, "UPDATE layer SET label = 'x'")
 	if got := generationOf(t, path); got != gen {
 		t.Errorf("an SQL label change moved the generation %d -> %d", gen, got)
 	}

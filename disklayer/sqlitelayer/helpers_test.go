@@ -108,22 +108,6 @@ func mustWrite(t testing.TB, d disklayer.Disk, p []byte, off int64) {
 	}
 }
 
-// rawExec runs SQL statements on the layer file through a connection of
-// its own, as a user (or damage) would, outside the layer's API.
-func rawExec(t testing.TB, path string, sql ...string) {
-	t.Helper()
-	conn, err := sqlite3.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	for _, s := range sql {
-		if err := conn.Exec(s); err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
-	}
-}
-
 // rowKinds returns the rows of table (sectors or hibernate_blocks) as
 // key → "data" or "null", read directly from the committed file.
 func rowKinds(t testing.TB, path, table string) map[int64]string {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
 func TestCreateReopenPersists(t *testing.T) {
@@ -140,11 +141,11 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 		return p
 	}
 	plain := filepath.Join(dir, "plain.db")
-	rawExec(t, plain, "CREATE TABLE sectors (sector INTEGER PRIMARY KEY, data BLOB)")
+	storetest.Exec(t, plain, "CREATE TABLE sectors (sector INTEGER PRIMARY KEY, data BLOB)")
 
 	newer := filepath.Join(dir, "newer.hibdisk")
 	createLayer(t, newer, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
-	rawExec(t, newer, "PRAGMA user_version=99")
+	storetest.Exec(t, newer, "PRAGMA user_version=99")
 
 	truncated := filepath.Join(dir, "truncated.hibdisk")
 	f := createLayer(t, truncated, sqlitelayer.CreateOptions{Size: 4 << 20})
@@ -162,11 +163,11 @@ func TestOpenRefusesDamagedFiles(t *testing.T) {
 
 	noRow := filepath.Join(dir, "norow.hibdisk")
 	createLayer(t, noRow, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
-	rawExec(t, noRow, "DELETE FROM layer")
+	storetest.Exec(t, noRow, "DELETE FROM layer")
 
 	badRow := filepath.Join(dir, "badrow.hibdisk")
 	createLayer(t, badRow, sqlitelayer.CreateOptions{Size: 1 << 20}).Close()
-	rawExec(t, badRow, "UPDATE layer SET sector_size = 1000")
+	storetest.Exec(t, badRow, "UPDATE layer SET sector_size = 1000")
 
 	random := make([]byte, 8192)
 	for i := range random {
@@ -738,7 +739,7 @@ func TestStrictOpen(t *testing.T) {
 	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 4 * 4096})
 	mustWrite(t, f, fill(4096, 1), 0)
 	f.Close()
-	rawExec(t, path, "INSERT INTO sectors VALUES (99, x'00')")
+	storetest.Exec(t, path, "INSERT INTO sectors VALUES (99, x'00')")
 	if _, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{Strict: true}); !errors.Is(err, disklayer.ErrCorrupt) {
 		t.Errorf("strict open of a damaged layer: %v, want ErrCorrupt", err)
 	}

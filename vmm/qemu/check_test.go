@@ -7,12 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ncruces/go-sqlite3"
-
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/internal/checktest"
+	"github.com/hibdisk/hibdisk/internal/store/storetest"
 )
 
 // savedMachine makes what Hibernate makes, without QEMU: a layer in dir
@@ -54,20 +53,6 @@ func savedMachine(t *testing.T, dir string) string {
 	return path
 }
 
-func rawExec(t *testing.T, path string, sql ...string) {
-	t.Helper()
-	conn, err := sqlite3.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	for _, s := range sql {
-		if err := conn.Exec(s); err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
-	}
-}
-
 // TestCheckMachineSnapshot: a machine snapshot checks clean, with its
 // RAM digest verified (no note says otherwise).
 func TestCheckMachineSnapshot(t *testing.T) {
@@ -107,7 +92,7 @@ func TestCheckDamagedVMState(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := savedMachine(t, checktest.TempDir(t))
-			rawExec(t, path, tc.sql...)
+			storetest.Exec(t, path, tc.sql...)
 			checktest.Damaged(t, path, tc.want...)
 			r, err := diffdisk.Check(path)
 			if err != nil {

@@ -39,3 +39,19 @@ func DowngradeToV1(t testing.TB, path string) {
 		}
 	}
 }
+
+// Exec runs SQL statements on the database at path through a connection
+// of its own, as a user (or damage) would, outside any hibdisk API.
+func Exec(t testing.TB, path string, sql ...string) {
+	t.Helper()
+	conn, err := sqlite3.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, s := range sql {
+		if err := conn.Exec(s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+}
