@@ -44,7 +44,7 @@ func RegisterCheck(c ExtraCheck) { extraChecks = append(extraChecks, c) }
 // holding rows that no linked check covers is named in the Notes.
 func Check(path string) (*sqlitelayer.Report, error) {
 	left := Leftovers(path)
-	r, err := sqlitelayer.CheckWith(path, sqlitelayer.CheckOptions{VerifyRawParent: rawDigestMatches})
+	r, err := sqlitelayer.CheckWith(path, sqlitelayer.CheckOptions{VerifyExternalParent: externalParentMatches})
 	if err != nil {
 		if len(left) > 0 {
 			err = fmt.Errorf("%w (an interrupted create or convert left %s beside it: run it again, and remove the leftover)", err, strings.Join(left, ", "))
@@ -99,10 +99,10 @@ func Repair(path string, opts sqlitelayer.RepairOptions) (*sqlitelayer.Report, e
 	return after, nil
 }
 
-// rawDigestMatches checks a raw parent the way opening the chain does
+// externalParentMatches checks a raw parent the way opening the chain does
 // (verifyRaw): the sampled digest, and the whole content when the file's
 // identity changed since the child recorded it.
-func rawDigestMatches(parentPath string, ref disklayer.ParentRef) error {
+func externalParentMatches(parentPath string, ref disklayer.ParentRef) error {
 	_, err := verifyRaw(parentPath, ref)
 	return err
 }

@@ -1,20 +1,41 @@
 package disklayer
 
-import "path/filepath"
+import (
+	"path/filepath"
+	"slices"
+)
 
 // Parent formats: what a diff layer's parent is (ParentRef.Format, the
 // SQLite layer's parent_format column).
 const (
 	FormatHibdisk = "hibdisk"
 	FormatRaw     = "raw"
+	// FormatNBD is an export of an NBD server; ParentRef.Path holds its
+	// URI.
+	FormatNBD = "nbd"
 )
+
+// QEMUFormats are the image formats hibdisk reads through QEMU's own code
+// (qemu-nbd), by the names qemu-img uses for them.
+var QEMUFormats = []string{"qcow2", "qcow", "qed", "vmdk", "vhdx", "vpc", "vdi", "parallels"}
+
+// IsQEMUFormat reports whether format is one of QEMUFormats.
+func IsQEMUFormat(format string) bool { return slices.Contains(QEMUFormats, format) }
+
+// ParentFormats lists every format a parent may have, for messages.
+func ParentFormats() []string {
+	return append([]string{FormatHibdisk, FormatRaw, FormatNBD}, QEMUFormats...)
+}
+
+// KnownParentFormat reports whether format may be stored as a parent's.
+func KnownParentFormat(format string) bool { return slices.Contains(ParentFormats(), format) }
 
 // ParentRef is a diff layer's reference to the layer below it: the link
 // record of a chain (package diffdisk), as the SQLite layer stores it in
 // its layer row.
 type ParentRef struct {
 	Path   string // as stored: relative to the child's directory (absolute allowed)
-	Format string // FormatHibdisk or FormatRaw
+	Format string // FormatHibdisk, FormatRaw, FormatNBD or one of QEMUFormats
 	UUID   string // hibdisk parent's uuid; "" for raw
 	Size   int64  // parent's size in bytes when attached
 	Digest string // raw parent: digest of size + sampled content; "" for hibdisk
@@ -24,16 +45,21 @@ type ParentRef struct {
 	Generation int64
 	// SHA256 is a raw parent's whole-content digest and Stat its file
 	// identity when attached (rawlayer.ContentDigest, rawlayer.FileStat);
-	// "" when not recorded (older layers).
+	// "" when not recorded (older layers). A parent in one of QEMUFormats
+	// records the same of its guest view (SHA256) and the identities of
+	// every file of its own backing chain (Stat). An NBD parent records
+	// the sampled Digest of the export and, in Stat, what its server said
+	// about it (the export description), since nothing else identifies a
+	// remote disk.
 	SHA256 string
 	Stat   string
 }
 
 // ResolvePath returns the parent's file name as seen from the working
 // directory: Path joined to the directory of the child layer at childPath
-// unless Path is absolute.
+// unless Path is absolute or an NBD URI.
 func (r ParentRef) ResolvePath(childPath string) string {
-	if filepath.IsAbs(r.Path) {
+	if filepath.IsAbs(r.Path) || r.Format == FormatNBD {
 		return r.Path
 	}
 	return filepath.Join(filepath.Dir(childPath), r.Path)

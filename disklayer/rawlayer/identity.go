@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/hibdisk/hibdisk/disklayer"
 )
 
 // ContentPrefix names the whole-content digest format (ContentDigest).
@@ -133,4 +135,47 @@ func ContentDigest(path string) (string, int64, error) {
 		}
 	}
 	return ContentPrefix + hex.EncodeToString(h.Sum(nil)), size, nil
+}
+
+// ViewDigest is ContentDigest of a layer's guest view rather than a
+// file's bytes: the same format, so an image in any format and the raw
+// image it came from agree. It reads the layer's Data extents once, in
+// whole 64 KiB chunks.
+func ViewDigest(l disklayer.Layer) (string, error) {
+	size := l.Size()
+	h := sha256.New()
+	var word [8]byte
+	binary.BigEndian.PutUint64(word[:], uint64(size))
+	h.Write(word[:])
+	buf := make([]byte, 64*contentChunk)
+	zero := make([]byte, contentChunk)
+	next := int64(0) // the first offset not hashed yet, chunk aligned
+	for e, err := range l.Extents(0, size) {
+		if err != nil {
+			return "", fmt.Errorf("content digest: %w", err)
+		}
+		if e.Kind != disklayer.Data || e.End() <= next {
+			continue
+		}
+		off := max(next, e.Off-e.Off%contentChunk)
+		end := min(size, (e.End()+contentChunk-1)/contentChunk*contentChunk)
+		for off < end {
+			p := buf[:min(int64(len(buf)), end-off)]
+			if _, err := l.ReadAt(p, off); err != nil {
+				return "", fmt.Errorf("content digest: read %d bytes at %d: %w", len(p), off, err)
+			}
+			for c := 0; c < len(p); c += contentChunk {
+				chunk := p[c:min(c+contentChunk, len(p))]
+				if bytes.Equal(chunk, zero[:len(chunk)]) {
+					continue
+				}
+				binary.BigEndian.PutUint64(word[:], uint64((off+int64(c))/contentChunk))
+				h.Write(word[:])
+				h.Write(chunk)
+			}
+			off += int64(len(p))
+		}
+		next = end
+	}
+	return ContentPrefix + hex.EncodeToString(h.Sum(nil)), nil
 }

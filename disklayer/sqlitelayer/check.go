@@ -54,11 +54,12 @@ func (r *Report) String() string {
 
 // CheckOptions extend Check.
 type CheckOptions struct {
-	// VerifyRawParent, if set, compares a raw parent's content digest with
-	// the stored one (rawlayer provides the digest; sqlitelayer does not
-	// import it). parentPath is resolved. Without it the digest is not
+	// VerifyExternalParent, if set, verifies a parent that is not a
+	// hibdisk layer (raw, an image QEMU reads, an NBD export) against the
+	// identity its child recorded: sqlitelayer reads none of them.
+	// parentPath is resolved. Without it only a raw parent's size is
 	// compared and the Report says so in Notes.
-	VerifyRawParent func(parentPath string, ref disklayer.ParentRef) error
+	VerifyExternalParent func(parentPath string, ref disklayer.ParentRef) error
 }
 
 // Check verifies the layer at path and reports every problem it finds:
@@ -297,15 +298,15 @@ func checkParent(childPath string, ref disklayer.ParentRef, opts CheckOptions, r
 		r.problemf("%v", err)
 		return
 	}
-	if ref.Format != disklayer.FormatRaw {
+	if ref.Format == disklayer.FormatHibdisk {
 		return
 	}
-	if opts.VerifyRawParent == nil {
-		r.Notes = append(r.Notes, fmt.Sprintf("raw parent %q: size matches; content digest not compared", parentPath))
+	if opts.VerifyExternalParent == nil {
+		r.Notes = append(r.Notes, fmt.Sprintf("%s parent %q: identity not compared", ref.Format, parentPath))
 		return
 	}
-	if err := opts.VerifyRawParent(parentPath, ref); err != nil {
-		r.problemf("raw parent %q: %v", parentPath, err)
+	if err := opts.VerifyExternalParent(parentPath, ref); err != nil {
+		r.problemf("%s parent %q: %v", ref.Format, parentPath, err)
 	}
 }
 
@@ -318,9 +319,15 @@ func VerifyParent(childPath string, ref disklayer.ParentRef) error {
 	mismatch := func(format string, args ...any) error {
 		return fmt.Errorf("layer %q: parent %q: %s: %w", childPath, parentPath, fmt.Sprintf(format, args...), disklayer.ErrParentMismatch)
 	}
+	if ref.Format == disklayer.FormatNBD {
+		return nil // a remote export: VerifyExternalParent connects to it
+	}
 	st, err := os.Stat(parentPath)
 	if err != nil {
 		return mismatch("unreachable: %v", err)
+	}
+	if disklayer.IsQEMUFormat(ref.Format) {
+		return nil // its size is the guest's, not the file's: VerifyExternalParent
 	}
 	switch ref.Format {
 	case disklayer.FormatRaw:

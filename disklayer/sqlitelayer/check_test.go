@@ -220,11 +220,11 @@ func TestCheckParent(t *testing.T) {
 		raw := rawParent(t, dir, 8*4096)
 		createLayer(t, rpath, sqlitelayer.CreateOptions{Size: 8 * 4096, Parent: raw}).Close()
 		r, err := sqlitelayer.Check(rpath)
-		if err != nil || !r.OK() || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], "digest not compared") {
+		if err != nil || !r.OK() || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], "identity not compared") {
 			t.Errorf("Check without a verifier: %v, %+v", err, r)
 		}
 		var called string
-		r, err = sqlitelayer.CheckWith(rpath, sqlitelayer.CheckOptions{VerifyRawParent: func(p string, ref disklayer.ParentRef) error {
+		r, err = sqlitelayer.CheckWith(rpath, sqlitelayer.CheckOptions{VerifyExternalParent: func(p string, ref disklayer.ParentRef) error {
 			called = p
 			return errors.New("content digest differs")
 		}})

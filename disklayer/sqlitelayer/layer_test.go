@@ -98,7 +98,7 @@ func TestCreateValidates(t *testing.T) {
 		{"size not a multiple", sqlitelayer.CreateOptions{Size: 4097}},
 		{"negative size", sqlitelayer.CreateOptions{Size: -4096}},
 		{"parent without path", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Format: "raw", Size: 4096}}},
-		{"parent with unknown format", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "qcow2", Size: 4096}}},
+		{"parent with unknown format", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "qcow3", Size: 4096}}},
 		{"hibdisk parent without uuid", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "hibdisk", Size: 4096}}},
 		{"raw parent with uuid", sqlitelayer.CreateOptions{Size: 4096, Parent: &disklayer.ParentRef{Path: "p", Format: "raw", UUID: "x", Size: 4096}}},
 	}

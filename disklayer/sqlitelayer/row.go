@@ -23,14 +23,14 @@ func validateParent(r disklayer.ParentRef) error {
 		return errors.New("hibdisk parent without uuid")
 	case r.Format == disklayer.FormatHibdisk && (r.Digest != "" || r.SHA256 != "" || r.Stat != ""):
 		return errors.New("hibdisk parent with a raw digest")
-	case r.Format == disklayer.FormatRaw && r.Generation != 0:
-		return errors.New("raw parent with a generation")
+	case r.Format != disklayer.FormatHibdisk && r.Generation != 0:
+		return fmt.Errorf("%s parent with a generation", r.Format)
 	case r.Generation < 0:
 		return fmt.Errorf("parent generation %d is negative", r.Generation)
-	case r.Format == disklayer.FormatRaw && r.UUID != "":
-		return errors.New("raw parent with a uuid")
-	case r.Format != disklayer.FormatHibdisk && r.Format != disklayer.FormatRaw:
-		return fmt.Errorf("parent format %q is neither %q nor %q", r.Format, disklayer.FormatHibdisk, disklayer.FormatRaw)
+	case r.Format != disklayer.FormatHibdisk && r.UUID != "":
+		return fmt.Errorf("%s parent with a uuid", r.Format)
+	case !disklayer.KnownParentFormat(r.Format):
+		return fmt.Errorf("parent format %q is not one of %v", r.Format, disklayer.ParentFormats())
 	}
 	return nil
 }

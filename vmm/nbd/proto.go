@@ -68,6 +68,7 @@ const (
 	repErrUnsup    = repErrBit + 1
 	repErrPolicy   = repErrBit + 2
 	repErrInvalid  = repErrBit + 3
+	repErrTLSReqd  = repErrBit + 5
 	repErrUnknown  = repErrBit + 6
 	repErrShutdown = repErrBit + 7
 	repErrTooBig   = repErrBit + 9
@@ -110,6 +111,7 @@ const (
 	replyTypeOffsetHole  = 2
 	replyTypeBlockStatus = 5
 	replyTypeError       = 1<<15 + 1
+	replyTypeErrorOffset = 1<<15 + 2
 )
 
 // Block size constraints advertised in NBD_INFO_BLOCK_SIZE. The minimum is
