@@ -268,9 +268,13 @@ func TestCreateNeverGuessesRaw(t *testing.T) {
 	if !errors.Is(err, disklayer.ErrNotLayer) {
 		t.Fatalf("raw backing given as hibdisk: %v, want ErrNotLayer", err)
 	}
-	err = Create(filepath.Join(dir, "c.db"), CreateOptions{Backing: img, BackingFormat: "qcow2"})
+	err = Create(filepath.Join(dir, "c.db"), CreateOptions{Backing: img, BackingFormat: "qcow3"})
 	if !errors.Is(err, disklayer.ErrInvalid) {
 		t.Fatalf("unknown backing format: %v, want ErrInvalid", err)
+	}
+	err = Create(filepath.Join(dir, "c.db"), CreateOptions{Backing: img, BackingFormat: "qcow2"})
+	if !errors.Is(err, disklayer.ErrInvalid) || !strings.Contains(err.Error(), "says raw") {
+		t.Fatalf("a raw image given as qcow2: %v, want ErrInvalid naming raw", err)
 	}
 	for _, name := range []string{"a.db", "b.db", "c.db"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {

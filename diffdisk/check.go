@@ -99,11 +99,21 @@ func Repair(path string, opts sqlitelayer.RepairOptions) (*sqlitelayer.Report, e
 	return after, nil
 }
 
-// externalParentMatches checks a raw parent the way opening the chain does
-// (verifyRaw): the sampled digest, and the whole content when the file's
-// identity changed since the child recorded it.
+// externalParentMatches checks a parent that is not a hibdisk layer the
+// way opening the chain does (verifyRaw, verifyExternal): the sampled
+// digest, and the whole content when the files' identity changed since
+// the child recorded it.
 func externalParentMatches(parentPath string, ref disklayer.ParentRef) error {
-	_, err := verifyRaw(parentPath, ref)
+	if ref.Format == disklayer.FormatRaw {
+		_, err := verifyRaw(parentPath, ref)
+		return err
+	}
+	l, err := openExternal(parentPath, ref.Format, Options{})
+	if err != nil {
+		return err
+	}
+	defer closeLayers([]disklayer.Layer{l})
+	_, err = verifyExternal(parentPath, ref, l)
 	return err
 }
 

@@ -3,10 +3,12 @@ package diffdisk
 import (
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
+	"github.com/hibdisk/hibdisk/vmm/nbd"
 )
 
 // CreateOptions describe a new layer (`hibdisk create`).
@@ -69,7 +71,7 @@ func create(path string, opts CreateOptions) error {
 	}
 	if sectorSize == 0 {
 		sectorSize = backing.SectorSize()
-		if ref.Format == disklayer.FormatRaw {
+		if ref.Format != disklayer.FormatHibdisk {
 			sectorSize = rawDiffSectorSize(size)
 		}
 	}
@@ -94,30 +96,68 @@ func rawDiffSectorSize(size int64) int {
 }
 
 // backingFormat decides the format of a backing file. A file that is not
-// a hibdisk layer is raw only when the caller says so.
+// a hibdisk layer has the format the caller says (-F), never a guessed
+// one: a stored reference read with the wrong format would be a silently
+// different disk, and only the magic-number check protects against a
+// raw image that happens to start like another format.
 func backingFormat(backing, format string) (string, error) {
+	if nbd.IsURI(backing) {
+		if format != disklayer.FormatNBD {
+			return "", fmt.Errorf("backing file %q is an NBD URI: say -F nbd: %w", backing, disklayer.ErrInvalid)
+		}
+		return format, nil
+	}
+	if format == disklayer.FormatNBD {
+		return "", fmt.Errorf("backing format nbd needs an NBD URI (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH), not %q: %w", backing, disklayer.ErrInvalid)
+	}
 	isLayer, err := sqlitelayer.IsLayer(backing)
 	if err != nil {
 		return "", fmt.Errorf("backing file: %w", err)
 	}
-	switch format {
-	case "":
-		if !isLayer {
-			if err := refuseForeign(backing); err != nil {
-				return "", fmt.Errorf("backing file: %w", err)
-			}
-			return "", fmt.Errorf("backing file %q is not a hibdisk layer; if it is a raw image, say so with -F raw (BackingFormat %q): %w", backing, disklayer.FormatRaw, disklayer.ErrNotLayer)
-		}
+	switch {
+	case format == "" && isLayer, format == disklayer.FormatHibdisk && isLayer:
 		return disklayer.FormatHibdisk, nil
-	case disklayer.FormatHibdisk:
-		if !isLayer {
-			return "", fmt.Errorf("backing file %q given as %s is not a hibdisk layer: %w", backing, format, disklayer.ErrNotLayer)
-		}
+	case format == disklayer.FormatHibdisk:
+		return "", fmt.Errorf("backing file %q given as %s is not a hibdisk layer: %w", backing, format, disklayer.ErrNotLayer)
+	case format == "":
+		return "", missingFormat(backing)
+	case format == disklayer.FormatRaw:
 		return format, nil
-	case disklayer.FormatRaw:
+	case disklayer.IsQEMUFormat(format):
+		detected, err := rawlayer.Detect(backing)
+		if err != nil {
+			return "", fmt.Errorf("backing file: %w", err)
+		}
+		if detected != format {
+			return "", fmt.Errorf("backing file %q given as %s is not a %s image (its magic number says %s): %w", backing, format, format, describeDetected(detected), disklayer.ErrInvalid)
+		}
 		return format, nil
 	}
-	return "", fmt.Errorf("backing format %q is neither %q nor %q: %w", format, disklayer.FormatHibdisk, disklayer.FormatRaw, disklayer.ErrInvalid)
+	return "", fmt.Errorf("backing format %q is not one of %s: %w", format, strings.Join(disklayer.ParentFormats(), ", "), disklayer.ErrInvalid)
+}
+
+// describeDetected names what rawlayer.Detect found.
+func describeDetected(format string) string {
+	if format == "" {
+		return "raw"
+	}
+	return format
+}
+
+// missingFormat is the error for a backing file that is not a hibdisk
+// layer, given without -F.
+func missingFormat(backing string) error {
+	detected, err := rawlayer.Detect(backing)
+	if err != nil {
+		return fmt.Errorf("backing file: %w", err)
+	}
+	switch {
+	case detected == "":
+		return fmt.Errorf("backing file %q is not a hibdisk layer; if it is a raw image, say so with -F raw (BackingFormat %q): %w", backing, disklayer.FormatRaw, disklayer.ErrNotLayer)
+	case disklayer.IsQEMUFormat(detected):
+		return fmt.Errorf("backing file %q looks like a %s image; a stored reference needs its format said, never guessed: add -F %s: %w", backing, detected, detected, disklayer.ErrNotLayer)
+	}
+	return fmt.Errorf("backing file: %w", refuseForeign(backing, detected))
 }
 
 // openBacking opens the backing file named from the working directory as
@@ -128,42 +168,64 @@ func openBacking(childPath, backing, format string) (*Disk, *disklayer.ParentRef
 	if err != nil {
 		return nil, nil, err
 	}
+	if format == disklayer.FormatHibdisk {
+		return openHibdiskBacking(childPath, backing)
+	}
+	rel := backing
+	if format != disklayer.FormatNBD {
+		if rel, err = relativeTo(childPath, backing); err != nil {
+			return nil, nil, err
+		}
+	}
+	// Held stable while its identity is taken: nobody may write it
+	// between the digest and the child's creation.
+	l, err := openExternal(backing, format, Options{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("backing file: %w", err)
+	}
+	ref, err := identify(backing, format, l)
+	if err != nil {
+		closeLayers([]disklayer.Layer{l})
+		return nil, nil, fmt.Errorf("backing file: %w", err)
+	}
+	ref.Path = rel
+	d, err := compose(Options{ReadOnly: true}, []disklayer.Layer{l}, []layerMeta{{path: backing, format: format}})
+	if err != nil {
+		closeLayers([]disklayer.Layer{l})
+		return nil, nil, err
+	}
+	return d, &ref, nil
+}
+
+// identify computes what a child records about a parent that is not a
+// hibdisk layer, opened as l.
+func identify(backing, format string, l disklayer.Layer) (disklayer.ParentRef, error) {
+	if format != disklayer.FormatRaw {
+		return externalIdentity(backing, format, l)
+	}
+	id, err := rawlayer.Identify(backing)
+	if err != nil {
+		return disklayer.ParentRef{}, err
+	}
+	if id.Size != l.Size() {
+		return disklayer.ParentRef{}, fmt.Errorf("backing file %q changed size while it was read: %w", backing, disklayer.ErrParentMismatch)
+	}
+	return disklayer.ParentRef{Format: format, Size: id.Size, Digest: id.Digest, SHA256: id.SHA256, Stat: id.Stat}, nil
+}
+
+// openHibdiskBacking opens a hibdisk backing chain and returns its
+// reference.
+func openHibdiskBacking(childPath, backing string) (*Disk, *disklayer.ParentRef, error) {
 	rel, err := relativeTo(childPath, backing)
 	if err != nil {
 		return nil, nil, err
-	}
-	ref := &disklayer.ParentRef{Path: rel, Format: format}
-	if format == disklayer.FormatRaw {
-		// Held stable while its identity is taken: nobody may write it
-		// between the digest and the child's creation.
-		raw, err := rawlayer.Open(backing, true, rawlayer.HoldStable())
-		if err != nil {
-			return nil, nil, fmt.Errorf("backing file: %w", err)
-		}
-		id, err := rawlayer.Identify(backing)
-		if err != nil {
-			raw.Close()
-			return nil, nil, fmt.Errorf("backing file: %w", err)
-		}
-		if id.Size != raw.Size() {
-			raw.Close()
-			return nil, nil, fmt.Errorf("backing file %q changed size while it was read: %w", backing, disklayer.ErrParentMismatch)
-		}
-		ref.Size, ref.Digest, ref.SHA256, ref.Stat = id.Size, id.Digest, id.SHA256, id.Stat
-		d, err := compose(Options{ReadOnly: true}, []disklayer.Layer{raw}, []layerMeta{{path: backing, format: format}})
-		if err != nil {
-			raw.Close()
-			return nil, nil, err
-		}
-		return d, ref, nil
 	}
 	d, err := openChain(backing, Options{ReadOnly: true, HoldStable: true}, false)
 	if err != nil {
 		return nil, nil, fmt.Errorf("backing file %q: %w", backing, err)
 	}
 	info := d.layers[0].(*sqlitelayer.File).Info()
-	ref.UUID, ref.Generation = info.UUID, info.Generation
-	ref.Size = d.Size()
+	ref := &disklayer.ParentRef{Path: rel, Format: disklayer.FormatHibdisk, UUID: info.UUID, Generation: info.Generation, Size: d.Size()}
 	return d, ref, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"iter"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 )
@@ -28,6 +29,10 @@ type Options struct {
 	// it while it is open (sqlitelayer.OpenOptions.HoldStable); the lower
 	// layers are always held so.
 	HoldStable bool
+	// ReconnectDelay is how long reads wait for a lost NBD server of a
+	// remote base to come back before they fail with EIO: 0 means
+	// DefaultReconnectDelay, a negative value not at all.
+	ReconnectDelay time.Duration
 }
 
 // Disk is a stack of layers [top, ..., base] that reads like one disk

@@ -3,13 +3,16 @@ package diffdisk
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"time"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/nbdlayer"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
+	"github.com/hibdisk/hibdisk/vmm/nbd"
 )
 
 // Open opens the chain whose top layer is the hibdisk file at path,
@@ -43,27 +46,32 @@ func OpenImageStable(path string) (*Disk, error) {
 }
 
 func openImage(path string, stable bool) (*Disk, error) {
-	isLayer, err := sqlitelayer.IsLayer(path)
-	if err != nil {
-		return nil, fmt.Errorf("open image %q: %w", path, err)
+	isLayer := false
+	var err error
+	if !nbd.IsURI(path) {
+		if isLayer, err = sqlitelayer.IsLayer(path); err != nil {
+			return nil, fmt.Errorf("open image %q: %w", path, err)
+		}
 	}
 	if isLayer {
 		return Open(path, Options{ReadOnly: true, HoldStable: stable})
 	}
-	if err := refuseForeign(path); err != nil {
-		return nil, fmt.Errorf("open image %q: %w", path, err)
-	}
-	var opts []rawlayer.Option
-	if stable {
-		opts = append(opts, rawlayer.HoldStable())
-	}
-	raw, err := rawlayer.Open(path, true, opts...)
+	format, err := detectedFormat(path)
 	if err != nil {
 		return nil, fmt.Errorf("open image %q: %w", path, err)
 	}
-	d, err := compose(Options{ReadOnly: true}, []disklayer.Layer{raw}, []layerMeta{{path: path, format: disklayer.FormatRaw}})
+	var l disklayer.Layer
+	if format == disklayer.FormatRaw && !stable {
+		l, err = rawlayer.Open(path, true)
+	} else {
+		l, err = openExternal(path, format, Options{})
+	}
 	if err != nil {
-		raw.Close()
+		return nil, fmt.Errorf("open image %q: %w", path, err)
+	}
+	d, err := compose(Options{ReadOnly: true}, []disklayer.Layer{l}, []layerMeta{{path: path, format: format}})
+	if err != nil {
+		closeLayers([]disklayer.Layer{l})
 		return nil, fmt.Errorf("open image %q: %w", path, err)
 	}
 	return d, nil
@@ -113,7 +121,7 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 		if len(layers) == 1 && !opts.ReadOnly {
 			restat = &newStat
 		}
-		l, st, next, err := openParent(link, parentPath, *ref, writable, opts.Strict, restat)
+		l, st, next, err := openParent(link, parentPath, *ref, writable, opts, restat)
 		if err != nil {
 			return nil, err
 		}
@@ -139,7 +147,18 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 //
 // A raw parent whose file identity changed but whose content matched
 // sets *restat (when restat is not nil) to its new identity.
-func openParent(link, path string, ref disklayer.ParentRef, writable, strict bool, restat *string) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
+func openParent(link, path string, ref disklayer.ParentRef, writable bool, opts Options, restat *string) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
+	if ref.Format == disklayer.FormatNBD {
+		l, err := openExternal(path, ref.Format, opts)
+		if err == nil {
+			_, err = verifyExternal(path, ref, l)
+		}
+		if err != nil {
+			closeLayers([]disklayer.Layer{l})
+			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+		}
+		return l, nil, nil, nil
+	}
 	st, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil, fmt.Errorf("%s: %s recorded, file %q is missing: %w", link, describeRef(ref), path, disklayer.ErrParentMismatch)
@@ -147,30 +166,11 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
 	}
-	switch ref.Format {
-	case disklayer.FormatHibdisk:
-		f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: !writable, Strict: strict, HoldStable: true})
-		if errors.Is(err, disklayer.ErrNotLayer) {
-			return nil, nil, nil, fmt.Errorf("%s: %s recorded, file is not a hibdisk layer: %w: %w", link, describeRef(ref), disklayer.ErrParentMismatch, err)
-		}
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
-		}
-		info := f.Info()
-		switch {
-		case info.UUID != ref.UUID:
-			err = fmt.Errorf("%s: uuid %s recorded, file now has %s: %w", link, ref.UUID, info.UUID, disklayer.ErrParentMismatch)
-		case info.DiskSize != ref.Size:
-			err = fmt.Errorf("%s: size %d recorded, file now has %d: %w", link, ref.Size, info.DiskSize, disklayer.ErrParentMismatch)
-		case ref.Generation != 0 && info.Generation != ref.Generation:
-			err = fmt.Errorf("%s: %w", link, generationMoved(ref, info))
-		}
-		if err != nil {
-			f.Close()
-			return nil, nil, nil, err
-		}
-		return f, st, info.Parent, nil
-	case disklayer.FormatRaw:
+	switch {
+	case ref.Format == disklayer.FormatHibdisk:
+		l, next, err := openHibdiskParent(link, path, ref, writable, opts.Strict)
+		return l, st, next, err
+	case ref.Format == disklayer.FormatRaw:
 		raw, err := rawlayer.Open(path, !writable, rawlayer.HoldStable())
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
@@ -188,8 +188,48 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 			*restat = newStat
 		}
 		return raw, st, nil, nil
+	case disklayer.IsQEMUFormat(ref.Format):
+		l, err := openExternal(path, ref.Format, Options{})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+		}
+		newStat, err := verifyExternal(path, ref, l)
+		if err != nil {
+			l.(io.Closer).Close()
+			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+		}
+		if newStat != "" && restat != nil {
+			*restat = newStat
+		}
+		return l, st, nil, nil
 	}
 	return nil, nil, nil, fmt.Errorf("%s: unknown parent format %q: %w", link, ref.Format, disklayer.ErrCorrupt)
+}
+
+// openHibdiskParent opens a hibdisk parent and checks its uuid, size and
+// generation.
+func openHibdiskParent(link, path string, ref disklayer.ParentRef, writable, strict bool) (disklayer.Layer, *disklayer.ParentRef, error) {
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: !writable, Strict: strict, HoldStable: true})
+	if errors.Is(err, disklayer.ErrNotLayer) {
+		return nil, nil, fmt.Errorf("%s: %s recorded, file is not a hibdisk layer: %w: %w", link, describeRef(ref), disklayer.ErrParentMismatch, err)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", link, err)
+	}
+	info := f.Info()
+	switch {
+	case info.UUID != ref.UUID:
+		err = fmt.Errorf("%s: uuid %s recorded, file now has %s: %w", link, ref.UUID, info.UUID, disklayer.ErrParentMismatch)
+	case info.DiskSize != ref.Size:
+		err = fmt.Errorf("%s: size %d recorded, file now has %d: %w", link, ref.Size, info.DiskSize, disklayer.ErrParentMismatch)
+	case ref.Generation != 0 && info.Generation != ref.Generation:
+		err = fmt.Errorf("%s: %w", link, generationMoved(ref, info))
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, info.Parent, nil
 }
 
 // generationMoved is the error for a hibdisk parent changed after its
@@ -236,8 +276,12 @@ func verifyRaw(path string, ref disklayer.ParentRef) (newStat string, err error)
 
 // describeRef names the identity a child recorded for its parent.
 func describeRef(ref disklayer.ParentRef) string {
-	if ref.Format == disklayer.FormatRaw {
+	switch ref.Format {
+	case disklayer.FormatRaw:
 		return fmt.Sprintf("raw image of %d bytes with digest %s", ref.Size, ref.Digest)
+	case disklayer.FormatHibdisk:
+	default:
+		return fmt.Sprintf("%s image of %d bytes with digest %s", ref.Format, ref.Size, ref.Digest)
 	}
 	return fmt.Sprintf("hibdisk layer %s of %d bytes", ref.UUID, ref.Size)
 }
@@ -246,7 +290,7 @@ func describeRef(ref disklayer.ParentRef) string {
 type LayerInfo struct {
 	Depth      int    // 0 is the top
 	Path       string // as opened; "" for a layer composed without a file
-	Format     string // disklayer.FormatHibdisk, disklayer.FormatRaw, or "" when unknown
+	Format     string // a parent format (disklayer.ParentFormats), or "" when unknown
 	Size       int64
 	SectorSize int
 	// The rest is known for hibdisk layers only.
@@ -282,26 +326,57 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 		}
 		list[i] = li
 	}
+	if last := len(list) - 1; disklayer.IsQEMUFormat(list[last].Format) {
+		return appendImageChain(list)
+	}
 	return list, nil
 }
 
-// refuseForeign refuses to read the file at path as raw when its magic
-// number says it is an image of another format (rawlayer.Detect): a
-// qcow2 read as raw gives a silently wrong answer (compare says it
-// differs from the image it came from, convert copies its file bytes).
-// A raw image is only ever named raw explicitly (-F raw) or found to match
-// no known format.
-func refuseForeign(path string) error {
-	format, err := rawlayer.Detect(path)
-	if err != nil || format == "" {
-		return err
+// appendImageChain describes the backing files of the foreign image at
+// the bottom of list (a qcow2 over its own backing file keeps that chain
+// inside QEMU's reading of it), as `qemu-img info --backing-chain` does.
+func appendImageChain(list []LayerInfo) ([]LayerInfo, error) {
+	base := &list[len(list)-1]
+	chain, err := nbdlayer.Chain(base.Path, base.Format)
+	if err != nil {
+		return nil, err
 	}
+	for i, img := range chain {
+		if i > 0 {
+			list = append(list, LayerInfo{Depth: base.Depth + i, Path: img.Filename, Format: img.Format, Size: img.VirtualSize, SectorSize: disklayer.MinSectorSize})
+		}
+		if img.Backing != "" && i+1 < len(chain) {
+			list[len(list)-1].Parent = &disklayer.ParentRef{Path: img.Backing, Format: chain[i+1].Format, Size: chain[i+1].VirtualSize}
+		}
+	}
+	return list, nil
+}
+
+// refuseForeign is the error for a file whose magic number says it is an
+// image hibdisk does not read (rawlayer.Detect named format): reading it
+// as raw would give a silently wrong answer (compare says it differs from
+// the image it came from, convert copies its file bytes). A raw image is
+// only ever named raw explicitly (-F raw) or found to match no known
+// format.
+func refuseForeign(path, format string) error {
 	switch format {
 	case rawlayer.FormatSQLite:
 		return fmt.Errorf("%q is an SQLite database but not a hibdisk layer (no hibdisk application_id), not a raw image: %w", path, disklayer.ErrForeignFormat)
 	case rawlayer.FormatOpenVMM:
 		return fmt.Errorf("%q is an OpenVMM disklayer_sqlite file, which hibdisk does not read yet, not a raw image: %w", path, disklayer.ErrForeignFormat)
+	case rawlayer.FormatLUKS:
+		return fmt.Errorf("%q is a LUKS encrypted image, which hibdisk does not read (it needs a key): open it with qemu-nbd --object secret,... or cryptsetup and give hibdisk the NBD export or the decrypted device: %w", path, disklayer.ErrForeignFormat)
 	}
-	return fmt.Errorf("%q is a %s image (found by its magic number), not raw; hibdisk does not read %s yet: convert it first (qemu-img convert -O raw %s IMAGE.img): %w",
+	return fmt.Errorf("%q is a %s image (found by its magic number), not raw; hibdisk does not read %s: convert it first (qemu-img convert -O raw %s IMAGE.img): %w",
 		path, format, format, path, disklayer.ErrForeignFormat)
+}
+
+// TopIdentity is the top layer's uuid and generation ("" and 0 when the
+// top is not a hibdisk layer), without counting anything.
+func (d *Disk) TopIdentity() (uuid string, generation int64) {
+	if f, ok := d.layers[0].(*sqlitelayer.File); ok {
+		info := f.Info()
+		return info.UUID, info.Generation
+	}
+	return "", 0
 }

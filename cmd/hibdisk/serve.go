@@ -151,7 +151,7 @@ func openExports(o serveOptions, disks *[]*diffdisk.Disk) ([]nbd.Export, error) 
 		*disks = append(*disks, d)
 		// One SQLite connection serves every NBD connection, so a
 		// FLUSH on any of them commits all their writes.
-		exports = append(exports, nbddisk.Export(s.name, d, nbddisk.ExportOptions{Description: describe(s.file, d), MultiConn: true}))
+		exports = append(exports, nbddisk.Export(s.name, d, nbddisk.ExportOptions{Description: describe(s.file, d, !nbddisk.Writable(d)), MultiConn: true}))
 	}
 	if o.hibExport != "" {
 		h, err := (*disks)[0].Hibernate()
@@ -294,8 +294,22 @@ func markedReadOnly(path string) (bool, error) {
 	return marked, f.Close()
 }
 
-func describe(path string, d *diffdisk.Disk) string {
-	return fmt.Sprintf("hibdisk %s: %d layer(s), %s", filepath.Base(path), d.Depth(), formatSize(d.Size()))
+// describe is an export's NBD description. It names the top layer's
+// uuid, and its generation when the export is read-only (a writable one
+// moves while it is served), which is how a diff layer made over this
+// export elsewhere (create -b nbd://... -F nbd) knows it is still the
+// same disk.
+func describe(path string, d *diffdisk.Disk, readOnly bool) string {
+	desc := fmt.Sprintf("hibdisk %s: %d layer(s), %s", filepath.Base(path), d.Depth(), formatSize(d.Size()))
+	uuid, generation := d.TopIdentity()
+	switch {
+	case uuid == "":
+	case readOnly:
+		desc += fmt.Sprintf(", layer %s generation %d", uuid, generation)
+	default:
+		desc += fmt.Sprintf(", writable layer %s", uuid)
+	}
+	return desc
 }
 
 // printBanner says where the exports are and how QEMU connects.

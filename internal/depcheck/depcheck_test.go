@@ -43,7 +43,7 @@ var allowed = map[string][]string{
 	"disklayer/rawlayer":         {"disklayer", "internal/lock"},
 	"disklayer/layertest":        {"disklayer", "disklayer/memlayer"},
 	"disklayer/nbdlayer":         {"disklayer", "vmm/nbd"},
-	"diffdisk":                   {"disklayer", "disklayer/nbdlayer", "disklayer/rawlayer", "disklayer/sqlitelayer"},
+	"diffdisk":                   {"disklayer", "disklayer/nbdlayer", "disklayer/rawlayer", "disklayer/sqlitelayer", "vmm/nbd"},
 	"hibfile":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/schema", "internal/store"},
 	"datastore":                  {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/store"},
 	"inspect":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer"},
