@@ -35,17 +35,20 @@ func Open(path string, opts Options) (*Disk, error) {
 // (recognised by its header, sqlitelayer.IsLayer) as its whole chain,
 // anything else as a raw image. The Disk is read-only.
 func OpenImage(path string) (*Disk, error) {
-	return openImage(path, false)
+	return OpenImageWith(path, Options{})
 }
 
 // OpenImageStable is OpenImage holding the image so that nobody may write
 // it while it is open (a read-only export), where OpenImage tolerates a
 // writer of the top and reads its committed snapshots.
 func OpenImageStable(path string) (*Disk, error) {
-	return openImage(path, true)
+	return OpenImageWith(path, Options{HoldStable: true})
 }
 
-func openImage(path string, stable bool) (*Disk, error) {
+// OpenImageWith is OpenImage with the options that apply to a read-only
+// image: HoldStable, Strict and ReconnectDelay.
+func OpenImageWith(path string, opts Options) (*Disk, error) {
+	stable := opts.HoldStable
 	isLayer := false
 	var err error
 	if !nbd.IsURI(path) {
@@ -54,7 +57,7 @@ func openImage(path string, stable bool) (*Disk, error) {
 		}
 	}
 	if isLayer {
-		return Open(path, Options{ReadOnly: true, HoldStable: stable})
+		return Open(path, Options{ReadOnly: true, HoldStable: stable, Strict: opts.Strict, ReconnectDelay: opts.ReconnectDelay})
 	}
 	format, err := detectedFormat(path)
 	if err != nil {
@@ -64,7 +67,7 @@ func openImage(path string, stable bool) (*Disk, error) {
 	if format == disklayer.FormatRaw && !stable {
 		l, err = rawlayer.Open(path, true)
 	} else {
-		l, err = openExternal(path, format, Options{})
+		l, err = openExternal(path, format, opts)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open image %q: %w", path, err)

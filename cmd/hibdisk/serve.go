@@ -37,6 +37,7 @@ type serveOptions struct {
 	specs               []exportSpec
 	socket, listen      string
 	readOnly, readCache bool
+	reconnectDelay      time.Duration // diffdisk.Options.ReconnectDelay
 	hibExport           string
 	create              string
 }
@@ -100,6 +101,7 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	hibExport := fs.String("hibernate-export", "", "also export the first chain's hibernate file under this name")
 	create := fs.String("create", "", "create FILE with this size when it does not exist")
 	readCache := fs.Bool("read-cache", false, "copy what reads find below into the top layer")
+	reconnect := fs.Duration("reconnect-delay", diffdisk.DefaultReconnectDelay, "how long reads wait for a lost NBD server of a remote base (-F nbd) before failing with EIO; 0 fails at once")
 	pos, err := parseArgs(fs, args, 0, 1)
 	if err != nil {
 		return serveOptions{}, err
@@ -116,7 +118,7 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	}
 	return serveOptions{
 		specs: specs, socket: *socket, listen: *listen, readOnly: *readOnly, readCache: *readCache,
-		hibExport: *hibExport, create: *create,
+		hibExport: *hibExport, create: *create, reconnectDelay: noneIfZero(*reconnect),
 	}, nil
 }
 
@@ -144,7 +146,7 @@ func createServed(o serveOptions) error {
 func openExports(o serveOptions, disks *[]*diffdisk.Disk) ([]nbd.Export, error) {
 	var exports []nbd.Export
 	for _, s := range o.specs {
-		d, err := openServed(s.file, o.readOnly, o.readCache)
+		d, err := openServed(s.file, o.readOnly, o.readCache, o.reconnectDelay)
 		if err != nil {
 			return nil, err
 		}
@@ -265,7 +267,7 @@ func exportSpecs(pos []string, flags []string) ([]exportSpec, error) {
 // is served), and a layer marked read-only (a sealed or hibernated
 // snapshot) is exported read-only rather than writable with every write
 // failing.
-func openServed(path string, readOnly, readCache bool) (*diffdisk.Disk, error) {
+func openServed(path string, readOnly, readCache bool, reconnectDelay time.Duration) (*diffdisk.Disk, error) {
 	if !readOnly {
 		marked, err := markedReadOnly(path)
 		if err != nil {
@@ -274,9 +276,9 @@ func openServed(path string, readOnly, readCache bool) (*diffdisk.Disk, error) {
 		readOnly = marked
 	}
 	if readOnly {
-		return diffdisk.OpenImageStable(path)
+		return diffdisk.OpenImageWith(path, diffdisk.Options{HoldStable: true, ReconnectDelay: reconnectDelay})
 	}
-	return diffdisk.Open(path, diffdisk.Options{ReadCache: readCache, WriteBack: true})
+	return diffdisk.Open(path, diffdisk.Options{ReadCache: readCache, WriteBack: true, ReconnectDelay: reconnectDelay})
 }
 
 // markedReadOnly reports whether path is a hibdisk layer whose read_only
@@ -338,4 +340,13 @@ func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export
 		fmt.Fprintf(w, "  QEMU:    %s -device virtio-blk-pci,drive=%s\n", blockdev, node)
 	}
 	fmt.Fprintln(w, "Serving; stop with Ctrl-C (in-flight requests finish, then the layers are flushed).")
+}
+
+// noneIfZero maps the flag's 0 ("fail at once") to diffdisk's negative
+// ReconnectDelay (0 there means the default).
+func noneIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

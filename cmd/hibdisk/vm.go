@@ -90,7 +90,7 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 	}
 	defer func() { err = errors.Join(err, closeDisks()) }()
 	for i, s := range o.specs {
-		d, err := openServed(s.file, o.readOnly, false)
+		d, err := openServed(s.file, o.readOnly, false, 0)
 		if err != nil {
 			return err
 		}

@@ -82,7 +82,7 @@ func (t Target) URI() string {
 		scheme = "nbds"
 	}
 	if t.Network == "unix" {
-		return fmt.Sprintf("%s+unix:///%s?socket=%s", scheme, url.PathEscape(t.Export), url.QueryEscape(t.Address))
+		return fmt.Sprintf("%s+unix:///%s?socket=%s", scheme, url.PathEscape(t.Export), strings.ReplaceAll(url.QueryEscape(t.Address), "%2F", "/"))
 	}
 	return fmt.Sprintf("%s://%s/%s", scheme, t.Address, url.PathEscape(t.Export))
 }

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hibdisk/hibdisk/internal/testenv"
+)
+
+// TestNBDBase: a diff layer over another hibdisk serve's export. create
+// needs -F nbd; the layer reads the remote base, keeps its own writes,
+// and is refused once the server serves another disk at that address.
+func TestNBDBase(t *testing.T) {
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
+	dir := testDir(t)
+	makeGolden(t, dir, "8M")
+	mustHib(t, dir, "convert", "golden.img", "golden.db")
+	mustHib(t, dir, "convert", "golden.img", "other.db")
+	sock := filepath.Join(dir, "base.sock")
+	uri := "nbd+unix:///?socket=" + sock
+	base := holdLayer(t, dir, "--read-only", "--socket", sock, "golden.db")
+
+	if out := mustHib(t, dir, "info", uri); !strings.Contains(out, "file format: nbd") || !strings.Contains(out, "(8388608 bytes)") {
+		t.Errorf("info of the export:\n%s", out)
+	}
+	r := hib(t, dir, "create", "-b", uri, "job.db")
+	if r.code == 0 || !strings.Contains(r.stderr, "-F nbd") {
+		t.Fatalf("create -b URI without -F: exit %d, %q; want a refusal asking for -F nbd", r.code, r.stderr)
+	}
+	mustHib(t, dir, "create", "-b", uri, "-F", "nbd", "job.db")
+	if out := mustHib(t, dir, "info", "job.db"); !strings.Contains(out, "backing file format: nbd") || !strings.Contains(out, "backing file: "+uri) {
+		t.Errorf("info of the diff layer:\n%s", out)
+	}
+	if out := mustHib(t, dir, "cat", "job.db", "/hello.txt"); out != "hello from a golden image\n" {
+		t.Errorf("cat through the remote base: %q", out)
+	}
+	// Local writes land in job.db only.
+	stop := startServer(t, dir, "--socket", filepath.Join(dir, "job.sock"), "job.db")
+	qemuIO(t, "nbd+unix:///?socket="+filepath.Join(dir, "job.sock"), "write -P 0x42 6M 64k", "read -P 0x42 6M 64k")
+	if res := stop(); res.code != 0 {
+		t.Fatalf("serve job.db: exit %d: %s", res.code, res.stderr)
+	}
+	if out := hib(t, dir, "compare", "job.db", "golden.img"); !strings.Contains(out.stdout, "Content mismatch at offset 6291456") {
+		t.Errorf("compare after the local write: %+v", out)
+	}
+	if out := mustHib(t, dir, "check", "job.db"); !strings.Contains(out, "No errors were found") {
+		t.Errorf("check: %s", out)
+	}
+
+	// The base server goes away: opening fails at once, naming the URI.
+	base.Process.Kill()
+	base.Wait()
+	r = hib(t, dir, "compare", "job.db", "golden.img")
+	if r.code == 0 || !strings.Contains(r.stderr, "base.sock") {
+		t.Errorf("compare with the base server gone: exit %d, %q", r.code, r.stderr)
+	}
+	// Another disk served at the same address is refused, not mixed in.
+	holdLayer(t, dir, "--read-only", "--socket", sock, "other.db")
+	r = hib(t, dir, "compare", "job.db", "golden.img")
+	if r.code == 0 || !strings.Contains(r.stderr, "may serve another disk") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Errorf("compare with another disk at the base's address: exit %d, %q", r.code, r.stderr)
+	}
+	// rebase -u accepts it when that is what the user wants.
+	mustHib(t, dir, "rebase", "-u", "-b", uri, "-F", "nbd", "job.db")
+	if out := hib(t, dir, "compare", "job.db", "golden.img"); out.code == 2 || !strings.Contains(out.stdout, "Content mismatch at offset 6291456") {
+		t.Errorf("compare after rebase -u: %+v", out)
+	}
+	// A remote base's layer moves onto a local copy of the base.
+	mustHib(t, dir, "rebase", "-u", "-b", "other.db", "job.db")
+	if out := hib(t, dir, "compare", "job.db", "golden.img"); !strings.Contains(out.stdout, "Content mismatch at offset 6291456") {
+		t.Errorf("compare after rebase -u onto a local copy: %+v", out)
+	}
+}
