@@ -121,7 +121,8 @@ func commit(path string, opts CommitOptions) (err error) {
 		// The hibernate blocks stay: a raw file has nowhere to keep them.
 		return top.EmptyDisk()
 	}
-	return fmt.Errorf("backing layer %T is not writable: %w", d.layers[1], disklayer.ErrInvalid)
+	return fmt.Errorf("backing file %q is a %s base, which hibdisk only reads; commit writes into hibdisk layers and raw images (`hibdisk convert %s MERGED` makes a standalone copy of the whole view instead): %w",
+		d.meta[1].path, d.meta[1].format, d.meta[0].path, disklayer.ErrInvalid)
 }
 
 // copyOwn writes src's own rows into dst: its data as data, its

@@ -172,6 +172,10 @@ func TestForeignChangedBaseCaught(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustHib(t, dir, "compare", "job.db", "view.raw")
+	// hibdisk never writes a foreign image: commit into it is refused.
+	if r := hib(t, dir, "commit", "job.db"); r.code == 0 || !strings.Contains(r.stderr, "qcow2 base, which hibdisk only reads") {
+		t.Errorf("commit into a qcow2 base: exit %d, %q", r.code, r.stderr)
+	}
 }
 
 // TestForeignFormatsHibdiskDoesNotRead: formats hibdisk does not read are
