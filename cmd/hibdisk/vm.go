@@ -144,6 +144,9 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	if *boot != "" {
 		pos = append([]string{*boot}, pos...)
 	}
+	if len(pos) == 0 {
+		return vmRunOptions{}, usagef("no disk: give at least one DISK (the layer the machine writes to, and hibernates into)")
+	}
 	o := vmRunOptions{boot: *boot != "", readOnly: *readOnly, cfg: qemu.Config{
 		Accel: *accel, MemoryMiB: int(memBytes >> 20), CPUs: *cpus,
 		Kernel: *kernel, Initrd: *initrd, Append: *appendArgs,

@@ -186,6 +186,7 @@ func TestVMRunUsage(t *testing.T) {
 		{[]string{"vm", "run", "--boot", "bad name=a.db"}, 1}, // not a usable serial
 		{[]string{"vm", "run", "--boot", "=a.db"}, 1},         // empty serial
 		{[]string{"vm", "run", "--boot", "missing.db"}, 1},
+		{[]string{"vm", "run", "--kernel", "/nonexistent/vmlinuz"}, 2}, // no disk: refused before QEMU starts
 	} {
 		r := hib(t, dir, c.args...)
 		if r.code != c.code || strings.Count(r.stderr, "\n") != 1 {

@@ -12,6 +12,9 @@ var (
 	// ErrQMPClosed is returned for commands on a connection that has
 	// ended (QEMU exited or Close was called).
 	ErrQMPClosed = errors.New("qmp: connection closed")
+	// ErrMachineGone: `vm hibernate` found the state file of a machine
+	// whose supervising process died without removing it.
+	ErrMachineGone = errors.New("machine gone")
 
 	// Resuming a machine snapshot.
 

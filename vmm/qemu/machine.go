@@ -265,6 +265,9 @@ type Machine struct {
 	// owned are layers the machine opened itself (Resume), closed by
 	// Wait after the NBD server has flushed them.
 	owned []io.Closer
+	// ram holds the unlinked RAM file open (holdRAM); cfg.RAMPath then
+	// names it through /proc/self/fd.
+	ram *os.File
 }
 
 // closeOwned closes the layers the machine opened, last first.
@@ -363,7 +366,34 @@ func Start(ctx context.Context, cfg Config) (_ *Machine, err error) {
 		<-m.exited
 		return nil, fmt.Errorf("%w; qemu stderr: %s", err, strings.TrimSpace(m.Stderr()))
 	}
+	if err := m.holdRAM(); err != nil {
+		m.cmd.Process.Kill()
+		<-m.exited
+		return nil, err
+	}
 	return m, nil
+}
+
+// holdRAM opens the RAM file and unlinks it once QEMU has mapped it
+// (QEMU creates its memory backends before it answers QMP): from then on
+// the RAM belongs to the two processes that hold it open and is freed
+// when both are gone, however they end, so a killed `vm run` leaves no
+// file in /dev/shm. Hibernate reads it through /proc/self/fd.
+func (m *Machine) holdRAM() error {
+	if m.cfg.RAMPath == "" {
+		return nil
+	}
+	f, err := os.Open(m.cfg.RAMPath)
+	if err != nil {
+		return fmt.Errorf("qemu: hold RAM file: %w", err)
+	}
+	if err := os.Remove(m.cfg.RAMPath); err != nil {
+		f.Close()
+		return fmt.Errorf("qemu: unlink RAM file: %w", err)
+	}
+	m.ram = f
+	m.cfg.RAMPath = fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+	return nil
 }
 
 func (m *Machine) startServer(cfg Config, path string) error {
@@ -553,7 +583,9 @@ func (m *Machine) Wait(ctx context.Context) error {
 		}
 		m.waitRes = m.stopServer()
 		os.RemoveAll(m.dir)
-		if m.cfg.RAMPath != "" {
+		if m.ram != nil {
+			m.ram.Close()
+		} else if m.cfg.RAMPath != "" {
 			os.Remove(m.cfg.RAMPath)
 		}
 		m.waitRes = errors.Join(m.waitRes, m.closeOwned())

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -359,6 +361,9 @@ func RequestHibernate(layer string, req HibernateRequest) (*ControlReply, error)
 		return nil, fmt.Errorf("%s: %w", layer+StateFileSuffix, err)
 	}
 	conn, err := net.Dial("unix", st.Control)
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist) {
+		return nil, gone(layer, st)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("machine on %s (pid %d): %w", layer, st.PID, err)
 	}
@@ -374,4 +379,20 @@ func RequestHibernate(layer string, req HibernateRequest) (*ControlReply, error)
 		return nil, fmt.Errorf("machine on %s: %w", layer, err)
 	}
 	return &r, nil
+}
+
+// gone removes what a machine that ended without cleaning up (its
+// process was killed) left behind, found through its state file: the
+// state file and the private directories of its sockets. A supervisor
+// removes its state file before it closes its control socket, so a state
+// file whose socket refuses connections belongs to a dead machine.
+func gone(layer string, st stateFile) error {
+	os.Remove(layer + StateFileSuffix)
+	for _, p := range []string{st.Control, st.QMP} {
+		if dir := filepath.Dir(p); strings.HasPrefix(filepath.Base(dir), "hibdisk-vm") {
+			os.RemoveAll(dir)
+		}
+	}
+	return fmt.Errorf("the machine on %s is gone: its hibdisk process (pid %d) ended without cleaning up (killed?); removed its stale %s. %s holds what the guest wrote up to its last flush: start it again with hibdisk vm run: %w",
+		layer, st.PID, layer+StateFileSuffix, layer, ErrMachineGone)
 }
