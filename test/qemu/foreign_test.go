@@ -1,6 +1,7 @@
 package qemu_test
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,3 +89,9 @@ func socketPath(t *testing.T, name string) string {
 
 // nbdUnixURI is the NBD URI of the default export at sock.
 func nbdUnixURI(sock string) string { return "nbd+unix:///?socket=" + sock }
+
+// execOutput runs a tool bounded by ctx and returns its combined output.
+func execOutput(ctx context.Context, name string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out), err
+}

@@ -1,0 +1,184 @@
+package qemu_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibdisk/hibdisk/internal/testenv"
+	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
+	"github.com/hibdisk/hibdisk/vmm/qemu"
+)
+
+// remoteBase is a golden base served read-only by its own `hibdisk
+// serve` process, and a job layer made over its export.
+type remoteBase struct {
+	dir, golden, job string
+	sock, uri        string
+	server           *server
+}
+
+// newRemoteBase converts a raw image with Pattern("base") over
+// [0, dataLen) to golden.db, serves it read-only on a unix socket and
+// creates job.db over the export (-F nbd).
+func newRemoteBase(t *testing.T, dataLen int) *remoteBase {
+	t.Helper()
+	dir := t.TempDir()
+	r := &remoteBase{dir: dir, golden: filepath.Join(dir, "golden.db"), job: filepath.Join(dir, "job.db")}
+	raw := filepath.Join(dir, "golden.img")
+	writeRawBase(t, raw, diskSize, "base", dataLen)
+	hibdisk(t, "convert", raw, r.golden)
+	r.sock = socketPath(t, "base.sock")
+	r.uri = nbdUnixURI(r.sock)
+	r.server = startServe(t, r.sock, "--read-only", r.golden)
+	hibdisk(t, "create", "-b", r.uri, "-F", "nbd", r.job)
+	return r
+}
+
+// restart kills the base server with SIGKILL and, after pause, serves
+// file read-only at the same socket.
+func (r *remoteBase) restart(t *testing.T, pause time.Duration, file string) {
+	t.Helper()
+	r.server.kill()
+	time.Sleep(pause)
+	os.Remove(r.sock) // a killed server leaves its socket behind
+	r.server = startServe(t, r.sock, "--read-only", file)
+}
+
+// readLoopParams has the guest write its patterns at both ends and read
+// [off, off+n) of the disk round after round.
+func readLoopParams(seed string, off, n int64, rounds, seconds int) map[string]string {
+	return map[string]string{
+		"disk": "data", "seed": seed, "len": fmt.Sprint(patternLen),
+		"read-off": fmt.Sprint(off), "read-len": fmt.Sprint(n),
+		"rounds": fmt.Sprint(rounds), "seconds": fmt.Sprint(seconds),
+	}
+}
+
+// remoteReport matches serve's exit line about a remote base.
+var remoteReport = regexp.MustCompile(`remote base (\S+): fetched (\d+) bytes \((\d+) at open, verifying its identity\), (\d+) reconnect`)
+
+// remoteCost is what serve's exit line says a remote base cost.
+type remoteCost struct{ fetched, atOpen, reconnects int64 }
+
+func parseRemoteCost(t *testing.T, stderr string) remoteCost {
+	t.Helper()
+	m := remoteReport.FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("hibdisk serve said nothing about its remote base: %q", stderr)
+	}
+	var c remoteCost
+	for i, dst := range []*int64{&c.fetched, &c.atOpen, &c.reconnects} {
+		n, err := strconv.ParseInt(m[i+2], 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*dst = n
+	}
+	return c
+}
+
+// TestBootOverRemoteBaseReconnect: the guest reads its disk, a diff
+// layer over another hibdisk serve's export, round after round; the
+// base server is killed with SIGKILL mid-run and restarted on the same
+// socket two seconds later. The guest's reads stall and go on without an
+// I/O error, every round reads the same bytes, and its writes are all in
+// job.db.
+func TestBootOverRemoteBaseReconnect(t *testing.T) {
+	guestKit(t)
+	r := newRemoteBase(t, baseDataLen)
+	jobSock := socketPath(t, "job.sock")
+	job := startServe(t, jobSock, r.job)
+
+	readOff, readLen := int64(patternLen), int64(baseDataLen-patternLen)
+	started := time.Now()
+	m := startGuest(t, guestproto.TaskReadLoop, readLoopParams("job", readOff, readLen, 2, 15),
+		qemu.Disk{Name: "data", Socket: jobSock})
+	waitNote(t, m, "first-round-ms")
+	r.restart(t, 2*time.Second, r.golden)
+	res := waitResult(t, m, started)
+	t.Logf("guest: %s rounds, %s bytes read, slowest read %s ms, first round %s ms",
+		res.Notes["rounds"], res.Notes["read-bytes"], res.Notes["max-read-ms"], res.Notes["first-round-ms"])
+	if want := sha(guestproto.PatternBytes("base", readOff, int(readLen))); res.Notes["sample"] != want {
+		t.Errorf("guest read base bytes with sha256 %s, want %s", res.Notes["sample"], want)
+	}
+	cost := parseRemoteCost(t, job.stop(t))
+	t.Logf("job server: %+v", cost)
+	if cost.reconnects < 1 {
+		t.Errorf("the job server never reconnected to the base server")
+	}
+	checkPatternsLayer(t, r.job, "job")
+}
+
+// waitNote waits for the guest's note key; it fails the test, with the
+// console, when the guest ends or times out first.
+func waitNote(t *testing.T, m *qemu.Machine, key string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), guestTimeout)
+	defer cancel()
+	prefix := guestproto.Note + key + "="
+	_, err := m.WaitLine(ctx, func(l string) bool {
+		return strings.Contains(l, prefix) || strings.Contains(l, guestproto.Fail)
+	})
+	lines := strings.Join(m.Lines(), "\n")
+	if err != nil || !strings.Contains(lines, prefix) {
+		m.Kill()
+		m.Wait(context.Background())
+		t.Fatalf("guest never noted %s: %v\nconsole:\n%s\nqemu stderr:\n%s", key, err, lines, m.Stderr())
+	}
+}
+
+// TestRemoteBaseReplacedIsEIO: the base server restarts serving another
+// layer at the same socket. The job server refuses it: reads of what
+// job.db does not hold fail with EIO (qemu-io sees it within seconds),
+// never data of the other disk, while what job.db holds still reads.
+func TestRemoteBaseReplacedIsEIO(t *testing.T) {
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
+	r := newRemoteBase(t, baseDataLen)
+	otherRaw, other := filepath.Join(r.dir, "other.img"), filepath.Join(r.dir, "other.db")
+	writeRawBase(t, otherRaw, diskSize, "base", baseDataLen) // the same bytes, another layer
+	hibdisk(t, "convert", otherRaw, other)
+	jobSock := socketPath(t, "job.sock")
+	job := startServe(t, jobSock, "--reconnect-delay", "10s", r.job)
+	jobURI := nbdUnixURI(jobSock)
+	run(t, "qemu-io", "-f", "raw", jobURI, "-c", "write -P 0x42 0 64k", "-c", "read 1M 64k")
+
+	r.restart(t, 0, other)
+	began := time.Now()
+	out := qemuIOOutput(t, jobURI, "read 1M 64k")
+	elapsed := time.Since(began)
+	t.Logf("qemu-io after the swap (%v): %s", elapsed.Round(time.Millisecond), out)
+	if !strings.Contains(out, "Input/output error") {
+		t.Errorf("a read of the base through the job server after the base was replaced: %q, want EIO", out)
+	}
+	if elapsed > 10*time.Second {
+		t.Errorf("the read took %v to fail, want well under the 10 s reconnect delay", elapsed)
+	}
+	if out := qemuIOOutput(t, jobURI, "read -P 0x42 0 64k"); !strings.Contains(out, "read 65536/65536") {
+		t.Errorf("job.db's own write no longer reads back: %q", out)
+	}
+	if stderr := job.stop(t); !strings.Contains(stderr, "another disk") {
+		t.Errorf("the job server did not say why its base reads fail: %q", stderr)
+	}
+}
+
+// qemuIOOutput runs qemu-io read-only on the raw export at uri and
+// returns its output, whatever its exit status (qemu-io reports a failed
+// read in its output).
+func qemuIOOutput(t *testing.T, uri string, cmds ...string) string {
+	t.Helper()
+	args := []string{"-r", "-f", "raw", uri}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, _ := execOutput(ctx, "qemu-io", args...)
+	return out
+}
