@@ -1,9 +1,11 @@
 package qemu_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -181,4 +183,88 @@ func qemuIOOutput(t *testing.T, uri string, cmds ...string) string {
 	defer cancel()
 	out, _ := execOutput(ctx, "qemu-io", args...)
 	return out
+}
+
+// TestDiffOverNbdkitMemory: a diff layer over a writable `nbdkit memory`
+// export that nbdcopy filled: writes through `hibdisk serve` read back,
+// the export compares identical to the expected view under qemu-img,
+// and nbdkit's disk still holds only what nbdcopy put there.
+func TestDiffOverNbdkitMemory(t *testing.T) {
+	testenv.RequireTools(t, "nbdkit", "nbdkit")
+	testenv.RequireTools(t, "libnbd-bin", "nbdcopy")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io", "qemu-img")
+	dir := t.TempDir()
+	raw, top := filepath.Join(dir, "golden.img"), filepath.Join(dir, "job.db")
+	writeRawBase(t, raw, diskSize, "base", baseDataLen)
+	baseSock := socketPath(t, "nbdkit.sock")
+	startNbdkit(t, baseSock, "memory", fmt.Sprint(diskSize))
+	baseURI := nbdUnixURI(baseSock)
+	run(t, "nbdcopy", raw, baseURI)
+	hibdisk(t, "create", "-b", baseURI, "-F", "nbd", top)
+
+	jobSock := socketPath(t, "job.sock")
+	job := startServe(t, jobSock, top)
+	jobURI := nbdUnixURI(jobSock)
+	run(t, "qemu-io", "-f", "raw", jobURI, "-c", "write -P 0x5a 1M 64k", "-c", "write -z 2M 64k",
+		"-c", "read -P 0x5a 1M 64k", "-c", "read -P 0 2M 64k")
+	expected := filepath.Join(dir, "expected.img")
+	writeWithRanges(t, raw, expected, map[int64]byte{1 << 20: 0x5a, 2 << 20: 0})
+	if out := run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", jobURI, expected); !strings.Contains(out, "identical") {
+		t.Errorf("qemu-img compare of the job export with the expected view: %s", out)
+	}
+	job.stop(t)
+
+	if out := hibdisk(t, "compare", top, expected); !strings.Contains(out, "identical") {
+		t.Errorf("hibdisk compare %s %s: %s", top, expected, out)
+	}
+	checkLayer(t, top)
+	if out := run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", baseURI, raw); !strings.Contains(out, "identical") {
+		t.Errorf("nbdkit's disk changed: %s", out)
+	}
+}
+
+// writeWithRanges writes to dst the raw image src with 64 KiB at each
+// offset of fill set to its byte.
+func writeWithRanges(t *testing.T, src, dst string, fill map[int64]byte) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off, c := range fill {
+		for i := range int64(64 << 10) {
+			b[off+i] = c
+		}
+	}
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startNbdkit runs `nbdkit -f -U sock PLUGIN ARGS...` until the test
+// ends and returns once the socket is there.
+func startNbdkit(t *testing.T, sock string, args ...string) {
+	t.Helper()
+	cmd := exec.Command("nbdkit", append([]string{"-f", "-U", sock}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return
+		}
+		select {
+		case <-exited:
+			t.Fatalf("nbdkit exited before listening: %s", stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nbdkit: socket %s never appeared", sock)
+		}
+	}
 }
