@@ -164,3 +164,26 @@ func detectedFormat(path string) (string, error) {
 	}
 	return "", refuseForeign(path, format)
 }
+
+// RemoteBase is what one NBD export in a chain has cost so far.
+type RemoteBase struct {
+	URI string
+	// Fetched counts data bytes read from the server (identity checks
+	// at open included); Reconnects counts redials that succeeded.
+	Fetched, Reconnects int64
+}
+
+// RemoteBases lists the chain's layers that are NBD exports (format
+// nbd, not the private qemu-nbd behind an image in a QEMU format), top
+// first.
+func (d *Disk) RemoteBases() []RemoteBase {
+	var out []RemoteBase
+	for i, l := range d.layers {
+		nl, ok := l.(*nbdlayer.Layer)
+		if !ok || d.meta[i].format != disklayer.FormatNBD {
+			continue
+		}
+		out = append(out, RemoteBase{URI: nl.URI(), Fetched: nl.Fetched(), Reconnects: nl.Reconnects()})
+	}
+	return out
+}

@@ -2,11 +2,16 @@ package main
 
 import (
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/hibdisk/hibdisk/internal/testenv"
 )
+
+// remoteReport matches serve's line about a remote base at exit: URI,
+// bytes fetched, of them at open, reconnects.
+var remoteReport = regexp.MustCompile(`remote base (\S+): fetched (\d+) bytes \((\d+) at open, verifying its identity\), (\d+) reconnect`)
 
 // TestNBDBase: a diff layer over another hibdisk serve's export. create
 // needs -F nbd; the layer reads the remote base, keeps its own writes,
@@ -39,8 +44,14 @@ func TestNBDBase(t *testing.T) {
 	// Local writes land in job.db only.
 	stop := startServer(t, dir, "--socket", filepath.Join(dir, "job.sock"), "job.db")
 	qemuIO(t, "nbd+unix:///?socket="+filepath.Join(dir, "job.sock"), "write -P 0x42 6M 64k", "read -P 0x42 6M 64k")
-	if res := stop(); res.code != 0 {
+	res := stop()
+	if res.code != 0 {
 		t.Fatalf("serve job.db: exit %d: %s", res.code, res.stderr)
+	}
+	// At exit serve says what the remote base cost: here only the
+	// identity check at open, since qemu-io read back its own write.
+	if m := remoteReport.FindStringSubmatch(res.stderr); m == nil || m[1] != uri || m[2] != m[3] || m[4] != "0" {
+		t.Errorf("serve's report of the remote base: %q", res.stderr)
 	}
 	if out := hib(t, dir, "compare", "job.db", "golden.img"); !strings.Contains(out.stdout, "Content mismatch at offset 6291456") {
 		t.Errorf("compare after the local write: %+v", out)

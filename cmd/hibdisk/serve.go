@@ -62,6 +62,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	atOpen := remoteBases(disks)
+	defer func() { reportRemote(e.stderr, atOpen, remoteBases(disks)) }() // before the disks close
 	stopDatastores, err := serveDatastores(e, o, disks)
 	defer stopDatastores() // before the disks close
 	if err != nil {
@@ -340,6 +342,26 @@ func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export
 		fmt.Fprintf(w, "  QEMU:    %s -device virtio-blk-pci,drive=%s\n", blockdev, node)
 	}
 	fmt.Fprintln(w, "Serving; stop with Ctrl-C (in-flight requests finish, then the layers are flushed).")
+}
+
+// remoteBases lists the remote bases (NBD exports) of the served chains.
+func remoteBases(disks []*diffdisk.Disk) []diffdisk.RemoteBase {
+	var out []diffdisk.RemoteBase
+	for _, d := range disks {
+		out = append(out, d.RemoteBases()...)
+	}
+	return out
+}
+
+// reportRemote says, when serving ends, what each remote base cost: the
+// data bytes fetched from its server, of them those read at open to
+// verify its identity, and the reconnects. With --read-cache, a second
+// serve of the same layer fetches only the identity check.
+func reportRemote(w io.Writer, atOpen, atEnd []diffdisk.RemoteBase) {
+	for i, r := range atEnd {
+		fmt.Fprintf(w, "hibdisk serve: remote base %s: fetched %d bytes (%d at open, verifying its identity), %d reconnect(s)\n",
+			r.URI, r.Fetched, atOpen[i].Fetched, r.Reconnects)
+	}
 }
 
 // noneIfZero maps the flag's 0 ("fail at once") to diffdisk's negative

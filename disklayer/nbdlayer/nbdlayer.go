@@ -77,7 +77,8 @@ func (l *Layer) Info() nbd.ExportInfo { return l.c.Info() }
 // URI names the export.
 func (l *Layer) URI() string { return l.c.Target().URI() }
 
-// Fetched is the number of data bytes read from the server so far.
+// Fetched is the number of data bytes received from the server so far
+// (holes the server answers without data are not counted).
 func (l *Layer) Fetched() int64 { return l.c.Fetched.Load() }
 
 // Reconnects is the number of times the server was reconnected to.

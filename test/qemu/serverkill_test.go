@@ -20,36 +20,71 @@ import (
 // process (so it can be killed) and returns once the socket is there.
 func serveProcess(t *testing.T, sock, file string) *exec.Cmd {
 	t.Helper()
+	return startServe(t, sock, file).cmd
+}
+
+// server is a `hibdisk serve` process.
+type server struct {
+	cmd    *exec.Cmd
+	stderr bytes.Buffer // read it only once exited is closed
+	exited chan struct{}
+}
+
+// startServe runs `hibdisk serve --nbd --socket sock args...` as its own
+// process and returns once the socket is there; the test's cleanup
+// kills it.
+func startServe(t *testing.T, sock string, args ...string) *server {
+	t.Helper()
 	bin, err := hibdiskBuild()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "serve", "--nbd", "--socket", sock, file)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	s := &server{exited: make(chan struct{})}
+	s.cmd = exec.Command(bin, append([]string{"serve", "--nbd", "--socket", sock}, args...)...)
+	s.cmd.Stderr = &s.stderr
+	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
+	go func() { s.cmd.Wait(); close(s.exited) }()
+	t.Cleanup(s.kill)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			return cmd
+			return s
 		}
 		select {
-		case <-exited:
-			t.Fatalf("hibdisk serve exited before listening: %s", stderr.String())
+		case <-s.exited:
+			t.Fatalf("hibdisk serve exited before listening: %s", s.stderr.String())
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("hibdisk serve: socket %s never appeared", sock)
 		}
 	}
+}
+
+// kill ends the server with SIGKILL and waits for it; it leaves the
+// socket behind, as a crash does.
+func (s *server) kill() {
+	s.cmd.Process.Kill()
+	<-s.exited
+}
+
+// stop ends the server as Ctrl-C does (it flushes its layers) and
+// returns what it printed on stderr; a failed exit fails the test.
+func (s *server) stop(t *testing.T) string {
+	t.Helper()
+	s.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		s.kill()
+		t.Fatalf("hibdisk serve still running 30s after SIGINT: %s", s.stderr.String())
+	}
+	if !s.cmd.ProcessState.Success() {
+		t.Fatalf("hibdisk serve: %v: %s", s.cmd.ProcessState, s.stderr.String())
+	}
+	return s.stderr.String()
 }
 
 // TestServerKilledMidRun: `hibdisk serve` is killed with SIGKILL while the

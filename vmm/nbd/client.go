@@ -50,7 +50,8 @@ type Client struct {
 	closed    bool
 
 	// Reconnects counts successful redials; Fetched counts data bytes
-	// read from the server.
+	// received from the server (a hole it answers with OFFSET_HOLE
+	// crosses the network as 12 bytes and is not counted).
 	Reconnects, Fetched atomic.Int64
 }
 
@@ -264,10 +265,11 @@ func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 	maxLen := int(min(c.info.MaxBlock, MaxRequestLength))
 	for done := 0; done < len(p); {
 		n := min(len(p)-done, maxLen)
-		if _, err := c.do(cmdRead, 0, uint64(off)+uint64(done), uint32(n), p[done:done+n]); err != nil {
+		cl, err := c.do(cmdRead, 0, uint64(off)+uint64(done), uint32(n), p[done:done+n])
+		if err != nil {
 			return done, fmt.Errorf("read %d bytes at %d from %s: %w", n, off+int64(done), c.target.URI(), err)
 		}
-		c.Fetched.Add(int64(n))
+		c.Fetched.Add(int64(cl.data))
 		done += n
 	}
 	return len(p), nil

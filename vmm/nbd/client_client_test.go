@@ -121,6 +121,32 @@ func TestClientReadsAndBlockStatus(t *testing.T) {
 	}
 }
 
+// TestClientFetchedCountsData: Fetched counts the data bytes that came
+// from the server, not the bytes asked for: a read over holes that the
+// server answers with OFFSET_HOLE chunks costs no data.
+func TestClientFetchedCountsData(t *testing.T) {
+	m := newMemBackend(4 << 20)
+	if _, err := m.WriteAt(bytes.Repeat([]byte{7}, 64<<10), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	_, sock := startServer(t, Export{Name: "d", Backend: m, ReadOnly: true})
+	c, err := Dial(context.Background(), Target{Network: "unix", Address: sock, Export: "d"}, ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make([]byte, 4<<20)
+	if _, err := c.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got[1<<20] != 7 || got[0] != 0 {
+		t.Fatalf("read the wrong bytes")
+	}
+	if n := c.Fetched.Load(); n != 64<<10 {
+		t.Errorf("Fetched %d after reading 4 MiB that hold 64 KiB of data, want %d", n, 64<<10)
+	}
+}
+
 func TestClientUnknownExport(t *testing.T) {
 	_, sock := startServer(t, Export{Name: "d", Backend: newMemBackend(1 << 20)})
 	_, err := Dial(context.Background(), Target{Network: "unix", Address: sock, Export: "nope"}, ClientOptions{})

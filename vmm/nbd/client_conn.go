@@ -37,6 +37,7 @@ type call struct {
 	length uint32
 	buf    []byte       // READ: where the data goes
 	extent []statusDesc // BLOCK_STATUS: the descriptors received
+	data   int          // READ: bytes of data received (holes are not data)
 	err    error        // the server's error (an Errno), or errConnLost
 	done   chan struct{}
 }
@@ -174,6 +175,7 @@ func (cc *clientConn) readSimple() error {
 			close(c.done)
 			return err
 		}
+		c.data = len(c.buf)
 	}
 	close(c.done)
 	return nil
@@ -273,7 +275,8 @@ func (cc *clientConn) readData(c *call, typ uint16, length uint32) error {
 		clear(p)
 		return nil
 	}
-	_, err := io.ReadFull(cc.br, p)
+	n2, err := io.ReadFull(cc.br, p)
+	c.data += n2
 	return err
 }
 

@@ -62,6 +62,8 @@ func runInit() error {
 		return taskWriteUntilError(params)
 	case guestproto.TaskCounter:
 		return taskCounter(params)
+	case guestproto.TaskReadLoop:
+		return taskReadLoop(params)
 	case "":
 		return errors.New("no hibdisk.task= on the kernel command line")
 	default:
@@ -222,6 +224,27 @@ func (d *blockDev) checkPattern(seed string, off int64, n int) error {
 	return nil
 }
 
+// writeEnds writes Pattern(seed) over [0, n) and [size-n, size) and
+// fsyncs.
+func (d *blockDev) writeEnds(seed string, n int64) error {
+	for _, off := range []int64{0, d.size - n} {
+		if err := d.writePattern(seed, off, int(n)); err != nil {
+			return err
+		}
+	}
+	return d.sync()
+}
+
+// checkEnds reads back what writeEnds wrote.
+func (d *blockDev) checkEnds(seed string, n int64) error {
+	for _, off := range []int64{0, d.size - n} {
+		if err := d.checkPattern(seed, off, int(n)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (d *blockDev) sync() error {
 	if err := d.f.Sync(); err != nil {
 		return fmt.Errorf("fsync: %w", err)
@@ -252,18 +275,11 @@ func taskPatterns(params map[string]string) error {
 		return err
 	}
 	seed := params["seed"]
-	for _, off := range []int64{0, d.size - n} {
-		if err := d.writePattern(seed, off, int(n)); err != nil {
-			return err
-		}
-	}
-	if err := d.sync(); err != nil {
+	if err := d.writeEnds(seed, n); err != nil {
 		return err
 	}
-	for _, off := range []int64{0, d.size - n} {
-		if err := d.checkPattern(seed, off, int(n)); err != nil {
-			return err
-		}
+	if err := d.checkEnds(seed, n); err != nil {
+		return err
 	}
 	if sampleLen, err := intParam(params, "sample-len", 0); err != nil {
 		return err

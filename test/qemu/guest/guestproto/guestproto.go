@@ -63,6 +63,16 @@ const (
 	// of that disk (O_DIRECT). With count set it stops after that count
 	// (PASS); otherwise it runs until the machine is stopped.
 	TaskCounter = "counter"
+	// TaskReadLoop writes and fsyncs Pattern(seed) at both ends of disk
+	// as TaskPatterns does (len 0 writes nothing) and notes "written=1";
+	// then it reads [read-off, read-off+read-len) in reads of chunk bytes
+	// (default 1 MiB), round after round, at least rounds rounds (default
+	// 1) and for at least seconds seconds. Every round must read what the
+	// first did: it notes "first-round-ms" when the first round is done,
+	// then the first round's sha256 as "sample", "rounds", "read-bytes"
+	// (the rounds' bytes) and "max-read-ms" (the slowest single read),
+	// and last checks the patterns again.
+	TaskReadLoop = "read-loop"
 )
 
 // CountPrefix starts the counter task's count lines: CountPrefix + N.
