@@ -2,6 +2,7 @@ package diffdisk
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -118,6 +119,12 @@ func verifyExternal(path string, ref disklayer.ParentRef, l disklayer.Layer) (ne
 		if got := serverIdentity(l); got != ref.Stat {
 			return "", fmt.Errorf("the server said %q when this layer was made, and now says %q: it may serve another disk; if the change is intended, `hibdisk rebase -u -b URI -F nbd LAYER` accepts it: %w", ref.Stat, got, disklayer.ErrParentMismatch)
 		}
+		if namesGeneration(ref.Stat) {
+			// A read-only hibdisk export names its layer's uuid and
+			// generation, which change with any content change: the
+			// same trust as a local hibdisk parent's, without reading.
+			return "", nil
+		}
 	}
 	digest, err := rawlayer.DigestReaderAt(l, l.Size())
 	if err != nil {
@@ -187,3 +194,11 @@ func (d *Disk) RemoteBases() []RemoteBase {
 	}
 	return out
 }
+
+// hibdiskExport matches what a read-only `hibdisk serve` export says
+// about itself (cmd/hibdisk describe): its layer's uuid and generation.
+var hibdiskExport = regexp.MustCompile(`^description=hibdisk .*, layer [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12} generation [1-9][0-9]*$`)
+
+// namesGeneration reports whether an NBD parent's recorded server
+// identity is a read-only hibdisk export's.
+func namesGeneration(stat string) bool { return hibdiskExport.MatchString(stat) }

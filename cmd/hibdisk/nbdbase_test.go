@@ -84,3 +84,38 @@ func TestNBDBase(t *testing.T) {
 		t.Errorf("compare after rebase -u onto a local copy: %+v", out)
 	}
 }
+
+// TestNBDBaseGenerationMoved: a base served read-only by hibdisk is
+// identified by its layer's uuid and generation without reading it; once
+// the base is written (its generation moves) and served again, a child
+// made over its old content is refused.
+func TestNBDBaseGenerationMoved(t *testing.T) {
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
+	dir := testDir(t)
+	makeGolden(t, dir, "8M")
+	mustHib(t, dir, "convert", "golden.img", "golden.db")
+	sock := filepath.Join(dir, "base.sock")
+	uri := "nbd+unix:///?socket=" + sock
+	base := holdLayer(t, dir, "--read-only", "--socket", sock, "golden.db")
+	mustHib(t, dir, "create", "-b", uri, "-F", "nbd", "job.db")
+	base.Process.Kill()
+	base.Wait()
+
+	stop := startServer(t, dir, "--socket", filepath.Join(dir, "w.sock"), "golden.db")
+	qemuIO(t, "nbd+unix:///?socket="+filepath.Join(dir, "w.sock"), "write -P 0x17 7M 4k")
+	if res := stop(); res.code != 0 {
+		t.Fatalf("serve golden.db: exit %d: %s", res.code, res.stderr)
+	}
+	holdLayer(t, dir, "--read-only", "--socket", sock, "golden.db")
+	r := hib(t, dir, "compare", "job.db", "golden.img")
+	if r.code == 0 || !strings.Contains(r.stderr, "generation") || !strings.Contains(r.stderr, "may serve another disk") {
+		t.Fatalf("compare over a base whose generation moved: exit %d, %q", r.code, r.stderr)
+	}
+	// What the user does when the change is intended.
+	mustHib(t, dir, "rebase", "-u", "-b", uri, "-F", "nbd", "job.db")
+	mustHib(t, dir, "compare", "job.db", "golden.db")
+	// Onto the local base, so the check at the end of the test (after the
+	// server is gone) can open the chain.
+	mustHib(t, dir, "rebase", "-u", "-b", "golden.db", "job.db")
+}
