@@ -14,16 +14,25 @@ import (
 
 // ConvertOptions describe the output of Convert.
 type ConvertOptions struct {
-	// Format of the output: disklayer.FormatHibdisk (the default) or
-	// disklayer.FormatRaw.
+	// Format of the output: disklayer.FormatHibdisk (the default),
+	// disklayer.FormatRaw, or one qemu-img writes (QemuImgFormat: qcow2,
+	// vmdk, vhdx, vdi, vpc).
 	Format string
+	// FormatOptions are qemu-img's -o options for a format it writes
+	// ("compat=0.10", "subformat=streamOptimized", "cluster_size=2M"),
+	// passed through; Compressed is its -c. Neither applies to hibdisk
+	// or raw outputs.
+	FormatOptions string
+	Compressed    bool
 	// SectorSize of a hibdisk output; 0 means the largest power of two
 	// up to disklayer.DefaultSectorSize that divides the source size.
 	SectorSize int
 	// Label of a hibdisk output.
 	Label string
 	// Progress, when set, is called with the bytes of the source done so
-	// far and its size, after each chunk.
+	// far and its size, after each chunk; for a format qemu-img writes,
+	// whenever qemu-img's own progress (-p) moves, which counts what it
+	// has written, holes included, and ends at 100%.
 	Progress func(done, total int64)
 }
 
@@ -34,10 +43,14 @@ type ConvertOptions struct {
 // exist. The copy is written under a temporary name beside dst
 // (".NAME.partial-RANDOM"), flushed and closed, and only then linked into
 // place, so a killed run never leaves a partial image at dst; on failure
-// the temporary file is removed.
+// the temporary file is removed. A format qemu-img writes is written by
+// qemu-img reading src over NBD (see convertQemu), the same way.
 func Convert(src disklayer.Layer, dst string, opts ConvertOptions) (err error) {
 	if _, err := os.Lstat(dst); err == nil {
 		return fmt.Errorf("convert to %q: %w", dst, os.ErrExist)
+	}
+	if err := checkQemuImgOptions(opts); err != nil {
+		return fmt.Errorf("convert to %q: %w", dst, err)
 	}
 	tmp, err := partialName(dst)
 	if err != nil {
@@ -48,13 +61,10 @@ func Convert(src disklayer.Layer, dst string, opts ConvertOptions) (err error) {
 			removeLayerFiles(tmp)
 		}
 	}()
-	out, err := createOutput(src, tmp, opts)
-	if err != nil {
-		return fmt.Errorf("convert to %q: %w", dst, err)
-	}
-	err = copyView(out, src, opts.Progress)
-	if cerr := out.Close(); err == nil {
-		err = cerr // a hibdisk output's Close folds its WAL into the file
+	if QemuImgFormat(opts.Format) {
+		err = convertQemu(src, tmp, dst, opts)
+	} else {
+		err = convertNative(src, tmp, opts)
 	}
 	if err == nil {
 		err = publish(tmp, dst)
@@ -63,6 +73,19 @@ func Convert(src disklayer.Layer, dst string, opts ConvertOptions) (err error) {
 		return fmt.Errorf("convert to %q: %w", dst, err)
 	}
 	return nil
+}
+
+// convertNative writes src's view into a new hibdisk or raw image at tmp.
+func convertNative(src disklayer.Layer, tmp string, opts ConvertOptions) error {
+	out, err := createOutput(src, tmp, opts)
+	if err != nil {
+		return err
+	}
+	err = copyView(out, src, opts.Progress)
+	if cerr := out.Close(); err == nil {
+		err = cerr // a hibdisk output's Close folds its WAL into the file
+	}
+	return err
 }
 
 // partialName is a fresh temporary name beside path.

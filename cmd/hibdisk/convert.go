@@ -12,23 +12,28 @@ func init() {
 }
 
 func runConvert(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "convert", "[-p] [-O hibdisk|raw] [--sector-size N] SRC DST")
+	fs := newFlags(e, "convert", "[-p] [-O hibdisk|raw|"+qemuFormats+"] [-o OPTIONS] [-c] [--sector-size N] SRC DST")
 	progress := fs.Bool("p", false, "show progress")
-	format := fs.String("O", "hibdisk", "output format: hibdisk or raw")
+	format := fs.String("O", "hibdisk", "output format: hibdisk, raw, or one qemu-img writes: "+qemuFormats)
 	sectorSize := fs.Int("sector-size", 0, "sector size of a hibdisk output (default: 4096 when the size allows)")
+	var q qemuFlags
+	q.register(fs)
 	pos, err := parseArgs(fs, args, 2, 2)
 	if err != nil {
 		return err
 	}
-	if *format != "hibdisk" && *format != "raw" {
-		return usagef("-O %q: want hibdisk or raw", *format)
+	if *format != "hibdisk" && *format != "raw" && !diffdisk.QemuImgFormat(*format) {
+		return usagef("-O %q: want hibdisk, raw, %s", *format, qemuFormats)
+	}
+	if err := q.check(*format); err != nil {
+		return err
 	}
 	src, err := diffdisk.OpenImage(pos[0])
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	opts := diffdisk.ConvertOptions{Format: *format, SectorSize: *sectorSize}
+	opts := diffdisk.ConvertOptions{Format: *format, SectorSize: *sectorSize, FormatOptions: q.options, Compressed: q.compressed}
 	if *progress {
 		p := newProgress(e)
 		opts.Progress = p.update

@@ -16,27 +16,7 @@ import (
 // makes a complete copy.
 func TestConvertKilledLeavesNoImage(t *testing.T) {
 	dir := testDir(t)
-	src := filepath.Join(dir, "src.img")
-	f, err := os.Create(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// 128 MiB of random data spread over 512 MiB: long enough to kill.
-	rng := rand.New(rand.NewPCG(1, 2))
-	chunk := make([]byte, 1<<20)
-	for i := range 128 {
-		for j := range chunk {
-			chunk[j] = byte(rng.Uint32())
-		}
-		if _, err := f.WriteAt(chunk, int64(i)*4<<20); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Truncate(512 << 20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-
+	writeKillSource(t, filepath.Join(dir, "src.img"))
 	cmd := exec.Command(hibdiskBinary(t), "convert", "src.img", "dst.db")
 	cmd.Dir = dir
 	if err := cmd.Start(); err != nil {
@@ -93,4 +73,28 @@ func removeLeftover(t *testing.T, p string) {
 	for _, s := range []string{"", "-wal", "-shm"} {
 		os.Remove(p + s)
 	}
+}
+
+// writeKillSource writes a raw image a convert takes long enough to copy
+// to be killed halfway: 128 MiB of random data spread over 512 MiB.
+func writeKillSource(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	chunk := make([]byte, 1<<20)
+	for i := range 128 {
+		for j := range chunk {
+			chunk[j] = byte(rng.Uint32())
+		}
+		if _, err := f.WriteAt(chunk, int64(i)*4<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Truncate(512 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 }

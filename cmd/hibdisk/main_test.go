@@ -235,7 +235,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"check", "junk.bin"}, 1, "junk.bin"},
 		{[]string{"commit", "base.db"}, 1, "base"},
 		{[]string{"compare", "base.db", "missing.db"}, 2, "missing.db"},
-		{[]string{"convert", "-O", "qcow2", "base.db", "x.img"}, 2, "qcow2"},
+		{[]string{"convert", "-O", "qed", "base.db", "x.img"}, 2, "qed"},
 		{[]string{"convert", "base.db", "raw.img"}, 1, "exists"},
 		{[]string{"resize", "base.db", "512K"}, 1, "shrink"},
 		{[]string{"rebase", "base.db"}, 2, "-b NEWBASE"},

@@ -23,8 +23,9 @@ const module = "github.com/hibdisk/hibdisk/"
 //	disklayer                                the layer contract: nothing of the module
 //	disklayer/sqlitelayer                    the SQLite layer format
 //	disklayer/{memlayer,rawlayer,layertest}  other layers, conformance
-//	diffdisk                                 chains
-//	hibfile, datastore, inspect, vmm/nbddisk what a layer chain holds and exports
+//	vmm/nbddisk                              a layer exported over NBD
+//	diffdisk                                 chains; convert (qemu-img reads over NBD)
+//	hibfile, datastore, inspect              what a layer chain holds
 //	vmm/qemu                                 machines
 //	internal/checkers, internal/checktest    every check linked in, for tests
 //	cmd/hibdisk                              the CLI: no internal/ package
@@ -43,7 +44,7 @@ var allowed = map[string][]string{
 	"disklayer/rawlayer":         {"disklayer", "internal/lock"},
 	"disklayer/layertest":        {"disklayer", "disklayer/memlayer"},
 	"disklayer/nbdlayer":         {"disklayer", "vmm/nbd"},
-	"diffdisk":                   {"disklayer", "disklayer/nbdlayer", "disklayer/rawlayer", "disklayer/sqlitelayer", "vmm/nbd"},
+	"diffdisk":                   {"disklayer", "disklayer/nbdlayer", "disklayer/rawlayer", "disklayer/sqlitelayer", "vmm/nbd", "vmm/nbddisk"},
 	"hibfile":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/schema", "internal/store"},
 	"datastore":                  {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/store"},
 	"inspect":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer"},

@@ -1,4 +1,4 @@
-package nbddisk
+package nbddisk_test
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/memlayer"
 	"github.com/hibdisk/hibdisk/vmm/nbd"
+	"github.com/hibdisk/hibdisk/vmm/nbddisk"
 )
 
 type run struct {
@@ -46,7 +47,7 @@ func newStack(t *testing.T) *diffdisk.Disk {
 }
 
 func TestBlockStatus(t *testing.T) {
-	b := New(newStack(t))
+	b := nbddisk.New(newStack(t))
 	var got []run
 	if err := b.BlockStatus(0, 1<<20, func(off, length int64, state uint32) bool {
 		got = append(got, run{off, length, state})
@@ -67,7 +68,7 @@ func TestBlockStatus(t *testing.T) {
 }
 
 func TestReadSparse(t *testing.T) {
-	b := New(newStack(t))
+	b := nbddisk.New(newStack(t))
 	p := make([]byte, 128<<10)
 	var zeros []run
 	if err := b.ReadSparse(p, 0, func(off, length int64) { zeros = append(zeros, run{off, length, 0}) }); err != nil {
@@ -106,14 +107,14 @@ func TestErrorsMapToNBD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := New(ro)
+	b := nbddisk.New(ro)
 	if _, err := b.WriteAt([]byte{1}, 0); !errors.Is(err, nbd.EPERM) {
 		t.Errorf("write on a read-only chain: %v, want EPERM", err)
 	}
 	if err := b.Zero(0, 4096); !errors.Is(err, nbd.EPERM) {
 		t.Errorf("zero on a read-only chain: %v, want EPERM", err)
 	}
-	rw := New(d)
+	rw := nbddisk.New(d)
 	if _, err := rw.ReadAt(make([]byte, 10), 1<<20-5); !errors.Is(err, nbd.EINVAL) || !errors.Is(err, disklayer.ErrOutOfRange) {
 		t.Errorf("read past the end: %v, want EINVAL wrapping ErrOutOfRange", err)
 	}
