@@ -22,6 +22,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //	internal/schema                          the format, over store
 //	disklayer                                the layer contract: nothing of the module
 //	disklayer/sqlitelayer                    the SQLite layer format
+//	disklayer/openvmmlayer                   OpenVMM's disklayer_sqlite files
 //	disklayer/{memlayer,rawlayer,layertest}  other layers, conformance
 //	diffdisk                                 chains
 //	hibfile, datastore, inspect, vmm/nbddisk what a layer chain holds and exports
@@ -39,6 +40,8 @@ var allowed = map[string][]string{
 	"vmm/qemu/guestkit":          nil,
 	"disklayer":                  nil,
 	"disklayer/sqlitelayer":      {"disklayer", "internal/lock", "internal/schema", "internal/store"},
+	"disklayer/openvmmlayer":     {"disklayer", "internal/store"},
+	"internal/openvmmtest":       {"internal/testenv"},
 	"disklayer/memlayer":         {"disklayer"},
 	"disklayer/rawlayer":         {"disklayer", "internal/lock"},
 	"disklayer/layertest":        {"disklayer", "disklayer/memlayer"},
