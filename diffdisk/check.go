@@ -103,6 +103,9 @@ func Repair(path string, opts sqlitelayer.RepairOptions) (*sqlitelayer.Report, e
 // (verifyRaw): the sampled digest, and the whole content when the file's
 // identity changed since the child recorded it.
 func rawDigestMatches(parentPath string, ref disklayer.ParentRef) error {
+	if ref.Format == disklayer.FormatOpenVMM {
+		return checkOpenVMMParent(parentPath, ref)
+	}
 	_, err := verifyRaw(parentPath, ref)
 	return err
 }

@@ -14,11 +14,12 @@ import (
 
 // ConvertOptions describe the output of Convert.
 type ConvertOptions struct {
-	// Format of the output: disklayer.FormatHibdisk (the default) or
-	// disklayer.FormatRaw.
+	// Format of the output: disklayer.FormatHibdisk (the default),
+	// disklayer.FormatRaw or disklayer.FormatOpenVMM.
 	Format string
 	// SectorSize of a hibdisk output; 0 means the largest power of two
 	// up to disklayer.DefaultSectorSize that divides the source size.
+	// For an openvmm output, 0 means the source's sector size.
 	SectorSize int
 	// Label of a hibdisk output.
 	Label string
@@ -109,6 +110,8 @@ func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklay
 		return sqlitelayer.Create(dst, sqlitelayer.CreateOptions{Size: size, SectorSize: ss, Label: opts.Label})
 	case disklayer.FormatRaw:
 		return rawlayer.Create(dst, size)
+	case disklayer.FormatOpenVMM:
+		return createOpenVMMOutput(src, dst, opts.SectorSize)
 	}
 	return nil, fmt.Errorf("output format %q (want %s or %s): %w", opts.Format, disklayer.FormatHibdisk, disklayer.FormatRaw, disklayer.ErrInvalid)
 }

@@ -24,9 +24,10 @@ type CreateOptions struct {
 	// "" creates a base layer. The layer records it relative to its own
 	// directory.
 	Backing string
-	// BackingFormat is "hibdisk", "raw" or "". "" is accepted only when
-	// the backing file is a hibdisk layer: a raw backing file must be
-	// named as such ("-F raw"), it is never guessed.
+	// BackingFormat is "hibdisk", "raw", "openvmm" or "". "" is accepted
+	// only when the backing file is a hibdisk layer: a raw backing file
+	// must be named as such ("-F raw"), it is never guessed, and so must
+	// an OpenVMM file ("-F openvmm").
 	BackingFormat string
 	Label         string
 }
@@ -69,7 +70,7 @@ func create(path string, opts CreateOptions) error {
 	}
 	if sectorSize == 0 {
 		sectorSize = backing.SectorSize()
-		if ref.Format == disklayer.FormatRaw {
+		if ref.Format == disklayer.FormatRaw || ref.Format == disklayer.FormatOpenVMM {
 			sectorSize = rawDiffSectorSize(size)
 		}
 	}
@@ -116,6 +117,8 @@ func backingFormat(backing, format string) (string, error) {
 		return format, nil
 	case disklayer.FormatRaw:
 		return format, nil
+	case disklayer.FormatOpenVMM:
+		return format, requireOpenVMM(backing)
 	}
 	return "", fmt.Errorf("backing format %q is neither %q nor %q: %w", format, disklayer.FormatHibdisk, disklayer.FormatRaw, disklayer.ErrInvalid)
 }
@@ -133,6 +136,9 @@ func openBacking(childPath, backing, format string) (*Disk, *disklayer.ParentRef
 		return nil, nil, err
 	}
 	ref := &disklayer.ParentRef{Path: rel, Format: format}
+	if format == disklayer.FormatOpenVMM {
+		return openOpenVMMBacking(backing, ref)
+	}
 	if format == disklayer.FormatRaw {
 		// Held stable while its identity is taken: nobody may write it
 		// between the digest and the child's creation.

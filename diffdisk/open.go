@@ -30,7 +30,8 @@ func Open(path string, opts Options) (*Disk, error) {
 
 // OpenImage opens the input of a read-only command: a hibdisk layer
 // (recognised by its header, sqlitelayer.IsLayer) as its whole chain,
-// anything else as a raw image. The Disk is read-only.
+// an OpenVMM disklayer_sqlite file as its one layer, anything else as a
+// raw image. The Disk is read-only.
 func OpenImage(path string) (*Disk, error) {
 	return openImage(path, false)
 }
@@ -49,6 +50,9 @@ func openImage(path string, stable bool) (*Disk, error) {
 	}
 	if isLayer {
 		return Open(path, Options{ReadOnly: true, HoldStable: stable})
+	}
+	if d, ok, err := openOpenVMMImage(path); ok || err != nil {
+		return d, err
 	}
 	if err := refuseForeign(path); err != nil {
 		return nil, fmt.Errorf("open image %q: %w", path, err)
@@ -188,6 +192,9 @@ func openParent(link, path string, ref disklayer.ParentRef, writable, strict boo
 			*restat = newStat
 		}
 		return raw, st, nil, nil
+	case disklayer.FormatOpenVMM:
+		l, err := openOpenVMMParent(link, path, ref, writable, restat)
+		return l, st, nil, err
 	}
 	return nil, nil, nil, fmt.Errorf("%s: unknown parent format %q: %w", link, ref.Format, disklayer.ErrCorrupt)
 }
@@ -236,8 +243,8 @@ func verifyRaw(path string, ref disklayer.ParentRef) (newStat string, err error)
 
 // describeRef names the identity a child recorded for its parent.
 func describeRef(ref disklayer.ParentRef) string {
-	if ref.Format == disklayer.FormatRaw {
-		return fmt.Sprintf("raw image of %d bytes with digest %s", ref.Size, ref.Digest)
+	if ref.Format != disklayer.FormatHibdisk {
+		return fmt.Sprintf("%s image of %d bytes with digest %s", ref.Format, ref.Size, ref.Digest)
 	}
 	return fmt.Sprintf("hibdisk layer %s of %d bytes", ref.UUID, ref.Size)
 }
@@ -300,7 +307,7 @@ func refuseForeign(path string) error {
 	case rawlayer.FormatSQLite:
 		return fmt.Errorf("%q is an SQLite database but not a hibdisk layer (no hibdisk application_id), not a raw image: %w", path, disklayer.ErrForeignFormat)
 	case rawlayer.FormatOpenVMM:
-		return fmt.Errorf("%q is an OpenVMM disklayer_sqlite file, which hibdisk does not read yet, not a raw image: %w", path, disklayer.ErrForeignFormat)
+		return fmt.Errorf("%q is an OpenVMM disklayer_sqlite file, not a raw image; as a backing file, name it with -F %s: %w", path, disklayer.FormatOpenVMM, disklayer.ErrForeignFormat)
 	}
 	return fmt.Errorf("%q is a %s image (found by its magic number), not raw; hibdisk does not read %s yet: convert it first (qemu-img convert -O raw %s IMAGE.img): %w",
 		path, format, format, path, disklayer.ErrForeignFormat)

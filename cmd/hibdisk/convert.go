@@ -12,16 +12,16 @@ func init() {
 }
 
 func runConvert(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "convert", "[-p] [-O hibdisk|raw] [--sector-size N] SRC DST")
+	fs := newFlags(e, "convert", "[-p] [-O hibdisk|raw|openvmm] [--sector-size N] SRC DST")
 	progress := fs.Bool("p", false, "show progress")
-	format := fs.String("O", "hibdisk", "output format: hibdisk or raw")
-	sectorSize := fs.Int("sector-size", 0, "sector size of a hibdisk output (default: 4096 when the size allows)")
+	format := fs.String("O", "hibdisk", "output format: hibdisk, raw or openvmm (OpenVMM's disklayer_sqlite)")
+	sectorSize := fs.Int("sector-size", 0, "sector size of a hibdisk output (default: 4096 when the size allows) or an openvmm one (default: the source's)")
 	pos, err := parseArgs(fs, args, 2, 2)
 	if err != nil {
 		return err
 	}
-	if *format != "hibdisk" && *format != "raw" {
-		return usagef("-O %q: want hibdisk or raw", *format)
+	if *format != "hibdisk" && *format != "raw" && *format != "openvmm" {
+		return usagef("-O %q: want hibdisk, raw or openvmm", *format)
 	}
 	src, err := diffdisk.OpenImage(pos[0])
 	if err != nil {

@@ -115,11 +115,14 @@ func format(conn *sqlite3.Conn, info Info) error {
 }
 
 // pageSize is the page size of a new file with sectors of ss bytes.
-// OpenVMM's files have SQLite's default of 4096, which suits 512-byte
-// sectors (seven rows a page); a sector of 4096 bytes or more cannot
-// share a 4 KiB page with its row header and would spill every row into
-// an overflow page, doubling the file, so larger sectors get 64 KiB
-// pages. SQLite reads any page size, OpenVMM's too.
+// OpenVMM's files have SQLite's default of 4096, kept for 512-byte
+// sectors (seven rows a page). A row of 4096 bytes or more does not fit
+// a 4 KiB page and spills into an overflow page; 64 KiB pages hold
+// fifteen. Measured on this 2-core machine, 64 MiB of random data in a
+// 256 MiB image, as 4096-byte sectors: 4 KiB pages 2.5 s to write, 0.56 s
+// to compare, 75.5 MB; 64 KiB pages 1.4 s, 0.30 s, 71.8 MB. (512-byte
+// sectors on 4 KiB pages: 1.75 s, 0.44 s, 76.9 MB.) SQLite, and so
+// OpenVMM, reads any page size.
 func pageSize(ss int) int {
 	if ss < 4096 {
 		return 4096

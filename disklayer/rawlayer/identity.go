@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/hibdisk/hibdisk/disklayer"
 )
 
 // ContentPrefix names the whole-content digest format (ContentDigest).
@@ -133,4 +135,39 @@ func ContentDigest(path string) (string, int64, error) {
 		}
 	}
 	return ContentPrefix + hex.EncodeToString(h.Sum(nil)), size, nil
+}
+
+// ViewContentDigest is ContentDigest of what l shows (its ReadAt), for
+// a layer whose file bytes are not its content (an OpenVMM file): the
+// same "sha256-content:" digest a raw image of that content has. Ranges
+// l reports as Absent or Zero are not read.
+func ViewContentDigest(l disklayer.Layer) (string, error) {
+	size := l.Size()
+	h := sha256.New()
+	var word [8]byte
+	binary.BigEndian.PutUint64(word[:], uint64(size))
+	h.Write(word[:])
+	buf, zero := make([]byte, contentChunk), make([]byte, contentChunk)
+	next := int64(0) // chunks below this one are hashed
+	for e, err := range l.Extents(0, size) {
+		if err != nil {
+			return "", fmt.Errorf("content digest of layer: %w", err)
+		}
+		if e.Kind != disklayer.Data {
+			continue
+		}
+		for c := max(next, e.Off/contentChunk); c*contentChunk < e.End(); c++ {
+			p := buf[:min(contentChunk, size-c*contentChunk)]
+			if _, err := l.ReadAt(p, c*contentChunk); err != nil {
+				return "", fmt.Errorf("content digest of layer: %w", err)
+			}
+			if !bytes.Equal(p, zero[:len(p)]) {
+				binary.BigEndian.PutUint64(word[:], uint64(c))
+				h.Write(word[:])
+				h.Write(p)
+			}
+			next = c + 1
+		}
+	}
+	return ContentPrefix + hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -54,10 +54,10 @@ func (r *Report) String() string {
 
 // CheckOptions extend Check.
 type CheckOptions struct {
-	// VerifyRawParent, if set, compares a raw parent's content digest with
-	// the stored one (rawlayer provides the digest; sqlitelayer does not
-	// import it). parentPath is resolved. Without it the digest is not
-	// compared and the Report says so in Notes.
+	// VerifyRawParent, if set, compares a raw or openvmm parent's content
+	// digest with the stored one (rawlayer provides the digest;
+	// sqlitelayer does not import it). parentPath is resolved. Without it
+	// the digest is not compared and the Report says so in Notes.
 	VerifyRawParent func(parentPath string, ref disklayer.ParentRef) error
 }
 
@@ -297,21 +297,26 @@ func checkParent(childPath string, ref disklayer.ParentRef, opts CheckOptions, r
 		r.problemf("%v", err)
 		return
 	}
-	if ref.Format != disklayer.FormatRaw {
+	if ref.Format == disklayer.FormatHibdisk {
 		return
 	}
 	if opts.VerifyRawParent == nil {
-		r.Notes = append(r.Notes, fmt.Sprintf("raw parent %q: size matches; content digest not compared", parentPath))
+		checked := "size matches"
+		if ref.Format == disklayer.FormatOpenVMM {
+			checked = "reachable"
+		}
+		r.Notes = append(r.Notes, fmt.Sprintf("%s parent %q: %s; content digest not compared", ref.Format, parentPath, checked))
 		return
 	}
 	if err := opts.VerifyRawParent(parentPath, ref); err != nil {
-		r.problemf("raw parent %q: %v", parentPath, err)
+		r.problemf("%s parent %q: %v", ref.Format, parentPath, err)
 	}
 }
 
 // VerifyParent checks that the parent ref of the layer at childPath is
 // reachable and matches: a hibdisk parent by uuid and size, a raw parent
-// by size (its digest is rawlayer's to compare). A mismatch or a missing
+// by size (its digest is rawlayer's to compare), an openvmm parent only
+// by being there (its size is in its own meta row). A mismatch or a missing
 // parent wraps ErrParentMismatch and names both sides.
 func VerifyParent(childPath string, ref disklayer.ParentRef) error {
 	parentPath := ref.ResolvePath(childPath)
@@ -328,6 +333,8 @@ func VerifyParent(childPath string, ref disklayer.ParentRef) error {
 			return mismatch("raw image is %d bytes, the layer was created over %d bytes", st.Size(), ref.Size)
 		}
 		return nil
+	case disklayer.FormatOpenVMM:
+		return nil // its size is in its meta row: VerifyRawParent compares it
 	case disklayer.FormatHibdisk:
 		parent, err := Open(parentPath, OpenOptions{ReadOnly: true})
 		if err != nil {

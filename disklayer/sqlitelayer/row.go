@@ -29,8 +29,10 @@ func validateParent(r disklayer.ParentRef) error {
 		return fmt.Errorf("parent generation %d is negative", r.Generation)
 	case r.Format == disklayer.FormatRaw && r.UUID != "":
 		return errors.New("raw parent with a uuid")
-	case r.Format != disklayer.FormatHibdisk && r.Format != disklayer.FormatRaw:
-		return fmt.Errorf("parent format %q is neither %q nor %q", r.Format, disklayer.FormatHibdisk, disklayer.FormatRaw)
+	case r.Format == disklayer.FormatOpenVMM && (r.UUID != "" || r.Generation != 0):
+		return errors.New("openvmm parent with a uuid or generation")
+	case r.Format != disklayer.FormatHibdisk && r.Format != disklayer.FormatRaw && r.Format != disklayer.FormatOpenVMM:
+		return fmt.Errorf("parent format %q is not %q, %q or %q", r.Format, disklayer.FormatHibdisk, disklayer.FormatRaw, disklayer.FormatOpenVMM)
 	}
 	return nil
 }

@@ -45,7 +45,7 @@ var allowed = map[string][]string{
 	"disklayer/memlayer":         {"disklayer"},
 	"disklayer/rawlayer":         {"disklayer", "internal/lock"},
 	"disklayer/layertest":        {"disklayer", "disklayer/memlayer"},
-	"diffdisk":                   {"disklayer", "disklayer/rawlayer", "disklayer/sqlitelayer"},
+	"diffdisk":                   {"disklayer", "disklayer/openvmmlayer", "disklayer/rawlayer", "disklayer/sqlitelayer"},
 	"hibfile":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/schema", "internal/store"},
 	"datastore":                  {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/store"},
 	"inspect":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer"},
