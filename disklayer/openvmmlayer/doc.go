@@ -35,9 +35,12 @@
 // NULL row. Close checkpoints the WAL into the file, so a closed file is
 // complete on its own and may be copied without its -wal.
 //
-// Open never leaves -wal or -shm files that were not there: a file
-// without a WAL is opened immutable (nothing beside it is created), which
-// assumes nobody writes it while it is open; a file with a WAL (OpenVMM
-// has it open, or a writer stopped without checkpointing) is read through
-// that WAL, read-only.
+// Open never writes the file and leaves no -wal or -shm that was not
+// there: a file without a WAL is opened immutable (nothing beside it is
+// created), which assumes nobody writes it while it is open; a file with
+// a WAL (OpenVMM has it open, or a writer stopped without checkpointing)
+// is read through that WAL, read-only. The one exception: a -wal without
+// its -shm (a copy that left the -shm behind) needs one, and SQLite makes
+// it; Open gives it the file's mode and owner, as SQLite's Unix VFS does
+// for a root process, so that OpenVMM can still open the file.
 package openvmmlayer
