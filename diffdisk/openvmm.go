@@ -31,7 +31,7 @@ func openOpenVMMImage(path string) (d *Disk, ok bool, err error) {
 	}
 	l, err := openvmmlayer.Open(path)
 	if err != nil {
-		return nil, true, fmt.Errorf("open image %q: %w", path, err)
+		return nil, true, err // it names the file
 	}
 	d, err = compose(Options{ReadOnly: true}, []disklayer.Layer{l}, []layerMeta{{path: path, format: disklayer.FormatOpenVMM}})
 	if err != nil {
@@ -48,7 +48,7 @@ func requireOpenVMM(path string) error {
 		return fmt.Errorf("backing file: %w", err)
 	}
 	if !ok {
-		return fmt.Errorf("backing file %q given as %s is not an OpenVMM disklayer_sqlite file: %w", path, disklayer.FormatOpenVMM, disklayer.ErrNotLayer)
+		return fmt.Errorf("backing file %q given as %s is not an OpenVMM disklayer_sqlite file: %w", path, disklayer.FormatOpenVMM, disklayer.ErrInvalid)
 	}
 	return nil
 }
@@ -151,7 +151,7 @@ func verifyOpenVMM(path string, l *openvmmlayer.Layer, ref disklayer.ParentRef) 
 		return "", err
 	}
 	if digest != ref.Digest {
-		return "", fmt.Errorf("digest %s recorded, OpenVMM layer now has %s: it changed after this layer was made over it: %w", ref.Digest, digest, disklayer.ErrParentMismatch)
+		return "", fmt.Errorf("digest %s recorded, OpenVMM layer now has %s: it changed after this layer was made over it; %s: %w", ref.Digest, digest, acceptOpenVMMChange, disklayer.ErrParentMismatch)
 	}
 	stat, err := openVMMStat(path)
 	if err != nil || stat == ref.Stat {
@@ -162,11 +162,14 @@ func verifyOpenVMM(path string, l *openvmmlayer.Layer, ref disklayer.ParentRef) 
 		return "", err
 	}
 	if sum != ref.SHA256 {
-		return "", fmt.Errorf("content %s recorded, OpenVMM layer now has %s (file was %s, is now %s): it changed after this layer was made over it; if the change is intended, `hibdisk rebase -u -b FILE -F openvmm LAYER` accepts it: %w",
-			ref.SHA256, sum, ref.Stat, stat, disklayer.ErrParentMismatch)
+		return "", fmt.Errorf("content %s recorded, OpenVMM layer now has %s (file was %s, is now %s): it changed after this layer was made over it; %s: %w",
+			ref.SHA256, sum, ref.Stat, stat, acceptOpenVMMChange, disklayer.ErrParentMismatch)
 	}
 	return stat, nil
 }
+
+// acceptOpenVMMChange says how to accept a changed OpenVMM base.
+const acceptOpenVMMChange = "if the change is intended, `hibdisk rebase -u -b FILE -F openvmm LAYER` accepts it"
 
 // checkOpenVMMParent is Check's comparison of an OpenVMM parent's
 // content (sqlitelayer.CheckOptions.VerifyRawParent).
