@@ -104,9 +104,12 @@ func Repair(path string, opts sqlitelayer.RepairOptions) (*sqlitelayer.Report, e
 // digest, and the whole content when the files' identity changed since
 // the child recorded it.
 func externalParentMatches(parentPath string, ref disklayer.ParentRef) error {
-	if ref.Format == disklayer.FormatRaw {
+	switch ref.Format {
+	case disklayer.FormatRaw:
 		_, err := verifyRaw(parentPath, ref)
 		return err
+	case disklayer.FormatOpenVMM:
+		return checkOpenVMMParent(parentPath, ref)
 	}
 	l, err := openExternal(parentPath, ref.Format, Options{})
 	if err != nil {

@@ -15,8 +15,8 @@ import (
 // ConvertOptions describe the output of Convert.
 type ConvertOptions struct {
 	// Format of the output: disklayer.FormatHibdisk (the default),
-	// disklayer.FormatRaw, or one qemu-img writes (QemuImgFormat: qcow2,
-	// vmdk, vhdx, vdi, vpc).
+	// disklayer.FormatRaw, disklayer.FormatOpenVMM, or one qemu-img
+	// writes (QemuImgFormat: qcow2, vmdk, vhdx, vdi, vpc).
 	Format string
 	// FormatOptions are qemu-img's -o options for a format it writes
 	// ("compat=0.10", "subformat=streamOptimized", "cluster_size=2M"),
@@ -26,6 +26,7 @@ type ConvertOptions struct {
 	Compressed    bool
 	// SectorSize of a hibdisk output; 0 means the largest power of two
 	// up to disklayer.DefaultSectorSize that divides the source size.
+	// For an openvmm output, 0 means the source's sector size.
 	SectorSize int
 	// Label of a hibdisk output.
 	Label string
@@ -132,6 +133,8 @@ func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklay
 		return sqlitelayer.Create(dst, sqlitelayer.CreateOptions{Size: size, SectorSize: ss, Label: opts.Label})
 	case disklayer.FormatRaw:
 		return rawlayer.Create(dst, size)
+	case disklayer.FormatOpenVMM:
+		return createOpenVMMOutput(src, dst, opts.SectorSize)
 	}
 	return nil, fmt.Errorf("output format %q (want %s or %s): %w", opts.Format, disklayer.FormatHibdisk, disklayer.FormatRaw, disklayer.ErrInvalid)
 }

@@ -26,9 +26,10 @@ type CreateOptions struct {
 	// "" creates a base layer. The layer records it relative to its own
 	// directory.
 	Backing string
-	// BackingFormat is "hibdisk", "raw" or "". "" is accepted only when
-	// the backing file is a hibdisk layer: a raw backing file must be
-	// named as such ("-F raw"), it is never guessed.
+	// BackingFormat is "hibdisk", "raw", "openvmm" or "". "" is accepted
+	// only when the backing file is a hibdisk layer: a raw backing file
+	// must be named as such ("-F raw"), it is never guessed, and so must
+	// an OpenVMM file ("-F openvmm").
 	BackingFormat string
 	Label         string
 }
@@ -132,6 +133,8 @@ func backingFormat(backing, format string) (string, error) {
 			return "", fmt.Errorf("backing file %q given as %s is not a %s image (its magic number says %s): %w", backing, format, format, describeDetected(detected), disklayer.ErrInvalid)
 		}
 		return format, nil
+	case format == disklayer.FormatOpenVMM:
+		return format, requireOpenVMM(backing)
 	}
 	return "", fmt.Errorf("backing format %q is not one of %s: %w", format, strings.Join(disklayer.ParentFormats(), ", "), disklayer.ErrInvalid)
 }
@@ -176,6 +179,9 @@ func openBacking(childPath, backing, format string) (*Disk, *disklayer.ParentRef
 		if rel, err = relativeTo(childPath, backing); err != nil {
 			return nil, nil, err
 		}
+	}
+	if format == disklayer.FormatOpenVMM {
+		return openOpenVMMBacking(backing, &disklayer.ParentRef{Path: rel, Format: format})
 	}
 	// Held stable while its identity is taken: nobody may write it
 	// between the digest and the child's creation.

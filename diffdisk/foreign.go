@@ -8,6 +8,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/nbdlayer"
+	"github.com/hibdisk/hibdisk/disklayer/openvmmlayer"
 	"github.com/hibdisk/hibdisk/disklayer/rawlayer"
 	"github.com/hibdisk/hibdisk/vmm/nbd"
 )
@@ -40,6 +41,8 @@ func openExternal(path, format string, opts Options) (disklayer.Layer, error) {
 		l, err = nonNil(nbdlayer.OpenImage(path, format))
 	case format == disklayer.FormatRaw:
 		l, err = nonNil(rawlayer.Open(path, true, rawlayer.HoldStable()))
+	case format == disklayer.FormatOpenVMM:
+		l, err = nonNil(openvmmlayer.Open(path))
 	default:
 		err = fmt.Errorf("%q: unknown image format %q: %w", path, format, disklayer.ErrInvalid)
 	}
@@ -168,6 +171,8 @@ func detectedFormat(path string) (string, error) {
 		return disklayer.FormatRaw, nil
 	case disklayer.IsQEMUFormat(format):
 		return format, nil
+	case format == rawlayer.FormatOpenVMM:
+		return disklayer.FormatOpenVMM, nil
 	}
 	return "", refuseForeign(path, format)
 }

@@ -33,7 +33,8 @@ func Open(path string, opts Options) (*Disk, error) {
 
 // OpenImage opens the input of a read-only command: a hibdisk layer
 // (recognised by its header, sqlitelayer.IsLayer) as its whole chain,
-// anything else as a raw image. The Disk is read-only.
+// an OpenVMM disklayer_sqlite file as its one layer, anything else as a
+// raw image. The Disk is read-only.
 func OpenImage(path string) (*Disk, error) {
 	return OpenImageWith(path, Options{})
 }
@@ -206,6 +207,10 @@ func openParent(link, path string, ref disklayer.ParentRef, writable bool, opts 
 		}
 		return l, st, nil, nil
 	}
+	if ref.Format == disklayer.FormatOpenVMM {
+		l, err := openOpenVMMParent(link, path, ref, writable, restat)
+		return l, st, nil, err
+	}
 	return nil, nil, nil, fmt.Errorf("%s: unknown parent format %q: %w", link, ref.Format, disklayer.ErrCorrupt)
 }
 
@@ -366,7 +371,7 @@ func refuseForeign(path, format string) error {
 	case rawlayer.FormatSQLite:
 		return fmt.Errorf("%q is an SQLite database but not a hibdisk layer (no hibdisk application_id), not a raw image: %w", path, disklayer.ErrForeignFormat)
 	case rawlayer.FormatOpenVMM:
-		return fmt.Errorf("%q is an OpenVMM disklayer_sqlite file, which hibdisk does not read yet, not a raw image: %w", path, disklayer.ErrForeignFormat)
+		return fmt.Errorf("%q is an OpenVMM disklayer_sqlite file, not a raw image; as a backing file, name it with -F %s: %w", path, disklayer.FormatOpenVMM, disklayer.ErrForeignFormat)
 	case rawlayer.FormatLUKS:
 		return fmt.Errorf("%q is a LUKS encrypted image, which hibdisk does not read (it needs a key): open it with qemu-nbd --object secret,... or cryptsetup and give hibdisk the NBD export or the decrypted device: %w", path, disklayer.ErrForeignFormat)
 	}

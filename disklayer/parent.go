@@ -13,6 +13,9 @@ const (
 	// FormatNBD is an export of an NBD server; ParentRef.Path holds its
 	// URI.
 	FormatNBD = "nbd"
+	// FormatOpenVMM is an OpenVMM disklayer_sqlite file, identified
+	// like a raw image (size, digests of its guest view, file identity).
+	FormatOpenVMM = "openvmm"
 )
 
 // QEMUFormats are the image formats hibdisk reads through QEMU's own code
@@ -24,7 +27,7 @@ func IsQEMUFormat(format string) bool { return slices.Contains(QEMUFormats, form
 
 // ParentFormats lists every format a parent may have, for messages.
 func ParentFormats() []string {
-	return append([]string{FormatHibdisk, FormatRaw, FormatNBD}, QEMUFormats...)
+	return append([]string{FormatHibdisk, FormatRaw, FormatNBD, FormatOpenVMM}, QEMUFormats...)
 }
 
 // KnownParentFormat reports whether format may be stored as a parent's.
@@ -35,10 +38,10 @@ func KnownParentFormat(format string) bool { return slices.Contains(ParentFormat
 // its layer row.
 type ParentRef struct {
 	Path   string // as stored: relative to the child's directory (absolute allowed)
-	Format string // FormatHibdisk, FormatRaw, FormatNBD or one of QEMUFormats
+	Format string // one of ParentFormats
 	UUID   string // hibdisk parent's uuid; "" for raw
 	Size   int64  // parent's size in bytes when attached
-	Digest string // raw parent: digest of size + sampled content; "" for hibdisk
+	Digest string // raw (and openvmm) parent: digest of size + sampled content; "" for hibdisk
 
 	// Generation is a hibdisk parent's generation when attached (see
 	// sqlitelayer/generation.go); 0 when not recorded (older layers).
@@ -50,7 +53,8 @@ type ParentRef struct {
 	// every file of its own backing chain (Stat). An NBD parent records
 	// the sampled Digest of the export and, in Stat, what its server said
 	// about it (the export description), since nothing else identifies a
-	// remote disk.
+	// remote disk. An OpenVMM parent records the digests of its guest
+	// view and the identity of its file and -wal.
 	SHA256 string
 	Stat   string
 }

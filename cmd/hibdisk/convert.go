@@ -12,18 +12,18 @@ func init() {
 }
 
 func runConvert(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "convert", "[-p] [-O hibdisk|raw|"+qemuFormats+"] [-o OPTIONS] [-c] [--sector-size N] SRC DST")
+	fs := newFlags(e, "convert", "[-p] [-O hibdisk|raw|openvmm|"+qemuFormats+"] [-o OPTIONS] [-c] [--sector-size N] SRC DST")
 	progress := fs.Bool("p", false, "show progress")
-	format := fs.String("O", "hibdisk", "output format: hibdisk, raw, or one qemu-img writes: "+qemuFormats)
-	sectorSize := fs.Int("sector-size", 0, "sector size of a hibdisk output (default: 4096 when the size allows)")
+	format := fs.String("O", "hibdisk", "output format: hibdisk, raw, openvmm (OpenVMM's disklayer_sqlite), or one qemu-img writes: "+qemuFormats)
+	sectorSize := fs.Int("sector-size", 0, "sector size of a hibdisk output (default: 4096 when the size allows) or an openvmm one (default: the source's)")
 	var q qemuFlags
 	q.register(fs)
 	pos, err := parseArgs(fs, args, 2, 2)
 	if err != nil {
 		return err
 	}
-	if *format != "hibdisk" && *format != "raw" && !diffdisk.QemuImgFormat(*format) {
-		return usagef("-O %q: want hibdisk, raw, %s", *format, qemuFormats)
+	if *format != "hibdisk" && *format != "raw" && *format != "openvmm" && !diffdisk.QemuImgFormat(*format) {
+		return usagef("-O %q: want hibdisk, raw, openvmm, %s", *format, qemuFormats)
 	}
 	if err := q.check(*format); err != nil {
 		return err

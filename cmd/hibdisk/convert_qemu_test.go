@@ -213,7 +213,7 @@ func TestConvertForeignErrors(t *testing.T) {
 		{[]string{"-O", "qcow2", "-o", "help"}, 1, `qemu-img create -f qcow2 -o help`},
 		{[]string{"-O", "raw", "-o", "compat=1.1"}, 2, `-o and -c are qemu-img's options, for -O qcow2|vmdk|vhdx|vdi|vpc; not for -O raw`},
 		{[]string{"-c"}, 2, `not for -O hibdisk`},
-		{[]string{"-O", "qed"}, 2, `-O "qed": want hibdisk, raw, qcow2|vmdk|vhdx|vdi|vpc`},
+		{[]string{"-O", "qed"}, 2, `-O "qed": want hibdisk, raw, openvmm, qcow2|vmdk|vhdx|vdi|vpc`},
 	}
 	for _, c := range cases {
 		r := hib(t, dir, append(append([]string{"convert"}, c.args...), top, "out")...)

@@ -12,11 +12,11 @@ func init() {
 }
 
 func runCreate(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F raw|hibdisk]] [--label L] FILE [SIZE]")
+	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F raw|hibdisk|openvmm]] [--label L] FILE [SIZE]")
 	sizeFlag := fs.String("s", "", "virtual size (K/M/G/T suffixes); a diff layer defaults to its backing file's size")
 	sectorSize := fs.Int("sector-size", 0, "sector size in bytes, a power of two 512..65536 (default 4096, or the backing layer's)")
 	backing := fs.String("b", "", "backing file: the parent of the new diff layer")
-	format := fs.String("F", "", "backing file format: hibdisk (may be omitted) or raw (required for a raw file)")
+	format := fs.String("F", "", "backing file format: hibdisk (may be omitted), raw (required for a raw file) or openvmm (required for an OpenVMM file)")
 	label := fs.String("label", "", "free-text label stored in the layer")
 	pos, err := parseArgs(fs, args, 1, 2)
 	if err != nil {

@@ -11,9 +11,9 @@ func init() {
 }
 
 func runRebase(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "rebase", "[-u] -b NEWBASE [-F raw|hibdisk] FILE")
+	fs := newFlags(e, "rebase", "[-u] -b NEWBASE [-F raw|hibdisk|openvmm] FILE")
 	backing := fs.String("b", "", `new backing file ("" makes the layer standalone)`)
-	format := fs.String("F", "", "new backing file format: hibdisk (may be omitted) or raw (required for a raw file)")
+	format := fs.String("F", "", "new backing file format: hibdisk (may be omitted), raw (required for a raw file) or openvmm (required for an OpenVMM file)")
 	unsafe := fs.Bool("u", false, "unsafe: only rewrite the reference, copy nothing")
 	var backingSet bool
 	pos, err := parseArgs(fs, args, 1, 1)

@@ -48,7 +48,7 @@ func Detect(path string) (string, error) {
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return "", fmt.Errorf("detect image format of %q: %w", path, err)
 	}
-	head = head[:n]
+	head = growToSQLitePage(f, head[:n])
 	if format := detectHead(head); format != "" {
 		return format, nil
 	}
@@ -64,6 +64,25 @@ func Detect(path string) (string, error) {
 		}
 	}
 	return "", nil
+}
+
+// growToSQLitePage returns the whole first page of an SQLite database
+// whose pages are larger than head: its schema is stored from the end of
+// the page down. Anything else is returned as it is.
+func growToSQLitePage(f *os.File, head []byte) []byte {
+	if len(head) < 18 || string(head[:16]) != "SQLite format 3\x00" {
+		return head
+	}
+	page := int(binary.BigEndian.Uint16(head[16:18]))
+	if page == 1 {
+		page = 65536
+	}
+	if page <= len(head) || page > 65536 {
+		return head
+	}
+	full := make([]byte, page)
+	n, _ := f.ReadAt(full, 0) // a short read leaves what there is
+	return full[:max(n, len(head))]
 }
 
 // detectHead names the format from the first bytes of a file.
@@ -96,7 +115,7 @@ func detectHead(b []byte) string {
 	case has(0, "SQLite format 3\x00"):
 		// OpenVMM's disklayer_sqlite: tables sectors and meta, no
 		// application_id; its schema lives in the first page once
-		// checkpointed.
+		// checkpointed (the whole page: growToSQLitePage).
 		if bytes.Contains(b, []byte("CREATE TABLE meta")) && bytes.Contains(b, []byte("sectors")) {
 			return FormatOpenVMM
 		}

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/memlayer"
 )
 
 // sampledFile returns content of n bytes that differs everywhere, so a
@@ -188,5 +191,41 @@ func TestContentDigest(t *testing.T) {
 	}
 	if c, _, _ := ContentDigest(full); c == a {
 		t.Error("a longer image with the same data has the same digest")
+	}
+}
+
+// TestViewDigest: the digest of a layer's view equals the
+// ContentDigest of a raw image of the same content, whether read from
+// the raw file or from a memlayer that stores it sparsely.
+func TestViewDigest(t *testing.T) {
+	const size = 3*64<<10 + 4096 // a partial chunk at the end
+	content := make([]byte, size)
+	copy(content[100:], "first chunk")
+	copy(content[2*64<<10+7:], "third chunk")
+	copy(content[size-5:], "tail!")
+	path := filepath.Join(t.TempDir(), "view.img")
+	if err := os.WriteFile(path, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := ContentDigest(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := Open(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	mem, err := memlayer.New(size, 512, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mem.WriteAt(content, 0); err != nil {
+		t.Fatal(err)
+	}
+	for name, l := range map[string]disklayer.Layer{"raw": raw, "mem": mem} {
+		if got, err := ViewDigest(l); err != nil || got != want {
+			t.Errorf("ViewDigest(%s) = %s, %v; want %s", name, got, err, want)
+		}
 	}
 }

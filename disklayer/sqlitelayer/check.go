@@ -312,7 +312,8 @@ func checkParent(childPath string, ref disklayer.ParentRef, opts CheckOptions, r
 
 // VerifyParent checks that the parent ref of the layer at childPath is
 // reachable and matches: a hibdisk parent by uuid and size, a raw parent
-// by size (its digest is rawlayer's to compare). A mismatch or a missing
+// by size (its digest is rawlayer's to compare), an openvmm parent only
+// by being there (its size is in its own meta row). A mismatch or a missing
 // parent wraps ErrParentMismatch and names both sides.
 func VerifyParent(childPath string, ref disklayer.ParentRef) error {
 	parentPath := ref.ResolvePath(childPath)
@@ -326,7 +327,7 @@ func VerifyParent(childPath string, ref disklayer.ParentRef) error {
 	if err != nil {
 		return mismatch("unreachable: %v", err)
 	}
-	if disklayer.IsQEMUFormat(ref.Format) {
+	if disklayer.IsQEMUFormat(ref.Format) || ref.Format == disklayer.FormatOpenVMM {
 		return nil // its size is the guest's, not the file's: VerifyExternalParent
 	}
 	switch ref.Format {

@@ -22,6 +22,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //	internal/schema                          the format, over store
 //	disklayer                                the layer contract: nothing of the module
 //	disklayer/sqlitelayer                    the SQLite layer format
+//	disklayer/openvmmlayer                   OpenVMM's disklayer_sqlite files
 //	disklayer/{memlayer,rawlayer,layertest}  other layers, conformance
 //	vmm/nbddisk                              a layer exported over NBD
 //	diffdisk                                 chains; convert (qemu-img reads over NBD)
@@ -40,11 +41,13 @@ var allowed = map[string][]string{
 	"vmm/qemu/guestkit":          nil,
 	"disklayer":                  nil,
 	"disklayer/sqlitelayer":      {"disklayer", "internal/lock", "internal/schema", "internal/store"},
+	"disklayer/openvmmlayer":     {"disklayer", "internal/store"},
+	"internal/openvmmtest":       {"internal/testenv"},
 	"disklayer/memlayer":         {"disklayer"},
 	"disklayer/rawlayer":         {"disklayer", "internal/lock"},
 	"disklayer/layertest":        {"disklayer", "disklayer/memlayer"},
 	"disklayer/nbdlayer":         {"disklayer", "vmm/nbd"},
-	"diffdisk":                   {"disklayer", "disklayer/nbdlayer", "disklayer/rawlayer", "disklayer/sqlitelayer", "vmm/nbd", "vmm/nbddisk"},
+	"diffdisk":                   {"disklayer", "disklayer/nbdlayer", "disklayer/openvmmlayer", "disklayer/rawlayer", "disklayer/sqlitelayer", "vmm/nbd", "vmm/nbddisk"},
 	"hibfile":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/schema", "internal/store"},
 	"datastore":                  {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/store"},
 	"inspect":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer"},
