@@ -32,6 +32,10 @@ type CreateOptions struct {
 	// an OpenVMM file ("-F openvmm").
 	BackingFormat string
 	Label         string
+	// ReadCache marks the new diff layer a read cache of its backing
+	// file (sqlitelayer.Info.ReadCache): a writable open fills it with
+	// what reads find below (Options.ReadCache) without being asked.
+	ReadCache bool
 }
 
 // Create makes a new hibdisk layer at path: a base layer, or a diff layer
@@ -48,6 +52,9 @@ func create(path string, opts CreateOptions) error {
 	if opts.Backing == "" {
 		if opts.BackingFormat != "" {
 			return fmt.Errorf("backing format %q without a backing file: %w", opts.BackingFormat, disklayer.ErrInvalid)
+		}
+		if opts.ReadCache {
+			return fmt.Errorf("a read cache caches a backing file, and a base layer has none: %w", disklayer.ErrInvalid)
 		}
 		if opts.Size <= 0 {
 			return fmt.Errorf("a base layer needs a size: %w", disklayer.ErrInvalid)
@@ -76,7 +83,7 @@ func create(path string, opts CreateOptions) error {
 			sectorSize = rawDiffSectorSize(size)
 		}
 	}
-	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: size, SectorSize: sectorSize, Parent: ref, Label: opts.Label})
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: size, SectorSize: sectorSize, Parent: ref, Label: opts.Label, ReadCache: opts.ReadCache})
 	if err != nil {
 		return err
 	}

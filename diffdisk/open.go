@@ -142,6 +142,11 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 		seen = append(seen, st)
 		childPath, ref = parentPath, next
 	}
+	// A layer made a read cache (create --read-cache) fills itself
+	// whenever it is open writable.
+	if top.Info().ReadCache && !opts.ReadOnly {
+		opts.ReadCache = true
+	}
 	return compose(opts, layers, metas)
 }
 
@@ -309,6 +314,7 @@ type LayerInfo struct {
 	// Generation counts the layer's content-changing commits (0 for a
 	// layer older than schema version 5).
 	Generation int64
+	ReadCache  bool                 // the layer's read_cache flag
 	Parent     *disklayer.ParentRef // the reference as stored
 	Stats      *sqlitelayer.Stats
 }
@@ -329,7 +335,7 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 			}
 			li.Format = disklayer.FormatHibdisk
 			li.UUID, li.Label, li.CreatedAt, li.ReadOnly, li.Parent = info.UUID, info.Label, info.CreatedAt, info.ReadOnly, info.Parent
-			li.Generation = info.Generation
+			li.Generation, li.ReadCache = info.Generation, info.ReadCache
 			li.Stats = &stats
 		}
 		list[i] = li

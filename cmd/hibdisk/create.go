@@ -12,12 +12,13 @@ func init() {
 }
 
 func runCreate(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F raw|hibdisk|openvmm]] [--label L] FILE [SIZE]")
+	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F FMT] [--read-cache]] [--label L] FILE [SIZE]")
 	sizeFlag := fs.String("s", "", "virtual size (K/M/G/T suffixes); a diff layer defaults to its backing file's size")
 	sectorSize := fs.Int("sector-size", 0, "sector size in bytes, a power of two 512..65536 (default 4096, or the backing layer's)")
 	backing := fs.String("b", "", "backing file: the parent of the new diff layer")
-	format := fs.String("F", "", "backing file format: hibdisk (may be omitted), raw (required for a raw file) or openvmm (required for an OpenVMM file)")
+	format := fs.String("F", "", "backing file format, never guessed: hibdisk (may be omitted), raw, nbd (an NBD URI), openvmm, or one QEMU reads: qcow2, qcow, qed, vmdk, vhdx, vpc, vdi, parallels")
 	label := fs.String("label", "", "free-text label stored in the layer")
+	readCache := fs.Bool("read-cache", false, "make the diff layer a read cache of its backing file: serving it writable fills it with what reads fetch from below (for remote bases)")
 	pos, err := parseArgs(fs, args, 1, 2)
 	if err != nil {
 		return err
@@ -41,7 +42,7 @@ func runCreate(_ context.Context, e *env, args []string) error {
 	}
 	path := pos[0]
 	if err := diffdisk.Create(path, diffdisk.CreateOptions{
-		Size: size, SectorSize: *sectorSize, Backing: *backing, BackingFormat: *format, Label: *label,
+		Size: size, SectorSize: *sectorSize, Backing: *backing, BackingFormat: *format, Label: *label, ReadCache: *readCache,
 	}); err != nil {
 		return err
 	}

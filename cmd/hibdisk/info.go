@@ -39,6 +39,7 @@ type layerJSON struct {
 	BackingContentDigest  string `json:"backing-content-digest,omitempty"`
 	BackingFileIdentity   string `json:"backing-file-identity,omitempty"`
 	Generation            int64  `json:"generation,omitempty"`
+	ReadCache             bool   `json:"read-cache,omitempty"`
 	DataSectors           *int64 `json:"data-sectors,omitempty"`
 	TombstoneSectors      *int64 `json:"tombstone-sectors,omitempty"`
 	HibernateBlocks       *int64 `json:"hibernate-blocks,omitempty"`
@@ -82,7 +83,7 @@ func runInfo(_ context.Context, e *env, args []string) error {
 func infoJSON(l diffdisk.LayerInfo) layerJSON {
 	j := layerJSON{
 		Filename: l.Path, Format: l.Format, VirtualSize: l.Size, SectorSize: l.SectorSize,
-		Depth: l.Depth, UUID: l.UUID, Label: l.Label, ReadOnly: l.ReadOnly, Generation: l.Generation,
+		Depth: l.Depth, UUID: l.UUID, Label: l.Label, ReadOnly: l.ReadOnly, Generation: l.Generation, ReadCache: l.ReadCache,
 	}
 	if !l.CreatedAt.IsZero() {
 		j.Created = l.CreatedAt.UTC().Format(time.RFC3339)
@@ -131,6 +132,9 @@ func printInfo(w io.Writer, l layerJSON) {
 	}
 	if l.ReadOnly {
 		fmt.Fprintln(w, "read only: yes")
+	}
+	if l.ReadCache {
+		fmt.Fprintln(w, "read cache: yes (serving it writable fills it from below)")
 	}
 	if l.BackingFilename != "" {
 		fmt.Fprintf(w, "backing file: %s (actual path: %s)\n", l.BackingFilename, l.FullBackingFilename)

@@ -119,3 +119,38 @@ func TestNBDBaseGenerationMoved(t *testing.T) {
 	// server is gone) can open the chain.
 	mustHib(t, dir, "rebase", "-u", "-b", "golden.db", "job.db")
 }
+
+// TestCreateReadCache: a layer made with create --read-cache fills
+// itself with what reads fetch from its remote base whenever it is
+// served writable, without serve --read-cache; info says so.
+func TestCreateReadCache(t *testing.T) {
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
+	dir := testDir(t)
+	makeGolden(t, dir, "8M")
+	mustHib(t, dir, "convert", "golden.img", "golden.db")
+	sock := filepath.Join(dir, "base.sock")
+	uri := "nbd+unix:///?socket=" + sock
+	holdLayer(t, dir, "--read-only", "--socket", sock, "golden.db")
+	if r := hib(t, dir, "create", "-s", "8M", "--read-cache", "base.db"); r.code == 0 {
+		t.Errorf("create --read-cache of a base layer succeeded")
+	}
+	mustHib(t, dir, "create", "--read-cache", "-b", uri, "-F", "nbd", "cache.db")
+	if out := mustHib(t, dir, "info", "cache.db"); !strings.Contains(out, "read cache: yes") || !strings.Contains(out, "data sectors: 0 ") {
+		t.Fatalf("info of a new read cache:\n%s", out)
+	}
+	stop := startServer(t, dir, "--socket", filepath.Join(dir, "c.sock"), "cache.db")
+	qemuIO(t, "nbd+unix:///?socket="+filepath.Join(dir, "c.sock"), "read 0 8M")
+	if res := stop(); res.code != 0 {
+		t.Fatalf("serve cache.db: exit %d: %s", res.code, res.stderr)
+	}
+	out := mustHib(t, dir, "info", "--json", "cache.db")
+	if !strings.Contains(out, `"read-cache": true`) || strings.Contains(out, `"data-sectors": 0,`) {
+		t.Errorf("info --json after a whole-disk read through the read cache:\n%s", out)
+	}
+	// Its view is the base's: the cache holds copies, never changes.
+	if out := mustHib(t, dir, "compare", "cache.db", "golden.img"); !strings.Contains(out, "identical") {
+		t.Errorf("compare: %s", out)
+	}
+	mustHib(t, dir, "rebase", "-u", "-b", "golden.db", "cache.db")
+}

@@ -35,6 +35,16 @@ func hasGenerations(conn *sqlite3.Conn) (bool, error) {
 	return v >= schema.Generations, nil
 }
 
+// hasReadCache reports whether the layer's schema has the read_cache
+// column (version schema.ReadCache).
+func hasReadCache(conn *sqlite3.Conn) (bool, error) {
+	v, err := store.PragmaInt(conn, "user_version")
+	if err != nil {
+		return false, err
+	}
+	return v >= schema.ReadCache, nil
+}
+
 // prepareGenerations readies a writable engine to bump its layer's
 // generation: its own writes stop firing the per-row triggers, and
 // commitLocked runs bumpGen once per content-changing transaction.

@@ -38,6 +38,9 @@ type Info struct {
 	// layer's content (generation.go); 0 for a layer older than
 	// schema version 5 opened read-only.
 	Generation int64
+	// ReadCache is the read_cache flag (schema version 6): serve the
+	// layer as a read cache of the layers below it.
+	ReadCache bool
 }
 
 // CreateOptions describe a new layer.
@@ -46,6 +49,7 @@ type CreateOptions struct {
 	SectorSize int                  // 0 means DefaultSectorSize
 	Parent     *disklayer.ParentRef // nil for a base layer
 	Label      string
+	ReadCache  bool // Info.ReadCache
 }
 
 // OpenOptions control Open.
@@ -166,6 +170,7 @@ func newInfo(opts CreateOptions) (Info, error) {
 		SectorSize: opts.SectorSize,
 		DiskSize:   opts.Size,
 		Label:      opts.Label,
+		ReadCache:  opts.ReadCache,
 		CreatedAt:  time.Now().UTC().Truncate(time.Second),
 	}
 	if info.SectorSize == 0 {

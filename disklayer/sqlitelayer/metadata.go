@@ -93,6 +93,29 @@ func (f *File) SetReadOnly(readOnly bool) error {
 	})
 }
 
+// SetReadCache sets the read_cache flag (Info.ReadCache). It does not
+// move the generation: the layer's content is unchanged.
+func (f *File) SetReadCache(readCache bool) error {
+	return f.eng.updateMetadata("set read cache", false, func(conn *sqlite3.Conn, info *Info) error {
+		if err := execBool(conn, "UPDATE layer SET read_cache = ?1", readCache); err != nil {
+			return err
+		}
+		info.ReadCache = readCache
+		return nil
+	})
+}
+
+// execBool runs sql with one boolean parameter.
+func execBool(conn *sqlite3.Conn, sql string, v bool) error {
+	stmt, _, err := conn.Prepare(sql)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	stmt.BindBool(1, v)
+	return stmt.Exec()
+}
+
 // SetLabel sets the label column ("" stores NULL).
 func (f *File) SetLabel(label string) error {
 	return f.eng.updateMetadata("set label", false, func(conn *sqlite3.Conn, info *Info) error {

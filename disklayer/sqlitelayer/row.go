@@ -36,7 +36,7 @@ func validateParent(r disklayer.ParentRef) error {
 }
 
 func insertLayerRow(conn *sqlite3.Conn, info Info) error {
-	stmt, _, err := conn.Prepare(`INSERT INTO layer (id, uuid, sector_size, disk_size, read_only, created_at, label) VALUES (1, ?1, ?2, ?3, 0, ?4, ?5)`)
+	stmt, _, err := conn.Prepare(`INSERT INTO layer (id, uuid, sector_size, disk_size, read_only, created_at, label, read_cache) VALUES (1, ?1, ?2, ?3, 0, ?4, ?5, ?6)`)
 	if err != nil {
 		return err
 	}
@@ -46,6 +46,7 @@ func insertLayerRow(conn *sqlite3.Conn, info Info) error {
 	stmt.BindInt64(3, info.DiskSize)
 	stmt.BindText(4, info.CreatedAt.Format(time.RFC3339))
 	bindOptionalText(stmt, 5, info.Label)
+	stmt.BindBool(6, info.ReadCache)
 	if err := stmt.Exec(); err != nil {
 		return err
 	}
@@ -108,6 +109,16 @@ func scanLayerRow(conn *sqlite3.Conn, problem func(string)) (info Info, ok bool)
 	if v5 {
 		extra = `generation, parent_generation, parent_sha256, parent_stat, typeof(generation), typeof(parent_generation)`
 	}
+	v6, err := hasReadCache(conn)
+	if err != nil {
+		problem(fmt.Sprintf("cannot read the schema version: %v", mapStoreError(err)))
+		return Info{}, false
+	}
+	if v6 {
+		extra += `, read_cache`
+	} else {
+		extra += `, 0`
+	}
 	stmt, _, err := conn.Prepare(`SELECT uuid, sector_size, disk_size, parent_path, parent_format, parent_uuid, parent_size, parent_digest, read_only, created_at, label, typeof(sector_size), typeof(disk_size), typeof(parent_size), ` + extra + ` FROM layer`)
 	if err != nil {
 		problem(fmt.Sprintf("cannot read the layer table: %v", mapStoreError(err)))
@@ -127,6 +138,10 @@ func scanLayerRow(conn *sqlite3.Conn, problem func(string)) (info Info, ok bool)
 			ReadOnly:   stmt.ColumnInt64(8) != 0,
 			Label:      stmt.ColumnText(10),
 			Generation: stmt.ColumnInt64(14),
+			ReadCache:  stmt.ColumnInt64(20) == 1,
+		}
+		if v := stmt.ColumnInt64(20); v != 0 && v != 1 {
+			problem(fmt.Sprintf("read_cache is %d, want 0 or 1", v))
 		}
 		if v5 && (stmt.ColumnText(18) != "integer" || info.Generation < 1) {
 			problem(fmt.Sprintf("generation %s must be an integer of at least 1", stmt.ColumnText(14)))

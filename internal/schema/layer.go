@@ -47,3 +47,13 @@ CREATE TRIGGER hibernate_blocks_update_generation AFTER UPDATE ON hibernate_bloc
 CREATE TRIGGER hibernate_blocks_delete_generation AFTER DELETE ON hibernate_blocks BEGIN UPDATE layer SET generation = generation + 1; END;
 CREATE TRIGGER layer_size_generation AFTER UPDATE OF sector_size, disk_size ON layer BEGIN UPDATE layer SET generation = generation + 1; END;
 `
+
+// ReadCacheColumn is the DDL of version ReadCache: a layer made with
+// `create --read-cache` is a read cache of its lower layers (typically a
+// remote base): whoever serves it writable copies what reads find below
+// into it (diffdisk.Options.ReadCache), so every block crosses the
+// network once. Setting it does not move the generation (it changes no
+// content).
+const ReadCacheColumn = `
+ALTER TABLE layer ADD COLUMN read_cache INTEGER NOT NULL DEFAULT 0 CHECK (read_cache IN (0, 1));
+`

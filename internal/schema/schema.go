@@ -34,9 +34,11 @@ const (
 	// Generations adds the layer's generation and its parent's full
 	// identity, for changed-base detection (GenerationColumns).
 	Generations = 5
+	// ReadCache adds the layer's read_cache flag (ReadCacheColumn).
+	ReadCache = 6
 
 	// Current is the version this build writes.
-	Current = Generations
+	Current = ReadCache
 	// ReadableFrom is the oldest version a read-only open accepts
 	// without migrating: everything after version 1 only adds what the
 	// disk does not need, so a version 1 layer reads and serves as
@@ -53,6 +55,7 @@ var History = []store.Migration{
 	Datastore - 1:   {Name: "datastore (typed entries, MAP snapshots, subscriptions)", Apply: exec(DatastoreTables)},
 	VMState - 1:     {Name: "vm_state (QEMU device state of a machine snapshot)", Apply: exec(VMStateTables)},
 	Generations - 1: {Name: "changed-base detection: layer generation and full parent identity", Apply: exec(GenerationColumns)},
+	ReadCache - 1:   {Name: "read_cache: the layer is a read cache of what lies below it", Apply: exec(ReadCacheColumn)},
 }
 
 func exec(sql string) func(*sqlite3.Conn) error {

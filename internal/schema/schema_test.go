@@ -29,6 +29,7 @@ func TestVersionsStableValues(t *testing.T) {
 		{"Datastore", schema.Datastore, 3},
 		{"VMState", schema.VMState, 4},
 		{"Generations", schema.Generations, 5},
+		{"ReadCache", schema.ReadCache, 6},
 		{"ReadableFrom", schema.ReadableFrom, 1},
 	} {
 		if c.got != c.want {
