@@ -20,7 +20,8 @@ import (
 type FS struct {
 	kind        Kind
 	fsys        filesystem.FileSystem
-	ext         *extRaw // ext4 only
+	ext         *extRaw   // ext4 only
+	view        *ext4View // ext4 only: the disk as read, journal replayed
 	warnings    []string
 	index       int
 	start, size int64
