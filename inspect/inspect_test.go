@@ -247,7 +247,7 @@ func TestNeedsRecovery(t *testing.T) {
 // padding: only its checksum notices.
 func damageJournalSuper(t *testing.T, img string) {
 	t.Helper()
-	out, err := exec.Command("debugfs", "-R", "bmap <8> 0", img).Output()
+	out, err := exec.Command("debugfs", "-c", "-R", "bmap <8> 0", img).Output()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -159,3 +159,38 @@ func tree(t *testing.T, f *FS) map[string]string {
 	}
 	return out
 }
+
+// TestJournalReplayKernelSnapshot: a copy of a mounted filesystem the
+// kernel was appending to with fsync (its live journal wrapped around)
+// shows, through inspect, the files e2fsck -fy and debugfs rdump show.
+func TestJournalReplayKernelSnapshot(t *testing.T) {
+	img := jbd2test.KernelSnapshot(t, 16<<20, 200, func(img string) bool {
+		f, err := openImage(t, img).FS(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := f.view.journal
+		return v != nil && v.Info.Wrapped
+	}, "-b", "1024", "-J", "size=1", "-O", "metadata_csum,^64bit")
+	f, err := openImage(t, img).FS(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := f.Warnings(); len(w) > 0 {
+		t.Errorf("warnings after replay: %q", w)
+	}
+	want, got := rdump(t, jbd2test.Replayed(t, img, "fsck")), tree(t, f)
+	if len(want) < 10 {
+		t.Fatalf("e2fsck's filesystem holds only %d files", len(want))
+	}
+	for p, content := range want {
+		if got[p] != content {
+			t.Errorf("%s: %d bytes, e2fsck's %d", p, len(got[p]), len(content))
+		}
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			t.Errorf("%s: not in e2fsck's filesystem", p)
+		}
+	}
+}

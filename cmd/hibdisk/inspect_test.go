@@ -392,7 +392,7 @@ func TestInspectNeedsRecovery(t *testing.T) {
 	}
 
 	// Damage the journal superblock's checksum: no replay, one warning.
-	out, err := exec.Command("debugfs", "-R", "bmap <8> 0", img).Output()
+	out, err := exec.Command("debugfs", "-c", "-R", "bmap <8> 0", img).Output()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,6 +35,7 @@ type journal struct {
 	revokeHits       int
 	replays          int
 
+	wrapped  bool              // the replayed log ran past its end
 	revoked  map[uint64]uint32 // block -> newest revoking transaction
 	overlay  map[uint64]logBlock
 	warnings []string
@@ -129,6 +130,9 @@ func (j *journal) onePass(p pass) error {
 			return fmt.Errorf("recovery pass %d: %w", p, err)
 		}
 		w.nextLogBlock = j.wrap(w.nextLogBlock + 1)
+		if p == passReplay && w.nextLogBlock == j.sb.first {
+			j.wrapped = true
+		}
 		if be32(b, 0) != magic || be32(b, 8) != w.nextCommitID {
 			break
 		}
@@ -324,6 +328,9 @@ func (j *journal) replay(w *walk, b []byte) {
 	j.tags(b, func(tag []byte, flags uint16) {
 		io := w.nextLogBlock
 		w.nextLogBlock = j.wrap(w.nextLogBlock + 1)
+		if w.nextLogBlock == j.sb.first {
+			j.wrapped = true
+		}
 		p, err := j.phys(io)
 		if err != nil {
 			j.warn(fmt.Sprintf("recovering journal block %d: %v", io, err))

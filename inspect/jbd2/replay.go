@@ -28,6 +28,7 @@ type Info struct {
 	Replayed                         int // block writes replayed, counting overwrites
 	Blocks                           int // distinct filesystem blocks the View overlays
 	Revokes, RevokeHits              int
+	Wrapped                          bool // the replayed log wraps from s_maxlen to s_first
 	// Warnings are things the kernel's recovery would report: a
 	// corrupt transaction, blocks whose checksum fails, fast commits
 	// not replayed. The View still shows what recovery would leave.
@@ -116,7 +117,7 @@ func (v *View) install(j *journal, fs *ext4) error {
 	if j.sb.start == 0 {
 		v.Info.FirstTransaction, v.Info.EndTransaction = j.sb.sequence, j.sb.sequence
 	}
-	v.Info.Replayed, v.Info.Revokes, v.Info.RevokeHits = j.replays, j.nrRevokes, j.revokeHits
+	v.Info.Replayed, v.Info.Revokes, v.Info.RevokeHits, v.Info.Wrapped = j.replays, j.nrRevokes, j.revokeHits, j.wrapped
 	v.Info.Warnings = j.warnings
 	v.sortKeys()
 	if err := v.patchSuper(fs.sb); err != nil {

@@ -149,24 +149,27 @@ func Changes(t testing.TB, img string, cmds ...string) Txn {
 	return tx
 }
 
-// Replayed returns a copy of img recovered by e2fsprogs: how is "jr"
-// (debugfs journal_run: the recovery code alone, block for block) or
-// "fsck" (e2fsck -fy, which replays and then checks).
+// Replayed returns a copy of img recovered by e2fsprogs: how is
+// "journal" (e2fsck -E journal_only: e2fsprogs's copy of the kernel's
+// recovery.c and nothing else, so block for block the oracle) or "fsck"
+// (e2fsck -fy, which replays and then checks and repairs).
 func Replayed(t testing.TB, img, how string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), how+".img")
 	Copy(t, img, out)
+	var args []string
 	switch how {
-	case "jr":
-		Debugfs(t, out, true, "jr\n")
+	case "journal":
+		args = []string{"-E", "journal_only", "-y"}
 	case "fsck":
-		cmd := exec.Command("e2fsck", "-fy", out)
-		msg, err := cmd.CombinedOutput()
-		if code := cmd.ProcessState.ExitCode(); err != nil && code != 1 {
-			t.Fatalf("e2fsck -fy: exit %d: %s", code, msg)
-		}
+		args = []string{"-fy"}
 	default:
 		t.Fatalf("Replayed: how %q", how)
+	}
+	cmd := exec.Command("e2fsck", append(args, out)...)
+	msg, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); err != nil && code != 1 {
+		t.Fatalf("e2fsck %s: exit %d: %s", strings.Join(args, " "), code, msg)
 	}
 	return out
 }
@@ -208,4 +211,60 @@ func read(t testing.TB, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// KernelSnapshot makes an ext4 image with mkfs's args, mounts it through
+// a loop device, and appends to files with fsync (each fsync a journal
+// transaction) until snapshot, given a copy of the image taken while
+// it is mounted (what a hibernated machine's disk holds), returns true,
+// or after maxRounds rounds of writes. It returns the accepted copy.
+// The kernel makes the journal, so its wraparound and checkpointing are
+// real. Mounting needs root: elsewhere the test is skipped; in CI a
+// failing mount fails the test.
+func KernelSnapshot(t testing.TB, size int64, maxRounds int, snapshot func(img string) bool, args ...string) string {
+	t.Helper()
+	Require(t)
+	if os.Getuid() != 0 {
+		t.Skip("needs root to mount a loop device (CI runs as root)")
+	}
+	img := Mkfs(t, size, "", args...)
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mount -o loop: %v: %s", err, out)
+		}
+		t.Skipf("mount -o loop: %v: %s", err, out)
+	}
+	defer func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	}()
+	snap := filepath.Join(t.TempDir(), "snapshot.img")
+	for round := range maxRounds {
+		for i := range 20 {
+			appendSync(t, filepath.Join(mnt, fmt.Sprintf("f%d", (round*20+i)%37)), fmt.Sprintf("round %d line %d\n", round, i))
+		}
+		Copy(t, img, snap)
+		if snapshot(snap) {
+			return snap
+		}
+	}
+	t.Fatalf("no snapshot accepted after %d rounds", maxRounds)
+	return ""
+}
+
+func appendSync(t testing.TB, path, line string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(strings.Repeat(line, 40)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
 }
