@@ -31,6 +31,8 @@
 //     superblock, unknown journal features, a bad descriptor or revoke
 //     checksum past the scan. An external journal (ErrExternalJournal)
 //     is not read. Fast commits are not replayed (a warning says so).
-//   - Damaged input never panics: every length and offset read from
-//     disk is checked before use (FuzzReplay).
+//   - Damaged input never panics and never hangs: every length and
+//     offset read from disk is checked before use, and a pass that walks
+//     more blocks than the journal holds fails (the kernel has no such
+//     check and would go round such a log for ever) (FuzzReplay).
 package jbd2

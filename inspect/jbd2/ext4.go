@@ -16,6 +16,7 @@ const (
 	sbLogBlockSize    = 0x18
 	sbInodesPerGroup  = 0x28
 	sbMagic           = 0x38
+	sbState           = 0x3A
 	sbRevLevel        = 0x4C
 	sbInodeSize       = 0x58
 	sbFeatureCompat   = 0x5C
@@ -29,6 +30,7 @@ const (
 	sbChecksum        = 0x3FC
 
 	extMagic             = 0xEF53
+	stateValid           = 0x1 // cleanly unmounted
 	compatHasJournal     = 0x4
 	incompatRecover      = 0x4
 	incompatJournalDev   = 0x8

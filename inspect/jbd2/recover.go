@@ -36,6 +36,7 @@ type journal struct {
 	replays          int
 
 	wrapped  bool              // the replayed log ran past its end
+	failed   bool              // replay hit errors: recovery reports failure
 	revoked  map[uint64]uint32 // block -> newest revoking transaction
 	overlay  map[uint64]logBlock
 	warnings []string
@@ -111,6 +112,16 @@ type walk struct {
 	crc32Sum       uint32
 	needCheckTime  bool
 	lastCommitTime uint64
+	steps          int // log blocks walked in this pass
+}
+
+// advance moves the walk n log blocks on, wrapping.
+func (j *journal) advance(w *walk, n int) {
+	w.nextLogBlock = j.wrap(w.nextLogBlock + uint32(n))
+	w.steps += n
+	if w.pass == passReplay && w.nextLogBlock == j.sb.first && n > 0 {
+		j.wrapped = true
+	}
 }
 
 // errDone ends a pass successfully (recovery.c's "goto done").
@@ -125,14 +136,16 @@ func (j *journal) onePass(p pass) error {
 		if p != passScan && tidGEQ(w.nextCommitID, j.endTID) {
 			break
 		}
+		// A log cannot be longer than the journal. The kernel has no
+		// such check and would go round a damaged one for ever.
+		if w.steps > int(j.sb.last-j.sb.first)+1 {
+			return fmt.Errorf("recovery pass %d: the log runs round the whole journal: %w", p, ErrCorrupt)
+		}
 		b, err := j.read(w.nextLogBlock)
 		if err != nil {
 			return fmt.Errorf("recovery pass %d: %w", p, err)
 		}
-		w.nextLogBlock = j.wrap(w.nextLogBlock + 1)
-		if p == passReplay && w.nextLogBlock == j.sb.first {
-			j.wrapped = true
-		}
+		j.advance(w, 1)
 		if be32(b, 0) != magic || be32(b, 8) != w.nextCommitID {
 			break
 		}
@@ -153,6 +166,7 @@ func (j *journal) onePass(p pass) error {
 		}
 	} else if j.endTID != w.nextCommitID {
 		j.warn(fmt.Sprintf("recovery pass %d ended at transaction %d, expected %d", p, w.nextCommitID, j.endTID))
+		j.failed = true
 	}
 	return nil
 }
@@ -192,7 +206,7 @@ func (j *journal) descriptor(w *walk, b []byte) error {
 		j.calcChecksums(w, b)
 		return nil
 	}
-	w.nextLogBlock = j.wrap(w.nextLogBlock + uint32(j.countTags(b)))
+	j.advance(w, j.countTags(b))
 	return nil
 }
 
@@ -313,7 +327,7 @@ func (j *journal) calcChecksums(w *walk, b []byte) {
 	w.crc32Sum = crc32BE(w.crc32Sum, b)
 	for range n {
 		io := w.nextLogBlock
-		w.nextLogBlock = j.wrap(w.nextLogBlock + 1)
+		j.advance(w, 1)
 		data, err := j.read(io)
 		if err != nil {
 			return
@@ -327,13 +341,11 @@ func (j *journal) calcChecksums(w *walk, b []byte) {
 func (j *journal) replay(w *walk, b []byte) {
 	j.tags(b, func(tag []byte, flags uint16) {
 		io := w.nextLogBlock
-		w.nextLogBlock = j.wrap(w.nextLogBlock + 1)
-		if w.nextLogBlock == j.sb.first {
-			j.wrapped = true
-		}
+		j.advance(w, 1)
 		p, err := j.phys(io)
 		if err != nil {
 			j.warn(fmt.Sprintf("recovering journal block %d: %v", io, err))
+			j.failed = true
 			return
 		}
 		blocknr := uint64(be32(tag, 0))
@@ -346,6 +358,7 @@ func (j *journal) replay(w *walk, b []byte) {
 		}
 		if !j.tagCsumOK(tag, p, w.nextCommitID) {
 			j.warn(fmt.Sprintf("invalid checksum recovering data block %d in journal block %d: not replayed, and the kernel would refuse to mount", blocknr, io))
+			j.failed = true
 			return
 		}
 		j.overlay[blocknr] = logBlock{phys: p, escape: flags&flagEscape != 0}

@@ -120,7 +120,7 @@ func (v *View) install(j *journal, fs *ext4) error {
 	v.Info.Replayed, v.Info.Revokes, v.Info.RevokeHits, v.Info.Wrapped = j.replays, j.nrRevokes, j.revokeHits, j.wrapped
 	v.Info.Warnings = j.warnings
 	v.sortKeys()
-	if err := v.patchSuper(fs.sb); err != nil {
+	if err := v.patchSuper(fs.sb, j.failed); err != nil {
 		return err
 	}
 	v.sortKeys()
@@ -133,8 +133,10 @@ func (v *View) sortKeys() { v.keys = slices.Sorted(maps.Keys(v.blocks)) }
 // patchSuper puts the superblock the kernel would leave in the overlay:
 // the replayed one (or the disk's), with the error fields kept from
 // before replay (ext4_load_journal saves and restores them), the
-// needs_recovery flag cleared and the checksum recomputed.
-func (v *View) patchSuper(onDisk []byte) error {
+// needs_recovery flag cleared and the checksum recomputed. When replay
+// failed part way, the valid flag is cleared too, as e2fsck does
+// (e2fsck_clear_recover), so the filesystem shows as needing a check.
+func (v *View) patchSuper(onDisk []byte, failed bool) error {
 	sbBlock := uint64(superOff / v.blockSize)
 	within := superOff % v.blockSize
 	blk := make([]byte, v.blockSize)
@@ -144,6 +146,9 @@ func (v *View) patchSuper(onDisk []byte) error {
 	sb := blk[within : within+superSize]
 	copy(sb[sbErrStart:sbErrEnd], onDisk[sbErrStart:sbErrEnd])
 	binary.LittleEndian.PutUint32(sb[sbFeatureIncompat:], le32(sb, sbFeatureIncompat)&^incompatRecover)
+	if failed {
+		binary.LittleEndian.PutUint16(sb[sbState:], le16(sb, sbState)&^stateValid)
+	}
 	if le32(sb, sbFeatureROCompat)&roCompatMetadataCsum != 0 {
 		binary.LittleEndian.PutUint32(sb[sbChecksum:], crc32c(^uint32(0), sb[:sbChecksum]))
 	}

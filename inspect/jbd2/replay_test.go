@@ -3,6 +3,7 @@ package jbd2_test
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -277,4 +278,78 @@ func TestReplayKernelJournalWraps(t *testing.T) {
 	t.Logf("journal %s: transactions [%d, %d) from block %d, %d blocks replayed, %d overlaid",
 		v.Info.Features, v.Info.FirstTransaction, v.Info.EndTransaction, v.Info.Start, v.Info.Replayed, v.Info.Blocks)
 	compareWithOracle(t, img, replay(t, img))
+}
+
+// TestDamagedJournal: damage to a real journal ends in what the kernel
+// does: a data block whose tag checksum fails is left out with one
+// warning (the rest replays); a descriptor block whose checksum fails
+// in the first transaction makes recovery fail: no View, ErrCorrupt.
+func TestDamagedJournal(t *testing.T) {
+	img := jbd2test.Mkfs(t, 32<<20, srcTree(t), "-O", "metadata_csum,64bit", "-J", "size=4")
+	jbd2test.WriteJournal(t, img, "-c", fileChanges(t, img)...)
+	for _, c := range []struct {
+		name       string
+		logBlock   int // journal block to damage: 1 is T1's descriptor, 2 its first data block
+		wantErr    error
+		wantWarned string
+	}{
+		{"data block", 2, nil, "invalid checksum recovering data block"},
+		{"descriptor", 1, jbd2.ErrCorrupt, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			damaged := filepath.Join(t.TempDir(), "damaged.img")
+			jbd2test.Copy(t, img, damaged)
+			flipByte(t, damaged, journalBlock(t, img, c.logBlock)*uint64(jbd2test.BlockSize(t, img))+100)
+			f, err := os.Open(damaged)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			v, err := jbd2.Replay(f, 0)
+			if c.wantErr != nil {
+				if !errors.Is(err, c.wantErr) {
+					t.Fatalf("Replay: %v, want %v", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Replay: %v", err)
+			}
+			if len(v.Info.Warnings) != 1 || !strings.Contains(v.Info.Warnings[0], c.wantWarned) {
+				t.Fatalf("warnings %q, want one saying %q", v.Info.Warnings, c.wantWarned)
+			}
+			compareWithOracle(t, damaged, v)
+		})
+	}
+}
+
+// journalBlock is the filesystem block of the journal's block n.
+func journalBlock(t *testing.T, img string, n int) uint64 {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-c", "-R", "bmap <8> "+strconv.Itoa(n), img).Output()
+	if err != nil {
+		t.Fatalf("debugfs bmap: %v", err)
+	}
+	b, err := strconv.ParseUint(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		t.Fatalf("debugfs bmap <8> %d: %q: %v", n, out, err)
+	}
+	return b
+}
+
+func flipByte(t *testing.T, path string, off uint64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, int64(off)); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xFF
+	if _, err := f.WriteAt(b, int64(off)); err != nil {
+		t.Fatal(err)
+	}
 }
