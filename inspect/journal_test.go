@@ -8,10 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/inspect/jbd2/jbd2test"
 )
 
@@ -192,5 +194,44 @@ func TestJournalReplayKernelSnapshot(t *testing.T) {
 		if _, ok := want[p]; !ok {
 			t.Errorf("%s: not in e2fsck's filesystem", p)
 		}
+	}
+}
+
+// TestDiffReplayed: a file rewritten with content of the same size,
+// where the new inode and data are only in B's journal (the raw bytes
+// outside the journal are A's), is reported changed: replayed blocks
+// count as changed ranges, not only the raw ones.
+func TestDiffReplayed(t *testing.T) {
+	a := jbd2test.Mkfs(t, 32<<20, sourceTree(t, false), "-O", "metadata_csum,64bit")
+	b := filepath.Join(t.TempDir(), "live.img")
+	jbd2test.Copy(t, a, b)
+	tx := jbd2test.Changes(t, b, "rm /hello.txt", "write "+hostFile(t, []byte("HELLO, WORLD\n"))+" /hello.txt")
+	jbd2test.WriteJournal(t, b, "-c", tx)
+	da, err := diffdisk.OpenImage(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer da.Close()
+	db, err := diffdisk.OpenImage(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rep, err := Diff(da, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Filesystems) != 1 {
+		t.Fatalf("filesystems %+v, skipped %q", rep.Filesystems, rep.Skipped)
+	}
+	fd := rep.Filesystems[0]
+	var changed []string
+	for _, c := range fd.Changed {
+		if slices.Contains(c.Fields, "content") {
+			changed = append(changed, c.Path)
+		}
+	}
+	if !slices.Contains(changed, "/hello.txt") || len(fd.Added)+len(fd.Removed) != 0 || len(fd.Warnings) != 0 {
+		t.Errorf("content changed in %q, added %v, removed %v, warnings %q; want /hello.txt changed", changed, fd.Added, fd.Removed, fd.Warnings)
 	}
 }
