@@ -310,6 +310,8 @@ func diffFS(ia, ib *Image, p Partition, changed []disklayer.Range) (*FSDiff, err
 		return nil, fmt.Errorf("image B: %w", err)
 	}
 	fd.Warnings = append(fa.Warnings(), fb.Warnings()...)
+	// A replayed journal changes blocks that are the same on disk.
+	changed = mergeRanges(changed, fa.view.replayedRanges(fa.start), fb.view.replayedRanges(fb.start))
 	ea, err := entries(fa)
 	if err != nil {
 		return nil, fmt.Errorf("image A: %s: %w", where(p.Index), err)

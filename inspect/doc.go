@@ -24,9 +24,16 @@
 //     parses it, so "no recognisable filesystem" (ErrNoFilesystem) and "a
 //     recognised filesystem whose superblock does not parse" (ErrCorrupt)
 //     are different errors.
-//   - ext4 journals are not replayed. An ext3/ext4 filesystem whose
-//     superblock says it needs recovery is still opened, and
-//     FS.Warnings says that what is shown may be stale.
+//   - An ext3/ext4 filesystem whose superblock says needs_recovery (every
+//     filesystem mounted when its machine was snapshotted) is shown as the
+//     kernel would mount it: its internal journal is replayed in memory by
+//     package jbd2 and laid over the disk for go-diskfs, the raw ext4
+//     reads and Diff alike, and nothing is written. FS.Warnings is empty
+//     after a clean replay; it says why when replay is impossible (an
+//     external journal, a damaged journal the kernel would refuse: the
+//     disk is then shown as it is) and what the kernel would report when
+//     replay ends early (a corrupt transaction, a failing block checksum).
+//     Diff treats replayed blocks as changed on both sides.
 //   - Partition indexes are the table's own (1-based); index 0 is the
 //     whole disk.
 package inspect

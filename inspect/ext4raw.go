@@ -8,7 +8,7 @@ import (
 )
 
 // go-diskfs does not expose everything inspection needs from ext4: the
-// needs-recovery flag, full inode modes in directory listings (its
+// error flag, full inode modes in directory listings (its
 // DirEntry.Info carries the file type only), and where a file's blocks
 // are (which lets Diff skip hashing files whose blocks did not change).
 // extRaw reads those few fields straight from the on-disk structures.
@@ -27,7 +27,6 @@ const (
 	sbDescSize       = 0xFE
 
 	compatHasJournal   = 0x4
-	incompatRecover    = 0x4
 	incompat64Bit      = 0x80
 	stateCleanlyUnmntd = 0x1
 	stateErrors        = 0x2
@@ -54,7 +53,6 @@ type extRaw struct {
 	descSize       int64
 	gdtOff         int64 // byte offset of the group descriptor table
 	hasJournal     bool
-	needsRecovery  bool
 	errorsFlagged  bool
 	cleanUnmount   bool
 }
@@ -87,20 +85,17 @@ func readExtRaw(r io.ReaderAt, start int64) (*extRaw, error) {
 	}
 	x.gdtOff = (int64(le.Uint32(sb[sbFirstDataBlock:])) + 1) * x.blockSize
 	x.hasJournal = le.Uint32(sb[sbFeatureCompat:])&compatHasJournal != 0
-	x.needsRecovery = incompat&incompatRecover != 0
 	state := le.Uint16(sb[sbState:])
 	x.cleanUnmount = state&stateCleanlyUnmntd != 0
 	x.errorsFlagged = state&stateErrors != 0
 	return x, nil
 }
 
-// warnings says what a reader of this filesystem should know because
-// go-diskfs does not replay the journal.
+// warnings says what a reader of this filesystem should know. (A
+// journal that needs recovery is replayed before x is read; ext4View
+// warns when it cannot be.)
 func (x *extRaw) warnings() []string {
 	var w []string
-	if x.needsRecovery {
-		w = append(w, "ext4 journal needs recovery (the filesystem was not cleanly unmounted); go-diskfs does not replay it, so recent changes may be missing or stale")
-	}
 	if x.errorsFlagged {
 		w = append(w, "ext4 superblock records filesystem errors; run e2fsck on a copy")
 	}

@@ -20,7 +20,8 @@ import (
 type FS struct {
 	kind        Kind
 	fsys        filesystem.FileSystem
-	ext         *extRaw // ext4 only
+	ext         *extRaw   // ext4 only
+	view        *ext4View // ext4 only: the disk as read, journal replayed
 	warnings    []string
 	index       int
 	start, size int64
@@ -273,29 +274,52 @@ func (f *FS) openEntry(e Entry) (io.ReadCloser, error) {
 }
 
 // fileReader reads exactly the file's size, turning go-diskfs errors
-// into wrapped ones.
+// into wrapped ones. It reads go-diskfs in whole chunks of readChunk
+// bytes, so every read starts at a multiple of the block size: go-diskfs
+// v1.9.4's ext4 File.Read panics (a negative slice length) when a read
+// starts inside a block right after the end of an extent, which the
+// kernel's appends produce.
 type fileReader struct {
 	fs.File
-	path string
-	left int64
+	path    string
+	left    int64  // bytes of the file not yet read from go-diskfs
+	buf     []byte // read from go-diskfs, not yet returned
+	pending []byte
 }
 
+// readChunk is a multiple of every ext4 block size (1 KiB to 64 KiB).
+const readChunk = 64 << 10
+
 func (r *fileReader) Read(p []byte) (int, error) {
-	if r.left <= 0 {
-		return 0, io.EOF
+	if len(r.pending) == 0 {
+		if err := r.fill(); err != nil {
+			return 0, err
+		}
 	}
-	if int64(len(p)) > r.left {
-		p = p[:r.left]
-	}
-	n, err := r.File.Read(p)
-	r.left -= int64(n)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return n, fmt.Errorf("read %s: %w", r.path, err)
-	}
-	if errors.Is(err, io.EOF) && r.left > 0 {
-		return n, fmt.Errorf("read %s: %d bytes short: %w", r.path, r.left, io.ErrUnexpectedEOF)
-	}
+	n := copy(p, r.pending)
+	r.pending = r.pending[n:]
 	return n, nil
+}
+
+// fill reads the next chunk of the file into pending.
+func (r *fileReader) fill() error {
+	if r.left <= 0 {
+		return io.EOF
+	}
+	if r.buf == nil {
+		r.buf = make([]byte, readChunk)
+	}
+	want := r.buf[:min(int64(readChunk), r.left)]
+	n, err := r.File.Read(want)
+	r.left -= int64(n)
+	r.pending = want[:n]
+	switch {
+	case err != nil && !errors.Is(err, io.EOF):
+		return fmt.Errorf("read %s: %w", r.path, err)
+	case n == 0 && r.left > 0:
+		return fmt.Errorf("read %s: %d bytes short: %w", r.path, r.left, io.ErrUnexpectedEOF)
+	}
+	return nil
 }
 
 // WalkFunc is called for each entry Walk visits. Returning fs.SkipDir

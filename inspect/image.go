@@ -26,9 +26,10 @@ const tableSectorSize = 512
 
 // Image is a disk opened for inspection. It does not own the layer.
 type Image struct {
-	layer disklayer.Layer
-	store *Storage
-	table partition.Table // nil: no partition table
+	layer   disklayer.Layer
+	store   *Storage
+	table   partition.Table // nil: no partition table
+	replays replays         // ext4 journals replayed, by filesystem start
 }
 
 // Partition is one entry of the partition table, or the whole disk
@@ -236,10 +237,11 @@ func (im *Image) FS(index int) (*FS, error) {
 	}
 	f := &FS{kind: kind, fsys: fsys, index: index, start: start, size: size}
 	if kind == KindExt4 {
-		if f.ext, err = readExtRaw(im.store, start); err != nil {
+		f.view = im.ext4At(start)
+		if f.ext, err = readExtRaw(f.view.store, start); err != nil {
 			return nil, fmt.Errorf("%s: %w", where(index), err)
 		}
-		f.warnings = f.ext.warnings()
+		f.warnings = append(f.view.warnings, f.ext.warnings()...)
 	}
 	return f, nil
 }
@@ -258,7 +260,7 @@ func (im *Image) openAt(index int, kind Kind, start, size int64) (filesystem.Fil
 	case KindFAT32:
 		fsys, err = fat32.Read(im.store, size, start, 0)
 	case KindExt4:
-		fsys, err = ext4.Read(im.store, size, start, 0)
+		fsys, err = ext4.Read(im.ext4At(start).store, size, start, 0)
 	case KindISO9660:
 		fsys, err = iso9660.Read(im.store, size, start, 0)
 	case KindSquashfs:

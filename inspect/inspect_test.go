@@ -6,8 +6,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/hibdisk/hibdisk/disklayer/memlayer"
+	"github.com/hibdisk/hibdisk/inspect/jbd2/jbd2test"
 	"github.com/hibdisk/hibdisk/internal/testenv"
 )
 
@@ -209,8 +212,10 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// TestNeedsRecovery: an ext4 filesystem whose journal needs replaying is
-// opened with a warning instead of silently showing stale data.
+// TestNeedsRecovery: needs_recovery with an empty journal (s_start 0)
+// is what the kernel mounts without replaying anything: no warning. A
+// journal that cannot be replayed (here its superblock is damaged) is
+// opened as it is on disk, with one warning that says why.
 func TestNeedsRecovery(t *testing.T) {
 	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4", "debugfs")
 	img := makeImage(t, KindExt4, sourceTree(t, false))
@@ -219,11 +224,44 @@ func TestNeedsRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := f.Warnings()
-	if len(w) != 1 || !strings.Contains(w[0], "needs recovery") {
-		t.Fatalf("Warnings = %q, want one about recovery", w)
+	if w := f.Warnings(); len(w) != 0 {
+		t.Fatalf("empty journal: Warnings = %q, want none", w)
 	}
-	if _, err := f.Stat("/hello.txt"); err != nil {
+
+	img = liveImage(t, "-c", "-O", "metadata_csum,64bit")
+	damageJournalSuper(t, img)
+	f, err = openImage(t, img).FS(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := f.Warnings()
+	if len(w) != 1 || !strings.Contains(w[0], "cannot be replayed (journal superblock checksum") {
+		t.Fatalf("damaged journal: Warnings = %q, want one saying the checksum fails", w)
+	}
+	if _, err := f.Stat("/dir/sub/deep.txt"); err != nil {
+		t.Errorf("unreplayed filesystem: %v", err)
+	}
+}
+
+// damageJournalSuper flips a byte of the journal superblock's unused
+// padding: only its checksum notices.
+func damageJournalSuper(t *testing.T, img string) {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-c", "-R", "bmap <8> 0", img).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	off := blk*int64(jbd2test.BlockSize(t, img)) + 0x60
+	if _, err := f.WriteAt([]byte{0x5A}, off); err != nil {
 		t.Fatal(err)
 	}
 }

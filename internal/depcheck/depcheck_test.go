@@ -19,6 +19,7 @@ const module = "github.com/hibdisk/hibdisk/"
 // The floors, bottom up:
 //
 //	internal/lock, internal/store, vmm/nbd   nothing of the module
+//	inspect/jbd2                             ext4 journal replay: nothing of the module
 //	internal/schema                          the format, over store
 //	disklayer                                the layer contract: nothing of the module
 //	disklayer/sqlitelayer                    the SQLite layer format
@@ -50,7 +51,9 @@ var allowed = map[string][]string{
 	"diffdisk":                   {"disklayer", "disklayer/nbdlayer", "disklayer/openvmmlayer", "disklayer/rawlayer", "disklayer/sqlitelayer", "vmm/nbd", "vmm/nbddisk"},
 	"hibfile":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/schema", "internal/store"},
 	"datastore":                  {"diffdisk", "disklayer", "disklayer/sqlitelayer", "internal/store"},
-	"inspect":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer"},
+	"inspect":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer", "inspect/jbd2"},
+	"inspect/jbd2":               nil,
+	"inspect/jbd2/jbd2test":      {"internal/testenv"},
 	"vmm/nbddisk":                {"disklayer", "vmm/nbd"},
 	"vmm/qemu":                   {"diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "vmm/nbd", "vmm/nbddisk"},
 	"internal/checkers":          {"datastore", "hibfile", "vmm/qemu"},
@@ -64,10 +67,10 @@ var allowed = map[string][]string{
 
 // sqliteFree are packages that must not link SQLite at all, directly or
 // through another package: the NBD server and its disk adapter, the
-// layer contract, its pure-Go implementations and the conformance
-// suite. (A dependency whose path contains "sqlite" counts, so
+// layer contract, its pure-Go implementations, the conformance suite
+// and the ext4 journal replay. (A dependency whose path contains "sqlite" counts, so
 // disklayer/sqlitelayer does too.)
-var sqliteFree = []string{"vmm/nbd", "vmm/nbddisk", "disklayer", "disklayer/memlayer", "disklayer/rawlayer", "disklayer/layertest", "disklayer/nbdlayer"}
+var sqliteFree = []string{"vmm/nbd", "vmm/nbddisk", "disklayer", "disklayer/memlayer", "disklayer/rawlayer", "disklayer/layertest", "disklayer/nbdlayer", "inspect/jbd2"}
 
 func goList(t *testing.T, format string) []string {
 	t.Helper()
