@@ -172,6 +172,19 @@ func TestForeignChangedBaseCaught(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustHib(t, dir, "compare", "job.db", "view.raw")
+	// The qcow2 itself written after the child was made: refused too.
+	savedTop, err := os.ReadFile(filepath.Join(dir, "top.qcow2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	qemuIOf("qcow2", "write -P 0x55 1124k 4k", "top.qcow2")
+	if r := hib(t, dir, "compare", "job.db", "view.raw"); r.code == 0 || !strings.Contains(r.stderr, "changed after this layer was made") {
+		t.Errorf("compare after the qcow2 itself changed: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "top.qcow2"), savedTop, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustHib(t, dir, "compare", "job.db", "view.raw")
 	// hibdisk never writes a foreign image: commit into it is refused.
 	if r := hib(t, dir, "commit", "job.db"); r.code == 0 || !strings.Contains(r.stderr, "qcow2 base, which hibdisk only reads") {
 		t.Errorf("commit into a qcow2 base: exit %d, %q", r.code, r.stderr)
