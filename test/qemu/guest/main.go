@@ -336,11 +336,40 @@ func taskExt4(params map[string]string) error {
 			return err
 		}
 	}
+	if name := params["append"]; name != "" {
+		return appendTicks(filepath.Join("/mnt", name), params)
+	}
 	if err := unix.Unmount("/mnt", 0); err != nil {
 		return fmt.Errorf("unmount: %w", err)
 	}
 	note("unmounted", 1)
 	return nil
+}
+
+// appendTicks appends "tick N" lines to path with the filesystem
+// mounted, each fsynced before its CountLine is printed, until the
+// machine is stopped: a live filesystem whose newest metadata is in its
+// journal.
+func appendTicks(path string, params map[string]string) error {
+	interval, err := intParam(params, "interval-ms", 100)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for n := int64(1); ; n++ {
+		if _, err := fmt.Fprintf(f, "tick %d\n", n); err != nil {
+			return fmt.Errorf("append tick %d: %w", n, err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync tick %d: %w", n, err)
+		}
+		say("%s%d", guestproto.CountPrefix, n)
+		time.Sleep(time.Duration(interval) * time.Millisecond)
+	}
 }
 
 // discardRanges parses "OFF+LEN,OFF+LEN".

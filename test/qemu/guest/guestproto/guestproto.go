@@ -41,7 +41,9 @@ const (
 	TaskPatterns = "patterns"
 	// TaskExt4 mounts disk as ext4 at /mnt, notes the sha256 of the file
 	// named by read as "read", writes Pattern(seed) of len bytes to the
-	// file named by write, fsyncs and unmounts.
+	// file named by write, fsyncs and unmounts. With append set it does
+	// not unmount: it appends "tick N\n" to that file every interval-ms,
+	// fsyncs and prints CountPrefix+N, until the machine is stopped.
 	TaskExt4 = "ext4"
 	// TaskDiscard writes Pattern(seed) over [write-off, write-off+len),
 	// fsyncs, then discards each range in discard (OFF+LEN,...), fsyncs,
