@@ -21,26 +21,6 @@ func isOpenVMM(path string) (bool, error) {
 	return format == rawlayer.FormatOpenVMM, err
 }
 
-// openOpenVMMImage opens the file at path as a one-layer read-only Disk
-// when it is an OpenVMM file; ok is false when it is not one.
-func openOpenVMMImage(path string) (d *Disk, ok bool, err error) {
-	if ok, err := isOpenVMM(path); err != nil {
-		return nil, false, fmt.Errorf("open image %q: %w", path, err)
-	} else if !ok {
-		return nil, false, nil
-	}
-	l, err := openvmmlayer.Open(path)
-	if err != nil {
-		return nil, true, err // it names the file
-	}
-	d, err = compose(Options{ReadOnly: true}, []disklayer.Layer{l}, []layerMeta{{path: path, format: disklayer.FormatOpenVMM}})
-	if err != nil {
-		l.Close()
-		return nil, true, fmt.Errorf("open image %q: %w", path, err)
-	}
-	return d, true, nil
-}
-
 // requireOpenVMM refuses a backing file named openvmm that is not one.
 func requireOpenVMM(path string) error {
 	ok, err := isOpenVMM(path)
