@@ -108,8 +108,6 @@ func externalParentMatches(parentPath string, ref disklayer.ParentRef) error {
 	case disklayer.FormatRaw:
 		_, err := verifyRaw(parentPath, ref)
 		return err
-	case disklayer.FormatOpenVMM:
-		return checkOpenVMMParent(parentPath, ref)
 	}
 	l, err := openExternal(parentPath, ref.Format, Options{})
 	if err != nil {

@@ -187,9 +187,6 @@ func openBacking(childPath, backing, format string) (*Disk, *disklayer.ParentRef
 			return nil, nil, err
 		}
 	}
-	if format == disklayer.FormatOpenVMM {
-		return openOpenVMMBacking(backing, &disklayer.ParentRef{Path: rel, Format: format})
-	}
 	// Held stable while its identity is taken: nobody may write it
 	// between the digest and the child's creation.
 	l, err := openExternal(backing, format, Options{})

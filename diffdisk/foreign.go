@@ -69,13 +69,13 @@ func externalIdentity(path, format string, l disklayer.Layer) (disklayer.ParentR
 		ref.Stat = serverIdentity(l)
 		return ref, nil
 	}
-	if ref.Stat, err = chainStat(path, format); err != nil {
+	if ref.Stat, err = filesStat(path, format); err != nil {
 		return ref, err
 	}
 	if ref.SHA256, err = rawlayer.ViewDigest(l); err != nil {
 		return ref, err
 	}
-	after, err := chainStat(path, format)
+	after, err := filesStat(path, format)
 	if err != nil {
 		return ref, err
 	}
@@ -92,6 +92,16 @@ func serverIdentity(l disklayer.Layer) string {
 		return ""
 	}
 	return "description=" + nl.Info().Description
+}
+
+// filesStat is the file identity (rawlayer.FileStat) of every file the
+// layer's content lives in: an OpenVMM file and its -wal (openVMMStat),
+// or every file of a QEMU image's own backing chain (chainStat).
+func filesStat(path, format string) (string, error) {
+	if format == disklayer.FormatOpenVMM {
+		return openVMMStat(path)
+	}
+	return chainStat(path, format)
 }
 
 // chainStat is the file identity (rawlayer.FileStat) of every file of a
@@ -134,12 +144,12 @@ func verifyExternal(path string, ref disklayer.ParentRef, l disklayer.Layer) (ne
 		return "", err
 	}
 	if digest != ref.Digest {
-		return "", fmt.Errorf("digest %s recorded, the %s image now has %s: its content changed after this layer was made over it: %w", ref.Digest, ref.Format, digest, disklayer.ErrParentMismatch)
+		return "", fmt.Errorf("digest %s recorded, the %s image now has %s: its content changed after this layer was made over it; if the change is intended, `hibdisk rebase -u -b IMAGE -F %s LAYER` accepts it: %w", ref.Digest, ref.Format, digest, ref.Format, disklayer.ErrParentMismatch)
 	}
 	if ref.Format == disklayer.FormatNBD {
 		return "", nil
 	}
-	stat, err := chainStat(path, ref.Format)
+	stat, err := filesStat(path, ref.Format)
 	if err != nil || stat == ref.Stat {
 		return "", err
 	}

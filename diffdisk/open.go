@@ -197,7 +197,7 @@ func openParent(link, path string, ref disklayer.ParentRef, writable bool, opts 
 			*restat = newStat
 		}
 		return raw, st, nil, nil
-	case disklayer.IsQEMUFormat(ref.Format):
+	case disklayer.IsQEMUFormat(ref.Format), ref.Format == disklayer.FormatOpenVMM:
 		l, err := openExternal(path, ref.Format, Options{})
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
@@ -211,10 +211,6 @@ func openParent(link, path string, ref disklayer.ParentRef, writable bool, opts 
 			*restat = newStat
 		}
 		return l, st, nil, nil
-	}
-	if ref.Format == disklayer.FormatOpenVMM {
-		l, err := openOpenVMMParent(link, path, ref, writable, restat)
-		return l, st, nil, err
 	}
 	return nil, nil, nil, fmt.Errorf("%s: unknown parent format %q: %w", link, ref.Format, disklayer.ErrCorrupt)
 }
