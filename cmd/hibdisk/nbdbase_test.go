@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -13,19 +14,28 @@ import (
 // bytes fetched, of them at open, reconnects.
 var remoteReport = regexp.MustCompile(`remote base (\S+): fetched (\d+) bytes \((\d+) at open, verifying its identity\), (\d+) reconnect`)
 
+// remoteGolden makes golden.img (an 8 MiB ext4 with /hello.txt) and
+// golden.db from it in a test directory, and serves golden.db read-only
+// from a real hibdisk serve process on base.sock, as a machine holding a
+// golden base would.
+func remoteGolden(t *testing.T) (dir, sock, uri string, server *exec.Cmd) {
+	t.Helper()
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
+	testenv.RequireTools(t, "qemu-utils", "qemu-io")
+	dir = testDir(t)
+	makeGolden(t, dir, "8M")
+	mustHib(t, dir, "convert", "golden.img", "golden.db")
+	sock = filepath.Join(dir, "base.sock")
+	server = holdLayer(t, dir, "--read-only", "--socket", sock, "golden.db")
+	return dir, sock, "nbd+unix:///?socket=" + sock, server
+}
+
 // TestNBDBase: a diff layer over another hibdisk serve's export. create
 // needs -F nbd; the layer reads the remote base, keeps its own writes,
 // and is refused once the server serves another disk at that address.
 func TestNBDBase(t *testing.T) {
-	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
-	testenv.RequireTools(t, "qemu-utils", "qemu-io")
-	dir := testDir(t)
-	makeGolden(t, dir, "8M")
-	mustHib(t, dir, "convert", "golden.img", "golden.db")
+	dir, sock, uri, base := remoteGolden(t)
 	mustHib(t, dir, "convert", "golden.img", "other.db")
-	sock := filepath.Join(dir, "base.sock")
-	uri := "nbd+unix:///?socket=" + sock
-	base := holdLayer(t, dir, "--read-only", "--socket", sock, "golden.db")
 
 	if out := mustHib(t, dir, "info", uri); !strings.Contains(out, "file format: nbd") || !strings.Contains(out, "(8388608 bytes)") {
 		t.Errorf("info of the export:\n%s", out)
@@ -90,14 +100,7 @@ func TestNBDBase(t *testing.T) {
 // the base is written (its generation moves) and served again, a child
 // made over its old content is refused.
 func TestNBDBaseGenerationMoved(t *testing.T) {
-	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
-	testenv.RequireTools(t, "qemu-utils", "qemu-io")
-	dir := testDir(t)
-	makeGolden(t, dir, "8M")
-	mustHib(t, dir, "convert", "golden.img", "golden.db")
-	sock := filepath.Join(dir, "base.sock")
-	uri := "nbd+unix:///?socket=" + sock
-	base := holdLayer(t, dir, "--read-only", "--socket", sock, "golden.db")
+	dir, sock, uri, base := remoteGolden(t)
 	mustHib(t, dir, "create", "-b", uri, "-F", "nbd", "job.db")
 	base.Process.Kill()
 	base.Wait()
@@ -124,14 +127,7 @@ func TestNBDBaseGenerationMoved(t *testing.T) {
 // itself with what reads fetch from its remote base whenever it is
 // served writable, without serve --read-cache; info says so.
 func TestCreateReadCache(t *testing.T) {
-	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
-	testenv.RequireTools(t, "qemu-utils", "qemu-io")
-	dir := testDir(t)
-	makeGolden(t, dir, "8M")
-	mustHib(t, dir, "convert", "golden.img", "golden.db")
-	sock := filepath.Join(dir, "base.sock")
-	uri := "nbd+unix:///?socket=" + sock
-	holdLayer(t, dir, "--read-only", "--socket", sock, "golden.db")
+	dir, _, uri, _ := remoteGolden(t)
 	if r := hib(t, dir, "create", "-s", "8M", "--read-cache", "base.db"); r.code == 0 {
 		t.Errorf("create --read-cache of a base layer succeeded")
 	}
