@@ -45,8 +45,8 @@
 // Limits: 4 KiB pages, little-endian 64-bit layouts (x86_64; other
 // 64-bit little-endian architectures parse but are not tested), the swap
 // area at offset 0 of the device (a swap partition or whole disk, not a
-// swap file's resume_offset), kernels from 3.x on (crc32 since 3.6,
-// hw_sig since 5.16; both read as zero from older kernels). Compressed
+// swap file's resume_offset), kernels from 3.x on (crc32 and hw_sig are
+// later additions and read as zero from kernels without them). Compressed
 // streams are not decompressed: their PFN lists and crc32 are not
 // checked.
 package swsusp
