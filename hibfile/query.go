@@ -20,6 +20,7 @@ type Chain struct {
 	path string
 	disk *diffdisk.Disk
 	open []*View
+	hib  *diffdisk.Disk // the hibernate file view OSImage takes (once)
 }
 
 // Open opens the chain whose top layer is at path, read-only. Parents are
@@ -38,6 +39,10 @@ func (c *Chain) Close() error {
 		v.blob.Close()
 	}
 	c.open = nil
+	if c.hib != nil {
+		c.hib.Close()
+		c.hib = nil
+	}
 	return c.disk.Close()
 }
 

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 
+	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/inspect"
 )
 
@@ -43,15 +45,22 @@ func runDiff(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return exitError{code: 2, msg: err.Error()}
 	}
+	img, err := diffImages(pos[0], pos[1])
+	if err != nil {
+		return exitError{code: 2, msg: err.Error()}
+	}
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(diffReport{Report: rep, Datastore: ds}); err != nil {
+		if err := enc.Encode(diffReport{Report: rep, Datastore: ds, OSImage: img}); err != nil {
 			return exitError{code: 2, msg: err.Error()}
 		}
 	} else {
 		printDiff(e.stdout, rep)
 		printDatastoreDiff(e.stdout, ds)
+		if img != nil {
+			printOSImageDiff(e.stdout, img)
+		}
 	}
 	if hasChanges(rep) || (ds != nil && len(*ds) > 0) {
 		return exitError{code: 1}
@@ -132,4 +141,21 @@ func printRanges(w io.Writer, what string, rd *inspect.RangeDiff, how string) {
 		}
 		fmt.Fprintf(w, "  offset %d length %d\n", r.Off, r.Len)
 	}
+}
+
+// diffImages compares the OS hibernation images of A and B, on chains of
+// their own (inspect.Diff took the hibernate file views of the others);
+// nil when either has none.
+func diffImages(pathA, pathB string) (*hibfile.OSImageDiff, error) {
+	a, b, err := openTwo(pathA, pathB)
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+	defer b.Close()
+	img, err := hibfile.CompareOSImages(a, b)
+	if errors.Is(err, hibfile.ErrNoOSImage) {
+		return nil, nil
+	}
+	return img, err
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/hibdisk/hibdisk/datastore"
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/inspect"
 )
 
@@ -17,6 +18,9 @@ import (
 type diffReport struct {
 	*inspect.Report
 	Datastore *[]datastore.EntryDiff `json:"datastore"`
+	// OSImage compares the OS hibernation images when both hibernate
+	// files hold one.
+	OSImage *hibfile.OSImageDiff `json:"os_image,omitempty"`
 }
 
 // diffDatastores compares the datastores of chains a and b; nil when

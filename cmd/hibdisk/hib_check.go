@@ -32,6 +32,9 @@ func runHibCheck(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkOSImage(pos[0], r); err != nil {
+		return err
+	}
 	return printReport(e, pos[0], r, "No errors were found in the hibernate metadata.")
 }
 

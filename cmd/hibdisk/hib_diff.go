@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 
 	"github.com/hibdisk/hibdisk/hibfile"
+	"github.com/hibdisk/hibdisk/hibfile/swsusp"
 )
 
 func init() {
@@ -19,6 +21,16 @@ func runHibDiff(_ context.Context, e *env, args []string) error {
 	pos, err := parseArgs(fs, args, 2, 2)
 	if err != nil {
 		return err
+	}
+	if d, err := diffOSImages(pos[0], pos[1]); d != nil || err != nil {
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return writeJSON(e.stdout, d)
+		}
+		printOSImageDiff(e.stdout, d)
+		return nil
 	}
 	return withLatest(pos[0], func(a *hibfile.View) error {
 		return withLatest(pos[1], func(b *hibfile.View) error {
@@ -92,4 +104,23 @@ func printHibDiff(w io.Writer, d *hibfile.Diff) {
 		len(d.MappingsAdded), len(d.MappingsRemoved), len(d.MappingsChanged), d.PagesChanged, d.BytesChanged,
 		len(d.FilesAdded), len(d.FilesRemoved), len(d.FilesChanged),
 		len(d.SignalsAdded), len(d.SignalsRemoved), len(d.SignalsChanged))
+}
+
+// diffOSImages compares the OS hibernation images of A and B when neither
+// holds a hibdisk snapshot and both hold an image; (nil, nil) otherwise,
+// so hib diff goes on with the snapshots.
+func diffOSImages(pathA, pathB string) (*hibfile.OSImageDiff, error) {
+	var d *hibfile.OSImageDiff
+	err := withSnapshotOrImage(pathA, func(*hibfile.View) error { return nil }, func(ca *hibfile.Chain, _ *hibfile.OSImage) error {
+		return withSnapshotOrImage(pathB, func(*hibfile.View) error {
+			return fmt.Errorf("%s holds a %s image, %s a hibdisk snapshot: not comparable", pathA, swsusp.Source, pathB)
+		}, func(cb *hibfile.Chain, _ *hibfile.OSImage) (err error) {
+			d, err = ca.CompareOSImage(cb)
+			return err
+		})
+	})
+	if errors.Is(err, hibfile.ErrNoSnapshot) {
+		return nil, nil // the snapshot path reports it
+	}
+	return d, err
 }

@@ -41,7 +41,14 @@ func runHibShow(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return withLatest(pos[0], func(v *hibfile.View) error {
+	showImage := func(_ *hibfile.Chain, o *hibfile.OSImage) error {
+		if *asJSON {
+			return writeJSON(e.stdout, o)
+		}
+		printOSImage(e.stdout, o)
+		return nil
+	}
+	return withSnapshotOrImage(pos[0], func(v *hibfile.View) error {
 		s, err := v.Load()
 		if err != nil {
 			return err
@@ -81,5 +88,5 @@ func runHibShow(_ context.Context, e *env, args []string) error {
 			fmt.Fprintf(w, "blob size: %d bytes\n", sum.BlobSize)
 		}
 		return nil
-	})
+	}, showImage)
 }

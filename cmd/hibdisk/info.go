@@ -44,6 +44,9 @@ type layerJSON struct {
 	TombstoneSectors      *int64 `json:"tombstone-sectors,omitempty"`
 	HibernateBlocks       *int64 `json:"hibernate-blocks,omitempty"`
 	PageSize              int    `json:"page-size,omitempty"`
+	// HibernateImage is on the layer an OS hibernation image was written
+	// into (the chain's hibernate file holds it).
+	HibernateImage *imageJSON `json:"hibernate-image,omitempty"`
 }
 
 func runInfo(_ context.Context, e *env, args []string) error {
@@ -65,6 +68,9 @@ func runInfo(_ context.Context, e *env, args []string) error {
 	out := make([]layerJSON, len(layers))
 	for i, l := range layers {
 		out[i] = infoJSON(l)
+	}
+	if err := addImageInfo(d, out); err != nil {
+		return err
 	}
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
@@ -144,5 +150,13 @@ func printInfo(w io.Writer, l layerJSON) {
 		fmt.Fprintf(w, "data sectors: %d (%s)\n", *l.DataSectors, formatSize(*l.DataSectors*int64(l.SectorSize)))
 		fmt.Fprintf(w, "tombstones: %d\n", *l.TombstoneSectors)
 		fmt.Fprintf(w, "hibernate blocks: %d\n", *l.HibernateBlocks)
+	}
+	if h := l.HibernateImage; h != nil {
+		kernel := h.Kernel
+		if kernel == "" {
+			kernel = "kernel not recorded"
+		}
+		fmt.Fprintf(w, "hibernate image: %s (%s, %s), %s of RAM, %d pages (%s), compression %s\n",
+			h.Source, kernel, h.Arch, formatSize(h.MemoryBytes), h.Pages, formatSize(h.Bytes), h.Compression)
 	}
 }

@@ -62,6 +62,9 @@ type vmRunOptions struct {
 	specs    []vmDisk
 	boot     bool // specs[0] is the boot disk
 	readOnly bool
+	// hibDisk, when set, attaches the first disk's hibernate file as
+	// one more disk with this name (see attachHibernateDisk).
+	hibDisk string
 }
 
 func runVMRun(ctx context.Context, e *env, args []string) (err error) {
@@ -82,7 +85,7 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 		var errs []error
 		for i := len(disks) - 1; i >= 0; i-- {
 			if cerr := disks[i].Close(); cerr != nil {
-				errs = append(errs, fmt.Errorf("close %s: %w", o.specs[i].file, cerr))
+				errs = append(errs, fmt.Errorf("close %s: %w", o.specs[min(i, len(o.specs)-1)].file, cerr))
 			}
 		}
 		disks = nil
@@ -97,6 +100,13 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 		disks = append(disks, d)
 		cfg.Disks = append(cfg.Disks, qemu.Disk{Name: s.name, Layer: d, Boot: o.boot && i == 0})
 	}
+	if o.hibDisk != "" {
+		h, err := attachHibernateDisk(&cfg, disks[0], o.hibDisk)
+		if err != nil {
+			return err
+		}
+		disks = append(disks, h) // closed before the chain it views
+	}
 
 	m, err := qemu.Start(ctx, cfg)
 	if err != nil {
@@ -106,7 +116,7 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 	// A writable first disk can hold a machine snapshot: `vm hibernate`
 	// finds the machine through a state file beside it.
 	top := ""
-	if !o.readOnly {
+	if !o.readOnly && o.hibDisk == "" {
 		top = o.specs[0].file
 	}
 	return superviseVM(ctx, e, m, top, closeDisks)
@@ -114,7 +124,7 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 
 // parseVMRunArgs parses vm run's command line.
 func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
-	fs := newFlags(e, "vm run", "[--kernel K [--initrd I] [--append ARGS]] [--boot DISK] [--mem SIZE] [--cpus N] [--read-only] [--qmp PATH] DISK...")
+	fs := newFlags(e, "vm run", "[--kernel K [--initrd I] [--append ARGS]] [--boot DISK] [--mem SIZE] [--cpus N] [--read-only] [--qmp PATH] [--hibernate-disk NAME] DISK...")
 	kernel := fs.String("kernel", "", "Linux kernel to boot directly")
 	initrd := fs.String("initrd", "", "initramfs for --kernel")
 	appendArgs := fs.String("append", "", `kernel command line, after "console=ttyS0 panic=-1"`)
@@ -124,6 +134,7 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	accel := fs.String("accel", "tcg", "QEMU accelerator (kvm only where it is known to work)")
 	readOnly := fs.Bool("read-only", false, "attach every disk read-only (layers opened read-only)")
 	qmpPath := fs.String("qmp", "", "QMP socket path (default: in a private temporary directory)")
+	hibDisk := fs.String("hibernate-disk", "", "NAME: attach the first disk's hibernate file as a virtio disk with serial NAME (the guest's swap area for its own hibernation)")
 	pos, err := parseArgs(fs, args, 0, -1)
 	if err != nil {
 		return vmRunOptions{}, err
@@ -147,7 +158,7 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	if len(pos) == 0 {
 		return vmRunOptions{}, usagef("no disk: give at least one DISK (the layer the machine writes to, and hibernates into)")
 	}
-	o := vmRunOptions{boot: *boot != "", readOnly: *readOnly, cfg: qemu.Config{
+	o := vmRunOptions{boot: *boot != "", readOnly: *readOnly, hibDisk: *hibDisk, cfg: qemu.Config{
 		Accel: *accel, MemoryMiB: int(memBytes >> 20), CPUs: *cpus,
 		Kernel: *kernel, Initrd: *initrd, Append: *appendArgs,
 		Console: e.stdout, Stderr: e.stderr, QMPSocket: *qmpPath,

@@ -64,6 +64,8 @@ func runInit() error {
 		return taskCounter(params)
 	case guestproto.TaskReadLoop:
 		return taskReadLoop(params)
+	case guestproto.TaskSelfHibernate:
+		return taskSelfHibernate(params)
 	case "":
 		return errors.New("no hibdisk.task= on the kernel command line")
 	default:
