@@ -69,6 +69,11 @@ type HibernateResult struct {
 	// Stop is stop + device state migration; Save the disk flush, RAM
 	// and metadata; Total everything up to QEMU's quit.
 	Stop, Save, Total time.Duration
+	// The parts of Save: Flush the disks, Write the snapshot's rows and
+	// RAM blocks into the open transaction (reading and comparing RAM
+	// included), Digest the wait for the RAM digest after that, Commit
+	// the commit (the WAL sync, and whatever the commit waits for).
+	Flush, Write, Digest, Commit time.Duration
 }
 
 // RAMBytesStored is RAMBlocksStored in bytes.
@@ -133,6 +138,7 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 
 	// Disks: QEMU drained and flushed them on stop; make the layers
 	// durable.
+	flushStart := time.Now()
 	for _, d := range m.cfg.Disks {
 		if w, ok := d.Layer.(disklayer.Disk); ok && !readOnly(d) {
 			if err := w.Flush(); err != nil {
@@ -140,6 +146,7 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 			}
 		}
 	}
+	flushed := time.Since(flushStart)
 	ramSize := int64(m.cfg.MemoryMiB) << 20
 	snap := machineSnapshot(ramSize, machineType, opts.KernelVersion)
 	ramDigest := make(chan error, 1)
@@ -174,10 +181,15 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 	}
 	var res hibfile.SaveResult
 	digestDone := false
+	writeStart := time.Now()
+	var written, digested time.Time
 	if err == nil {
 		res, err = hibfile.SaveChain(chain, snap, &ramImage{f: ramFile, size: ramSize}, func(tx *sqlitelayer.Tx, id int64) error {
 			digestDone = true
-			if err := <-ramDigest; err != nil {
+			written = time.Now()
+			err := <-ramDigest
+			digested = time.Now()
+			if err != nil {
 				return err
 			}
 			vm.SnapshotID, vm.RAMDigest, vm.SavedAt = id, digest, time.Now()
@@ -201,6 +213,7 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 		Layer: top.Path(), SnapshotID: res.SnapshotID, RAMSize: ramSize,
 		RAMBlocksStored: res.ChangedBlocks, RAMBlocksUnchanged: res.UnchangedBlocks, BlockSize: res.BlockSize,
 		DeviceStateBytes: len(state), Stop: stopped, Save: time.Since(start) - stopped,
+		Flush: flushed, Write: written.Sub(writeStart), Digest: digested.Sub(written), Commit: time.Since(digested),
 	}
 	quitCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
