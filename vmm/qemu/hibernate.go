@@ -25,8 +25,10 @@ import (
 //   - RAM is a shared memory-backend-file (Config.RAMPath), so it is not
 //     in QEMU's migration stream (capability x-ignore-shared): hibdisk
 //     reads it from the file while the guest is stopped and saves it with
-//     hibfile.Save into hibernate_blocks at RAM offsets (guest-physical
-//     addresses, below 3 GiB where the pc machine maps RAM 1:1). Save
+//     hibfile.Save into hibernate_blocks at RAM file offsets. The memory
+//     map records where they are guest-physical: the pc and q35 machines
+//     map the file's first below-4g-mem-size bytes 1:1 and the rest at
+//     4 GiB, above the PCI hole (machineSnapshot). Save
 //     compares each block with the chain below by content, so a snapshot
 //     stacked on an older one stores only the pages that changed, and
 //     zero pages are never stored.
@@ -44,9 +46,13 @@ import (
 // SnapshotSource is the hibernate_snapshot source of machine snapshots.
 const SnapshotSource = "qemu"
 
-// maxRAMBytes keeps RAM below the pc machine's PCI hole, where RAM file
-// offsets are guest-physical addresses.
-const maxRAMBytes = 3 << 30
+// maxRAMBytes bounds the RAM size a machine snapshot may record (a
+// vm_state row claiming more is damaged).
+const maxRAMBytes = 1 << 40
+
+// pciHoleEnd is where the pc and q35 machines map the RAM that does not
+// fit below the PCI hole.
+const pciHoleEnd = 4 << 30
 
 // HibernateOptions configure Hibernate.
 type HibernateOptions struct {
@@ -148,7 +154,11 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 	}
 	flushed := time.Since(flushStart)
 	ramSize := int64(m.cfg.MemoryMiB) << 20
-	snap := machineSnapshot(ramSize, machineType, opts.KernelVersion)
+	lowMem, err := m.belowHoleRAM(ctx, ramSize)
+	if err != nil {
+		return fail(err)
+	}
+	snap := machineSnapshot(ramSize, lowMem, machineType, opts.KernelVersion)
 	ramDigest := make(chan error, 1)
 	var digest string
 	go func() {
@@ -184,7 +194,11 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 	writeStart := time.Now()
 	var written, digested time.Time
 	if err == nil {
-		res, err = hibfile.SaveChain(chain, snap, &ramImage{f: ramFile, size: ramSize}, func(tx *sqlitelayer.Tx, id int64) error {
+		var index hibfile.BelowIndex // a nil interface unless resumed
+		if m.ramIndex != nil {
+			index = m.ramIndex
+		}
+		res, err = hibfile.SaveChainIndexed(chain, snap, &ramImage{f: ramFile, size: ramSize}, index, func(tx *sqlitelayer.Tx, id int64) error {
 			digestDone = true
 			written = time.Now()
 			err := <-ramDigest
@@ -226,9 +240,39 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 
 func ptr[T any](v T) *T { return &v }
 
+// belowHoleRAM is how much of the RAM file QEMU maps 1:1 below the PCI
+// hole (the machine's below-4g-mem-size; the rest is at 4 GiB).
+func (m *Machine) belowHoleRAM(ctx context.Context, ramSize int64) (int64, error) {
+	var low int64
+	err := m.qmp.Execute(ctx, "qom-get", map[string]any{"path": "/machine", "property": "below-4g-mem-size"}, &low)
+	switch {
+	case err != nil && ramSize <= 2<<30:
+		return ramSize, nil // below every split point of pc and q35
+	case err != nil:
+		return 0, fmt.Errorf("where RAM above the PCI hole is: %w", err)
+	case low <= 0 || low > ramSize:
+		return 0, fmt.Errorf("QEMU says %d bytes of %d of RAM are below 4 GiB", low, ramSize)
+	}
+	return low, nil
+}
+
 // machineSnapshot is the hibernate snapshot row of a machine with
-// ramSize bytes of RAM.
-func machineSnapshot(ramSize int64, machineType, kernelVersion string) *hibfile.Snapshot {
+// ramSize bytes of RAM, of which the first lowMem are mapped 1:1 and the
+// rest at pciHoleEnd. The machine is one "process" whose memory map is
+// guest RAM: virtual_addr and physical_addr are guest-physical addresses,
+// blob_offset the RAM file offset (a resume rebuilds the file from blob
+// offset 0 on).
+func machineSnapshot(ramSize, lowMem int64, machineType, kernelVersion string) *hibfile.Snapshot {
+	maps := []hibfile.Mapping{{
+		VirtualAddr: 0, Size: lowMem, PhysicalAddr: ptr(int64(0)), PageSize: pageSize,
+		Permissions: "rwxs", Flags: "guest-ram,shared", BlobOffset: ptr(int64(0)), Path: "[guest-ram]",
+	}}
+	if lowMem < ramSize {
+		maps = append(maps, hibfile.Mapping{
+			VirtualAddr: pciHoleEnd, Size: ramSize - lowMem, PhysicalAddr: ptr(int64(pciHoleEnd)), PageSize: pageSize,
+			Permissions: "rwxs", Flags: "guest-ram,shared,above-4g", BlobOffset: ptr(lowMem), Path: "[guest-ram]",
+		})
+	}
 	return &hibfile.Snapshot{
 		Timestamp:     time.Now().UTC(),
 		KernelVersion: kernelVersion,
@@ -241,10 +285,7 @@ func machineSnapshot(ramSize int64, machineType, kernelVersion string) *hibfile.
 			// map is guest RAM, stored at blob offset = RAM offset.
 			PID: 1, Name: "qemu-" + machineType, State: "stopped",
 			MemorySize: ramSize,
-			Mappings: []hibfile.Mapping{{
-				VirtualAddr: 0, Size: ramSize, PhysicalAddr: ptr(int64(0)), PageSize: pageSize,
-				Permissions: "rwxs", Flags: "guest-ram,shared", BlobOffset: ptr(int64(0)), Path: "[guest-ram]",
-			}},
+			Mappings:   maps,
 		}},
 	}
 }
@@ -257,9 +298,6 @@ func (m *Machine) hibernatable() (*sqlitelayer.File, error) {
 	}
 	if m.cfg.RAMPath == "" {
 		return bad("the machine's RAM is not a shared file (Config.RAMPath)")
-	}
-	if int64(m.cfg.MemoryMiB)<<20 > maxRAMBytes {
-		return bad("%d MiB of RAM: at most %d MiB (RAM above the PCI hole is not mapped 1:1)", m.cfg.MemoryMiB, maxRAMBytes>>20)
 	}
 	if len(m.cfg.Disks) == 0 {
 		return bad("the machine has no disk to hold the snapshot")
