@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -240,18 +241,33 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 
 func ptr[T any](v T) *T { return &v }
 
+// ramAboveHole matches the alias QEMU's pc and q35 machines map the RAM
+// above the PCI hole with, in "info mtree": guest-physical range, then
+// the backend's offset range it shows.
+var ramAboveHole = regexp.MustCompile(`(?m)^\s*([0-9a-f]+)-[0-9a-f]+ \(prio -?\d+, ram\): alias ram-above-4g @\S+ ([0-9a-f]+)-[0-9a-f]+`)
+
 // belowHoleRAM is how much of the RAM file QEMU maps 1:1 below the PCI
-// hole (the machine's below-4g-mem-size; the rest is at 4 GiB).
+// hole; the rest is at pciHoleEnd. QEMU 7.2 has no QOM property for it
+// (below-4g-mem-size came later), so it is read from the memory tree:
+// the ram-above-4g alias's offset into the backend.
 func (m *Machine) belowHoleRAM(ctx context.Context, ramSize int64) (int64, error) {
-	var low int64
-	err := m.qmp.Execute(ctx, "qom-get", map[string]any{"path": "/machine", "property": "below-4g-mem-size"}, &low)
-	switch {
-	case err != nil && ramSize <= 2<<30:
-		return ramSize, nil // below every split point of pc and q35
-	case err != nil:
+	var tree string
+	if err := m.qmp.Execute(ctx, "human-monitor-command", map[string]any{"command-line": "info mtree"}, &tree); err != nil {
 		return 0, fmt.Errorf("where RAM above the PCI hole is: %w", err)
-	case low <= 0 || low > ramSize:
-		return 0, fmt.Errorf("QEMU says %d bytes of %d of RAM are below 4 GiB", low, ramSize)
+	}
+	return parseBelowHole(tree, ramSize)
+}
+
+// parseBelowHole reads belowHoleRAM out of "info mtree".
+func parseBelowHole(tree string, ramSize int64) (int64, error) {
+	sm := ramAboveHole.FindStringSubmatch(tree)
+	if sm == nil {
+		return ramSize, nil // all of it below the hole
+	}
+	gpa, err1 := strconv.ParseInt(sm[1], 16, 64)
+	low, err2 := strconv.ParseInt(sm[2], 16, 64)
+	if err := errors.Join(err1, err2); err != nil || gpa != pciHoleEnd || low <= 0 || low >= ramSize {
+		return 0, fmt.Errorf("QEMU maps RAM above the PCI hole as %q, want RAM file offset (0, %d) at %#x: %w", sm[0], ramSize, int64(pciHoleEnd), ErrStateMismatch)
 	}
 	return low, nil
 }
