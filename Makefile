@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 # Go test timeout for the whole suite; CI allows 90 minutes, we aim far lower.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build deps lint test fuzz bench bench-nbd run clean
+.PHONY: all build deps lint test fuzz bench bench-nbd bench-vm run clean
 
 all: build
 
@@ -59,3 +59,9 @@ run: build
 
 clean:
 	rm -rf bin build demo.db demo.db-wal demo.db-shm demo.sock
+
+# Machine hibernate/resume of the u-root test guest at 512 MiB and 1 GiB,
+# median of RUNS (default 5); BINS="a=BIN b=BIN" compares builds side by
+# side, interleaved (scripts/bench-vm.sh).
+bench-vm: build
+	scripts/bench-vm.sh

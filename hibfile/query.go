@@ -70,6 +70,13 @@ func (c *Chain) Latest() (*View, error) {
 			return nil, fmt.Errorf("open hibernate file of %q: %w", f.Path(), err)
 		}
 		v := &View{file: f, depth: i, snap: s, blob: blob}
+		for j := i; j < c.disk.Depth(); j++ {
+			l, ok := c.disk.Layer(j).(*sqlitelayer.File)
+			if !ok {
+				break // as in hibernateBelow
+			}
+			v.layers = append(v.layers, l)
+		}
 		c.open = append(c.open, v)
 		return v, nil
 	}
@@ -150,6 +157,9 @@ type View struct {
 	depth int
 	snap  Snapshot
 	blob  *diffdisk.Disk
+	// layers are the hibdisk layers whose hibernate files blob composes,
+	// from file down.
+	layers []*sqlitelayer.File
 }
 
 // Snapshot returns the snapshot row (Processes is nil: see Load).
@@ -455,4 +465,61 @@ func Latest(path string) (*Snapshot, error) {
 		return nil, err
 	}
 	return v.Load()
+}
+
+// BlockSize is the block size of the chain's hibernate file (the sector
+// size of the layer that holds the snapshot).
+func (v *View) BlockSize() int64 { return int64(v.file.SectorSize()) }
+
+// StoredBlocks calls fn for every block of the hibernate file below end
+// that a layer from the snapshot's down stores, straight from the rows:
+// the block's offset and its content (nil for a tombstone, which reads as
+// zeros), the topmost layer's row for each block and no other, ascending
+// within each layer, the layers top first. Blocks no layer stores (zeros)
+// are not visited. data is only valid during the call. It reads each
+// layer's rows once, without composing the chain block by block: a
+// resume rebuilds RAM this way. A layer whose block size differs from
+// the snapshot's is ErrInvalid (ReadBlob reads such chains).
+func (v *View) StoredBlocks(end int64, fn func(off int64, data []byte) error) error {
+	if v.snap.BlobFilePath != "" {
+		return fmt.Errorf("read blob of %q: the snapshot's blob is the external file %q, not the hibernate file: %w", v.LayerPath(), v.snap.BlobFilePath, disklayer.ErrInvalid)
+	}
+	bs := v.BlockSize()
+	blocks := (end + bs - 1) / bs
+	seen := make([]uint64, (blocks+63)/64)
+	for _, f := range v.layers {
+		if int64(f.SectorSize()) != bs {
+			return fmt.Errorf("read blob of %q: %q has %d-byte blocks, the snapshot %d: %w", v.LayerPath(), f.Path(), f.SectorSize(), bs, disklayer.ErrInvalid)
+		}
+		err := f.View("read hibernate rows", func(conn *sqlite3.Conn) error {
+			stmt, _, err := conn.Prepare("SELECT block, data FROM hibernate_blocks WHERE block >= 0 AND block < ?1 ORDER BY block")
+			if err != nil {
+				return err
+			}
+			defer stmt.Close()
+			stmt.BindInt64(1, blocks)
+			for stmt.Step() {
+				b := stmt.ColumnInt64(0)
+				if seen[b/64]&(1<<(b%64)) != 0 {
+					continue
+				}
+				seen[b/64] |= 1 << (b % 64)
+				data := stmt.ColumnRawBlob(1)
+				switch {
+				case stmt.ColumnType(1) == sqlite3.NULL:
+					data = nil
+				case int64(len(data)) != bs:
+					return fmt.Errorf("%q hibernate_blocks block %d holds %d bytes, want %d: %w", f.Path(), b, len(data), bs, disklayer.ErrCorrupt)
+				}
+				if err := fn(b*bs, data); err != nil {
+					return err
+				}
+			}
+			return stmt.Err()
+		})
+		if err != nil {
+			return fmt.Errorf("read blob of %q: %w", v.LayerPath(), err)
+		}
+	}
+	return nil
 }

@@ -129,6 +129,13 @@ func Save(path string, s *Snapshot, image io.ReaderAt) (SaveResult, error) {
 // and blocks are written, so what it adds (a machine's device state)
 // commits with them or not at all.
 func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt, also func(tx *sqlitelayer.Tx, snapshotID int64) error) (SaveResult, error) {
+	return SaveChainIndexed(d, s, image, nil, also)
+}
+
+// SaveChainIndexed is SaveChain that asks index (when not nil) whether a
+// block equals the chain below before reading the chain below: blocks
+// the index knows are compared without any read.
+func SaveChainIndexed(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt, index BelowIndex, also func(tx *sqlitelayer.Tx, snapshotID int64) error) (SaveResult, error) {
 	top, ok := d.Layer(0).(*sqlitelayer.File)
 	if !ok {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot: the chain's top is a raw image: %w", disklayer.ErrNotLayer)
@@ -144,7 +151,7 @@ func SaveChain(d *diffdisk.Disk, s *Snapshot, image io.ReaderAt, also func(tx *s
 		// views of the chain's layers, which stays open with its caller.
 		belowLayer = below
 	}
-	return saveInto(top, belowLayer, s, image, also)
+	return saveInto(top, belowLayer, index, s, image, also)
 }
 
 // hibernateBelow composes the hibernate files of the chain's hibdisk
@@ -164,7 +171,7 @@ func hibernateBelow(d *diffdisk.Disk, from int) (*diffdisk.Disk, error) {
 	return diffdisk.Compose(diffdisk.Options{ReadOnly: true}, views...)
 }
 
-func saveInto(top *sqlitelayer.File, below disklayer.Layer, s *Snapshot, image io.ReaderAt, also func(*sqlitelayer.Tx, int64) error) (SaveResult, error) {
+func saveInto(top *sqlitelayer.File, below disklayer.Layer, index BelowIndex, s *Snapshot, image io.ReaderAt, also func(*sqlitelayer.Tx, int64) error) (SaveResult, error) {
 	path := top.Path()
 	fail := func(err error) (SaveResult, error) {
 		return SaveResult{}, fmt.Errorf("save hibernate snapshot to %q: %w", path, err)
@@ -201,7 +208,7 @@ func saveInto(top *sqlitelayer.File, below disklayer.Layer, s *Snapshot, image i
 		if err := insertRows(tx.Conn(), s); err != nil {
 			return err
 		}
-		if err := writeBlob(tx, below, ranges, image, &res); err != nil {
+		if err := writeBlob(tx, below, index, ranges, image, &res); err != nil {
 			return err
 		}
 		if u, ok := image.(UnreadableImage); ok && u.Unreadable() > 0 && s.Status != StatusPartial {
@@ -350,7 +357,7 @@ const chunkBytes = 1 << 20
 // touch are built (zeros outside the ranges), compared with the chain
 // below, and written only where they differ. Ranges are sorted and do not
 // overlap.
-func writeBlob(tx *sqlitelayer.Tx, below disklayer.Layer, ranges []blobRange, image io.ReaderAt, res *SaveResult) error {
+func writeBlob(tx *sqlitelayer.Tx, below disklayer.Layer, index BelowIndex, ranges []blobRange, image io.ReaderAt, res *SaveResult) error {
 	bs := res.BlockSize
 	// Block-aligned spans covering the ranges, merged.
 	var spans []disklayer.Range
@@ -387,7 +394,7 @@ func writeBlob(tx *sqlitelayer.Tx, below disklayer.Layer, ranges []blobRange, im
 				}
 				res.StoredBytes += hi - lo
 			}
-			if err := storeChunk(tx, below, chunk, old, off, bs, res); err != nil {
+			if err := storeChunk(tx, below, index, chunk, old, off, bs, res); err != nil {
 				return err
 			}
 		}
@@ -397,14 +404,29 @@ func writeBlob(tx *sqlitelayer.Tx, below disklayer.Layer, ranges []blobRange, im
 
 // storeChunk writes the blocks of chunk (at off) that differ from below
 // (zeros when nothing is below) and drops the top's rows for the others,
-// in runs.
-func storeChunk(tx *sqlitelayer.Tx, below disklayer.Layer, chunk, old []byte, off, bs int64, res *SaveResult) error {
+// in runs. With an index that knows every block of the chunk, below is
+// not read.
+func storeChunk(tx *sqlitelayer.Tx, below disklayer.Layer, index BelowIndex, chunk, old []byte, off, bs int64, res *SaveResult) error {
 	n := int64(len(chunk))
 	old = old[:n]
-	if below == nil {
-		clear(old)
-	} else if _, err := below.ReadAt(old, off); err != nil {
-		return fmt.Errorf("read the hibernate file below at %#x: %w", off, err)
+	var differs func(b int64) bool
+	if below != nil && index != nil {
+		same := make([]bool, n/bs)
+		known := true
+		for b := int64(0); b < n && known; b += bs {
+			same[b/bs], known = index.Same(chunk[b:b+bs], off+b)
+		}
+		if known {
+			differs = func(b int64) bool { return !same[b/bs] }
+		}
+	}
+	if differs == nil {
+		if below == nil {
+			clear(old)
+		} else if _, err := below.ReadAt(old, off); err != nil {
+			return fmt.Errorf("read the hibernate file below at %#x: %w", off, err)
+		}
+		differs = func(b int64) bool { return !bytes.Equal(chunk[b:b+bs], old[b:b+bs]) }
 	}
 	runStart, runChanged := int64(0), false
 	flush := func(end int64) error {
@@ -419,7 +441,7 @@ func storeChunk(tx *sqlitelayer.Tx, below disklayer.Layer, chunk, old []byte, of
 		return tx.ForgetHibernate(off+runStart, end-runStart)
 	}
 	for b := int64(0); b < n; b += bs {
-		changed := !bytes.Equal(chunk[b:b+bs], old[b:b+bs])
+		changed := differs(b)
 		if b > runStart && changed != runChanged {
 			if err := flush(b); err != nil {
 				return err

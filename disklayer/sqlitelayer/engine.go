@@ -74,6 +74,11 @@ type engine struct {
 	// commit bumps the generation (bumpGen, writable opens only).
 	contentChanged bool
 	bumpGen        *sqlite3.Stmt
+
+	// noCatchUp: the commit in progress is one large transaction
+	// (File.Update) whose caller waits for it; the checkpoint of its
+	// WAL runs in the background instead of in the commit.
+	noCatchUp bool
 }
 
 // startBackgroundCheckpoints moves WAL checkpoints off the request path:
@@ -250,7 +255,7 @@ func (e *engine) commitLocked(op string) error {
 		for _, t := range e.tables {
 			t.batch = t.batch[:0]
 		}
-		e.checkpointLocked()
+		e.checkpointLocked(!e.noCatchUp)
 		return nil
 	}
 	if err := mapStoreError(err); errors.Is(err, disklayer.ErrNoSpace) {
@@ -265,9 +270,11 @@ func (e *engine) commitLocked(op string) error {
 }
 
 // checkpointLocked keeps the WAL bounded after a commit: a background
-// checkpoint every checkpointBytes of WAL, and a wait for one to catch up
-// once the WAL reaches walLimitBytes (see checkpointer).
-func (e *engine) checkpointLocked() {
+// checkpoint every checkpointBytes of WAL, and (with wait) a wait for one
+// to catch up once the WAL reaches walLimitBytes (see checkpointer).
+// Without wait a WAL past the limit only gets a background checkpoint;
+// the next commit that may wait catches up if it has not finished.
+func (e *engine) checkpointLocked(wait bool) {
 	if e.ckpt == nil {
 		return
 	}
@@ -275,10 +282,10 @@ func (e *engine) checkpointLocked() {
 		e.requestedAt = 0 // the WAL started over
 	}
 	switch {
-	case e.walBytes >= walLimitBytes:
+	case e.walBytes >= walLimitBytes && wait:
 		e.ckpt.catchUp()
 		e.requestedAt = e.walBytes
-	case e.walBytes-e.requestedAt >= checkpointBytes:
+	case e.walBytes-e.requestedAt >= checkpointBytes || e.walBytes >= walLimitBytes:
 		e.ckpt.request()
 		e.requestedAt = e.walBytes
 	}

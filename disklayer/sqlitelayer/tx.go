@@ -61,7 +61,16 @@ func (f *File) Update(op string, fn func(tx *Tx) error) error {
 	if err := e.conn.Exec("RELEASE layer_update"); err != nil {
 		return e.afterWriteLocked(op, 0, fmt.Errorf("%s %q: %w", op, e.path, mapStoreError(err)))
 	}
-	if err := e.commitLocked(op); err != nil {
+	// A large update (a machine's RAM) leaves a large WAL: its caller
+	// waits for the commit, which is durable once the WAL is synced, so
+	// copying the WAL into the database is left to the background
+	// checkpointer (measured: the wait was 1.0 s of a 2.8 s hibernate of
+	// a 512 MiB guest storing 109 MiB). The next ordinary commit waits
+	// for it if the WAL is still past walLimitBytes.
+	e.noCatchUp = true
+	err = e.commitLocked(op)
+	e.noCatchUp = false
+	if err != nil {
 		return err
 	}
 	if tx.markReadOnly {

@@ -43,7 +43,7 @@ func savedMachine(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	defer chain.Close()
-	_, err = hibfile.SaveChain(chain, machineSnapshot(ramSize, vm.MachineType, ""), img, func(tx *sqlitelayer.Tx, id int64) error {
+	_, err = hibfile.SaveChain(chain, machineSnapshot(ramSize, ramSize, vm.MachineType, ""), img, func(tx *sqlitelayer.Tx, id int64) error {
 		vm.SnapshotID = id
 		return insertVMState(tx.Conn(), vm)
 	})

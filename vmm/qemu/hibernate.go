@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,8 +26,10 @@ import (
 //   - RAM is a shared memory-backend-file (Config.RAMPath), so it is not
 //     in QEMU's migration stream (capability x-ignore-shared): hibdisk
 //     reads it from the file while the guest is stopped and saves it with
-//     hibfile.Save into hibernate_blocks at RAM offsets (guest-physical
-//     addresses, below 3 GiB where the pc machine maps RAM 1:1). Save
+//     hibfile.Save into hibernate_blocks at RAM file offsets. The memory
+//     map records where they are guest-physical: the pc and q35 machines
+//     map the file's first below-4g-mem-size bytes 1:1 and the rest at
+//     4 GiB, above the PCI hole (machineSnapshot). Save
 //     compares each block with the chain below by content, so a snapshot
 //     stacked on an older one stores only the pages that changed, and
 //     zero pages are never stored.
@@ -44,9 +47,13 @@ import (
 // SnapshotSource is the hibernate_snapshot source of machine snapshots.
 const SnapshotSource = "qemu"
 
-// maxRAMBytes keeps RAM below the pc machine's PCI hole, where RAM file
-// offsets are guest-physical addresses.
-const maxRAMBytes = 3 << 30
+// maxRAMBytes bounds the RAM size a machine snapshot may record (a
+// vm_state row claiming more is damaged).
+const maxRAMBytes = 1 << 40
+
+// pciHoleEnd is where the pc and q35 machines map the RAM that does not
+// fit below the PCI hole.
+const pciHoleEnd = 4 << 30
 
 // HibernateOptions configure Hibernate.
 type HibernateOptions struct {
@@ -69,6 +76,11 @@ type HibernateResult struct {
 	// Stop is stop + device state migration; Save the disk flush, RAM
 	// and metadata; Total everything up to QEMU's quit.
 	Stop, Save, Total time.Duration
+	// The parts of Save: Flush the disks, Write the snapshot's rows and
+	// RAM blocks into the open transaction (reading and comparing RAM
+	// included), Digest the wait for the RAM digest after that, Commit
+	// the commit (the WAL sync, and whatever the commit waits for).
+	Flush, Write, Digest, Commit time.Duration
 }
 
 // RAMBytesStored is RAMBlocksStored in bytes.
@@ -133,6 +145,7 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 
 	// Disks: QEMU drained and flushed them on stop; make the layers
 	// durable.
+	flushStart := time.Now()
 	for _, d := range m.cfg.Disks {
 		if w, ok := d.Layer.(disklayer.Disk); ok && !readOnly(d) {
 			if err := w.Flush(); err != nil {
@@ -140,8 +153,13 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 			}
 		}
 	}
+	flushed := time.Since(flushStart)
 	ramSize := int64(m.cfg.MemoryMiB) << 20
-	snap := machineSnapshot(ramSize, machineType, opts.KernelVersion)
+	lowMem, err := m.belowHoleRAM(ctx, ramSize)
+	if err != nil {
+		return fail(err)
+	}
+	snap := machineSnapshot(ramSize, lowMem, machineType, opts.KernelVersion)
 	ramDigest := make(chan error, 1)
 	var digest string
 	go func() {
@@ -174,10 +192,19 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 	}
 	var res hibfile.SaveResult
 	digestDone := false
+	writeStart := time.Now()
+	var written, digested time.Time
 	if err == nil {
-		res, err = hibfile.SaveChain(chain, snap, &ramImage{f: ramFile, size: ramSize}, func(tx *sqlitelayer.Tx, id int64) error {
+		var index hibfile.BelowIndex // a nil interface unless resumed
+		if m.ramIndex != nil {
+			index = m.ramIndex
+		}
+		res, err = hibfile.SaveChainIndexed(chain, snap, &ramImage{f: ramFile, size: ramSize}, index, func(tx *sqlitelayer.Tx, id int64) error {
 			digestDone = true
-			if err := <-ramDigest; err != nil {
+			written = time.Now()
+			err := <-ramDigest
+			digested = time.Now()
+			if err != nil {
 				return err
 			}
 			vm.SnapshotID, vm.RAMDigest, vm.SavedAt = id, digest, time.Now()
@@ -201,6 +228,7 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 		Layer: top.Path(), SnapshotID: res.SnapshotID, RAMSize: ramSize,
 		RAMBlocksStored: res.ChangedBlocks, RAMBlocksUnchanged: res.UnchangedBlocks, BlockSize: res.BlockSize,
 		DeviceStateBytes: len(state), Stop: stopped, Save: time.Since(start) - stopped,
+		Flush: flushed, Write: written.Sub(writeStart), Digest: digested.Sub(written), Commit: time.Since(digested),
 	}
 	quitCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -213,9 +241,54 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 
 func ptr[T any](v T) *T { return &v }
 
+// ramAboveHole matches the alias QEMU's pc and q35 machines map the RAM
+// above the PCI hole with, in "info mtree": guest-physical range, then
+// the backend's offset range it shows.
+var ramAboveHole = regexp.MustCompile(`(?m)^\s*([0-9a-f]+)-[0-9a-f]+ \(prio -?\d+, ram\): alias ram-above-4g @\S+ ([0-9a-f]+)-[0-9a-f]+`)
+
+// belowHoleRAM is how much of the RAM file QEMU maps 1:1 below the PCI
+// hole; the rest is at pciHoleEnd. QEMU 7.2 has no QOM property for it
+// (below-4g-mem-size came later), so it is read from the memory tree:
+// the ram-above-4g alias's offset into the backend.
+func (m *Machine) belowHoleRAM(ctx context.Context, ramSize int64) (int64, error) {
+	var tree string
+	if err := m.qmp.Execute(ctx, "human-monitor-command", map[string]any{"command-line": "info mtree"}, &tree); err != nil {
+		return 0, fmt.Errorf("where RAM above the PCI hole is: %w", err)
+	}
+	return parseBelowHole(tree, ramSize)
+}
+
+// parseBelowHole reads belowHoleRAM out of "info mtree".
+func parseBelowHole(tree string, ramSize int64) (int64, error) {
+	sm := ramAboveHole.FindStringSubmatch(tree)
+	if sm == nil {
+		return ramSize, nil // all of it below the hole
+	}
+	gpa, err1 := strconv.ParseInt(sm[1], 16, 64)
+	low, err2 := strconv.ParseInt(sm[2], 16, 64)
+	if err := errors.Join(err1, err2); err != nil || gpa != pciHoleEnd || low <= 0 || low >= ramSize {
+		return 0, fmt.Errorf("QEMU maps RAM above the PCI hole as %q, want RAM file offset (0, %d) at %#x: %w", sm[0], ramSize, int64(pciHoleEnd), ErrStateMismatch)
+	}
+	return low, nil
+}
+
 // machineSnapshot is the hibernate snapshot row of a machine with
-// ramSize bytes of RAM.
-func machineSnapshot(ramSize int64, machineType, kernelVersion string) *hibfile.Snapshot {
+// ramSize bytes of RAM, of which the first lowMem are mapped 1:1 and the
+// rest at pciHoleEnd. The machine is one "process" whose memory map is
+// guest RAM: virtual_addr and physical_addr are guest-physical addresses,
+// blob_offset the RAM file offset (a resume rebuilds the file from blob
+// offset 0 on).
+func machineSnapshot(ramSize, lowMem int64, machineType, kernelVersion string) *hibfile.Snapshot {
+	maps := []hibfile.Mapping{{
+		VirtualAddr: 0, Size: lowMem, PhysicalAddr: ptr(int64(0)), PageSize: pageSize,
+		Permissions: "rwxs", Flags: "guest-ram,shared", BlobOffset: ptr(int64(0)), Path: "[guest-ram]",
+	}}
+	if lowMem < ramSize {
+		maps = append(maps, hibfile.Mapping{
+			VirtualAddr: pciHoleEnd, Size: ramSize - lowMem, PhysicalAddr: ptr(int64(pciHoleEnd)), PageSize: pageSize,
+			Permissions: "rwxs", Flags: "guest-ram,shared,above-4g", BlobOffset: ptr(lowMem), Path: "[guest-ram]",
+		})
+	}
 	return &hibfile.Snapshot{
 		Timestamp:     time.Now().UTC(),
 		KernelVersion: kernelVersion,
@@ -228,10 +301,7 @@ func machineSnapshot(ramSize int64, machineType, kernelVersion string) *hibfile.
 			// map is guest RAM, stored at blob offset = RAM offset.
 			PID: 1, Name: "qemu-" + machineType, State: "stopped",
 			MemorySize: ramSize,
-			Mappings: []hibfile.Mapping{{
-				VirtualAddr: 0, Size: ramSize, PhysicalAddr: ptr(int64(0)), PageSize: pageSize,
-				Permissions: "rwxs", Flags: "guest-ram,shared", BlobOffset: ptr(int64(0)), Path: "[guest-ram]",
-			}},
+			Mappings:   maps,
 		}},
 	}
 }
@@ -244,9 +314,6 @@ func (m *Machine) hibernatable() (*sqlitelayer.File, error) {
 	}
 	if m.cfg.RAMPath == "" {
 		return bad("the machine's RAM is not a shared file (Config.RAMPath)")
-	}
-	if int64(m.cfg.MemoryMiB)<<20 > maxRAMBytes {
-		return bad("%d MiB of RAM: at most %d MiB (RAM above the PCI hole is not mapped 1:1)", m.cfg.MemoryMiB, maxRAMBytes>>20)
 	}
 	if len(m.cfg.Disks) == 0 {
 		return bad("the machine has no disk to hold the snapshot")

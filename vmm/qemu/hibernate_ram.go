@@ -12,6 +12,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hibdisk/hibdisk/hibfile"
 )
 
 // pageSize is the unit of the RAM digest and of the holes Resume leaves
@@ -108,6 +110,12 @@ func digestRAMFile(path string, size int64) (string, error) {
 		return "", fmt.Errorf("digest RAM: %w", err)
 	}
 	defer f.Close()
+	return digestRAM(f, size, nil)
+}
+
+// digestRAM computes the RAM digest of the RAM file f of size bytes, and
+// records its pages in index if that is not nil.
+func digestRAM(f *os.File, size int64, index *hibfile.PageIndex) (string, error) {
 	img := &ramImage{f: f, size: size}
 	d := newRAMDigest()
 	buf := make([]byte, ramChunk)
@@ -117,8 +125,23 @@ func digestRAMFile(path string, size int64) (string, error) {
 			return "", fmt.Errorf("digest RAM: %w", err)
 		}
 		d.add(buf[:n], off)
+		if index != nil {
+			index.Add(buf[:n], off)
+		}
 	}
 	return d.hex(), nil
+}
+
+// isZeroPage reports whether p (any length) is all zeros.
+func isZeroPage(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), pageSize)
+		if !bytes.Equal(p[:n], zeroPage[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
 }
 
 // writeRAMPages writes the non-zero pages of p (at off) to f in runs,

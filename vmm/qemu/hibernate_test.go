@@ -177,3 +177,25 @@ func TestVMStateRoundTrip(t *testing.T) {
 		t.Errorf("layer without vm_state: %v, want ErrNoVMState", err)
 	}
 }
+
+// TestParseBelowHole: the RAM file offset where RAM above the PCI hole
+// starts, from QEMU 7.2's "info mtree" of a 5 GiB pc machine.
+func TestParseBelowHole(t *testing.T) {
+	const tree = `address-space: memory
+  0000000000000000-ffffffffffffffff (prio 0, i/o): system
+    0000000000000000-00000000bfffffff (prio 0, ram): alias ram-below-4g @m 0000000000000000-00000000bfffffff
+    00000000000a0000-00000000000bffff (prio 1, i/o): alias smram-region @pci 00000000000a0000-00000000000bffff
+    0000000100000000-000000017fffffff (prio 0, ram): alias ram-above-4g @m 00000000c0000000-000000013fffffff
+`
+	if low, err := parseBelowHole(tree, 5<<30); err != nil || low != 3<<30 {
+		t.Errorf("5 GiB: %d, %v; want %d", low, err, 3<<30)
+	}
+	if low, err := parseBelowHole("  0000000000000000-000000001fffffff (prio 0, ram): alias ram-below-4g @m 0000000000000000-000000001fffffff\n", 512<<20); err != nil || low != 512<<20 {
+		t.Errorf("512 MiB: %d, %v", low, err)
+	}
+	s := machineSnapshot(5<<30, 3<<30, "pc-i440fx-7.2", "")
+	m := s.Processes[0].Mappings
+	if len(m) != 2 || m[1].VirtualAddr != 4<<30 || *m[1].PhysicalAddr != 4<<30 || *m[1].BlobOffset != 3<<30 || m[1].Size != 2<<30 || m[0].Size != 3<<30 {
+		t.Errorf("memory map of a 5 GiB machine: %+v", m)
+	}
+}

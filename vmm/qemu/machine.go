@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/vmm/nbd"
 	"github.com/hibdisk/hibdisk/vmm/nbddisk"
 )
@@ -268,6 +269,10 @@ type Machine struct {
 	// ram holds the unlinked RAM file open (holdRAM); cfg.RAMPath then
 	// names it through /proc/self/fd.
 	ram *os.File
+	// ramIndex, for a resumed machine, is its RAM as the resume rebuilt
+	// it from the chain below its top layer: Hibernate compares with it
+	// instead of reading the chain below.
+	ramIndex *hibfile.PageIndex
 }
 
 // closeOwned closes the layers the machine opened, last first.

@@ -95,9 +95,14 @@ func Resume(ctx context.Context, opts ResumeOptions) (_ *Machine, _ *ResumeResul
 	if err != nil {
 		return fail(err)
 	}
-	if err := checkVMState(binary, state, snap); err != nil {
+	if err := checkVMState(state, snap); err != nil {
 		return fail(fmt.Errorf("%s: %w", view.LayerPath(), err))
 	}
+	// Asking the binary runs QEMU twice (tens to hundreds of ms on a busy
+	// machine): it goes on while the RAM is rebuilt, and its answer is
+	// waited for before anything else is created.
+	binaryChecked := make(chan error, 1)
+	go func() { binaryChecked <- checkBinary(binary, state) }()
 
 	ramPath := opts.RAMPath
 	if ramPath == "" {
@@ -114,7 +119,10 @@ func Resume(ctx context.Context, opts ResumeOptions) (_ *Machine, _ *ResumeResul
 			os.Remove(ramPath)
 		}
 	}()
-	ramBytes, err := rebuildRAM(view, ramPath, state)
+	ramBytes, index, err := rebuildRAM(view, ramPath, state)
+	if berr := <-binaryChecked; berr != nil {
+		return fail(fmt.Errorf("%s: %w", view.LayerPath(), berr))
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -145,6 +153,7 @@ func Resume(ctx context.Context, opts ResumeOptions) (_ *Machine, _ *ResumeResul
 	}
 	ramOwned = false // the machine removes it in Wait
 	m.owned = disks
+	m.ramIndex = index
 	res.Start = time.Since(started)
 	go func() {
 		// Blocks until QEMU reads the stream (migrate-incoming); EPIPE
@@ -235,16 +244,18 @@ func openResumeDisks(opts ResumeOptions, state *VMState) (Config, []io.Closer, e
 	return cfg, disks, nil
 }
 
-// checkVMState refuses a device state that is damaged, belongs to
-// another snapshot, or was saved by another QEMU version or machine type
-// than binary offers.
-func checkVMState(binary string, s *VMState, snap hibfile.Snapshot) error {
+// checkVMState refuses a device state that is damaged or belongs to
+// another snapshot.
+func checkVMState(s *VMState, snap hibfile.Snapshot) error {
 	if bad := stateProblems(s); len(bad) > 0 {
 		return bad[0]
 	}
-	if err := snapshotBinding(s, snap); err != nil {
-		return err
-	}
+	return snapshotBinding(s, snap)
+}
+
+// checkBinary refuses a device state saved by another QEMU version or
+// machine type than binary offers.
+func checkBinary(binary string, s *VMState) error {
 	version, err := binaryVersion(binary)
 	if err != nil {
 		return err
@@ -336,29 +347,86 @@ func machineTypes(binary string) (map[string]bool, error) {
 // rebuildRAM writes the snapshot's RAM from the chain's hibernate file
 // into a RAM file at path (truncated to the RAM size, holes for zero
 // pages) and checks it against the digest the device state was saved
-// with. It returns the non-zero bytes written.
-func rebuildRAM(view *hibfile.View, path string, s *VMState) (int64, error) {
+// with. It reads the rows of each layer once, straight into the file
+// (hibfile.View.StoredBlocks: no composing the chain block by block),
+// then hashes the file for the digest, which also gives the page index
+// that lets the resumed machine's next hibernate find its changed pages
+// without reading the chain. It returns the non-zero bytes written.
+func rebuildRAM(view *hibfile.View, path string, s *VMState) (int64, *hibfile.PageIndex, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_TRUNC, 0o600)
 	if err != nil {
-		return 0, fmt.Errorf("rebuild RAM: %w", err)
+		return 0, nil, fmt.Errorf("rebuild RAM: %w", err)
 	}
 	defer f.Close()
 	if err := f.Truncate(s.RAMSize); err != nil {
-		return 0, fmt.Errorf("rebuild RAM: %w", err)
+		return 0, nil, fmt.Errorf("rebuild RAM: %w", err)
 	}
 	var written int64
-	err = verifyRAM(view, s, func(p []byte, off int64) error {
-		n, err := writeRAMPages(f, p, off)
-		written += n
-		return err
-	})
-	if errors.Is(err, ErrStateMismatch) {
-		return 0, err
+	if view.BlockSize()%pageSize != 0 {
+		// Not page blocks: compose the chain (the general path).
+		err = verifyRAM(view, s, func(p []byte, off int64) error {
+			n, err := writeRAMPages(f, p, off)
+			written += n
+			return err
+		})
+	} else {
+		w := &runWriter{f: f, buf: make([]byte, 0, ramChunk)}
+		err = view.StoredBlocks(s.RAMSize, func(off int64, data []byte) error {
+			if data == nil || isZeroPage(data) {
+				return nil // the file is truncated: a hole reads as zeros
+			}
+			written += int64(len(data))
+			return w.write(data, off)
+		})
+		if err == nil {
+			err = w.flush()
+		}
 	}
 	if err != nil {
-		return 0, fmt.Errorf("rebuild RAM: %w", err)
+		return 0, nil, fmt.Errorf("rebuild RAM: %w", err)
 	}
-	return written, nil
+	index := hibfile.NewPageIndex(s.RAMSize, pageSize)
+	digest, err := digestRAM(f, s.RAMSize, index)
+	if err != nil {
+		return 0, nil, fmt.Errorf("rebuild RAM: %w", err)
+	}
+	if digest != s.RAMDigest {
+		return 0, nil, fmt.Errorf("the RAM in the chain's hibernate file has digest %s, the device state was saved with RAM %s: %w", digest, s.RAMDigest, ErrStateMismatch)
+	}
+	return written, index, nil
+}
+
+// runWriter coalesces blocks written at ascending, adjacent offsets into
+// one pwrite of up to cap(buf) bytes.
+type runWriter struct {
+	f   *os.File
+	buf []byte
+	off int64 // file offset of buf[0]
+}
+
+func (w *runWriter) write(p []byte, off int64) error {
+	if len(w.buf) > 0 && (off != w.off+int64(len(w.buf)) || len(w.buf)+len(p) > cap(w.buf)) {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	if len(w.buf) == 0 {
+		w.off = off
+	}
+	w.buf = append(w.buf, p...)
+	return nil
+}
+
+func (w *runWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	_, err := w.f.WriteAt(w.buf, w.off)
+	w.buf = w.buf[:0]
+	if err != nil {
+		return fmt.Errorf("write RAM file %s: %w", w.f.Name(), err)
+	}
+	return nil
 }
 
 // verifyRAM reads s.RAMSize bytes of RAM from the view's hibernate file,

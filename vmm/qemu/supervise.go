@@ -70,6 +70,12 @@ type HibernateReport struct {
 	StopSeconds        float64 `json:"stop_seconds"`
 	SaveSeconds        float64 `json:"save_seconds"`
 	TotalSeconds       float64 `json:"total_seconds"`
+	// The parts of save_seconds (HibernateResult): disk flush, rows and
+	// RAM written into the transaction, wait for the RAM digest, commit.
+	FlushSeconds  float64 `json:"flush_seconds"`
+	WriteSeconds  float64 `json:"write_seconds"`
+	DigestSeconds float64 `json:"digest_seconds"`
+	CommitSeconds float64 `json:"commit_seconds"`
 }
 
 // ResumeReport is the resume after a hibernate with Continue.
@@ -78,6 +84,8 @@ type ResumeReport struct {
 	Top            string  `json:"top"`
 	RAMBytes       int64   `json:"ram_bytes_written"`
 	RebuildSeconds float64 `json:"rebuild_seconds"`
+	StartSeconds   float64 `json:"start_seconds"`   // QEMU's start up to QMP
+	MigrateSeconds float64 `json:"migrate_seconds"` // device state in, up to cont
 	TotalSeconds   float64 `json:"total_seconds"`
 	QMP            string  `json:"qmp"`
 }
@@ -88,6 +96,7 @@ func newHibernateReport(r *HibernateResult) *HibernateReport {
 		RAMBlocksStored: r.RAMBlocksStored, RAMBlocksUnchanged: r.RAMBlocksUnchanged, RAMBytesStored: r.RAMBytesStored(),
 		DeviceStateBytes: r.DeviceStateBytes,
 		StopSeconds:      r.Stop.Seconds(), SaveSeconds: r.Save.Seconds(), TotalSeconds: r.Total.Seconds(),
+		FlushSeconds: r.Flush.Seconds(), WriteSeconds: r.Write.Seconds(), DigestSeconds: r.Digest.Seconds(), CommitSeconds: r.Commit.Seconds(),
 	}
 }
 
@@ -174,7 +183,8 @@ func Supervise(ctx context.Context, m *Machine, opts SuperviseOptions) error {
 		}
 		next.reply(ControlReply{Hibernate: next.hib, Resume: &ResumeReport{
 			Snapshot: snapshot, Top: top, RAMBytes: res.RAMBytes,
-			RebuildSeconds: res.Rebuild.Seconds(), TotalSeconds: res.Total.Seconds(), QMP: rm.QMPPath(),
+			RebuildSeconds: res.Rebuild.Seconds(), StartSeconds: res.Start.Seconds(), MigrateSeconds: res.Migrate.Seconds(),
+			TotalSeconds: res.Total.Seconds(), QMP: rm.QMPPath(),
 		}})
 		if opts.OnResume != nil {
 			opts.OnResume(snapshot, top, rm, res)
