@@ -117,6 +117,13 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if img, err := readImage(dir); err == nil {
 		return img, nil
 	}
+	// Under the lock, a build directory is a crashed builder's.
+	stale, _ := filepath.Glob(filepath.Join(opts.CacheDir, "build-*"))
+	for _, d := range stale {
+		if err := removeUnmounted(d); err != nil && opts.Logf != nil {
+			opts.Logf("debimage: %v", err)
+		}
+	}
 	return build(ctx, opts, dir)
 }
 
@@ -130,7 +137,11 @@ func build(ctx context.Context, opts Options, dir string) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("debimage: %w", err)
 	}
-	defer os.RemoveAll(tmp)
+	defer func() {
+		if err := removeUnmounted(tmp); err != nil {
+			logf("debimage: %v", err)
+		}
+	}()
 	root, out := filepath.Join(tmp, "root"), filepath.Join(tmp, "img")
 	if err := os.Mkdir(out, 0o755); err != nil {
 		return nil, fmt.Errorf("debimage: %w", err)
@@ -305,8 +316,29 @@ func lockDir(dir string) (unlock func(), err error) {
 	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
 }
 
+// removeUnmounted removes dir unless something is mounted below it:
+// mmdebstrap mounts /proc, /sys and /dev into the root while it
+// installs, and a build it could not finish (killed, timed out) may
+// leave them, which a recursive remove must never walk into.
+func removeUnmounted(dir string) error {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("not removing %s: %w", dir, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// id parent major:minor root MOUNTPOINT ...
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			return fmt.Errorf("not removing %s: %s is mounted (umount it, then remove the directory)", dir, f[4])
+		}
+	}
+	return os.RemoveAll(dir)
+}
+
 func run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
+	// On cancel, let mmdebstrap unmount what it mounted before it goes.
+	cmd.Cancel = func() error { return cmd.Process.Signal(unix.SIGTERM) }
+	cmd.WaitDelay = time.Minute
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, lastLines(string(out), 20))

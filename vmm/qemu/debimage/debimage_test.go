@@ -2,6 +2,7 @@ package debimage
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 )
@@ -90,5 +91,44 @@ func TestCopyTreeKeepsModesAndLinks(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(root, "etc", "systemd", "system", "x.service")); err != nil || string(b) != "[Service]\n" {
 		t.Errorf("x.service: %q %v", b, err)
+	}
+}
+
+func TestRemoveUnmountedLeavesMounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := filepath.Join(t.TempDir(), "build-1")
+	proc := filepath.Join(dir, "root", "proc")
+	if err := os.MkdirAll(proc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", proc).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v: %s", err, out)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			exec.Command("umount", proc).Run()
+		}
+	})
+	if err := os.WriteFile(filepath.Join(proc, "keep"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeUnmounted(dir); err == nil {
+		t.Fatal("removeUnmounted removed a directory with a mount below it")
+	}
+	if _, err := os.Stat(filepath.Join(proc, "keep")); err != nil {
+		t.Fatalf("a file on the mount is gone: %v", err)
+	}
+	if out, err := exec.Command("umount", proc).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v: %s", err, out)
+	}
+	mounted = false
+	if err := removeUnmounted(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s still there: %v", dir, err)
 	}
 }
