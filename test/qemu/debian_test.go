@@ -24,6 +24,7 @@ type debianRun struct {
 	workDone      chan struct{}
 	workOK, hibOK bool
 	last          tick          // the last tick before the first hibernate
+	r1Last        tick          // the last tick of the machine resumed on r1.db
 	snap          replayedImage // tick.db with its journal replayed by e2fsck
 	ticks         []tick        // the ticks file of snap
 
@@ -56,6 +57,9 @@ func TestDebian(t *testing.T) {
 		r.measured(t, "image build (cold)", "%.0f s", r.g.img.BuildSeconds)
 	}
 	r.measured(t, "golden layer (hibdisk convert)", "%.1f s", r.g.convert)
+	if size := layerInfo(t, r.g.golden).DiskSize; size != debianDiskSize {
+		t.Fatalf("the golden layer is %d bytes, want %d", size, debianDiskSize)
+	}
 	// The two boots take most of the time: they run at once.
 	t.Run("boot", func(t *testing.T) {
 		t.Run("work", func(t *testing.T) {

@@ -52,7 +52,7 @@ import (
 
 // recipeVersion changes whenever the build steps do, so images of an
 // older recipe are not reused.
-const recipeVersion = "debimage-1"
+const recipeVersion = "debimage-2"
 
 // Label is the ext4 volume label of every image.
 const Label = "hibdisk-debian"
@@ -70,7 +70,7 @@ type Options struct {
 	// mmdebstrap: files, directories and symlinks with their modes, owned
 	// by root. Every file under it is an input of the image.
 	Overlay string
-	// Size is the ext4 image's size in bytes.
+	// Size is the ext4 image's size in bytes, a multiple of 1 KiB.
 	Size int64
 	// Logf, when set, is told about slow steps.
 	Logf func(format string, args ...any)
@@ -94,8 +94,8 @@ type Image struct {
 // Build returns the image for opts, building it when no cached image
 // matches.
 func Build(ctx context.Context, opts Options) (*Image, error) {
-	if opts.CacheDir == "" || opts.Suite == "" || opts.Overlay == "" || opts.Size <= 0 {
-		return nil, errors.New("debimage: CacheDir, Suite, Overlay and Size are required")
+	if opts.CacheDir == "" || opts.Suite == "" || opts.Overlay == "" || opts.Size <= 0 || opts.Size%1024 != 0 {
+		return nil, errors.New("debimage: CacheDir, Suite, Overlay and Size (a multiple of 1 KiB) are required")
 	}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("debimage: building a Debian image needs root (mmdebstrap root mode, file owners for mkfs.ext4 -d)")
@@ -159,8 +159,11 @@ func build(ctx context.Context, opts Options, dir string) (*Image, error) {
 	}
 	img.Packages = opts.Packages
 	img.Rootfs = filepath.Join(out, "rootfs.img")
-	if _, err := run(ctx, "mkfs.ext4", append(mkfsArgs(opts), "-d", root, img.Rootfs, strconv.FormatInt(opts.Size, 10))...); err != nil {
+	if _, err := run(ctx, "mkfs.ext4", append(mkfsArgs(opts), "-d", root, img.Rootfs, mkfsSize(opts.Size))...); err != nil {
 		return nil, fmt.Errorf("debimage: %w", err)
+	}
+	if info, err := os.Stat(img.Rootfs); err != nil || info.Size() != opts.Size {
+		return nil, fmt.Errorf("debimage: mkfs.ext4 made %s of %v bytes, want %d (%v)", img.Rootfs, sizeOf(info), opts.Size, err)
 	}
 	img.BuildSeconds = time.Since(started).Seconds()
 	if err := writeImageJSON(out, img); err != nil {
@@ -190,6 +193,17 @@ func mmdebstrapArgs(opts Options) []string {
 // mkfsArgs is the mkfs.ext4 command line without -d, target and size.
 func mkfsArgs(Options) []string {
 	return []string{"-q", "-F", "-L", Label}
+}
+
+// mkfsSize is mke2fs's fs-size argument for size bytes: a plain number
+// would count blocks, so it is given in KiB with a suffix.
+func mkfsSize(size int64) string { return strconv.FormatInt(size>>10, 10) + "k" }
+
+func sizeOf(info fs.FileInfo) any {
+	if info == nil {
+		return "?"
+	}
+	return info.Size()
 }
 
 // inputHash names an image by everything that goes into it.
