@@ -3,7 +3,8 @@
 # (the real peers: QEMU, libnbd, nbdkit, fio; filesystem tools for the
 # inspection tests; xz for the guest kernel's modules; gcc for the
 # capture tests' helper process; the sqlite3 shell, which the README's
-# SQL examples and the changed-base tests use) when any is missing.
+# SQL examples and the changed-base tests use; mmdebstrap, which builds
+# the Debian test guest) when any is missing.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 
@@ -21,6 +22,7 @@ declare -A need=(
   [mkfs.ext4]=e2fsprogs
   [debugfs]=e2fsprogs
   [e2fsck]=e2fsprogs
+  [dumpe2fs]=e2fsprogs
   [mkfs.vfat]=dosfstools
   [mcopy]=mtools
   [xorriso]=xorriso
@@ -32,6 +34,7 @@ declare -A need=(
   [apt-get]=apt
   [gcc]=gcc
   [sqlite3]=sqlite3
+  [mmdebstrap]=mmdebstrap
 )
 missing=()
 for cmd in "${!need[@]}"; do
