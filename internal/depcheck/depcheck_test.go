@@ -40,6 +40,7 @@ var allowed = map[string][]string{
 	"internal/schema":            {"internal/store"},
 	"vmm/nbd":                    nil,
 	"vmm/qemu/guestkit":          nil,
+	"vmm/qemu/debimage":          nil,
 	"disklayer":                  nil,
 	"disklayer/sqlitelayer":      {"disklayer", "internal/lock", "internal/schema", "internal/store"},
 	"disklayer/openvmmlayer":     {"disklayer", "internal/store"},
