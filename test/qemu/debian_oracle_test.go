@@ -96,30 +96,6 @@ func debugfsCat(t *testing.T, img, path string) string {
 	return string(out)
 }
 
-// knownJournalGap accepts that hibdisk could not read a hibernated
-// layer's filesystem only when its journal needs recovery: hibdisk does
-// not replay ext4 journals yet.
-//
-// TODO(issue 16, item 1): once hibdisk replays the journal, the callers
-// take their other branch and compare hibdisk's own view with e2fsck's;
-// then this function can go, and a failure here becomes a test failure.
-func knownJournalGap(t *testing.T, img replayedImage, what, detail string) {
-	t.Helper()
-	if !img.neededRecovery {
-		t.Errorf("%s failed although the journal needs no recovery: %s", what, detail)
-		return
-	}
-	t.Logf("TODO(issue 16, item 1): %s: not possible before journal replay (%s); checked on e2fsck's replay instead", what, oneLine(detail))
-}
-
-func oneLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i] + " …"
-	}
-	return s
-}
-
 // checkLayerCLI runs `hibdisk check` on a layer: the same checker as
 // checkLayer, in the hibdisk binary rather than the race-instrumented
 // test (a hibernated 1 GiB guest's layer takes seconds to check).
