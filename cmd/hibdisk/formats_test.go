@@ -5,8 +5,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hibdisk/hibdisk/internal/testenv"
 )
@@ -243,4 +245,61 @@ func TestForeignFormatsHibdiskDoesNotRead(t *testing.T) {
 	// An explicit format wins: a qcow2 named raw is read as its bytes.
 	qemuImgConvert(t, dir, foreignImages[0])
 	mustHib(t, dir, "create", "-b", "v3.qcow2", "-F", "raw", "bytes.db")
+}
+
+// qemuNBDFor lists the pids of qemu-nbd processes serving image.
+func qemuNBDFor(t *testing.T, image string) []string {
+	t.Helper()
+	var pids []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if strings.HasSuffix(args[0], "qemu-nbd") && slices.Contains(args, image) {
+			pids = append(pids, filepath.Base(filepath.Dir(p)))
+		}
+	}
+	return pids
+}
+
+// TestForeignBaseHeldAndKilled: while a diff layer over a qcow2 is served,
+// the qcow2 is held by QEMU's own lock (a qemu-io writer is refused, not
+// raced), and a serve killed with SIGKILL leaves neither its qemu-nbd nor
+// a socket directory behind.
+func TestForeignBaseHeldAndKilled(t *testing.T) {
+	testenv.RequireTools(t, "qemu-utils", "qemu-img", "qemu-io", "qemu-nbd")
+	testenv.RequireTools(t, "e2fsprogs", "mkfs.ext4")
+	dir := testDir(t)
+	makeGolden(t, dir, "4M")
+	qemuImgConvert(t, dir, foreignImages[0])
+	base := filepath.Join(dir, foreignImages[0].file)
+	mustHib(t, dir, "create", "-b", base, "-F", "qcow2", "job.db")
+	dirsBefore, _ := filepath.Glob(filepath.Join(os.TempDir(), "hibdisk-qemu-nbd-*"))
+	serve := holdLayer(t, dir, "--socket", filepath.Join(dir, "job.sock"), "job.db")
+	if pids := qemuNBDFor(t, base); len(pids) != 1 {
+		t.Fatalf("qemu-nbd processes for the base while served: %v, want one", pids)
+	}
+	out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x66 0 4k", base).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "lock") {
+		t.Errorf("qemu-io write into the served base: %v\n%s; want it refused by QEMU's image lock", err, out)
+	}
+	serve.Process.Kill()
+	serve.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(qemuNBDFor(t, base)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if pids := qemuNBDFor(t, base); len(pids) > 0 {
+		t.Errorf("qemu-nbd %v outlived the killed serve", pids)
+	}
+	if dirsAfter, _ := filepath.Glob(filepath.Join(os.TempDir(), "hibdisk-qemu-nbd-*")); len(dirsAfter) > len(dirsBefore) {
+		t.Errorf("socket directories left behind: %v (before: %v)", dirsAfter, dirsBefore)
+	}
+	// The base was never written, and the layer is whole.
+	if out := mustHib(t, dir, "compare", "job.db", "golden.img"); !strings.Contains(out, "identical") {
+		t.Errorf("compare after the kill: %s", out)
+	}
 }

@@ -68,6 +68,10 @@ func OpenImage(path, format string) (*Layer, error) {
 		stop()
 		return nil, fmt.Errorf("open %s image %q: %w", format, path, err)
 	}
+	// Connected: nobody needs the socket's name any more (the client does
+	// not redial a local qemu-nbd), so a hibdisk killed with SIGKILL
+	// leaves no directory behind; qemu-nbd dies with it (Pdeathsig).
+	os.RemoveAll(dir)
 	l, err := newLayer(c)
 	if err != nil {
 		c.Close()
