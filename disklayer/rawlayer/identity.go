@@ -147,12 +147,61 @@ func ViewDigest(l disklayer.Layer) (string, error) {
 	var word [8]byte
 	binary.BigEndian.PutUint64(word[:], uint64(size))
 	h.Write(word[:])
-	buf := make([]byte, 64*contentChunk)
 	zero := make([]byte, contentChunk)
-	next := int64(0) // the first offset not hashed yet, chunk aligned
+	// The next piece is read while this one is hashed: over NBD (an
+	// image qemu-nbd reads) reading and hashing one after the other
+	// left each side idle half the time.
+	pieces, free, done := make(chan viewPiece, 1), make(chan []byte, 2), make(chan struct{})
+	defer close(done)
+	for range 2 {
+		free <- make([]byte, 64*contentChunk)
+	}
+	go readView(l, pieces, free, done)
+	for pc := range pieces {
+		if pc.err != nil {
+			return "", pc.err
+		}
+		for c := 0; c < len(pc.p); c += contentChunk {
+			chunk := pc.p[c:min(c+contentChunk, len(pc.p))]
+			if bytes.Equal(chunk, zero[:len(chunk)]) {
+				continue
+			}
+			binary.BigEndian.PutUint64(word[:], uint64((pc.off+int64(c))/contentChunk))
+			h.Write(word[:])
+			h.Write(chunk)
+		}
+		free <- pc.p
+	}
+	return ContentPrefix + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// viewPiece is a read of ViewDigest: whole chunks at off, or the error
+// that ends the reading.
+type viewPiece struct {
+	p   []byte
+	off int64
+	err error
+}
+
+// readView reads the chunks of l's Data extents, in order, into buffers
+// from free and sends them on pieces, which it closes at the end; it
+// stops early when done is closed.
+func readView(l disklayer.Layer, pieces chan<- viewPiece, free <-chan []byte, done <-chan struct{}) {
+	defer close(pieces)
+	size := l.Size()
+	send := func(pc viewPiece) bool {
+		select {
+		case pieces <- pc:
+			return true
+		case <-done:
+			return false
+		}
+	}
+	next := int64(0) // the first offset not read yet, chunk aligned
 	for e, err := range l.Extents(0, size) {
 		if err != nil {
-			return "", fmt.Errorf("content digest: %w", err)
+			send(viewPiece{err: fmt.Errorf("content digest: %w", err)})
+			return
 		}
 		if e.Kind != disklayer.Data || e.End() <= next {
 			continue
@@ -160,22 +209,22 @@ func ViewDigest(l disklayer.Layer) (string, error) {
 		off := max(next, e.Off-e.Off%contentChunk)
 		end := min(size, (e.End()+contentChunk-1)/contentChunk*contentChunk)
 		for off < end {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-done:
+				return
+			}
 			p := buf[:min(int64(len(buf)), end-off)]
 			if _, err := l.ReadAt(p, off); err != nil {
-				return "", fmt.Errorf("content digest: read %d bytes at %d: %w", len(p), off, err)
+				send(viewPiece{err: fmt.Errorf("content digest: read %d bytes at %d: %w", len(p), off, err)})
+				return
 			}
-			for c := 0; c < len(p); c += contentChunk {
-				chunk := p[c:min(c+contentChunk, len(p))]
-				if bytes.Equal(chunk, zero[:len(chunk)]) {
-					continue
-				}
-				binary.BigEndian.PutUint64(word[:], uint64((off+int64(c))/contentChunk))
-				h.Write(word[:])
-				h.Write(chunk)
+			if !send(viewPiece{p: p, off: off}) {
+				return
 			}
 			off += int64(len(p))
 		}
 		next = end
 	}
-	return ContentPrefix + hex.EncodeToString(h.Sum(nil)), nil
 }

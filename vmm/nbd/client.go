@@ -262,16 +262,54 @@ func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > c.info.Size {
 		return 0, fmt.Errorf("read %d bytes at %d of a %d-byte export: %w", len(p), off, c.info.Size, EINVAL)
 	}
-	maxLen := int(min(c.info.MaxBlock, MaxRequestLength))
-	for done := 0; done < len(p); {
-		n := min(len(p)-done, maxLen)
-		cl, err := c.do(cmdRead, 0, uint64(off)+uint64(done), uint32(n), p[done:done+n])
-		if err != nil {
-			return done, fmt.Errorf("read %d bytes at %d from %s: %w", n, off+int64(done), c.target.URI(), err)
-		}
-		c.Fetched.Add(int64(cl.data))
-		done += n
+	piece := int(min(c.info.MaxBlock, MaxRequestLength, readPiece))
+	if len(p) <= piece {
+		return c.readPiece(p, off)
 	}
+	// A large read goes out as pieces in flight together, so the server
+	// works on the next while this side takes in the last (qemu-nbd
+	// serves one connection's requests concurrently): one request at a
+	// time left both sides idle half the time.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	firstAt := len(p)
+	sem := make(chan struct{}, readsInFlight)
+	for done := 0; done < len(p); done += piece {
+		n := min(len(p)-done, piece)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := c.readPiece(p[done:done+n], off+int64(done)); err != nil {
+				mu.Lock()
+				if done < firstAt {
+					first, firstAt = err, done
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		return firstAt, first
+	}
+	return len(p), nil
+}
+
+// Large reads are split into pieces of readPiece bytes, readsInFlight of
+// them in flight at once.
+const (
+	readPiece     = 256 << 10
+	readsInFlight = 16
+)
+
+// readPiece is one READ request.
+func (c *Client) readPiece(p []byte, off int64) (int, error) {
+	cl, err := c.do(cmdRead, 0, uint64(off), uint32(len(p)), p)
+	if err != nil {
+		return 0, fmt.Errorf("read %d bytes at %d from %s: %w", len(p), off, c.target.URI(), err)
+	}
+	c.Fetched.Add(int64(cl.data))
 	return len(p), nil
 }
 
