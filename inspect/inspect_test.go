@@ -6,10 +6,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -229,7 +227,7 @@ func TestNeedsRecovery(t *testing.T) {
 	}
 
 	img = liveImage(t, "-c", "-O", "metadata_csum,64bit")
-	damageJournalSuper(t, img)
+	jbd2test.DamageSuperblock(t, img)
 	f, err = openImage(t, img).FS(0)
 	if err != nil {
 		t.Fatal(err)
@@ -240,29 +238,6 @@ func TestNeedsRecovery(t *testing.T) {
 	}
 	if _, err := f.Stat("/dir/sub/deep.txt"); err != nil {
 		t.Errorf("unreplayed filesystem: %v", err)
-	}
-}
-
-// damageJournalSuper flips a byte of the journal superblock's unused
-// padding: only its checksum notices.
-func damageJournalSuper(t *testing.T, img string) {
-	t.Helper()
-	out, err := exec.Command("debugfs", "-c", "-R", "bmap <8> 0", img).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	off := blk*int64(jbd2test.BlockSize(t, img)) + 0x60
-	if _, err := f.WriteAt([]byte{0x5A}, off); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -265,6 +266,29 @@ func appendSync(t testing.TB, path, line string) {
 		t.Fatal(err)
 	}
 	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// DamageSuperblock flips a byte of the journal superblock's unused
+// padding of the ext4 image img: only its checksum notices.
+func DamageSuperblock(t testing.TB, img string) {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-c", "-R", "bmap <8> 0", img).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	off := blk*int64(BlockSize(t, img)) + 0x60
+	if _, err := f.WriteAt([]byte{0x5A}, off); err != nil {
 		t.Fatal(err)
 	}
 }
