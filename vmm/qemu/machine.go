@@ -43,7 +43,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 	"github.com/hibdisk/hibdisk/vmm/nbd"
 	"github.com/hibdisk/hibdisk/vmm/nbddisk"
@@ -376,7 +378,27 @@ func Start(ctx context.Context, cfg Config) (_ *Machine, err error) {
 		<-m.exited
 		return nil, err
 	}
+	if cfg.RAMPath != "" && !cfg.incoming {
+		// A machine that may be hibernated: ready its layer while the
+		// guest boots (Resume does it while it rebuilds the RAM).
+		go prefaultTop(cfg)
+	}
 	return m, nil
+}
+
+// prefaultTop readies the top layer of the machine's first disk for the
+// hibernate's large transaction (sqlitelayer.File.Prefault). A failure
+// only costs speed: a layer that cannot be used says so on its next
+// request.
+func prefaultTop(cfg Config) {
+	if len(cfg.Disks) == 0 || readOnly(cfg.Disks[0]) {
+		return
+	}
+	if d, ok := cfg.Disks[0].Layer.(*diffdisk.Disk); ok {
+		if top, ok := d.Layer(0).(*sqlitelayer.File); ok {
+			top.Prefault()
+		}
+	}
 }
 
 // holdRAM opens the RAM file and unlinks it once QEMU has mapped it
