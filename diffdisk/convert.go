@@ -59,7 +59,7 @@ func Convert(src disklayer.Layer, dst string, opts ConvertOptions) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			removeLayerFiles(tmp)
+			RemoveLayerFiles(tmp)
 		}
 	}()
 	if QemuImgFormat(opts.Format) {
@@ -201,9 +201,12 @@ func writeNonZero(dst disklayer.Disk, p []byte, off, unit int64) error {
 	return flush(len(p))
 }
 
-// removeLayerFiles deletes a partial output and its SQLite companions.
-func removeLayerFiles(path string) {
+// RemoveLayerFiles deletes a layer this process made and gave up on (a
+// partial output, a resume's new top that failed) with its SQLite
+// companions, best effort: the error that made it give up is what
+// matters.
+func RemoveLayerFiles(path string) {
 	for _, p := range []string{path, path + "-wal", path + "-shm", path + "-journal"} {
-		_ = os.Remove(p) // best effort: the original error is what matters
+		_ = os.Remove(p)
 	}
 }

@@ -16,7 +16,8 @@ func ramSnapshot(size int64) *hibfile.Snapshot {
 // TestSaveChainIndexed: a save stacked on a snapshot, comparing with a
 // PageIndex of the snapshot's content instead of reading it, stores
 // exactly the blocks a save that reads the chain below stores; and
-// StoredBlocks rebuilds the stacked content from the rows.
+// StoredBlocks rebuilds the stacked content from the rows, in block
+// order.
 func TestSaveChainIndexed(t *testing.T) {
 	const size = 256 << 10
 	dir := t.TempDir()
@@ -59,7 +60,12 @@ func TestSaveChainIndexed(t *testing.T) {
 		}
 		rebuilt := make([]byte, size)
 		v := latestView(t, top)
+		last := int64(-1)
 		if err := v.StoredBlocks(size, func(off int64, data []byte) error {
+			if off <= last {
+				t.Errorf("indexed=%v: StoredBlocks gave block %#x after %#x: want ascending, each once", indexed, off, last)
+			}
+			last = off
 			if data != nil {
 				copy(rebuilt[off:], data)
 			}

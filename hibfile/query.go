@@ -472,54 +472,128 @@ func Latest(path string) (*Snapshot, error) {
 func (v *View) BlockSize() int64 { return int64(v.file.SectorSize()) }
 
 // StoredBlocks calls fn for every block of the hibernate file below end
-// that a layer from the snapshot's down stores, straight from the rows:
-// the block's offset and its content (nil for a tombstone, which reads as
-// zeros), the topmost layer's row for each block and no other, ascending
-// within each layer, the layers top first. Blocks no layer stores (zeros)
-// are not visited. data is only valid during the call. It reads each
-// layer's rows once, without composing the chain block by block: a
-// resume rebuilds RAM this way. A layer whose block size differs from
-// the snapshot's is ErrInvalid (ReadBlob reads such chains).
+// that a layer from the snapshot's down stores, straight from the rows,
+// in ascending order: the block's offset and its content (nil for a
+// tombstone, which reads as zeros), the topmost layer's row for each
+// block and no other. Blocks no layer stores (zeros) are not visited.
+// data is only valid during the call. It reads each layer's rows once,
+// merging the layers' ordered scans, without composing the chain block
+// by block: a resume rebuilds RAM this way, and since the blocks come in
+// order it can hash them as they come. The scans run with a small page
+// cache: a page read once is not kept, so a scan does not grow SQLite's
+// memory by the size of the hibernate file (on these machines each new
+// page of it cost a page fault of ~11 µs). A layer whose block size
+// differs from the snapshot's is ErrInvalid (ReadBlob reads such chains).
 func (v *View) StoredBlocks(end int64, fn func(off int64, data []byte) error) error {
 	if v.snap.BlobFilePath != "" {
 		return fmt.Errorf("read blob of %q: the snapshot's blob is the external file %q, not the hibernate file: %w", v.LayerPath(), v.snap.BlobFilePath, disklayer.ErrInvalid)
 	}
 	bs := v.BlockSize()
 	blocks := (end + bs - 1) / bs
-	seen := make([]uint64, (blocks+63)/64)
 	for _, f := range v.layers {
 		if int64(f.SectorSize()) != bs {
 			return fmt.Errorf("read blob of %q: %q has %d-byte blocks, the snapshot %d: %w", v.LayerPath(), f.Path(), f.SectorSize(), bs, disklayer.ErrInvalid)
 		}
-		err := f.View("read hibernate rows", func(conn *sqlite3.Conn) error {
+	}
+	scans := make([]*rowScan, len(v.layers))
+	// Each layer's scan runs inside that layer's View; the merge runs
+	// inside the last one.
+	var open func(i int) error
+	open = func(i int) error {
+		if i == len(scans) {
+			return mergeScans(scans, bs, fn)
+		}
+		f := v.layers[i]
+		return f.View("read hibernate rows", func(conn *sqlite3.Conn) (err error) {
+			cache, err := queryInt(conn, "PRAGMA cache_size")
+			if err != nil {
+				return err
+			}
+			if err := conn.Exec("PRAGMA cache_size=-256"); err != nil {
+				return err
+			}
+			defer func() {
+				if rerr := conn.Exec(fmt.Sprintf("PRAGMA cache_size=%d", cache)); err == nil {
+					err = rerr
+				}
+			}()
 			stmt, _, err := conn.Prepare("SELECT block, data FROM hibernate_blocks WHERE block >= 0 AND block < ?1 ORDER BY block")
 			if err != nil {
 				return err
 			}
 			defer stmt.Close()
 			stmt.BindInt64(1, blocks)
-			for stmt.Step() {
-				b := stmt.ColumnInt64(0)
-				if seen[b/64]&(1<<(b%64)) != 0 {
-					continue
-				}
-				seen[b/64] |= 1 << (b % 64)
-				data := stmt.ColumnRawBlob(1)
-				switch {
-				case stmt.ColumnType(1) == sqlite3.NULL:
-					data = nil
-				case int64(len(data)) != bs:
-					return fmt.Errorf("%q hibernate_blocks block %d holds %d bytes, want %d: %w", f.Path(), b, len(data), bs, disklayer.ErrCorrupt)
-				}
-				if err := fn(b*bs, data); err != nil {
+			scans[i] = &rowScan{stmt: stmt, path: f.Path(), bs: bs}
+			if err := scans[i].next(); err != nil {
+				return err
+			}
+			return open(i + 1)
+		})
+	}
+	if err := open(0); err != nil {
+		return fmt.Errorf("read blob of %q: %w", v.LayerPath(), err)
+	}
+	return nil
+}
+
+// rowScan is one layer's ordered scan of its hibernate rows.
+type rowScan struct {
+	stmt  *sqlite3.Stmt
+	path  string
+	bs    int64
+	block int64 // the current row's block; valid unless done
+	done  bool
+}
+
+// next steps to the next row.
+func (r *rowScan) next() error {
+	if !r.stmt.Step() {
+		r.done = true
+		return r.stmt.Err()
+	}
+	r.block = r.stmt.ColumnInt64(0)
+	return nil
+}
+
+// data is the current row's content (nil for a tombstone).
+func (r *rowScan) data() ([]byte, error) {
+	if r.stmt.ColumnType(1) == sqlite3.NULL {
+		return nil, nil
+	}
+	data := r.stmt.ColumnRawBlob(1)
+	if int64(len(data)) != r.bs {
+		return nil, fmt.Errorf("%q hibernate_blocks block %d holds %d bytes, want %d: %w", r.path, r.block, len(data), r.bs, disklayer.ErrCorrupt)
+	}
+	return data, nil
+}
+
+// mergeScans passes the rows of scans (top layer first) to fn in block
+// order, the topmost row of each block only.
+func mergeScans(scans []*rowScan, bs int64, fn func(off int64, data []byte) error) error {
+	for {
+		var top *rowScan // the topmost scan at the lowest block
+		for _, r := range scans {
+			if !r.done && (top == nil || r.block < top.block) {
+				top = r
+			}
+		}
+		if top == nil {
+			return nil
+		}
+		b := top.block
+		data, err := top.data()
+		if err != nil {
+			return err
+		}
+		if err := fn(b*bs, data); err != nil {
+			return err
+		}
+		for _, r := range scans {
+			if !r.done && r.block == b {
+				if err := r.next(); err != nil {
 					return err
 				}
 			}
-			return stmt.Err()
-		})
-		if err != nil {
-			return fmt.Errorf("read blob of %q: %w", v.LayerPath(), err)
 		}
 	}
-	return nil
 }

@@ -379,7 +379,7 @@ func TestHibernateBranches(t *testing.T) {
 
 // TestResumeRefusesTamperedState: a damaged device state, a device state
 // from another QEMU version or machine type, and RAM that does not match
-// the device state are all refused before anything is created.
+// the device state are all refused, and leave nothing behind.
 func TestResumeRefusesTamperedState(t *testing.T) {
 	guestKit(t)
 	dir := t.TempDir()
@@ -407,9 +407,11 @@ func TestResumeRefusesTamperedState(t *testing.T) {
 				t.Fatal(err)
 			}
 			top := tampered + ".resume.db"
+			ram := ramFile(t)
+			os.Remove(ram) // Resume makes it: left behind is then its own
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			m, _, err := qemu.Resume(ctx, qemu.ResumeOptions{Snapshot: tampered, Top: top, RAMPath: ramFile(t)})
+			m, _, err := qemu.Resume(ctx, qemu.ResumeOptions{Snapshot: tampered, Top: top, RAMPath: ram})
 			if err == nil {
 				m.Kill()
 				m.Wait(context.Background())
@@ -418,8 +420,12 @@ func TestResumeRefusesTamperedState(t *testing.T) {
 			if !errors.Is(err, qemu.ErrStateMismatch) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("resume: %v; want ErrStateMismatch saying %q", err, tc.want)
 			}
-			if _, err := os.Stat(top); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("a refused resume left %s behind (%v)", top, err)
+			// The top and QEMU are made while the RAM is rebuilt: a
+			// refusal removes them, and the RAM file.
+			for _, p := range []string{top, top + "-wal", top + "-shm", ram} {
+				if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("a refused resume left %s behind (%v)", p, err)
+				}
 			}
 		})
 	}
