@@ -27,8 +27,12 @@ type blockTable struct {
 	detached  bool // the Hibernate view was closed; guarded by e.mu
 
 	// Prepared once, reused by every request.
-	selectRange    *sqlite3.Stmt // rows with key in [?1, ?2], ascending
-	selectKinds    *sqlite3.Stmt // key and NULL-ness in [?1, ?2], at most ?3 rows
+	selectRange *sqlite3.Stmt // rows with key in [?1, ?2], ascending
+	// selectKinds: key and NULL-ness in [?1, ?2], at most ?3 rows. It asks
+	// typeof(data), which SQLite answers from the cell header; data IS
+	// NULL loads the value, overflow pages and all (a chain index over
+	// 4 GiB of data: 2.1 s of scan instead of 0.49 s).
+	selectKinds    *sqlite3.Stmt
 	upsert         *sqlite3.Stmt // store (?1, ?2), replacing a row
 	upsertRun      *sqlite3.Stmt // store upsertRunLen rows (?1, ?2), (?3, ?4), ...
 	insertAbsent   *sqlite3.Stmt // store (?1, ?2) only where there is no row
@@ -57,7 +61,7 @@ func newBlockTable(e *engine, table, key string, blockSize int, size int64) (*bl
 		sql  string
 	}{
 		{&t.selectRange, "SELECT " + key + ", data FROM " + table + " WHERE " + key + " BETWEEN ?1 AND ?2 ORDER BY " + key},
-		{&t.selectKinds, "SELECT " + key + ", data IS NULL FROM " + table + " WHERE " + key + " BETWEEN ?1 AND ?2 ORDER BY " + key + " LIMIT ?3"},
+		{&t.selectKinds, "SELECT " + key + ", typeof(data) = 'null' FROM " + table + " WHERE " + key + " BETWEEN ?1 AND ?2 ORDER BY " + key + " LIMIT ?3"},
 		{&t.upsert, "INSERT INTO " + table + " (" + key + ", data) VALUES (?1, ?2) ON CONFLICT (" + key + ") DO UPDATE SET data = excluded.data"},
 		{&t.upsertRun, "INSERT INTO " + table + " (" + key + ", data) VALUES " + valuesList(upsertRunLen) + " ON CONFLICT (" + key + ") DO UPDATE SET data = excluded.data"},
 		{&t.insertAbsent, "INSERT INTO " + table + " (" + key + ", data) VALUES (?1, ?2) ON CONFLICT (" + key + ") DO NOTHING"},

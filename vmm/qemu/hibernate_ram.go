@@ -62,9 +62,13 @@ func (d *ramDigest) add(p []byte, off int64) {
 
 func (d *ramDigest) hex() string { return hex.EncodeToString(d.h.Sum(nil)) }
 
-// ramImage reads a RAM file for hibfile.Save: holes (pages the guest
-// never touched) read as zeros without touching the file, found with
-// SEEK_DATA/SEEK_HOLE; data is read with pread.
+// ramImage reads a RAM file for hibfile.Save: a stretch with no data
+// (pages the guest never touched) reads as zeros without touching the
+// file, found with SEEK_DATA; the rest of a read, from its first data
+// on, is one pread, in which holes read as zeros. (A hole for hole:
+// SEEK_DATA and SEEK_HOLE around every extent, was a system call pair
+// per extent, and a Linux guest's RAM alternates data and holes page by
+// page.)
 type ramImage struct {
 	f    *os.File
 	size int64
@@ -76,26 +80,17 @@ func (r *ramImage) ReadAt(p []byte, off int64) (int, error) {
 		return 0, io.EOF
 	}
 	end := min(off+int64(len(p)), r.size)
-	fd := int(r.f.Fd())
-	for pos := off; pos < end; {
-		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) || (err == nil && data >= end) {
-			clear(p[pos-off : end-off])
-			break
-		}
-		if err != nil {
-			return int(pos - off), fmt.Errorf("seek data in %s at %#x: %w", r.f.Name(), pos, err)
-		}
-		clear(p[pos-off : data-off])
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return int(data - off), fmt.Errorf("seek hole in %s at %#x: %w", r.f.Name(), data, err)
-		}
-		stop := min(hole, end)
-		if _, err := r.f.ReadAt(p[data-off:stop-off], data); err != nil && !errors.Is(err, io.EOF) {
+	data, err := unix.Seek(int(r.f.Fd()), off, unix.SEEK_DATA)
+	switch {
+	case errors.Is(err, unix.ENXIO) || (err == nil && data >= end):
+		clear(p[:end-off])
+	case err != nil:
+		return 0, fmt.Errorf("seek data in %s at %#x: %w", r.f.Name(), off, err)
+	default:
+		clear(p[:data-off])
+		if _, err := r.f.ReadAt(p[data-off:end-off], data); err != nil && !errors.Is(err, io.EOF) {
 			return int(data - off), fmt.Errorf("read %s at %#x: %w", r.f.Name(), data, err)
 		}
-		pos = stop
 	}
 	if n := int(end - off); n < len(p) {
 		return n, io.EOF
