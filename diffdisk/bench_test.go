@@ -215,7 +215,11 @@ func BenchmarkIndexBuild(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := d.chainIndex(); err != nil {
+		ix, err := d.chainIndex()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := ix.ensure(0, d.size); err != nil {
 			b.Fatal(err)
 		}
 		d.Close()

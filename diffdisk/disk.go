@@ -57,8 +57,10 @@ type Disk struct {
 
 	indexOnce sync.Once
 	index     *chainIndex
-	indexErr  error
 	noIndex   bool // tests set it to exercise the layer-by-layer walk
+	// regionBytes overrides the package's regionBytes (tests: many
+	// regions on a small disk).
+	regionBytes int64
 }
 
 // layerMeta records what a layer is, for Layers and error messages.
@@ -190,10 +192,14 @@ func (d *Disk) read(p []byte, off int64, fill bool) error {
 	if err != nil {
 		return err
 	}
-	if ix != nil && ix.lowerOK && ix.from == 0 {
-		return d.readRuns(ix, p, off)
+	if ix != nil && ix.from == 0 {
+		return d.readFrom(ix, 0, p, off)
 	}
 	if ix != nil && ix.held != nil {
+		// The top's bits of a region are trusted once it is indexed.
+		if err := ix.ensure(off, off+int64(len(p))); err != nil {
+			return err
+		}
 		return d.readHeld(ix, p, off, fill)
 	}
 	return d.readLayer(ix, 0, p, off, func(q []byte, at int64) error {
@@ -276,13 +282,19 @@ func (d *Disk) cacheFill(ix *chainIndex, p []byte, off int64) error {
 	return nil
 }
 
-// readFrom fills p with the view of the chain from depth down.
+// readFrom fills p with the view of the chain from depth down: through
+// the index's runs where they cover it, layer by layer elsewhere.
 func (d *Disk) readFrom(ix *chainIndex, depth int, p []byte, off int64) error {
-	if ix != nil && ix.lowerOK && depth >= ix.from {
-		return d.readRuns(ix, p, off)
+	below := func(q []byte, at int64) error { return d.readFrom(ix, depth+1, q, at) }
+	if ix == nil || depth < ix.from || depth == len(d.layers) {
+		return d.readLayer(ix, depth, p, off, below)
 	}
-	return d.readLayer(ix, depth, p, off, func(q []byte, at int64) error {
-		return d.readFrom(ix, depth+1, q, at)
+	return ix.each(off, off+int64(len(p)), func(r *indexRegion, from, to int64) error {
+		q := p[from-off : to-off]
+		if r.ok {
+			return d.readRuns(r, q, from)
+		}
+		return d.readLayer(ix, depth, q, from, below)
 	})
 }
 
@@ -327,13 +339,13 @@ func (d *Disk) readLayer(ix *chainIndex, depth int, p []byte, off int64, below f
 	return nil
 }
 
-// readRuns fills p from the index of the immutable layers: each run from
-// the layer that supplies it, zeros elsewhere.
-func (d *Disk) readRuns(ix *chainIndex, p []byte, off int64) error {
+// readRuns fills p, inside region ir, from the index of the immutable
+// layers: each run from the layer that supplies it, zeros elsewhere.
+func (d *Disk) readRuns(ir *indexRegion, p []byte, off int64) error {
 	end := off + int64(len(p))
 	pos := off
-	for i := ix.firstRun(off); i < len(ix.lower) && ix.lower[i].off < end; i++ {
-		r := ix.lower[i]
+	for i := ir.firstRun(off); i < len(ir.runs) && ir.runs[i].off < end; i++ {
+		r := ir.runs[i]
 		from, to := max(r.off, off), min(r.end, end)
 		clear(p[pos-off : from-off])
 		q := p[from-off : to-off]
@@ -403,42 +415,48 @@ func (d *Disk) Zero(off, length int64) error {
 // makes trimming a fresh diff layer nearly free (BenchmarkChain3Zero1M).
 // Without a complete index every sector gets its tombstone.
 func (d *Disk) zeroShown(ix *chainIndex, off, length int64) error {
-	if ix == nil || ix.held == nil || !ix.lowerOK {
-		if err := d.top.Zero(off, length); err != nil {
+	zeroAll := func(off, end int64) error {
+		if err := d.top.Zero(off, end-off); err != nil {
 			return err
 		}
-		d.markHeld(ix, off, off+length)
+		d.markHeld(ix, off, end)
 		return nil
 	}
+	if ix == nil || ix.held == nil {
+		return zeroAll(off, off+length)
+	}
 	ss := d.sectorSize
-	end := off + length
-	shown := func(s int64) bool {
-		if ix.held.get(s / ss) {
-			return true
+	return ix.each(off, off+length, func(r *indexRegion, off, end int64) error {
+		if !r.ok {
+			return zeroAll(off, end)
 		}
-		for i := ix.firstRun(s); i < len(ix.lower) && ix.lower[i].off < s+ss; i++ {
-			if ix.lower[i].kind == disklayer.Data {
+		shown := func(s int64) bool {
+			if ix.held.get(s / ss) {
 				return true
 			}
+			for i := r.firstRun(s); i < len(r.runs) && r.runs[i].off < s+ss; i++ {
+				if r.runs[i].kind == disklayer.Data {
+					return true
+				}
+			}
+			return false
 		}
-		return false
-	}
-	for s := off; s < end; {
-		if !shown(s) {
-			s += ss
-			continue
+		for s := off; s < end; {
+			if !shown(s) {
+				s += ss
+				continue
+			}
+			runEnd := s + ss
+			for runEnd < end && shown(runEnd) {
+				runEnd += ss
+			}
+			if err := zeroAll(s, runEnd); err != nil {
+				return err
+			}
+			s = runEnd
 		}
-		runEnd := s + ss
-		for runEnd < end && shown(runEnd) {
-			runEnd += ss
-		}
-		if err := d.top.Zero(s, runEnd-s); err != nil {
-			return err
-		}
-		d.markHeld(ix, s, runEnd)
-		s = runEnd
-	}
-	return nil
+		return nil
+	})
 }
 
 // markHeld records in the index that the top may now hold the sectors of
@@ -586,16 +604,27 @@ func (d *Disk) extentsFrom(ix *chainIndex, depth int, off, length int64, emit fu
 	if depth == len(d.layers) {
 		return emit(disklayer.Extent{Off: off, Len: length, Kind: disklayer.Absent})
 	}
-	if ix != nil && ix.lowerOK && depth >= ix.from {
-		return ix.runExtents(off, length, emit)
+	if ix == nil || depth < ix.from {
+		return d.extentsWalk(ix, depth, off, length, emit)
 	}
+	return ix.each(off, off+length, func(r *indexRegion, from, to int64) error {
+		if r.ok {
+			return r.runExtents(from, to-from, emit)
+		}
+		return d.extentsWalk(ix, depth, from, to-from, emit)
+	})
+}
+
+// extentsWalk is extentsFrom for the layer at depth itself, asking the
+// layers below for what it does not store.
+func (d *Disk) extentsWalk(ix *chainIndex, depth int, off, length int64, emit func(disklayer.Extent) error) error {
 	l := d.layers[depth]
 	end := off + length
 	if size := l.Size(); end > size {
 		if off >= size {
 			return emit(disklayer.Extent{Off: off, Len: length, Kind: disklayer.Absent})
 		}
-		if err := d.extentsFrom(ix, depth, off, size-off, emit); err != nil {
+		if err := d.extentsWalk(ix, depth, off, size-off, emit); err != nil {
 			return err
 		}
 		return emit(disklayer.Extent{Off: size, Len: end - size, Kind: disklayer.Absent})

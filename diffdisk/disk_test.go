@@ -17,15 +17,22 @@ import (
 
 var simSeed = flag.Uint64("diffdisk.seed", 0, "seed for the randomized chain simulation (0: random)")
 
-// indexModes runs test with the allocation index on and off, so both read
-// paths (index and layer-by-layer walk) are exercised.
-func indexModes(t *testing.T, test func(t *testing.T, noIndex bool)) {
-	for _, noIndex := range []bool{false, true} {
-		name := "index"
-		if noIndex {
-			name = "walk"
-		}
-		t.Run(name, func(t *testing.T) { test(t, noIndex) })
+// indexMode is how a test Disk finds what each layer supplies.
+type indexMode int
+
+const (
+	modeIndex   indexMode = iota // the allocation index, default regions
+	modeRegions                  // the index in 8 KiB regions: many per test disk
+	modeWalk                     // no index: layer by layer
+)
+
+func (m indexMode) String() string { return [...]string{"index", "regions", "walk"}[m] }
+
+// indexModes runs test with the allocation index on (in regions of the
+// default size, and small) and off, so every read path is exercised.
+func indexModes(t *testing.T, test func(t *testing.T, mode indexMode)) {
+	for _, mode := range []indexMode{modeIndex, modeRegions, modeWalk} {
+		t.Run(mode.String(), func(t *testing.T) { test(t, mode) })
 	}
 }
 
@@ -45,7 +52,7 @@ func memStack(t testing.TB, size int64, sectorSize, depth int, baseHasParent boo
 }
 
 // composeMem stacks memlayers with opts; the test closes the Disk.
-func composeMem(t testing.TB, opts Options, noIndex bool, layers ...*memlayer.Layer) *Disk {
+func composeMem(t testing.TB, opts Options, mode indexMode, layers ...*memlayer.Layer) *Disk {
 	t.Helper()
 	list := make([]disklayer.Layer, len(layers))
 	for i, l := range layers {
@@ -55,7 +62,10 @@ func composeMem(t testing.TB, opts Options, noIndex bool, layers ...*memlayer.La
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.noIndex = noIndex
+	d.noIndex = mode == modeWalk
+	if mode == modeRegions {
+		d.regionBytes = 8 << 10
+	}
 	return d
 }
 
@@ -90,18 +100,18 @@ func extentsOf(t testing.TB, l disklayer.Layer, off, length int64) []disklayer.E
 func fill(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
 
 func TestConformanceMemStack(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
-		layertest.Run(t, memStackFactory(noIndex))
+	indexModes(t, func(t *testing.T, mode indexMode) {
+		layertest.Run(t, memStackFactory(mode))
 	})
 }
 
 func TestTombstoneMasking(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
+	indexModes(t, func(t *testing.T, mode indexMode) {
 		const ss = 512
 		ls := memStack(t, 8*ss, ss, 3, false)
 		mustWrite(t, ls[2], fill(8*ss, 0xbb), 0) // base: all data
 		mustWrite(t, ls[1], fill(2*ss, 0xcc), 2*ss)
-		d := composeMem(t, Options{}, noIndex, ls...)
+		d := composeMem(t, Options{}, mode, ls...)
 		defer d.Close()
 
 		if err := d.Zero(ss, 2*ss); err != nil { // hides base sector 1 and mid sector 2
@@ -141,12 +151,12 @@ func TestTombstoneMasking(t *testing.T) {
 }
 
 func TestUnalignedWriteThroughStack(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
+	indexModes(t, func(t *testing.T, mode indexMode) {
 		const ss = 4096
 		ls := memStack(t, 4*ss, ss, 3, false)
 		mustWrite(t, ls[2], fill(4*ss, 0x11), 0)
 		mustWrite(t, ls[1], fill(ss, 0x22), ss)
-		d := composeMem(t, Options{}, noIndex, ls...)
+		d := composeMem(t, Options{}, mode, ls...)
 		defer d.Close()
 
 		// Spans the end of sector 0 (from the base), all of sector 1
@@ -183,11 +193,11 @@ func firstDifference(a, b []byte) int {
 }
 
 func TestReadCacheNeverOverwrites(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
+	indexModes(t, func(t *testing.T, mode indexMode) {
 		const ss = 512
 		ls := memStack(t, 4*ss, ss, 2, false)
 		mustWrite(t, ls[1], fill(4*ss, 0xaa), 0)
-		d := composeMem(t, Options{ReadCache: true}, noIndex, ls...)
+		d := composeMem(t, Options{ReadCache: true}, mode, ls...)
 		defer d.Close()
 		mustWrite(t, d, fill(ss, 0x55), ss)
 		if err := d.Zero(2*ss, ss); err != nil {
@@ -228,7 +238,7 @@ func TestReadCacheNeedsWritableCacher(t *testing.T) {
 func TestReadOnlyStack(t *testing.T) {
 	ls := memStack(t, 4096, 512, 2, false)
 	mustWrite(t, ls[1], fill(512, 7), 512)
-	d := composeMem(t, Options{ReadOnly: true}, false, ls...)
+	d := composeMem(t, Options{ReadOnly: true}, modeIndex, ls...)
 	defer d.Close()
 	if _, err := d.WriteAt([]byte{1}, 0); !errors.Is(err, disklayer.ErrReadOnly) {
 		t.Fatalf("write on a read-only stack: %v, want ErrReadOnly", err)
@@ -242,7 +252,7 @@ func TestReadOnlyStack(t *testing.T) {
 }
 
 func TestDeepChain(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
+	indexModes(t, func(t *testing.T, mode indexMode) {
 		const ss, depth = 512, 20
 		ls := memStack(t, depth*ss, ss, depth, false)
 		// Layer at depth i writes sectors 0..i, so sector s is supplied
@@ -252,7 +262,7 @@ func TestDeepChain(t *testing.T) {
 				mustWrite(t, l, fill(ss, byte(i+1)), int64(s)*ss)
 			}
 		}
-		d := composeMem(t, Options{}, noIndex, ls...)
+		d := composeMem(t, Options{}, mode, ls...)
 		defer d.Close()
 		got := mustRead(t, d, 0, depth*ss)
 		for s := range depth {
@@ -276,13 +286,13 @@ func TestDeepChain(t *testing.T) {
 }
 
 func TestSmallerLowerLayerReadsZerosPastItsEnd(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
+	indexModes(t, func(t *testing.T, mode indexMode) {
 		const ss = 512
 		base, _ := memlayer.New(8*ss, ss, false)
 		mid, _ := memlayer.New(4*ss, ss, true) // shrunk below its parent
 		top, _ := memlayer.New(8*ss, ss, true)
 		mustWrite(t, base, fill(8*ss, 0x33), 0)
-		d := composeMem(t, Options{}, noIndex, top, mid, base)
+		d := composeMem(t, Options{}, mode, top, mid, base)
 		defer d.Close()
 		want := slices.Concat(fill(4*ss, 0x33), make([]byte, 4*ss))
 		if got := mustRead(t, d, 0, 8*ss); !bytes.Equal(got, want) {
@@ -296,11 +306,11 @@ func TestSmallerLowerLayerReadsZerosPastItsEnd(t *testing.T) {
 }
 
 func TestMixedSectorSizesSnapExtents(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
+	indexModes(t, func(t *testing.T, mode indexMode) {
 		base, _ := memlayer.New(4*4096, 512, false)
 		top, _ := memlayer.New(4*4096, 4096, true)
 		mustWrite(t, base, fill(512, 9), 4096+512) // one 512-byte sector inside top sector 1
-		d := composeMem(t, Options{}, noIndex, top, base)
+		d := composeMem(t, Options{}, mode, top, base)
 		defer d.Close()
 		want := []disklayer.Extent{
 			{Off: 0, Len: 4096, Kind: disklayer.Absent},
@@ -326,7 +336,7 @@ func TestMixedSectorSizesSnapExtents(t *testing.T) {
 }
 
 func TestClosedStack(t *testing.T) {
-	d := composeMem(t, Options{}, false, memStack(t, 4096, 512, 2, false)...)
+	d := composeMem(t, Options{}, modeIndex, memStack(t, 4096, 512, 2, false)...)
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -343,9 +353,11 @@ func TestClosedStack(t *testing.T) {
 // same random operations, comparing reads and extents as it goes.
 func TestSimulation(t *testing.T) {
 	for _, mode := range []struct {
-		name             string
-		noIndex, caching bool
-	}{{"index", false, false}, {"walk", true, false}, {"index+cache", false, true}, {"walk+cache", true, true}} {
+		name    string
+		index   indexMode
+		caching bool
+	}{{"index", modeIndex, false}, {"regions", modeRegions, false}, {"walk", modeWalk, false},
+		{"index+cache", modeIndex, true}, {"regions+cache", modeRegions, true}, {"walk+cache", modeWalk, true}} {
 		t.Run(mode.name, func(t *testing.T) {
 			seed := *simSeed
 			if seed == 0 {
@@ -354,13 +366,13 @@ func TestSimulation(t *testing.T) {
 			t.Logf("seed %d (replay with -diffdisk.seed=%d)", seed, seed)
 			rng := rand.New(rand.NewPCG(seed, 0))
 			for _, ss := range []int{512, 4096} {
-				simulate(t, rng, ss, mode.noIndex, mode.caching)
+				simulate(t, rng, ss, mode.index, mode.caching)
 			}
 		})
 	}
 }
 
-func simulate(t *testing.T, rng *rand.Rand, ss int, noIndex, caching bool) {
+func simulate(t *testing.T, rng *rand.Rand, ss int, mode indexMode, caching bool) {
 	size := int64(64 * ss)
 	ls := memStack(t, size, ss, 3, false)
 	oracle, _ := memlayer.New(size, ss, false)
@@ -410,7 +422,7 @@ func simulate(t *testing.T, rng *rand.Rand, ss int, noIndex, caching bool) {
 			mustWrite(t, oracle, p, off)
 		}
 	}
-	d := composeMem(t, Options{ReadCache: caching}, noIndex, ls...)
+	d := composeMem(t, Options{ReadCache: caching}, mode, ls...)
 	defer d.Close()
 	verify := func(step int, off, n int64) {
 		t.Helper()
@@ -491,28 +503,30 @@ func ExampleNew() {
 }
 
 // memStackFactory is the conformance factory for 3-deep memlayer stacks.
-func memStackFactory(noIndex bool) layertest.Factory {
+func memStackFactory(mode indexMode) layertest.Factory {
 	return layertest.Factory{
 		New: func(t *testing.T, size int64, sectorSize int, hasParent bool) disklayer.Disk {
-			return composeMem(t, Options{}, noIndex, memStack(t, size, sectorSize, 3, hasParent)...)
+			return composeMem(t, Options{}, mode, memStack(t, size, sectorSize, 3, hasParent)...)
 		},
 		SectorSizes: []int{512, 4096},
 		WithParent:  true,
 	}
 }
 
-func FuzzStackOps(f *testing.F) { layertest.FuzzOps(f, memStackFactory(false)) }
+func FuzzStackOps(f *testing.F) { layertest.FuzzOps(f, memStackFactory(modeIndex)) }
 
-func FuzzStackOpsWalk(f *testing.F) { layertest.FuzzOps(f, memStackFactory(true)) }
+func FuzzStackOpsRegions(f *testing.F) { layertest.FuzzOps(f, memStackFactory(modeRegions)) }
+
+func FuzzStackOpsWalk(f *testing.F) { layertest.FuzzOps(f, memStackFactory(modeWalk)) }
 
 // TestConcurrentPartialWritesToOneSector: writers of different bytes of
 // the same sector race through read-modify-write; every byte must survive.
 func TestConcurrentPartialWritesToOneSector(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
+	indexModes(t, func(t *testing.T, mode indexMode) {
 		const ss, writers = 4096, 64
 		ls := memStack(t, 2*ss, ss, 3, false)
 		mustWrite(t, ls[2], fill(2*ss, 0xff), 0)
-		d := composeMem(t, Options{}, noIndex, ls...)
+		d := composeMem(t, Options{}, mode, ls...)
 		defer d.Close()
 		var wg sync.WaitGroup
 		errs := make(chan error, writers)
@@ -547,11 +561,11 @@ func TestConcurrentPartialWritesToOneSector(t *testing.T) {
 // tombstones only where something could show through; without it, every
 // sector gets one. Both read zeros.
 func TestZeroSkipsSectorsThatShowNothing(t *testing.T) {
-	indexModes(t, func(t *testing.T, noIndex bool) {
+	indexModes(t, func(t *testing.T, mode indexMode) {
 		const ss = 512
 		ls := memStack(t, 8*ss, ss, 3, false)
 		mustWrite(t, ls[2], fill(ss, 0xbb), 0) // base: sector 0
-		d := composeMem(t, Options{}, noIndex, ls...)
+		d := composeMem(t, Options{}, mode, ls...)
 		defer d.Close()
 		mustWrite(t, d, fill(ss, 0x11), 4*ss) // top: sector 4
 		if err := d.Zero(0, 8*ss); err != nil {
@@ -566,7 +580,7 @@ func TestZeroSkipsSectorsThatShowNothing(t *testing.T) {
 			{Off: 4 * ss, Len: ss, Kind: disklayer.Zero},
 			{Off: 5 * ss, Len: 3 * ss, Kind: disklayer.Absent},
 		}
-		if noIndex {
+		if mode == modeWalk {
 			want = []disklayer.Extent{{Off: 0, Len: 8 * ss, Kind: disklayer.Zero}}
 		}
 		if got := extentsOf(t, ls[0], 0, 8*ss); !slices.Equal(got, want) {

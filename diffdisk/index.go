@@ -1,8 +1,10 @@
 package diffdisk
 
 import (
+	"fmt"
 	"slices"
 	"sort"
+	"sync"
 	"sync/atomic"
 
 	"github.com/hibdisk/hibdisk/disklayer"
@@ -11,9 +13,17 @@ import (
 // Index limits. Past them the Disk reads layer by layer instead: slower
 // for deep chains, but bounded in memory.
 var (
-	// maxIndexRuns bounds the runs kept for the immutable layers
-	// (24 bytes each).
-	maxIndexRuns = 1 << 20
+	// regionBytes is how much of the disk the index covers per step:
+	// a region is indexed the first time something touches it, so the
+	// first read costs the rows of its region, not of the whole base.
+	// (Built whole on first use, the index of a chain over a base holding
+	// 4 GiB of data took 2.6 s before the first 4 KiB read was
+	// answered.) A multiple of every sector size.
+	regionBytes int64 = 64 << 20
+	// maxIndexRuns bounds the runs kept for the immutable layers, over
+	// all regions (24 bytes each). A region that would pass it is read
+	// layer by layer.
+	maxIndexRuns int64 = 1 << 20
 	// maxHeldSectors bounds the top-sector bitmap (one bit per sector:
 	// 16 MiB at the limit, a 512 GiB disk of 4 KiB sectors).
 	maxHeldSectors int64 = 1 << 27
@@ -22,14 +32,30 @@ var (
 // chainIndex lets a read go straight to the layer that supplies it.
 //
 // The layers from depth `from` down cannot change while the Disk is open,
-// so their combined allocation is computed once as sorted runs. The top
-// of a writable Disk changes only through the Disk, which sets a bit in
-// held for every sector it writes, zeroes or fills.
+// so their combined allocation is computed once per region, as sorted
+// runs, when the region is first used. The top of a writable Disk changes
+// only through the Disk, which sets a bit in held for every sector it
+// writes, zeroes or fills; a region's bits for what the top held before
+// are set when the region is indexed, and the bits of a region are only
+// trusted once it is (bits are only ever set, so a write that lands in a
+// region while it is being indexed is marked by its writer either way).
 type chainIndex struct {
-	from    int   // depth of the first immutable layer: 1, or 0 when read-only
-	lower   []run // non-absent runs of the view of layers[from:], sorted
-	lowerOK bool  // lower is complete (false: too many runs, walk instead)
-	held    *sectorBitmap
+	from    int // depth of the first immutable layer: 1, or 0 when read-only
+	layers  []disklayer.Layer
+	size    int64
+	held    *sectorBitmap // nil when the disk has too many sectors
+	ss      int64
+	rb      int64 // bytes per region (regionBytes)
+	regions []indexRegion
+	budget  atomic.Int64 // runs regions may still keep (maxIndexRuns)
+}
+
+// indexRegion is the index of regionBytes of the disk.
+type indexRegion struct {
+	mu    sync.Mutex  // serialises the build
+	built atomic.Bool // runs, ok and the region's held bits are set
+	runs  []run       // non-absent runs of the view of layers[from:] in the region, sorted
+	ok    bool        // runs is complete (false: too many runs, walk instead)
 }
 
 // run is a range that one layer supplies: its data, or a tombstone.
@@ -39,65 +65,121 @@ type run struct {
 	kind     disklayer.ExtentKind
 }
 
-// chainIndex returns the Disk's index, building it on first use, or nil
-// when the Disk has a single layer (nothing to index) or indexing is off.
+// chainIndex returns the Disk's index, made on first use (its regions
+// are built when used), or nil when the Disk has a single layer (nothing
+// to index) or indexing is off.
 func (d *Disk) chainIndex() (*chainIndex, error) {
 	if len(d.layers) == 1 || d.noIndex {
 		return nil, nil
 	}
 	d.indexOnce.Do(func() {
-		d.index, d.indexErr = d.buildIndex()
+		ix := &chainIndex{from: 1, layers: d.layers, size: d.size, ss: d.sectorSize, rb: regionBytes}
+		if d.regionBytes > 0 {
+			ix.rb = d.regionBytes
+		}
+		ix.rb = max(ix.rb/d.sectorSize, 1) * d.sectorSize // whole sectors
+		if d.top == nil {
+			ix.from = 0
+		}
+		if sectors := d.size / d.sectorSize; ix.from == 1 && sectors <= maxHeldSectors {
+			ix.held = newSectorBitmap(sectors)
+		}
+		ix.regions = make([]indexRegion, (d.size+ix.rb-1)/ix.rb)
+		ix.budget.Store(maxIndexRuns)
+		d.index = ix
 	})
-	return d.index, d.indexErr
+	return d.index, nil
 }
 
-func (d *Disk) buildIndex() (*chainIndex, error) {
-	ix := &chainIndex{from: 1}
-	if d.top == nil {
-		ix.from = 0
+// region returns region i, indexing it first if it is not yet. A failed
+// build is not kept: the next use tries again.
+func (ix *chainIndex) region(i int64) (*indexRegion, error) {
+	r := &ix.regions[i]
+	if r.built.Load() {
+		return r, nil
 	}
-	runs, ok, err := resolveRuns(d.layers, ix.from, maxIndexRuns)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.built.Load() {
+		return r, nil
+	}
+	off := i * ix.rb
+	end := min(off+ix.rb, ix.size)
+	runs, ok, err := resolveRuns(ix.layers, ix.from, off, end, ix.budget.Load())
 	if err != nil {
 		return nil, err
 	}
-	ix.lower, ix.lowerOK = runs, ok
-	if ix.from == 1 {
-		if sectors := d.size / d.sectorSize; sectors <= maxHeldSectors {
-			ix.held = newSectorBitmap(sectors)
-			// Walk the top's extents now: the bitmap must cover every row
-			// the top holds before any read trusts it. chainIndex runs
-			// before every write, so no write lands during the walk.
-			for e, err := range d.layers[0].Extents(0, d.size) {
-				if err != nil {
-					return nil, err
+	if ok && ix.budget.Add(-int64(len(runs))) < 0 {
+		// Another region took the budget meanwhile.
+		ix.budget.Add(int64(len(runs)))
+		runs, ok = nil, false
+	}
+	if ix.held != nil {
+		// Every row the top holds in the region must have its bit before
+		// any read trusts the region's bits.
+		for e, err := range ix.layers[0].Extents(off, end-off) {
+			if err != nil {
+				if ok {
+					ix.budget.Add(int64(len(runs)))
 				}
-				if e.Kind != disklayer.Absent {
-					ix.held.set(e.Off/d.sectorSize, (e.End()+d.sectorSize-1)/d.sectorSize)
-				}
+				return nil, err
+			}
+			if e.Kind != disklayer.Absent {
+				ix.held.set(e.Off/ix.ss, (e.End()+ix.ss-1)/ix.ss)
 			}
 		}
 	}
-	return ix, nil
+	r.runs, r.ok = runs, ok
+	r.built.Store(true)
+	return r, nil
 }
 
-// firstRun is the index of the first run that ends after off.
-func (ix *chainIndex) firstRun(off int64) int {
-	return sort.Search(len(ix.lower), func(i int) bool { return ix.lower[i].end > off })
+// each calls fn for the pieces of [off, end) that lie in one region each,
+// in order, with that region indexed.
+func (ix *chainIndex) each(off, end int64, fn func(r *indexRegion, from, to int64) error) error {
+	for pos := off; pos < end; {
+		i := pos / ix.rb
+		to := min((i+1)*ix.rb, end)
+		if i >= int64(len(ix.regions)) {
+			return fmt.Errorf("index: range [%d, %d) past the disk's %d bytes: %w", off, end, ix.size, disklayer.ErrInvalid)
+		}
+		r, err := ix.region(i)
+		if err != nil {
+			return err
+		}
+		if err := fn(r, pos, to); err != nil {
+			return err
+		}
+		pos = to
+	}
+	return nil
 }
 
-// runExtents emits the allocation of [off, off+length) from the runs.
-func (ix *chainIndex) runExtents(off, length int64, emit func(disklayer.Extent) error) error {
+// ensure indexes every region [off, end) touches.
+func (ix *chainIndex) ensure(off, end int64) error {
+	return ix.each(off, end, func(*indexRegion, int64, int64) error { return nil })
+}
+
+// firstRun is the index of the first run of the region that ends after
+// off.
+func (r *indexRegion) firstRun(off int64) int {
+	return sort.Search(len(r.runs), func(i int) bool { return r.runs[i].end > off })
+}
+
+// runExtents emits the allocation of [off, off+length), inside the
+// region, from its runs.
+func (r *indexRegion) runExtents(off, length int64, emit func(disklayer.Extent) error) error {
 	end := off + length
 	pos := off
-	for i := ix.firstRun(off); i < len(ix.lower) && ix.lower[i].off < end; i++ {
-		r := ix.lower[i]
-		from, to := max(r.off, off), min(r.end, end)
+	for i := r.firstRun(off); i < len(r.runs) && r.runs[i].off < end; i++ {
+		run := r.runs[i]
+		from, to := max(run.off, off), min(run.end, end)
 		if from > pos {
 			if err := emit(disklayer.Extent{Off: pos, Len: from - pos, Kind: disklayer.Absent}); err != nil {
 				return err
 			}
 		}
-		if err := emit(disklayer.Extent{Off: from, Len: to - from, Kind: r.kind}); err != nil {
+		if err := emit(disklayer.Extent{Off: from, Len: to - from, Kind: run.kind}); err != nil {
 			return err
 		}
 		pos = to
@@ -108,29 +190,31 @@ func (ix *chainIndex) runExtents(off, length int64, emit func(disklayer.Extent) 
 	return nil
 }
 
-// resolveRuns computes which layer supplies each byte of the view of
-// layers[from:]: the non-absent runs, sorted, each tagged with the depth
-// of the layer that supplies it. It reads each layer's extents once and
-// overlays them from the base up. ok is false when the result would
-// exceed limit runs (limit <= 0: no limit).
-func resolveRuns(layers []disklayer.Layer, from int, limit int) (runs []run, ok bool, err error) {
+// resolveRuns computes which layer supplies each byte of [off, end) of
+// the view of layers[from:]: the non-absent runs, sorted, each tagged
+// with the depth of the layer that supplies it. It reads each layer's
+// extents in the range once and overlays them from the base up. ok is
+// false when the result would exceed limit runs.
+func resolveRuns(layers []disklayer.Layer, from int, off, end, limit int64) (runs []run, ok bool, err error) {
 	for depth := len(layers) - 1; depth >= from; depth-- {
 		l := layers[depth]
 		var own []run
-		for e, err := range l.Extents(0, l.Size()) {
-			if err != nil {
-				return nil, false, err
-			}
-			if e.Kind == disklayer.Absent {
-				continue
-			}
-			own = append(own, run{off: e.Off, end: e.End(), depth: int32(depth), kind: e.Kind})
-			if limit > 0 && len(own) > limit {
-				return nil, false, nil
+		if lend := min(end, l.Size()); off < lend {
+			for e, err := range l.Extents(off, lend-off) {
+				if err != nil {
+					return nil, false, err
+				}
+				if e.Kind == disklayer.Absent {
+					continue
+				}
+				own = append(own, run{off: e.Off, end: e.End(), depth: int32(depth), kind: e.Kind})
+				if int64(len(own)) > limit {
+					return nil, false, nil
+				}
 			}
 		}
 		runs = overlay(own, runs, l.Size())
-		if limit > 0 && len(runs) > limit {
+		if int64(len(runs)) > limit {
 			return nil, false, nil
 		}
 	}

@@ -2,6 +2,7 @@ package diffdisk
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 )
@@ -29,7 +30,7 @@ func Map(d *Disk) ([]MapExtent, error) {
 	if d.closed.Load() {
 		return nil, fmt.Errorf("map %s: %w", d.name, disklayer.ErrClosed)
 	}
-	runs, _, err := resolveRuns(d.layers, 0, 0)
+	runs, _, err := resolveRuns(d.layers, 0, 0, d.size, math.MaxInt64)
 	if err != nil {
 		return nil, fmt.Errorf("map %s: %w", d.name, err)
 	}
