@@ -379,21 +379,26 @@ func writeBlob(tx *sqlitelayer.Tx, below disklayer.Layer, index BelowIndex, rang
 		for off := sp.Off; off < sp.End(); off += chunkBytes {
 			n := min(chunkBytes, sp.End()-off)
 			chunk := buf[:n]
-			clear(chunk)
 			for next < len(ranges) && ranges[next].End() <= off {
 				next++
 			}
+			filled := off // chunk is set up to here: zeros between ranges
 			for i := next; i < len(ranges) && ranges[i].Off < off+n; i++ {
 				r := ranges[i]
 				lo, hi := max(r.Off, off), min(r.End(), off+n)
 				if hi <= lo {
 					continue
 				}
-				if _, err := image.ReadAt(chunk[lo-off:hi-off], lo); err != nil && err != io.EOF {
+				clear(chunk[filled-off : lo-off])
+				got, err := image.ReadAt(chunk[lo-off:hi-off], lo)
+				if err != nil && err != io.EOF {
 					return fmt.Errorf("read %s at blob offset %#x: %w", r.what, lo, err)
 				}
+				clear(chunk[lo-off+int64(got) : hi-off]) // past the image's end
 				res.StoredBytes += hi - lo
+				filled = hi
 			}
+			clear(chunk[filled-off:])
 			if err := storeChunk(tx, below, index, chunk, old, off, bs, res); err != nil {
 				return err
 			}

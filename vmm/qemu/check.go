@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -23,7 +22,8 @@ import (
 //     orphan); config, command_line and saved_at decode; the device
 //     state matches state_digest; ram_size is the configured RAM and fits
 //     a machine snapshot; machine_type is the configuration's; the QEMU
-//     version is major.minor.micro; ram_digest is a SHA-256 in hex;
+//     version is major.minor.micro; ram_digest is a RAM digest (a
+//     SHA-256 in hex, plain or after "pages:");
 //   - through the chain (a diffdisk check, `hibdisk check`): the row
 //     belongs to the layer's newest snapshot, a QEMU one, and the RAM
 //     that snapshot stores in the chain's hibernate file has ram_digest
@@ -58,8 +58,8 @@ func checkVMStateTable(conn *sqlite3.Conn, _ sqlitelayer.Info, r *sqlitelayer.Ta
 		for _, err := range stateProblems(s) {
 			r.Problemf("%v", err)
 		}
-		if d, err := hex.DecodeString(s.RAMDigest); err != nil || len(d) != 32 {
-			r.Problemf("ram_digest %q is not a hex SHA-256", s.RAMDigest)
+		if !validDigest(s.RAMDigest) {
+			r.Problemf("ram_digest %q is not a RAM digest (a hex SHA-256, or %q and one)", s.RAMDigest, pageDigestPrefix)
 		}
 	}
 	return nil
@@ -109,7 +109,7 @@ func checkVMStateRAM(path string) (*sqlitelayer.Report, error) {
 		note("the snapshot's RAM is in the external file %q", f)
 		return r, nil
 	}
-	if err := verifyRAM(view, s, nil); err != nil {
+	if _, err := verifyRAM(view, s, nil); err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("vm_state: %v", err))
 	}
 	return r, nil

@@ -164,7 +164,7 @@ func (m *Machine) Hibernate(ctx context.Context, opts HibernateOptions) (_ *Hibe
 	var digest string
 	go func() {
 		var err error
-		digest, err = digestRAMFile(m.cfg.RAMPath, ramSize)
+		digest, err = hibernateDigest(m.cfg.RAMPath, ramSize, m.ramSums, m.ramIndex)
 		ramDigest <- err
 	}()
 	ramFile, err := os.Open(m.cfg.RAMPath)

@@ -72,7 +72,7 @@ func TestRAMImageAndDigest(t *testing.T) {
 		t.Errorf("ReadAt past the end = %d, %v; want %d, EOF", n, err, pageSize)
 	}
 
-	digest, err := digestRAMFile(path, size)
+	digest, err := hibernateDigest(path, size, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,12 +89,12 @@ func TestRAMImageAndDigest(t *testing.T) {
 	if n != int64(len(pages))*pageSize {
 		t.Errorf("writeRAMPages wrote %d bytes, want the %d non-zero pages", n, len(pages))
 	}
-	if got, err := digestRAMFile(rebuilt.Name(), size); err != nil || got != digest {
+	if got, err := hibernateDigest(rebuilt.Name(), size, nil, nil); err != nil || got != digest {
 		t.Errorf("rebuilt RAM digest %s, %v; want %s", got, err, digest)
 	}
 	// A changed page, or the same page at another offset, changes it.
 	other := sparseRAM(t, size, map[int64]byte{0: 1, 5 * pageSize: 2, 7 * pageSize: 3, 63 * pageSize: 4}, 10*pageSize)
-	if got, _ := digestRAMFile(other, size); got == digest {
+	if got, _ := hibernateDigest(other, size, nil, nil); got == digest {
 		t.Error("moving a page does not change the RAM digest")
 	}
 }
@@ -140,7 +140,7 @@ func TestVMStateRoundTrip(t *testing.T) {
 		Config: SavedConfig{Accel: "tcg", MachineType: "pc-i440fx-7.2", MemoryMiB: 64, CPUs: 1, Kernel: "/k",
 			Disks: []SavedDisk{{Name: "data"}, {Name: "ro", Path: "../base.db", ReadOnly: true}}},
 		// All-zero RAM (the layer stores none), so the check passes.
-		CommandLine: []string{"-m", "64"}, RAMSize: 64 << 20, RAMDigest: newRAMDigest().hex(),
+		CommandLine: []string{"-m", "64"}, RAMSize: 64 << 20, RAMDigest: newRAMSums(64 << 20).digest(),
 		DeviceState: []byte("QEVM state"), StateDigest: digestBytes([]byte("QEVM state")),
 		SavedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
 	}

@@ -275,6 +275,9 @@ type Machine struct {
 	// it from the chain below its top layer: Hibernate compares with it
 	// instead of reading the chain below.
 	ramIndex *hibfile.PageIndex
+	// ramSums, for a resumed machine, are the page sums of that RAM, so
+	// its hibernate hashes only the pages that changed (hibernateDigest).
+	ramSums *ramSums
 }
 
 // closeOwned closes the layers the machine opened, last first.

@@ -129,7 +129,7 @@ func Resume(ctx context.Context, opts ResumeOptions) (_ *Machine, _ *ResumeResul
 	}
 	starting := make(chan startedMachine, 1)
 	go func() { starting <- startResumed(ctx, opts, state, binary, ramPath, view.LayerPath()) }()
-	ramBytes, index, rerr := rebuildRAM(view, ramFile, state)
+	ramBytes, index, sums, rerr := rebuildRAM(view, ramFile, state)
 	rebuilt := time.Since(start)
 	ramFile.Close()
 	sm := <-starting
@@ -151,7 +151,7 @@ func Resume(ctx context.Context, opts ResumeOptions) (_ *Machine, _ *ResumeResul
 	}
 	chain.Close()
 	m := sm.m
-	m.ramIndex = index
+	m.ramIndex, m.ramSums = index, sums
 	res := &ResumeResult{State: state, RAMBytes: ramBytes, Rebuild: rebuilt, Start: sm.start}
 	stateW := sm.stateW
 	go func() {
@@ -397,42 +397,40 @@ func machineTypes(binary string) (map[string]bool, error) {
 // them as they come: the digest, and the page index that lets the
 // resumed machine's next hibernate find its changed pages without
 // reading the chain. It returns the non-zero bytes written.
-func rebuildRAM(view *hibfile.View, f *os.File, s *VMState) (int64, *hibfile.PageIndex, error) {
+func rebuildRAM(view *hibfile.View, f *os.File, s *VMState) (int64, *hibfile.PageIndex, *ramSums, error) {
 	if view.BlockSize()%pageSize != 0 {
 		// Not page blocks: compose the chain (the general path).
 		var written int64
-		err := verifyRAM(view, s, func(p []byte, off int64) error {
+		index := hibfile.NewPageIndex(s.RAMSize, pageSize)
+		sums, err := verifyRAM(view, s, func(p []byte, off int64) error {
 			n, err := writeRAMPages(f, p, off)
 			written += n
+			index.Add(p, off)
 			return err
 		})
 		if err != nil {
-			return 0, nil, fmt.Errorf("rebuild RAM: %w", err)
+			return 0, nil, nil, fmt.Errorf("rebuild RAM: %w", err)
 		}
-		index := hibfile.NewPageIndex(s.RAMSize, pageSize)
-		if _, err := digestRAM(f, s.RAMSize, index); err != nil {
-			return 0, nil, fmt.Errorf("rebuild RAM: %w", err)
-		}
-		return written, index, nil
+		return written, index, sums, nil
 	}
-	p := newRAMWriter(f, s.RAMSize)
+	p := newRAMWriter(f, s.RAMSize, s.RAMDigest)
 	err := view.StoredBlocks(s.RAMSize, func(off int64, data []byte) error {
 		if data == nil || isZeroPage(data) {
 			return nil // a hole reads as zeros
 		}
 		return p.write(data, off)
 	})
-	written, digest, index, werr := p.close()
+	written, index, werr := p.close()
 	if werr != nil {
 		err = werr // the cause of a failed write, not the early stop
 	}
 	if err != nil {
-		return 0, nil, fmt.Errorf("rebuild RAM: %w", err)
+		return 0, nil, nil, fmt.Errorf("rebuild RAM: %w", err)
 	}
-	if digest != s.RAMDigest {
-		return 0, nil, fmt.Errorf("the RAM in the chain's hibernate file has digest %s, the device state was saved with RAM %s: %w", digest, s.RAMDigest, ErrStateMismatch)
+	if digest := p.verifier.digest(); digest != s.RAMDigest {
+		return 0, nil, nil, fmt.Errorf("the RAM in the chain's hibernate file has digest %s, the device state was saved with RAM %s: %w", digest, s.RAMDigest, ErrStateMismatch)
 	}
-	return written, index, nil
+	return written, index, p.verifier.sums, nil
 }
 
 // ramWriter gathers blocks written at ascending offsets into runs of up
@@ -449,10 +447,10 @@ type ramWriter struct {
 	failed atomic.Bool // the goroutine failed: stop early
 
 	// Set by the goroutine, read after done.
-	written int64
-	digest  *ramDigest
-	index   *hibfile.PageIndex
-	err     error
+	written  int64
+	verifier *ramVerifier
+	index    *hibfile.PageIndex
+	err      error
 }
 
 type ramRun struct {
@@ -464,10 +462,12 @@ type ramRun struct {
 // gathered, the others queued or being written).
 const ramWriterBuffers = 3
 
-func newRAMWriter(f *os.File, size int64) *ramWriter {
+// newRAMWriter writes a RAM of size bytes into f, computing its digest in
+// the form of want.
+func newRAMWriter(f *os.File, size int64, want string) *ramWriter {
 	w := &ramWriter{
 		f: f, runs: make(chan ramRun, ramWriterBuffers), free: make(chan []byte, ramWriterBuffers),
-		done: make(chan struct{}), digest: newRAMDigest(), index: hibfile.NewPageIndex(size, pageSize),
+		done: make(chan struct{}), verifier: newRAMVerifier(want, size), index: hibfile.NewPageIndex(size, pageSize),
 	}
 	for range ramWriterBuffers - 1 {
 		w.free <- make([]byte, 0, ramChunk)
@@ -486,7 +486,7 @@ func (w *ramWriter) drain() {
 				w.failed.Store(true)
 			} else {
 				w.written += int64(len(r.p))
-				w.digest.add(r.p, r.off)
+				w.verifier.add(r.p, r.off)
 				w.index.Add(r.p, r.off)
 			}
 		}
@@ -519,39 +519,40 @@ func (w *ramWriter) send() error {
 }
 
 // close writes what is gathered, waits for the goroutine and returns the
-// bytes written, the digest and the page index.
-func (w *ramWriter) close() (int64, string, *hibfile.PageIndex, error) {
+// bytes written and the page index (w.verifier has the digest).
+func (w *ramWriter) close() (int64, *hibfile.PageIndex, error) {
 	if len(w.run) > 0 {
 		w.send()
 	}
 	close(w.runs)
 	<-w.done
 	if w.err != nil {
-		return 0, "", nil, w.err
+		return 0, nil, w.err
 	}
-	return w.written, w.digest.hex(), w.index, nil
+	return w.written, w.index, nil
 }
 
 // verifyRAM reads s.RAMSize bytes of RAM from the view's hibernate file,
 // passing each chunk to each (if not nil), and checks them against the
-// digest the device state was saved with (ErrStateMismatch).
-func verifyRAM(view *hibfile.View, s *VMState, each func(p []byte, off int64) error) error {
-	d := newRAMDigest()
+// digest the device state was saved with (ErrStateMismatch). It returns
+// the page sums.
+func verifyRAM(view *hibfile.View, s *VMState, each func(p []byte, off int64) error) (*ramSums, error) {
+	v := newRAMVerifier(s.RAMDigest, s.RAMSize)
 	buf := make([]byte, ramChunk)
 	for off := int64(0); off < s.RAMSize; off += ramChunk {
 		p := buf[:min(ramChunk, s.RAMSize-off)]
 		if err := view.ReadBlob(p, off); err != nil {
-			return err
+			return nil, err
 		}
-		d.add(p, off)
+		v.add(p, off)
 		if each != nil {
 			if err := each(p, off); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
-	if got := d.hex(); got != s.RAMDigest {
-		return fmt.Errorf("the RAM in the chain's hibernate file has digest %s, the device state was saved with RAM %s: %w", got, s.RAMDigest, ErrStateMismatch)
+	if got := v.digest(); got != s.RAMDigest {
+		return nil, fmt.Errorf("the RAM in the chain's hibernate file has digest %s, the device state was saved with RAM %s: %w", got, s.RAMDigest, ErrStateMismatch)
 	}
-	return nil
+	return v.sums, nil
 }
