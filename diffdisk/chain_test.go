@@ -917,3 +917,48 @@ func TestReadCacheOverFiles(t *testing.T) {
 		t.Fatal("the cache fill overwrote the top's own write")
 	}
 }
+
+// TestCommitGivesSpaceBack: the layer commit empties shrinks back to an
+// empty layer's size (the rows' pages are not kept on SQLite's free
+// list), into a hibdisk parent and into a raw one.
+func TestCommitGivesSpaceBack(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		dir := testDir(t)
+		base, top := filepath.Join(dir, "base.db"), filepath.Join(dir, "top.db")
+		var createBase CreateOptions
+		if raw {
+			base = filepath.Join(dir, "base.raw")
+			if err := os.WriteFile(base, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(base, 32<<20); err != nil {
+				t.Fatal(err)
+			}
+			mustCreate(t, top, CreateOptions{Backing: base, BackingFormat: disklayer.FormatRaw})
+		} else {
+			createBase.Size = 32 << 20
+			mustCreate(t, base, createBase)
+			mustCreate(t, top, CreateOptions{Backing: base})
+		}
+		d := mustOpen(t, top, Options{})
+		want := fill(16<<20, 9)
+		mustWrite(t, d, want, 4096)
+		mustClose(t, d)
+		if st, err := os.Stat(top); err != nil || st.Size() < 16<<20 {
+			t.Fatalf("top holds %v bytes before the commit (%v)", st.Size(), err)
+		}
+		if err := Commit(top, CommitOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := os.Stat(top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() > 1<<20 {
+			t.Errorf("raw=%v: the emptied top is %d bytes after commit, want under 1 MiB", raw, st.Size())
+		}
+		if got := chainContent(t, top); !bytes.Equal(got[4096:4096+len(want)], want) {
+			t.Errorf("raw=%v: the chain reads differently after commit", raw)
+		}
+	}
+}

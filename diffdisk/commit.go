@@ -82,7 +82,10 @@ func commit(path string, opts CommitOptions) (err error) {
 		if opts.Keep {
 			return nil
 		}
-		return top.Empty()
+		if err := top.Empty(); err != nil {
+			return err
+		}
+		return top.Compact() // the emptied layer gives its space back
 	case disklayer.Disk:
 		parentPath := d.meta[1].path
 		if top.Size() > parent.Size() {
@@ -119,7 +122,10 @@ func commit(path string, opts CommitOptions) (err error) {
 			return nil
 		}
 		// The hibernate blocks stay: a raw file has nowhere to keep them.
-		return top.EmptyDisk()
+		if err := top.EmptyDisk(); err != nil {
+			return err
+		}
+		return top.Compact()
 	}
 	return fmt.Errorf("backing file %q is a %s base, which hibdisk only reads; commit writes into hibdisk layers and raw images (`hibdisk convert %s MERGED` makes a standalone copy of the whole view instead): %w",
 		d.meta[1].path, d.meta[1].format, d.meta[0].path, disklayer.ErrInvalid)

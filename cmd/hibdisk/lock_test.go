@@ -101,6 +101,7 @@ func TestWritersRefuseHeldLayer(t *testing.T) {
 		{"hib", "capture", "--no-freeze", "--pid", "SLEEPER", "top.db"},
 		{"resize", "--shrink", "top.db", "512K"},
 		{"check", "--repair", "top.db"},
+		{"compact", "top.db"},
 		{"vm", "run", "--kernel", "no-kernel-needed", "top.db"},
 	}
 	readers := [][]string{{"info", "top.db"}, {"map", "top.db"}, {"check", "top.db"}, {"compare", "top.db", "top.db"}}

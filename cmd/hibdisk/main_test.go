@@ -176,6 +176,10 @@ func TestChainTranscript(t *testing.T) {
 	if got := mustHib(t, dir, "info", "job.db"); !strings.Contains(got, "data sectors: 0 (0 B)\ntombstones: 0") {
 		t.Errorf("commit did not empty job.db:\n%s", got)
 	}
+	if got := mustHib(t, dir, "compact", "base.db"); !strings.HasPrefix(got, "compacted base.db: ") {
+		t.Errorf("compact says %q", got)
+	}
+	mustHib(t, dir, "compare", "base.db", "job.img")
 	golden(t, "resize.txt", mustHib(t, dir, "resize", "job.db", "+1M"))
 	if got := mustHib(t, dir, "info", "--json", "job.db"); !strings.Contains(got, `"virtual-size": 9437184`) {
 		t.Errorf("after resize +1M, info says:\n%s", got)
@@ -234,6 +238,8 @@ func TestBadInput(t *testing.T) {
 		{[]string{"info"}, 2, "want 1 argument"},
 		{[]string{"check", "junk.bin"}, 1, "junk.bin"},
 		{[]string{"commit", "base.db"}, 1, "base"},
+		{[]string{"compact"}, 2, "want 1 argument"},
+		{[]string{"compact", "raw.img"}, 1, "raw.img"},
 		{[]string{"compare", "base.db", "missing.db"}, 2, "missing.db"},
 		{[]string{"convert", "-O", "qed", "base.db", "x.img"}, 2, "qed"},
 		{[]string{"convert", "base.db", "raw.img"}, 1, "exists"},
