@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 # Go test timeout for the whole suite; CI allows 90 minutes, we aim far lower.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build deps lint test fuzz bench bench-nbd bench-vm run clean
+.PHONY: all build deps lint test fuzz bench bench-nbd bench-vm bench-scale run clean
 
 all: build
 
@@ -53,6 +53,11 @@ bench: build
 # hibdisk vs qemu-nbd (qcow2 overlay) vs nbdkit memory, fio nbd engine.
 bench-nbd: deps
 	scripts/bench-nbd.sh
+
+# First read, memory and convert over bases of 1, 4 and 16 GiB of data,
+# and the space commit gives back (scripts/bench-scale.sh).
+bench-scale: deps
+	scripts/bench-scale.sh
 
 run: build
 	scripts/run-demo.sh

@@ -130,7 +130,10 @@ func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklay
 		if size%int64(ss) != 0 {
 			return nil, fmt.Errorf("source size %d is not a multiple of sector size %d: %w", size, ss, disklayer.ErrInvalid)
 		}
-		return sqlitelayer.Create(dst, sqlitelayer.CreateOptions{Size: size, SectorSize: ss, Label: opts.Label})
+		// Scratch: nobody sees the output before it is published, so its
+		// pages are written once, without journal or syncs, and Close
+		// syncs it.
+		return sqlitelayer.Create(dst, sqlitelayer.CreateOptions{Size: size, SectorSize: ss, Label: opts.Label, Scratch: true})
 	case disklayer.FormatRaw:
 		return rawlayer.Create(dst, size)
 	case disklayer.FormatOpenVMM:

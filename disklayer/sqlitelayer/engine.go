@@ -3,6 +3,7 @@ package sqlitelayer
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -40,6 +41,8 @@ type engine struct {
 	path string
 
 	openedReadOnly bool
+	// scratch: CreateOptions.Scratch (no journal, no syncs until Close).
+	scratch        bool
 	info           Info // the layer row; changed only under mu
 	hasParent      atomic.Bool
 	readOnlyColumn atomic.Bool
@@ -161,6 +164,9 @@ func (e *engine) closeLocked() error {
 		e.inTx = false
 	}
 	e.closeStatements()
+	if e.scratch && err == nil {
+		err = e.finishScratchLocked()
+	}
 	if e.ckpt != nil {
 		if cerr := e.ckpt.stop(); cerr != nil && err == nil {
 			err = fmt.Errorf("close layer %q: checkpoint: %w", e.path, cerr)
@@ -318,6 +324,26 @@ func (e *engine) afterWriteLocked(op string, n int64, err error) error {
 	e.pendingBytes += n
 	if e.pendingBytes >= batchBytes {
 		return e.commitLocked(op)
+	}
+	return nil
+}
+
+// finishScratchLocked turns a Scratch layer into an ordinary one before
+// it closes: back to WAL and synchronous=FULL, and the file synced (with
+// the journal off, nothing synced it).
+func (e *engine) finishScratchLocked() error {
+	if err := e.conn.Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL"); err != nil {
+		return fmt.Errorf("close layer %q: %w", e.path, mapStoreError(err))
+	}
+	f, err := os.OpenFile(e.path, os.O_RDWR, 0)
+	if err == nil {
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("close layer %q: sync: %w", e.path, err)
 	}
 	return nil
 }

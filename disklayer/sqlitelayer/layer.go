@@ -50,6 +50,14 @@ type CreateOptions struct {
 	Parent     *disklayer.ParentRef // nil for a base layer
 	Label      string
 	ReadCache  bool // Info.ReadCache
+	// Scratch makes a layer that nobody opens before its Close returns
+	// (convert's output under a temporary name): its writes skip the
+	// journal and the syncs, so each page is written once, straight
+	// into the file, instead of into the WAL, synced every batch and
+	// copied into the file by checkpoints. Close syncs the file and
+	// leaves an ordinary layer. A Scratch layer that fails, or whose
+	// process dies, is damaged: its caller must delete it.
+	Scratch bool
 }
 
 // OpenOptions control Open.
@@ -155,13 +163,19 @@ func Create(path string, opts CreateOptions) (*File, error) {
 		conn.Close()
 		return nil, fmt.Errorf("create layer %q: %w", path, err)
 	}
-	f, err := newFile(conn, path, false)
+	f, err := newFile(conn, path, false, opts.Scratch)
 	if err != nil {
 		conn.Close()
 		held.Release()
 		return nil, err
 	}
 	f.eng.held = held
+	if opts.Scratch {
+		if err := conn.Exec("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF"); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
+		}
+	}
 	return f, nil
 }
 
@@ -258,7 +272,7 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 			return nil, fmt.Errorf("open layer %q strictly: %s: %w", path, strings.Join(r.Problems, "; "), disklayer.ErrCorrupt)
 		}
 	}
-	f, err = newFile(conn, path, opts.ReadOnly)
+	f, err = newFile(conn, path, opts.ReadOnly, false)
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -306,8 +320,8 @@ func checkFileLength(path string) error {
 	return nil
 }
 
-func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
-	e := &engine{conn: conn, path: path, openedReadOnly: readOnly}
+func newFile(conn *sqlite3.Conn, path string, readOnly, scratch bool) (*File, error) {
+	e := &engine{conn: conn, path: path, openedReadOnly: readOnly, scratch: scratch}
 	info, err := readLayerRow(conn)
 	if err != nil {
 		return nil, fmt.Errorf("open layer %q: %w", path, err)
@@ -332,6 +346,8 @@ func newFile(conn *sqlite3.Conn, path string, readOnly bool) (*File, error) {
 			e.closeStatements()
 			return nil, fmt.Errorf("open layer %q: %w", path, err)
 		}
+	}
+	if !readOnly && !scratch {
 		if err := startBackgroundCheckpoints(e); err != nil {
 			e.closeStatements()
 			return nil, fmt.Errorf("open layer %q: %w", path, err)

@@ -69,3 +69,48 @@ func TestPrefaultKeepsEveryWrite(t *testing.T) {
 		t.Fatalf("the copy recovered from the WAL reads differently at %d", firstDifference(got, want))
 	}
 }
+
+// TestScratchLayer: a Scratch layer written past its page cache in several
+// batches reads back whole after Close as an ordinary WAL layer, with no
+// WAL file left, and checks clean.
+func TestScratchLayer(t *testing.T) {
+	path := newLayerPath(t, "s.db")
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 128 << 20, Scratch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, f.Size())
+	for i, off := range []int64{0, 40 << 20, 100 << 20} {
+		p := fill(24<<20, byte(i+1))
+		mustWrite(t, f, p, off)
+		copy(want[off:], p)
+	}
+	if err := f.Zero(2<<20, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	clear(want[2<<20 : 3<<20])
+	if got := mustRead(t, f, 0, len(want)); !bytes.Equal(got, want) {
+		t.Fatalf("scratch layer reads differently at %d before Close", firstDifference(got, want))
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + "-wal"); err == nil {
+		t.Error("a WAL file is left after Close")
+	}
+	g, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if got := mustRead(t, g, 0, len(want)); !bytes.Equal(got, want) {
+		t.Fatalf("scratch layer reads differently at %d after Close", firstDifference(got, want))
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[18] != 2 || b[19] != 2 {
+		t.Errorf("file format bytes %d, %d after Close: want 2, 2 (WAL)", b[18], b[19])
+	}
+}

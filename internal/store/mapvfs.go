@@ -33,9 +33,10 @@ import (
 // A full filesystem: a store through the mapping into space the
 // filesystem has not allocated (a hole) needs a page at fault time, and
 // when there is none the fault is SIGBUS. So the mapped part grows only
-// by real writes (pwrite allocates or fails with ENOSPC) and by size
-// hints that fallocate really allocated (dbFile.SizeHint); a hole below
-// it can only come from a file made sparse outside this handle, and
+// by real writes (pwrite allocates or fails with ENOSPC) and by the size
+// the file reports (after dbFile.SizeHint, space fallocate allocated); a
+// hole below it can only come from a file made sparse outside this
+// handle, and
 // copyFaultable recovers from that SIGBUS like any other fault, falling
 // back to pwrite, which reports ENOSPC. Every failed write for lack of
 // space reaches SQLite as SQLITE_FULL (noSpace).
@@ -163,16 +164,16 @@ func (d *dbFile) Close() error {
 	return err
 }
 
-// SizeHint serves SQLITE_FCNTL_SIZE_HINT (a checkpoint about to grow
-// the database file) by allocating the space with fallocate, as the
-// operating system's VFS does. Only space so allocated joins the mapped
-// part of the file: where the filesystem cannot fallocate, the file is
-// extended sparsely (by the operating system's VFS, as before) and its
-// new part keeps being written with pwrite, which reports a full
-// filesystem as ENOSPC. A store through the mapping into a hole would
-// need the page allocated at fault time, and on a full filesystem that
-// is SIGBUS (copyFaultable recovers from it, but the mapping should not
-// be asked to).
+// SizeHint serves SQLITE_FCNTL_SIZE_HINT (a checkpoint, or a commit
+// with the journal off, about to grow the database file) by allocating
+// the space with fallocate, as the operating system's VFS does, so that a
+// full filesystem is an error now rather than a SIGBUS later. The new
+// part does not join the mapped part of the file: it is written with
+// pwrite, which puts the data into new page-cache pages in one step,
+// while a store through the mapping would take a page fault for each
+// (on these virtual machines 4.4 µs a page against 1.4 µs; 110 MiB of
+// checkpoint after a hibernate was 0.25 s of faults). Once written, the
+// pages join the mapping like any the file had (fileMap.wrote).
 func (d *dbFile) SizeHint(size int64) error {
 	fd, ok := d.File.(interface{ Fd() uintptr })
 	if !ok {
@@ -193,7 +194,6 @@ func (d *dbFile) SizeHint(size int64) error {
 	}
 	switch {
 	case err == nil:
-		d.m.known = max(d.m.known, size)
 		return nil
 	case err == unix.EOPNOTSUPP:
 		if h, ok := d.File.(vfs.FileSizeHint); ok {
