@@ -149,15 +149,104 @@ func copyFaultable(dst, src []byte) (ok bool) {
 type dbFile struct {
 	osFile
 	m fileMap
+	// Writes past the mapped part of the file (the file growing: a
+	// checkpoint, a Scratch layer's commits) that continue each other
+	// are gathered here and written with one pwrite: SQLite writes a
+	// page per call, and convert's 1.1 GiB output was 290,000 pwrite
+	// calls, half its time. Like the WAL's buffer (walFile), every other
+	// operation on the file writes it out first, so this handle reads
+	// what it wrote and a sync covers it; other connections read the
+	// database file only where a checkpoint has synced it.
+	buf []byte
+	off int64 // file offset of buf[0]
 }
 
-func (d *dbFile) ReadAt(p []byte, off int64) (int, error)  { return d.m.readAt(d.File, p, off) }
-func (d *dbFile) WriteAt(p []byte, off int64) (int, error) { return d.m.writeAt(d.File, p, off) }
-func (d *dbFile) Truncate(size int64) error                { return d.m.truncate(d.File, size) }
-func (d *dbFile) Size() (int64, error)                     { return d.m.size(d.File) }
+// dbBufferBytes bounds the append buffer of one database file.
+const dbBufferBytes = 1 << 20
+
+func (d *dbFile) WriteAt(p []byte, off int64) (int, error) {
+	if len(d.buf) > 0 && off == d.off+int64(len(d.buf)) && len(d.buf)+len(p) <= dbBufferBytes {
+		d.buf = append(d.buf, p...)
+		return len(p), nil
+	}
+	full := len(d.buf) > 0 && off == d.off+int64(len(d.buf))
+	start := d.off
+	if err := d.flush(); err != nil {
+		return 0, err
+	}
+	if full {
+		startWriteback(d.File, start, off-start) // the sync finds less to do
+	}
+	if d.m.inside(off, len(p)) || len(p) >= dbBufferBytes {
+		return d.m.writeAt(d.File, p, off)
+	}
+	if d.buf == nil {
+		d.buf = make([]byte, 0, dbBufferBytes)
+	}
+	d.buf = append(d.buf, p...)
+	d.off = off
+	return len(p), nil
+}
+
+// flush writes the buffer out. A failed write keeps nothing buffered:
+// SQLite sees the error on the operation that flushed.
+func (d *dbFile) flush() error {
+	if len(d.buf) == 0 {
+		return nil
+	}
+	n, err := d.File.WriteAt(d.buf, d.off)
+	d.m.wrote(d.off, n)
+	d.buf = d.buf[:0]
+	return noSpace(err)
+}
+
+func (d *dbFile) ReadAt(p []byte, off int64) (int, error) {
+	if err := d.flush(); err != nil {
+		return 0, err
+	}
+	return d.m.readAt(d.File, p, off)
+}
+
+func (d *dbFile) Truncate(size int64) error {
+	if err := d.flush(); err != nil {
+		return err
+	}
+	return d.m.truncate(d.File, size)
+}
+
+func (d *dbFile) Size() (int64, error) {
+	if err := d.flush(); err != nil {
+		return 0, err
+	}
+	return d.m.size(d.File)
+}
+
+func (d *dbFile) Sync(flags vfs.SyncFlag) error {
+	if err := d.flush(); err != nil {
+		return err
+	}
+	return d.File.Sync(flags)
+}
+
+func (d *dbFile) Lock(l vfs.LockLevel) error {
+	if err := d.flush(); err != nil {
+		return err
+	}
+	return d.File.Lock(l)
+}
+
+func (d *dbFile) Unlock(l vfs.LockLevel) error {
+	if err := d.flush(); err != nil {
+		return err
+	}
+	return d.File.Unlock(l)
+}
 
 func (d *dbFile) Close() error {
-	err := d.m.unmap()
+	err := d.flush()
+	if uerr := d.m.unmap(); err == nil {
+		err = uerr
+	}
 	if cerr := d.File.Close(); err == nil {
 		err = cerr
 	}
@@ -175,6 +264,9 @@ func (d *dbFile) Close() error {
 // checkpoint after a hibernate was 0.25 s of faults). Once written, the
 // pages join the mapping like any the file had (fileMap.wrote).
 func (d *dbFile) SizeHint(size int64) error {
+	if err := d.flush(); err != nil {
+		return err
+	}
 	fd, ok := d.File.(interface{ Fd() uintptr })
 	if !ok {
 		if h, ok := d.File.(vfs.FileSizeHint); ok {

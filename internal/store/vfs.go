@@ -192,7 +192,7 @@ func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	if full {
-		w.startWriteback(start, off-start)
+		startWriteback(w.File, start, off-start)
 	}
 	if len(p) >= walBufferBytes {
 		n, err := w.File.WriteAt(p, off)
@@ -220,14 +220,14 @@ func (w *walFile) flush() error {
 	return noSpace(err)
 }
 
-// startWriteback asks the kernel to start writing [off, off+n) of the
-// WAL to disk without waiting for it (sync_file_range with
-// SYNC_FILE_RANGE_WRITE only). It changes nothing about durability:
-// the commit's fsync still waits for every page. A file without a
-// descriptor, or a kernel or filesystem that refuses, just skips it.
-func (w *walFile) startWriteback(off, n int64) {
-	if f, ok := w.File.(interface{ Fd() uintptr }); ok {
-		unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+// startWriteback asks the kernel to start writing [off, off+n) of f to
+// disk without waiting for it (sync_file_range with
+// SYNC_FILE_RANGE_WRITE only). It changes nothing about durability: the
+// next sync still waits for every page. A file without a descriptor, or
+// a kernel or filesystem that refuses, just skips it.
+func startWriteback(f vfs.File, off, n int64) {
+	if fd, ok := f.(interface{ Fd() uintptr }); ok {
+		unix.SyncFileRange(int(fd.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 	}
 }
 
