@@ -154,6 +154,7 @@ func Create(path string, opts CreateOptions) (*File, error) {
 		MaxMemory:  maxMemory,
 		Migrations: schema.History,
 		Init:       func(conn *sqlite3.Conn) error { return insertLayerRow(conn, info) },
+		Scratch:    opts.Scratch,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))

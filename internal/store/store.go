@@ -152,6 +152,11 @@ type Options struct {
 	// PageSize applies to Create only (the page size of an existing
 	// database is fixed). 0 leaves SQLite's default.
 	PageSize int
+	// Scratch: the database is a private file that one connection
+	// writes with the journal off before anyone else opens it (a Scratch
+	// layer): its VFS handle gathers the pages it appends into large
+	// writes (dbFile.gather).
+	Scratch bool
 	// CacheBytes sets cache_size. It counts against MaxMemory.
 	CacheBytes int64
 	// MmapBytes sets mmap_size. The mapping lives in the connection's
@@ -419,6 +424,9 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %q: %w", path, err)
 	}
+	if opts.Scratch {
+		uri += "&" + scratchParam + "=1"
+	}
 	conn, err := sqlite3.OpenContext(ctx, uri)
 	if err != nil {
 		return nil, fmt.Errorf("open %q: %w", path, err)
@@ -532,6 +540,10 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// scratchParam is the URI parameter that marks a Scratch database for
+// the VFS.
+const scratchParam = "hibdisk_scratch"
 
 // Prefault makes conn's SQLite touch n bytes of its memory and give them
 // back to its allocator, which keeps them: SQLite's memory is the linear

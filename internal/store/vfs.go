@@ -148,7 +148,8 @@ func (v mappingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.Fi
 		}
 		return w, out, nil
 	case flags&vfs.OPEN_MAIN_DB != 0:
-		return &dbFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}, out, nil
+		return &dbFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0},
+			gather: name.URIParameter(scratchParam) == "1"}, out, nil
 	}
 	return f, out, nil
 }
