@@ -40,12 +40,35 @@ import (
 // copyFaultable recovers from that SIGBUS like any other fault, falling
 // back to pwrite, which reports ENOSPC. Every failed write for lack of
 // space reaches SQLite as SQLITE_FULL (noSpace).
+//
+// Memory: a page touched through the mapping stays mapped, and counts in
+// the process's RssFile (RssShmem on tmpfs), until the mapping goes, so a
+// server that read a whole 8 GiB base held 8 GiB of it mapped. Each
+// mapping is therefore emptied (MADV_DONTNEED: the pages stay in the page
+// cache, dirty ones stay dirty) every mapWindowBytes copied through it:
+// a mapping holds at most what its last mapWindowBytes of I/O touched.
 type fileMap struct {
 	limit    int64 // bytes to map
 	writable bool  // map for writing too (the file is open read-write)
 	data     []byte
 	failed   bool  // mapping is impossible: always use system calls
 	known    int64 // the file is at least this long
+	copied   int64 // bytes copied through the mapping since it was last emptied
+}
+
+// mapWindowBytes is how much I/O goes through a mapping before it is
+// emptied (fileMap): the bound on the pages it holds mapped. A variable
+// only for tests.
+var mapWindowBytes int64 = 512 << 20
+
+// used counts n bytes copied through the mapping and empties it once a
+// window's worth went through.
+func (m *fileMap) used(n int) {
+	m.copied += int64(n)
+	if m.copied >= mapWindowBytes && m.data != nil {
+		unix.Madvise(m.data, unix.MADV_DONTNEED) // only an optimisation: an error leaves pages mapped
+		m.copied = 0
+	}
 }
 
 // mapped returns the mapping, creating it on first use, or nil.
@@ -80,6 +103,7 @@ func (m *fileMap) inside(off int64, n int) bool {
 func (m *fileMap) readAt(f vfs.File, p []byte, off int64) (int, error) {
 	if m.inside(off, len(p)) {
 		if data := m.mapped(f); data != nil && copyFaultable(p, data[off:]) {
+			m.used(len(p))
 			return len(p), nil
 		}
 	}
@@ -91,6 +115,7 @@ func (m *fileMap) readAt(f vfs.File, p []byte, off int64) (int, error) {
 func (m *fileMap) writeAt(f vfs.File, p []byte, off int64) (int, error) {
 	if m.writable && m.inside(off, len(p)) {
 		if data := m.mapped(f); data != nil && copyFaultable(data[off:], p) {
+			m.used(len(p))
 			return len(p), nil
 		}
 	}

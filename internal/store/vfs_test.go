@@ -2,12 +2,14 @@ package store
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"github.com/ncruces/go-sqlite3"
 	"github.com/ncruces/go-sqlite3/vfs"
@@ -329,4 +331,69 @@ func vfsCode(err error) sqlite3.ErrorCode {
 		code = sqlite3.ErrorCode(v.Field(1).Uint())
 	}
 	return code
+}
+
+// TestFileMapWindow: reading a file much larger than the mapping's window
+// through it leaves at most a window's worth of pages mapped (the
+// process's resident file pages stay bounded), and every read still
+// returns the file's bytes.
+func TestFileMapWindow(t *testing.T) {
+	defer func(w int64) { mapWindowBytes = w }(mapWindowBytes)
+	const window, size = 1 << 20, 16 << 20
+	mapWindowBytes = window
+	path := filepath.Join(t.TempDir(), "db")
+	want := make([]byte, size)
+	for i := range want {
+		want[i] = byte(i / 4096)
+	}
+	if err := os.WriteFile(path, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dbFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}
+	defer d.Close()
+	if _, err := d.Size(); err != nil { // the mapping serves what the file is known to hold
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	for off := int64(0); off < size; off += 4096 {
+		if _, err := d.ReadAt(got, off); err != nil || !bytes.Equal(got, want[off:off+4096]) {
+			t.Fatalf("read at %d: %v, or wrong bytes", off, err)
+		}
+	}
+	if d.m.data == nil {
+		t.Fatal("the reads did not go through a mapping")
+	}
+	rss := mappingRSS(t, uintptr(unsafe.Pointer(&d.m.data[0])))
+	if rss > window+4096 {
+		t.Errorf("the mapping holds %d bytes resident after reading %d, want at most the %d-byte window", rss, size, window)
+	}
+}
+
+// mappingRSS is the resident size of the mapping that starts at addr,
+// from /proc/self/smaps.
+func mappingRSS(t *testing.T, addr uintptr) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no smaps: %v", err)
+	}
+	start := fmt.Sprintf("%x-", addr)
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "-") && len(strings.Fields(line)) >= 5 && !strings.HasSuffix(strings.Fields(line)[0], ":") {
+			in = strings.HasPrefix(line, start)
+			continue
+		}
+		if in && strings.HasPrefix(line, "Rss:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimPrefix(line, "Rss:"), "%d", &kb)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no mapping at %#x in smaps", addr)
+	return 0
 }
