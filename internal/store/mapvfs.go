@@ -177,118 +177,34 @@ func copyFaultable(dst, src []byte) (ok bool) {
 // operating system's file (shared memory for the WAL index, SQLite's own
 // memory mapping, lock state), is the wrapped file's.
 type dbFile struct {
-	osFile
-	m fileMap
-	// gather: the database is a scratch file (Options.Scratch): one
+	gatheredFile
+	// scratch: the database is a scratch file (Options.Scratch): one
 	// connection, no WAL, nobody else reading it. Then writes past the
 	// mapped part of the file (the file growing) that continue each
-	// other are gathered in buf and written with one pwrite: SQLite
-	// writes a page per call, and convert's 1.1 GiB output was 290,000
-	// pwrite calls, half its time. Every other operation on the file
-	// writes the buffer out first. Only for scratch files: with the
-	// buffer on for every database, TestCrashSafety found acknowledged
-	// writes missing after a kill -9 (a checkpoint's pages lost with the
-	// process's memory; the exact path was not pinned down). A scratch
-	// file has no WAL and no other reader, and a killed process's
-	// scratch file is discarded anyway.
-	gather bool
-	buf    []byte
-	off    int64 // file offset of buf[0]
+	// other are gathered (gatheredFile): SQLite writes a page per call,
+	// and convert's 1.1 GiB output was 290,000 pwrite calls, half its
+	// time. Only for scratch files: with gathering on for every database,
+	// TestCrashSafety found acknowledged writes missing after a kill -9
+	// (a checkpoint's pages lost with the process's memory; the exact
+	// path was not pinned down). A scratch file has no WAL and no other
+	// reader, and a killed process's scratch file is discarded anyway.
+	scratch bool
 }
-
-// dbBufferBytes bounds the append buffer of one database file.
-const dbBufferBytes = 1 << 20
 
 func (d *dbFile) WriteAt(p []byte, off int64) (int, error) {
-	if !d.gather {
+	if !d.scratch {
 		return d.m.writeAt(d.File, p, off)
 	}
-	if len(d.buf) > 0 && off == d.off+int64(len(d.buf)) && len(d.buf)+len(p) <= dbBufferBytes {
-		d.buf = append(d.buf, p...)
+	if ok, err := d.gather(p, off); ok || err != nil {
+		if err != nil {
+			return 0, err
+		}
 		return len(p), nil
 	}
-	full := len(d.buf) > 0 && off == d.off+int64(len(d.buf))
-	start := d.off
-	if err := d.flush(); err != nil {
-		return 0, err
-	}
-	if full {
-		startWriteback(d.File, start, off-start) // the sync finds less to do
-	}
-	if d.m.inside(off, len(p)) || len(p) >= dbBufferBytes {
+	if d.m.inside(off, len(p)) {
 		return d.m.writeAt(d.File, p, off)
 	}
-	if d.buf == nil {
-		d.buf = make([]byte, 0, dbBufferBytes)
-	}
-	d.buf = append(d.buf, p...)
-	d.off = off
-	return len(p), nil
-}
-
-// flush writes the buffer out. A failed write keeps nothing buffered:
-// SQLite sees the error on the operation that flushed.
-func (d *dbFile) flush() error {
-	if len(d.buf) == 0 {
-		return nil
-	}
-	n, err := d.File.WriteAt(d.buf, d.off)
-	d.m.wrote(d.off, n)
-	d.buf = d.buf[:0]
-	return noSpace(err)
-}
-
-func (d *dbFile) ReadAt(p []byte, off int64) (int, error) {
-	if err := d.flush(); err != nil {
-		return 0, err
-	}
-	return d.m.readAt(d.File, p, off)
-}
-
-func (d *dbFile) Truncate(size int64) error {
-	if err := d.flush(); err != nil {
-		return err
-	}
-	return d.m.truncate(d.File, size)
-}
-
-func (d *dbFile) Size() (int64, error) {
-	if err := d.flush(); err != nil {
-		return 0, err
-	}
-	return d.m.size(d.File)
-}
-
-func (d *dbFile) Sync(flags vfs.SyncFlag) error {
-	if err := d.flush(); err != nil {
-		return err
-	}
-	return d.File.Sync(flags)
-}
-
-func (d *dbFile) Lock(l vfs.LockLevel) error {
-	if err := d.flush(); err != nil {
-		return err
-	}
-	return d.File.Lock(l)
-}
-
-func (d *dbFile) Unlock(l vfs.LockLevel) error {
-	if err := d.flush(); err != nil {
-		return err
-	}
-	return d.File.Unlock(l)
-}
-
-func (d *dbFile) Close() error {
-	err := d.flush()
-	if uerr := d.m.unmap(); err == nil {
-		err = uerr
-	}
-	if cerr := d.File.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return d.writeGathered(p, off)
 }
 
 // SizeHint serves SQLITE_FCNTL_SIZE_HINT (a checkpoint, or a commit

@@ -8,7 +8,6 @@ import (
 
 	"github.com/ncruces/go-sqlite3"
 	"github.com/ncruces/go-sqlite3/vfs"
-	"golang.org/x/sys/unix"
 )
 
 // VFSName is the SQLite VFS every hibdisk connection uses (FileURI names
@@ -41,8 +40,6 @@ import (
 const VFSName = "hibdisk"
 
 const (
-	// walBufferBytes bounds the coalescing buffer of one WAL file.
-	walBufferBytes = 1 << 20
 	// walMapBytes and dbMapBytes are how much of a WAL or database file
 	// is mapped (address space only; I/O beyond it uses pread and
 	// pwrite).
@@ -142,14 +139,14 @@ func (v mappingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.Fi
 	case err != nil:
 		return f, out, err
 	case flags&vfs.OPEN_WAL != 0:
-		w := &walFile{osFile: osFile{f}, m: fileMap{limit: walMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}
+		w := &walFile{gatheredFile: gatheredFile{osFile: osFile{f}, m: fileMap{limit: walMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}}}
 		if flags&vfs.OPEN_CREATE != 0 {
 			w.syncDir = v.dirSyncer(filepath.Dir(name.String()))
 		}
 		return w, out, nil
 	case flags&vfs.OPEN_MAIN_DB != 0:
-		return &dbFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0},
-			gather: name.URIParameter(scratchParam) == "1"}, out, nil
+		return &dbFile{gatheredFile: gatheredFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}},
+			scratch: name.URIParameter(scratchParam) == "1"}, out, nil
 	}
 	return f, out, nil
 }
@@ -166,12 +163,9 @@ func (v mappingVFS) dirSyncer(dir string) func() error {
 	return nil
 }
 
-// walFile buffers contiguous writes to a WAL file and maps it for reads.
+// walFile gathers contiguous writes to a WAL file and maps it for reads.
 type walFile struct {
-	osFile
-	buf []byte // bytes to write at off
-	off int64
-	m   fileMap
+	gatheredFile
 	// syncDir, until it succeeds once, syncs the WAL's directory after
 	// the WAL itself, for a base VFS that models directories (see
 	// dirSyncer). SQLite asks for that (SQLITE_OPEN_WAL with
@@ -183,67 +177,17 @@ type walFile struct {
 }
 
 func (w *walFile) WriteAt(p []byte, off int64) (int, error) {
-	if len(w.buf) > 0 && off == w.off+int64(len(w.buf)) && len(w.buf)+len(p) <= walBufferBytes {
-		w.buf = append(w.buf, p...)
+	if ok, err := w.gather(p, off); ok || err != nil {
+		if err != nil {
+			return 0, err
+		}
 		return len(p), nil
 	}
-	full := len(w.buf) > 0 && off == w.off+int64(len(w.buf))
-	start := w.off
-	if err := w.flush(); err != nil {
-		return 0, err
-	}
-	if full {
-		startWriteback(w.File, start, off-start)
-	}
-	if len(p) >= walBufferBytes {
-		n, err := w.File.WriteAt(p, off)
-		w.m.wrote(off, n)
-		return n, noSpace(err)
-	}
-	if w.buf == nil {
-		w.buf = make([]byte, 0, walBufferBytes)
-	}
-	w.buf = append(w.buf, p...)
-	w.off = off
-	return len(p), nil
-}
-
-// flush writes the buffer out. A failed write keeps nothing buffered:
-// SQLite sees the error on the operation that flushed and treats the WAL
-// write as failed, as it would have without the buffer.
-func (w *walFile) flush() error {
-	if len(w.buf) == 0 {
-		return nil
-	}
-	n, err := w.File.WriteAt(w.buf, w.off)
-	w.m.wrote(w.off, n)
-	w.buf = w.buf[:0]
-	return noSpace(err)
-}
-
-// startWriteback asks the kernel to start writing [off, off+n) of f to
-// disk without waiting for it (sync_file_range with
-// SYNC_FILE_RANGE_WRITE only). It changes nothing about durability: the
-// next sync still waits for every page. A file without a descriptor, or
-// a kernel or filesystem that refuses, just skips it.
-func startWriteback(f vfs.File, off, n int64) {
-	if fd, ok := f.(interface{ Fd() uintptr }); ok {
-		unix.SyncFileRange(int(fd.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
-	}
-}
-
-func (w *walFile) ReadAt(p []byte, off int64) (int, error) {
-	if err := w.flush(); err != nil {
-		return 0, err
-	}
-	return w.m.readAt(w.File, p, off)
+	return w.writeGathered(p, off)
 }
 
 func (w *walFile) Sync(flags vfs.SyncFlag) error {
-	if err := w.flush(); err != nil {
-		return err
-	}
-	if err := w.File.Sync(flags); err != nil {
+	if err := w.gatheredFile.Sync(flags); err != nil {
 		return err
 	}
 	if w.syncDir != nil {
@@ -253,45 +197,6 @@ func (w *walFile) Sync(flags vfs.SyncFlag) error {
 		w.syncDir = nil
 	}
 	return nil
-}
-
-func (w *walFile) Truncate(size int64) error {
-	if err := w.flush(); err != nil {
-		return err
-	}
-	return w.m.truncate(w.File, size)
-}
-
-func (w *walFile) Size() (int64, error) {
-	if err := w.flush(); err != nil {
-		return 0, err
-	}
-	return w.m.size(w.File)
-}
-
-func (w *walFile) Lock(l vfs.LockLevel) error {
-	if err := w.flush(); err != nil {
-		return err
-	}
-	return w.File.Lock(l)
-}
-
-func (w *walFile) Unlock(l vfs.LockLevel) error {
-	if err := w.flush(); err != nil {
-		return err
-	}
-	return w.File.Unlock(l)
-}
-
-func (w *walFile) Close() error {
-	err := w.flush()
-	if merr := w.m.unmap(); err == nil {
-		err = merr
-	}
-	if cerr := w.File.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // SizeHint forwards SQLITE_FCNTL_SIZE_HINT.

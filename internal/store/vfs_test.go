@@ -47,7 +47,7 @@ func TestWALFileCoalesces(t *testing.T) {
 		t.Fatal(err)
 	}
 	inner := &countingFile{File: f}
-	w := &walFile{osFile: osFile{inner}}
+	w := &walFile{gatheredFile: gatheredFile{osFile: osFile{inner}}}
 	defer w.Close()
 
 	// SQLite's pattern: a 24-byte frame header, then the page, repeated.
@@ -174,7 +174,7 @@ func TestFileMapCoherentAndSafe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &dbFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}
+	d := &dbFile{gatheredFile: gatheredFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}}
 	defer d.Close()
 	other, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -285,7 +285,7 @@ func TestFullFilesystem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &dbFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}
+	d := &dbFile{gatheredFile: gatheredFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}}
 	defer d.Close()
 	page := bytes.Repeat([]byte{7}, 4096)
 	if _, err := d.WriteAt(page, 0); err != nil {
@@ -353,7 +353,7 @@ func TestFileMapWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &dbFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}
+	d := &dbFile{gatheredFile: gatheredFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}}
 	defer d.Close()
 	if _, err := d.Size(); err != nil { // the mapping serves what the file is known to hold
 		t.Fatal(err)
