@@ -15,11 +15,20 @@
 #             the emptied layer's file size.
 # Then the binaries in BINS side by side for every cell (BINS="name=path
 # ..."; default: this tree's build).
+# Last, many guests at once: CLIENTS (default 8) diff layers over one
+# 1 GiB base full of data, each driven by its own fio job (4k random, QD
+# 8, SECS seconds, read then write), served by one hibdisk process (one
+# export each), by one hibdisk process per layer, and by one qemu-nbd per
+# qcow2 overlay over the raw base: aggregate IOPS, the ratio to qemu-nbd,
+# and the slowest client's IOPS and p99 latency (no client may starve).
 #
-#   DATA_GIBS="1 4"  BINS="main=/tmp/hibdisk-main this=bin/hibdisk"  DIR=/var/tmp/...
+#   DATA_GIBS="1 4"  BINS="main=/tmp/hibdisk-main this=bin/hibdisk"  BENCH_DIR=/var/tmp/...
+#   DATA_GIBS=""  (only the clients table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA_GIBS=${DATA_GIBS:-1 4 16}
+DATA_GIBS=${DATA_GIBS-1 4 16}
+CLIENTS=${CLIENTS:-8}
+SECS=${SECS:-5}
 DIR=${BENCH_DIR:-/var/tmp/hibdisk-bench-scale}
 PY=/usr/bin/python3
 export PATH=/usr/bin:$PATH # nbdsh needs the system Python
@@ -32,7 +41,13 @@ fi
 rm -rf "$DIR" && mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 srv=
-cleanup() { [ -n "$srv" ] && kill "$srv" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$DIR"; }
+pids=()
+cleanup() {
+  [ -n "$srv" ] && kill "$srv" 2>/dev/null
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$DIR"
+}
 trap cleanup EXIT
 
 secs() { # command...: prints its wall time in seconds
@@ -47,7 +62,7 @@ mem() { # pid: "anon-MiB file-MiB"
   awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} /^RssShmem/ {s=$2} END {printf "%.0f %.0f", a/1024, (f+s)/1024}' "/proc/$1/status"
 }
 
-printf '%-6s %-8s %9s %9s %6s %10s %10s %11s %9s %11s %9s %10s\n' data binary convert qemu-img ratio "bytes/dat" "qcow2 b/d" "1st read" "anon MiB" "file MiB" "seq read" "commit top"
+[ -n "$DATA_GIBS" ] && printf '%-6s %-8s %9s %9s %6s %10s %10s %11s %9s %11s %9s %10s\n' data binary convert qemu-img ratio "bytes/dat" "qcow2 b/d" "1st read" "anon MiB" "file MiB" "seq read" "commit top"
 for gib in $DATA_GIBS; do
   raw="$DIR/base-$gib.raw"
   # Every other MiB holds data: 2*gib GiB of disk, gib GiB of data.
@@ -99,3 +114,75 @@ PYEOF
 done
 echo "convert ratio: qemu-img time / hibdisk time (>1: hibdisk faster); bytes/dat: layer file bytes per data byte;"
 echo "anon/file MiB: after the first read / after reading the whole disk; commit top: the emptied layer after commit"
+
+# Many guests at once.
+[ "$CLIENTS" -gt 0 ] || exit 0
+c="$DIR/clients"
+mkdir -p "$c"
+qemu-img create -f raw "$c/base.raw" 1G >/dev/null
+fio --name=fill --filename="$c/base.raw" --rw=write --bs=1M --size=1G \
+    --refill_buffers --buffer_compress_percentage=0 --output=/dev/null
+wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; return 1; }
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait "${pids[@]}" 2>/dev/null || true; pids=(); }
+clients_run() { # setup-name rw uri-of-client-i... -> "aggregate min-client-iops max-p99-us"
+  local name=$1 rw=$2
+  shift 2
+  local jobs="$c/$name-$rw.fio" i=0
+  printf '[global]\nioengine=nbd\nrw=%s\nbs=4k\niodepth=8\nruntime=%s\ntime_based\nsize=1G\nnorandommap\ngroup_reporting=0\n' "$rw" "$SECS" >"$jobs"
+  for u in "$@"; do printf '[c%d]\nuri=%s\n' "$i" "$u" >>"$jobs"; i=$((i + 1)); done
+  fio --output-format=json --output="$c/out.json" "$jobs" >/dev/null
+  $PY - "$c/out.json" <<'PYEOF'
+import json, sys
+jobs = json.load(open(sys.argv[1]))["jobs"]
+side = lambda j: j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+iops = [side(j)["iops"] for j in jobs]
+p99 = [side(j)["clat_ns"]["percentile"]["99.000000"] / 1000 for j in jobs]
+print(f"{sum(iops):.0f} {min(iops):.0f} {max(p99):.0f}")
+PYEOF
+}
+printf '\n%d clients, 4k QD8 each, %s s: %-22s %10s %8s %12s %14s\n' "$CLIENTS" "$SECS" setup "IOPS" "/qemu" "slowest IOPS" "worst p99 us"
+for rw in randread randwrite; do
+  declare -A agg=()
+  for nb in $BINS qemu-nbd=qemu-nbd; do
+    name=${nb%%=*} bin=${nb#*=}
+    for mode in one eight; do
+      [ "$name" = qemu-nbd ] && [ "$mode" = one ] && continue
+      d="$c/$name-$mode"
+      rm -rf "$d" && mkdir -p "$d"
+      uris=()
+      if [ "$name" = qemu-nbd ]; then
+        for i in $(seq 0 $((CLIENTS - 1))); do
+          qemu-img create -f qcow2 -b "$c/base.raw" -F raw "$d/o$i.qcow2" >/dev/null
+          qemu-nbd -f qcow2 -k "$d/s$i.sock" -t -e 0 "$d/o$i.qcow2" & pids+=($!)
+          uris+=("nbd+unix:///?socket=$d/s$i.sock")
+        done
+      else
+        [ -f "$c/base-$name.db" ] || "$bin" convert "$c/base.raw" "$c/base-$name.db" >/dev/null
+        exports=()
+        for i in $(seq 0 $((CLIENTS - 1))); do
+          "$bin" create -b "$c/base-$name.db" "$d/j$i.db" >/dev/null
+          if [ "$mode" = one ]; then
+            exports+=(--export "c$i=$d/j$i.db")
+            uris+=("nbd+unix:///c$i?socket=$d/s.sock")
+          else
+            "$bin" serve --nbd --socket "$d/s$i.sock" "$d/j$i.db" >/dev/null 2>&1 & pids+=($!)
+            uris+=("nbd+unix:///?socket=$d/s$i.sock")
+          fi
+        done
+        if [ "$mode" = one ]; then
+          "$bin" serve --nbd --socket "$d/s.sock" "${exports[@]}" >/dev/null 2>&1 & pids+=($!)
+        fi
+      fi
+      for u in "${uris[@]}"; do wait_sock "${u##*socket=}"; done
+      read -r total slowest p99 <<<"$(clients_run "$name-$mode" "$rw" "${uris[@]}")"
+      stop_all
+      agg["$name-$mode"]="$total $slowest $p99"
+    done
+  done
+  q=${agg[qemu-nbd-eight]%% *}
+  for k in "${!agg[@]}"; do
+    read -r total slowest p99 <<<"${agg[$k]}"
+    printf '%-9s %-30s %10s %7.2fx %12s %14s\n' "$rw" "$k" "$total" "$($PY -c "print($total / $q)")" "$slowest" "$p99"
+  done | sort
+  unset agg
+done
