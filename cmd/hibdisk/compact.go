@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
@@ -21,29 +20,24 @@ func runCompact(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	before := layerFileBytes(pos[0])
 	f, err := sqlitelayer.Open(pos[0], sqlitelayer.OpenOptions{})
 	if err != nil {
 		return err
 	}
-	err = f.Compact()
+	before, err := f.Stats()
+	var after sqlitelayer.Stats
+	if err == nil {
+		err = f.Compact()
+	}
+	if err == nil {
+		after, err = f.Stats()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "compacted %s: %s -> %s\n", pos[0], formatSize(before), formatSize(layerFileBytes(pos[0])))
+	fmt.Fprintf(e.stdout, "compacted %s: %s -> %s\n", pos[0], formatSize(before.FileBytes), formatSize(after.FileBytes))
 	return nil
-}
-
-// layerFileBytes is the size of a layer's file and its WAL.
-func layerFileBytes(path string) int64 {
-	var n int64
-	for _, p := range []string{path, path + "-wal"} {
-		if st, err := os.Stat(p); err == nil {
-			n += st.Size()
-		}
-	}
-	return n
 }
