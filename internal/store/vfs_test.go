@@ -299,7 +299,7 @@ func TestFullFilesystem(t *testing.T) {
 	if size, err := d.Size(); err != nil || size != 1<<20 {
 		t.Fatalf("size %d, %v", size, err)
 	}
-	if d.m.mapped(d.File) == nil {
+	if d.m.mapped(d.File, true) == nil {
 		t.Fatal("the file could not be mapped")
 	}
 	for _, off := range []int64{512 << 10, 2 << 20} { // in the hole, past the end
@@ -396,4 +396,57 @@ func mappingRSS(t *testing.T, addr uintptr) int64 {
 	}
 	t.Fatalf("no mapping at %#x in smaps", addr)
 	return 0
+}
+
+// TestFileMapReadsReadOnly: reads go through a read-only mapping and
+// writes through a writable one (fileMap: a read fault in a writable
+// shared mapping of a tmpfs file maps one page, in a read-only one the
+// pages around it too), and a write is seen by the next read.
+func TestFileMapReadsReadOnly(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dbFile{gatheredFile: gatheredFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}}}
+	defer d.Close()
+	page := bytes.Repeat([]byte{7}, 4096)
+	for off := int64(0); off < 64<<10; off += 4096 { // pwrite: the file grows
+		if _, err := d.WriteAt(page, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.WriteAt(bytes.Repeat([]byte{9}, 4096), 8192); err != nil { // inside: through the mapping
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	if _, err := d.ReadAt(got, 8192); err != nil || got[0] != 9 {
+		t.Fatalf("read back %d, %v; want the 9s just written", got[0], err)
+	}
+	if d.m.data == nil || d.m.wdata == nil {
+		t.Fatal("the read and the write did not each use a mapping")
+	}
+	if perms := mappingPerms(t, uintptr(unsafe.Pointer(&d.m.data[0]))); perms[:2] != "r-" {
+		t.Errorf("reads go through a mapping with permissions %s, want read-only", perms)
+	}
+	if perms := mappingPerms(t, uintptr(unsafe.Pointer(&d.m.wdata[0]))); perms[:2] != "rw" {
+		t.Errorf("writes go through a mapping with permissions %s, want writable", perms)
+	}
+}
+
+// mappingPerms is the permissions field (rwxs/rwxp) of the mapping that
+// starts at addr, from /proc/self/maps.
+func mappingPerms(t *testing.T, addr uintptr) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Skipf("no maps: %v", err)
+	}
+	start := fmt.Sprintf("%x-", addr)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && strings.HasPrefix(f[0], start) {
+			return f[1]
+		}
+	}
+	t.Fatalf("no mapping at %#x in maps", addr)
+	return ""
 }
