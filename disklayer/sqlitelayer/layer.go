@@ -84,6 +84,14 @@ type OpenOptions struct {
 	HoldStable bool
 }
 
+// cacheBytesFor is the page cache of a connection opened read-only or not.
+func cacheBytesFor(readOnly bool) int64 {
+	if readOnly {
+		return readOnlyCacheBytes
+	}
+	return cacheBytes
+}
+
 // pageSizeFor returns the SQLite page size for a new layer with the given
 // sector size: 4096 for every sector size.
 //
@@ -257,7 +265,7 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 	}
 	conn, err := store.Open(path, store.Options{
 		ReadOnly:     opts.ReadOnly,
-		CacheBytes:   cacheBytes,
+		CacheBytes:   cacheBytesFor(opts.ReadOnly),
 		MaxMemory:    maxMemory,
 		Migrations:   schema.History,
 		ReadableFrom: schema.ReadableFrom,

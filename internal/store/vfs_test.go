@@ -339,7 +339,10 @@ func vfsCode(err error) sqlite3.ErrorCode {
 // returns the file's bytes.
 func TestFileMapWindow(t *testing.T) {
 	defer func(w int64) { mapWindowBytes = w }(mapWindowBytes)
-	const window, size = 1 << 20, 16 << 20
+	// Not a whole number of windows, so that the last read does not
+	// happen to empty the mapping; a window of several 2 MiB (what one
+	// fault may map where the file is in large folios).
+	const window, size = 4 << 20, 22 << 20
 	mapWindowBytes = window
 	path := filepath.Join(t.TempDir(), "db")
 	want := make([]byte, size)
@@ -360,15 +363,20 @@ func TestFileMapWindow(t *testing.T) {
 	}
 	got := make([]byte, 4096)
 	for off := int64(0); off < size; off += 4096 {
-		if _, err := d.ReadAt(got, off); err != nil || !bytes.Equal(got, want[off:off+4096]) {
-			t.Fatalf("read at %d: %v, or wrong bytes", off, err)
+		for range 3 { // a chunk's first reads are preads; the third maps it
+			if _, err := d.ReadAt(got, off); err != nil || !bytes.Equal(got, want[off:off+4096]) {
+				t.Fatalf("read at %d: %v, or wrong bytes", off, err)
+			}
 		}
 	}
 	if d.m.data == nil {
 		t.Fatal("the reads did not go through a mapping")
 	}
 	rss := mappingRSS(t, uintptr(unsafe.Pointer(&d.m.data[0])))
-	if rss > window+4096 {
+	if rss == 0 {
+		t.Error("nothing is mapped after reading the file twice over: the mapping is not used")
+	}
+	if rss > window {
 		t.Errorf("the mapping holds %d bytes resident after reading %d, want at most the %d-byte window", rss, size, window)
 	}
 }
@@ -401,7 +409,8 @@ func mappingRSS(t *testing.T, addr uintptr) int64 {
 // TestFileMapReadsReadOnly: reads go through a read-only mapping and
 // writes through a writable one (fileMap: a read fault in a writable
 // shared mapping of a tmpfs file maps one page, in a read-only one the
-// pages around it too), and a write is seen by the next read.
+// pages around it too), except a chunk's first read, which is a pread
+// (readMapped); a write is seen by the next read.
 func TestFileMapReadsReadOnly(t *testing.T) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "db"))
 	if err != nil {
@@ -422,8 +431,23 @@ func TestFileMapReadsReadOnly(t *testing.T) {
 	if _, err := d.ReadAt(got, 8192); err != nil || got[0] != 9 {
 		t.Fatalf("read back %d, %v; want the 9s just written", got[0], err)
 	}
+	if _, err := d.ReadAt(got, 16384); err != nil || got[0] != 7 {
+		t.Fatalf("read back %d, %v; want 7s", got[0], err)
+	}
+	if d.m.data != nil {
+		t.Error("the first reads of a chunk went through a mapping, want pread")
+	}
+	if _, err := d.ReadAt(got, 12288); err != nil || got[0] != 7 { // the chunk's third read: mapped
+		t.Fatalf("read back %d, %v; want 7s", got[0], err)
+	}
 	if d.m.data == nil || d.m.wdata == nil {
-		t.Fatal("the read and the write did not each use a mapping")
+		t.Fatal("the third read and the write did not each use a mapping")
+	}
+	if _, err := d.WriteAt(bytes.Repeat([]byte{5}, 4096), 12288); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ReadAt(got, 12288); err != nil || got[0] != 5 {
+		t.Fatalf("read back %d, %v through the read mapping; want the 5s just written through the other", got[0], err)
 	}
 	if perms := mappingPerms(t, uintptr(unsafe.Pointer(&d.m.data[0]))); perms[:2] != "r-" {
 		t.Errorf("reads go through a mapping with permissions %s, want read-only", perms)
