@@ -144,36 +144,103 @@ func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklay
 
 // copyView writes every non-zero sector-aligned run of src's view into
 // dst, which reads as zeros everywhere to begin with.
+//
+// Reading and writing overlap: a goroutine reads src up to
+// readAheadChunks chunks ahead while this one writes. Serially, a 16 GiB
+// convert from a raw image not in the page cache spent 12 s of its 57 s
+// waiting for the source, and the writes waited in turn.
 func copyView(dst disklayer.Disk, src disklayer.Layer, progress func(done, total int64)) error {
 	size := src.Size()
-	buf := make([]byte, copyChunk)
 	// Zero detection works on the output's sectors, so a sector that is
 	// partly data and partly zero is stored whole.
 	unit := int64(dst.SectorSize())
-	for e, err := range src.Extents(0, size) {
-		if err != nil {
-			return err
+	chunks := make(chan readChunk, readAheadChunks)
+	free := make(chan []byte, readAheadChunks+1)
+	for range readAheadChunks + 1 {
+		free <- make([]byte, copyChunk)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(chunks)
+		readView(src, size, chunks, free, stop)
+	}()
+	defer func() {
+		close(stop)
+		for range chunks { // let the reader finish
 		}
-		if e.Kind == disklayer.Data {
-			for off := e.Off; off < e.End(); {
-				n := min(int64(len(buf)), e.End()-off)
-				p := buf[:n]
-				if _, err := src.ReadAt(p, off); err != nil {
-					return err
-				}
-				if err := writeNonZero(dst, p, off, unit); err != nil {
-					return err
-				}
-				off += n
-				if progress != nil {
-					progress(off, size)
-				}
+		<-done
+	}()
+	for c := range chunks {
+		if c.err != nil {
+			return c.err
+		}
+		if c.buf != nil {
+			if err := writeNonZero(dst, c.buf, c.off, unit); err != nil {
+				return err
 			}
-		} else if progress != nil {
-			progress(e.End(), size)
+			free <- c.buf[:cap(c.buf)]
+		}
+		if progress != nil {
+			progress(c.end, size)
 		}
 	}
 	return dst.Flush()
+}
+
+// readAheadChunks is how many copyChunk buffers copyView reads ahead.
+const readAheadChunks = 8
+
+// readChunk is a piece of the source for copyView: data read at off
+// (buf), or a range with none (buf nil), ending at end; or the error
+// that ended the read.
+type readChunk struct {
+	off, end int64
+	buf      []byte
+	err      error
+}
+
+// readView reads the data of src's view in order into buffers from free
+// and sends them on chunks, until the end, an error (sent too) or stop.
+func readView(src disklayer.Layer, size int64, chunks chan<- readChunk, free chan []byte, stop <-chan struct{}) {
+	send := func(c readChunk) bool {
+		select {
+		case chunks <- c:
+			return true
+		case <-stop:
+			return false
+		}
+	}
+	for e, err := range src.Extents(0, size) {
+		if err != nil {
+			send(readChunk{err: err})
+			return
+		}
+		if e.Kind != disklayer.Data {
+			if !send(readChunk{off: e.Off, end: e.End()}) {
+				return
+			}
+			continue
+		}
+		for off := e.Off; off < e.End(); {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			n := min(int64(len(buf)), e.End()-off)
+			if _, err := src.ReadAt(buf[:n], off); err != nil {
+				send(readChunk{err: err})
+				return
+			}
+			if !send(readChunk{off: off, end: off + n, buf: buf[:n]}) {
+				return
+			}
+			off += n
+		}
+	}
 }
 
 // writeNonZero writes the runs of p (at off) that are not all-zero

@@ -14,11 +14,32 @@ import (
 // what it wrote and a sync covers it. A failed write of the buffer keeps
 // nothing buffered: SQLite sees the error on the operation that wrote it
 // out, as it would have seen it on the write.
+//
+// With async (scratch databases only, dbFile.scratch), a full buffer that
+// the next write continues is written by a goroutine while the next one
+// fills (one in flight): a 16 GiB convert spent 10.6 s of its CPU in
+// those pwrites (the kernel copying into new page-cache pages), and they
+// now overlap SQLite's own work. Every other operation waits for the
+// write in flight first, so the order of writes and what reads see are
+// unchanged; its failure is reported by the next operation that waits
+// (a scratch file that fails is discarded whole).
 type gatheredFile struct {
 	osFile
 	m   fileMap
 	buf []byte // bytes to write at off
 	off int64
+
+	async    bool
+	inflight chan asyncWrite // the write in flight, or nil
+	spare    []byte          // the buffer the last write in flight used
+}
+
+// asyncWrite is the outcome of a buffer written by a goroutine.
+type asyncWrite struct {
+	off int64
+	n   int
+	err error
+	buf []byte
 }
 
 // gatherBytes bounds the buffer of one file.
@@ -35,6 +56,9 @@ func (g *gatheredFile) gather(p []byte, off int64) (bool, error) {
 		g.buf = append(g.buf, p...)
 		return true, nil
 	}
+	if continues && g.async {
+		return false, g.writeBehind()
+	}
 	start := g.off
 	if err := g.flush(); err != nil {
 		return false, err
@@ -43,6 +67,39 @@ func (g *gatheredFile) gather(p []byte, off int64) (bool, error) {
 		startWriteback(g.File, start, off-start)
 	}
 	return false, nil
+}
+
+// writeBehind hands the buffer to a goroutine that writes it out and
+// starts its writeback, after the write in flight before it finished;
+// the buffer that write used becomes the next one.
+func (g *gatheredFile) writeBehind() error {
+	if err := g.settle(); err != nil {
+		return err
+	}
+	f, buf, off := g.File, g.buf, g.off
+	done := make(chan asyncWrite, 1)
+	g.inflight = done
+	g.buf, g.spare = g.spare, nil
+	go func() {
+		n, err := f.WriteAt(buf, off)
+		if err == nil {
+			startWriteback(f, off, int64(n))
+		}
+		done <- asyncWrite{off: off, n: n, err: err, buf: buf}
+	}()
+	return nil
+}
+
+// settle waits for the write in flight, if any, and reports its failure.
+func (g *gatheredFile) settle() error {
+	if g.inflight == nil {
+		return nil
+	}
+	w := <-g.inflight
+	g.inflight = nil
+	g.m.wrote(w.off, w.n)
+	g.spare = w.buf[:0]
+	return noSpace(w.err)
 }
 
 // writeGathered writes p at off: a new buffer when p is smaller than one,
@@ -61,8 +118,11 @@ func (g *gatheredFile) writeGathered(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// flush writes the buffer out.
+// flush writes the buffer out, after the write in flight.
 func (g *gatheredFile) flush() error {
+	if err := g.settle(); err != nil {
+		return err
+	}
 	if len(g.buf) == 0 {
 		return nil
 	}

@@ -145,8 +145,9 @@ func (v mappingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.Fi
 		}
 		return w, out, nil
 	case flags&vfs.OPEN_MAIN_DB != 0:
-		return &dbFile{gatheredFile: gatheredFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}},
-			scratch: name.URIParameter(scratchParam) == "1"}, out, nil
+		scratch := name.URIParameter(scratchParam) == "1"
+		return &dbFile{gatheredFile: gatheredFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}, async: scratch},
+			scratch: scratch}, out, nil
 	}
 	return f, out, nil
 }

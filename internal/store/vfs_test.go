@@ -474,3 +474,77 @@ func mappingPerms(t *testing.T, addr uintptr) string {
 	t.Fatalf("no mapping at %#x in maps", addr)
 	return ""
 }
+
+// TestScratchWriteBehind: a scratch database file's full buffers are
+// written by a goroutine while the next fills (gatheredFile.async); what
+// is read back, even a page still in flight or rewritten after it, is
+// what was written last, and a write that fails for lack of space is
+// reported (SQLITE_FULL) by a later operation rather than lost.
+func TestScratchWriteBehind(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dbFile{gatheredFile: gatheredFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}, async: true}, scratch: true}
+	const pages = 3*gatherBytes/4096 + 5
+	page := func(i int, v byte) []byte { return bytes.Repeat([]byte{byte(i), v}, 2048) }
+	for i := range pages {
+		if _, err := d.WriteAt(page(i, 1), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if i == gatherBytes/4096+3 { // the first buffer is in flight: read and rewrite a page of it
+			got := make([]byte, 4096)
+			if _, err := d.ReadAt(got, 4096); err != nil || !bytes.Equal(got, page(1, 1)) {
+				t.Fatalf("read of a page written behind: %v, or wrong bytes", err)
+			}
+			if _, err := d.WriteAt(page(1, 2), 4096); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if d.inflight == nil && d.spare == nil {
+		t.Error("no buffer was written behind")
+	}
+	if err := d.Sync(0); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != pages*4096 {
+		t.Fatalf("file holds %d bytes, want %d", len(b), pages*4096)
+	}
+	for i := range pages {
+		want := page(i, 1)
+		if i == 1 {
+			want = page(1, 2)
+		}
+		if !bytes.Equal(b[i*4096:(i+1)*4096], want) {
+			t.Fatalf("page %d holds other bytes than written last", i)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A full filesystem: the write behind fails, and a later operation says so.
+	dir := testenv.SmallFilesystem(t, "2m")
+	f, err = os.OpenFile(filepath.Join(dir, "db"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = &dbFile{gatheredFile: gatheredFile{osFile: osFile{&fdFile{countingFile{File: f}}}, m: fileMap{limit: 1 << 30, writable: true}, async: true}, scratch: true}
+	defer d.Close()
+	testenv.FillFilesystem(t, dir)
+	var failed error
+	for i := 0; i < 3*gatherBytes/4096 && failed == nil; i++ {
+		_, failed = d.WriteAt(page(i, 1), int64(i)*4096)
+	}
+	if failed == nil {
+		failed = d.Sync(0)
+	}
+	if failed == nil || vfsCode(failed) != sqlite3.FULL {
+		t.Errorf("writing 3 MiB on a full filesystem: %v (code %v), want SQLITE_FULL", failed, vfsCode(failed))
+	}
+}
