@@ -72,10 +72,32 @@ type conn struct {
 	// write, when the reader is about to wait for the client, or with the
 	// next reply a worker sends. Guarded by wmu.
 	corked []byte
+
+	// behind carries large read replies of requests the reader executed
+	// to a goroutine that writes them (sendBehind); nil until the first.
+	behind chan behindReply
 }
 
 // maxCorked bounds the replies held back in conn.corked.
 const maxCorked = 64 << 10
+
+// behindMinBytes is the smallest read reply the reader hands to the
+// connection's sender goroutine instead of writing it itself, when more
+// requests are already buffered. Executed inline, a 64 KiB READ was
+// ~30 us of backend and ~14 us of socket write on one core (qemu-img
+// bench at depth 16: the server's CPU equalled the wall time); written
+// behind, the next request's read overlaps the write on the other core.
+// Small replies are corked instead: for them a handoff costs more than
+// the write.
+const behindMinBytes = 32 << 10
+
+// behindReply is a reply written by the sender goroutine: b, part of
+// buf, answers r.
+type behindReply struct {
+	buf *[]byte
+	b   []byte
+	r   *request
+}
 
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{srv: s, nc: nc, remote: nc.RemoteAddr().String()}
@@ -178,6 +200,9 @@ func (c *conn) transmit() {
 	c.uncork()
 	c.inflight.Wait()
 	close(c.queue)
+	if c.behind != nil {
+		close(c.behind)
+	}
 	if disc && !c.exp.ReadOnly {
 		if err := c.exp.Backend.Flush(); err != nil {
 			c.srv.logf(slog.LevelWarn, "nbd: flush on disconnect", "remote", c.remote, "export", c.exp.Name, "err", err)
@@ -365,6 +390,56 @@ func (c *conn) sendv(v *net.Buffers) {
 		c.corked = c.corked[:0]
 	}
 	c.wmu.Unlock()
+}
+
+// sendBehind hands the reply b (in buf) of r, a request the reader
+// executed, to the sender goroutine if the reader has more requests
+// buffered and b is large, and reports whether it did. The sender then
+// writes it, in order with other replies under wmu, and releases buf and
+// r.
+func (c *conn) sendBehind(buf *[]byte, b []byte, r *request) bool {
+	if len(b) < behindMinBytes || c.br.Buffered() < requestHeaderLen {
+		return false
+	}
+	if c.behind == nil {
+		c.behind = make(chan behindReply, maxInFlight)
+		go c.sender()
+	}
+	c.pending.Add(-1)
+	c.behind <- behindReply{buf: buf, b: b, r: r} // r is the sender's from here on
+	return true
+}
+
+// sender writes the replies handed to it, several in one writev when
+// they queue up, then releases their requests.
+func (c *conn) sender() {
+	var batch []behindReply
+	for first := range c.behind {
+		batch = append(batch[:0], first)
+	more:
+		for len(batch) < 16 {
+			select {
+			case next, ok := <-c.behind:
+				if !ok {
+					break more
+				}
+				batch = append(batch, next)
+			default:
+				break more
+			}
+		}
+		v := make(net.Buffers, 0, len(batch))
+		for _, x := range batch {
+			v = append(v, x.b)
+		}
+		c.sendv(&v)
+		for _, x := range batch {
+			putBuf(x.buf)
+			c.budget.release(x.r.cost)
+			c.freeRequest(x.r)
+			c.inflight.Done()
+		}
+	}
 }
 
 // cork holds back a reply of a request the reader executed, if the reader

@@ -624,3 +624,41 @@ func TestInlineExecutionAdapts(t *testing.T) {
 		t.Fatal("backend fast again: reads do not run inline")
 	}
 }
+
+// TestPipelinedLargeReads: large READs sent back to back, executed by
+// the reader inline, are answered by the connection's sender goroutine
+// (conn.sendBehind) while the reader goes on; every reply arrives whole,
+// with its own data, and the connection then ends cleanly.
+func TestPipelinedLargeReads(t *testing.T) {
+	const n, size = 48, 64 << 10
+	mem := newMemBackend(n * size)
+	for i := range n {
+		mem.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, size), int64(i)*size)
+	}
+	_, sock := startServer(t, Export{Name: "d", Backend: mem})
+	c, _ := connect(t, sock, "d", true)
+	var reqs []byte
+	for i := range n { // one write: the server finds them all buffered
+		b := make([]byte, requestHeaderLen)
+		binary.BigEndian.PutUint32(b[0:], magicRequest)
+		binary.BigEndian.PutUint16(b[6:], cmdRead)
+		binary.BigEndian.PutUint64(b[8:], uint64(i))
+		binary.BigEndian.PutUint64(b[16:], uint64(i)*size)
+		binary.BigEndian.PutUint32(b[24:], size)
+		reqs = append(reqs, b...)
+	}
+	c.write(reqs)
+	seen := map[uint64]bool{}
+	for range n {
+		ch := c.reply(0)
+		if ch.typ != replyTypeOffsetData || ch.flags&replyFlagDone == 0 || seen[ch.handle] || ch.handle >= n {
+			t.Fatalf("reply %d: type %d flags %#x (seen before: %v)", ch.handle, ch.typ, ch.flags, seen[ch.handle])
+		}
+		seen[ch.handle] = true
+		if o := binary.BigEndian.Uint64(ch.payload); o != ch.handle*size || !bytes.Equal(ch.payload[8:], bytes.Repeat([]byte{byte(ch.handle + 1)}, size)) {
+			t.Fatalf("reply %d: offset %d or data not the request's", ch.handle, o)
+		}
+	}
+	c.request(cmdDisc, 0, 0, 0, 0, nil)
+	c.expectEOF()
+}

@@ -35,9 +35,10 @@ type run struct {
 // worker executes requests of one connection. Its scratch space is reused
 // for every request, so that steady-state I/O allocates nothing.
 type worker struct {
-	c   *conn
-	out []byte // reply headers and small replies
-	iov [][]byte
+	c         *conn
+	handedOff bool   // the request just handled went to the sender goroutine (conn.sendBehind)
+	out       []byte // reply headers and small replies
+	iov       [][]byte
 
 	// Extent collection state (see collect).
 	runs               []run
@@ -72,6 +73,10 @@ func (w *worker) run(r *request) {
 		start := time.Now()
 		w.handle(r)
 		c.observe(time.Since(start))
+	}
+	if w.handedOff { // the sender goroutine answers and releases r
+		w.handedOff = false
+		return
 	}
 	c.budget.release(r.cost)
 	c.freeRequest(r)
@@ -213,7 +218,11 @@ func (w *worker) read(r *request) {
 		return
 	}
 	buf := getBuf(bufHeadroom + n)
-	defer putBuf(buf)
+	defer func() {
+		if buf != nil {
+			putBuf(buf)
+		}
+	}()
 	data := (*buf)[bufHeadroom:]
 	if r.flags&cmdFlagDF == 0 {
 		runs, ok, err := w.sparseRead(data, r.off)
@@ -233,7 +242,13 @@ func (w *worker) read(r *request) {
 	h := (*buf)[bufHeadroom-chunkHeaderLen-8 : bufHeadroom]
 	putChunkHeader(h, replyFlagDone, replyTypeOffsetData, r.handle, uint32(8+n))
 	binary.BigEndian.PutUint64(h[chunkHeaderLen:], uint64(r.off))
-	w.send((*buf)[bufHeadroom-chunkHeaderLen-8:])
+	reply := (*buf)[bufHeadroom-chunkHeaderLen-8:]
+	if w == c.inline && c.sendBehind(buf, reply, r) {
+		buf = nil // the sender puts it back
+		w.handedOff = true
+		return
+	}
+	w.send(reply)
 }
 
 func (w *worker) readAt(p []byte, off int64) error {
