@@ -339,6 +339,7 @@ func BenchmarkLayer(b *testing.B) {
 // the first pass turns data rows into tombstones, later passes rewrite
 // tombstones. Flush every 64 MiB, as write1m-seq.
 func BenchmarkZeroWrites(b *testing.B) {
+	defer sqlitelayer.SetIncrementalForTest(!*benchNoVacuum)()
 	for _, wb := range []bool{false, true} {
 		b.Run(fmt.Sprintf("writeback=%v", wb), func(b *testing.B) {
 			dir := b.TempDir()

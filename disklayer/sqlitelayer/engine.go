@@ -85,6 +85,9 @@ type engine struct {
 	pageSize    int64
 	rc          *reclaimer
 	pageCounts  *sqlite3.Stmt // free pages, all pages (freePagesLocked)
+	// keepWAL: Prefault grew the WAL file for a hibernate to come; a
+	// reclaim folds the WAL in without cutting the file.
+	keepWAL bool
 
 	// wb is the sectors table's write-back (OpenOptions.WriteBack), or nil.
 	wb *writeBack
