@@ -44,6 +44,12 @@ type layerJSON struct {
 	TombstoneSectors      *int64 `json:"tombstone-sectors,omitempty"`
 	HibernateBlocks       *int64 `json:"hibernate-blocks,omitempty"`
 	PageSize              int    `json:"page-size,omitempty"`
+	// FreeBytes is the layer's free space (SQLite's free list);
+	// ReclaimsSpace says whether the layer gives it back to the
+	// filesystem while in use (false: a layer made before that, which
+	// `hibdisk compact` converts).
+	FreeBytes     *int64 `json:"free-bytes,omitempty"`
+	ReclaimsSpace *bool  `json:"reclaims-space,omitempty"`
 	// HibernateImage is on the layer an OS hibernation image was written
 	// into (the chain's hibernate file holds it).
 	HibernateImage *imageJSON `json:"hibernate-image,omitempty"`
@@ -115,6 +121,8 @@ func infoJSON(l diffdisk.LayerInfo) layerJSON {
 		blocks := s.DataBlocks + s.TombstoneBlocks
 		j.HibernateBlocks = &blocks
 		j.PageSize = s.PageSize
+		j.FreeBytes = &s.FreeBytes
+		j.ReclaimsSpace = &s.Reclaims
 	} else if size, err := fileSize(l.Path); err == nil {
 		j.ActualSize = size
 	}
@@ -150,6 +158,13 @@ func printInfo(w io.Writer, l layerJSON) {
 		fmt.Fprintf(w, "data sectors: %d (%s)\n", *l.DataSectors, formatSize(*l.DataSectors*int64(l.SectorSize)))
 		fmt.Fprintf(w, "tombstones: %d\n", *l.TombstoneSectors)
 		fmt.Fprintf(w, "hibernate blocks: %d\n", *l.HibernateBlocks)
+	}
+	if l.FreeBytes != nil {
+		if *l.ReclaimsSpace {
+			fmt.Fprintf(w, "free space: %s (given back while in use)\n", formatSize(*l.FreeBytes))
+		} else {
+			fmt.Fprintf(w, "free space: %s (kept: an older layer; hibdisk compact gives it back and converts the layer)\n", formatSize(*l.FreeBytes))
+		}
 	}
 	if h := l.HibernateImage; h != nil {
 		kernel := h.Kernel

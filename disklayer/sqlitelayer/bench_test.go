@@ -29,10 +29,17 @@ import (
 //   - read1m-seq / write1m-seq: 1 MiB requests walking the disk in order
 //     and wrapping; writes Flush every 64 MiB and at the end, so every
 //     byte counted was committed with a synced WAL.
+//   - write4k-random-fresh / write1m-seq-fresh: the same writes into a
+//     new, empty layer (a fresh diff layer's case): every write until the
+//     disk is full allocates pages, which the writes over the filled
+//     fixture do not. -bench.novacuum makes every layer without
+//     auto_vacuum=INCREMENTAL, to compare its cost (the pointer-map pages
+//     it keeps up to date on every allocation).
 var (
 	benchDir       = flag.String("bench.dir", "", "directory for benchmark layers (default: a temporary directory under $TMPDIR)")
 	benchSize      = flag.Int64("bench.size", 256<<20, "size of the benchmark layer in bytes")
 	benchPageSizes = flag.String("bench.pagesizes", "", "comma-separated SQLite page sizes to compare (default: the one Create picks)")
+	benchNoVacuum  = flag.Bool("bench.novacuum", false, "make the benchmark layers with auto_vacuum=NONE, as before live reclaim (compare the write path's cost)")
 )
 
 func benchPageSizeList(b *testing.B) []int {
@@ -100,6 +107,7 @@ func benchLayer(b *testing.B, pageSize int) string {
 	path := filepath.Join(benchFixtures.dir, fmt.Sprintf("bench-%d-%d.hibdisk", pageSize, os.Getpid()))
 	os.Remove(path)
 	defer sqlitelayer.SetPageSizeForTest(pageSize)()
+	defer sqlitelayer.SetIncrementalForTest(!*benchNoVacuum)()
 	createFilled(b, path, sqlitelayer.CreateOptions{Size: *benchSize}, 1)
 	benchFixtures.paths[pageSize] = path
 	return path
@@ -158,6 +166,23 @@ func randomFill(rng *rand.Rand, p []byte) {
 			p[i+j] = byte(v >> (8 * j))
 		}
 	}
+}
+
+// createBench creates an empty layer of size bytes with the given page
+// size, closed when the benchmark ends.
+func createBench(b *testing.B, pageSize int, size int64) *sqlitelayer.File {
+	defer sqlitelayer.SetPageSizeForTest(pageSize)()
+	defer sqlitelayer.SetIncrementalForTest(!*benchNoVacuum)()
+	f, err := sqlitelayer.Create(filepath.Join(b.TempDir(), "fresh.hibdisk"), sqlitelayer.CreateOptions{Size: size})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	return f
 }
 
 func openBench(b *testing.B, path string, opts sqlitelayer.OpenOptions) *sqlitelayer.File {
@@ -259,6 +284,52 @@ func BenchmarkLayer(b *testing.B) {
 				// Fresh content without the cost of regenerating it.
 				writeSeq(b, f, buf, 64, func(i int) { buf[i%len(buf)]++ })
 			})
+			b.Run("write4k-random-fresh", func(b *testing.B) {
+				f := createBench(b, ps, *benchSize)
+				rng := rand.New(rand.NewPCG(6, 7))
+				buf := make([]byte, 4096)
+				b.SetBytes(4096)
+				b.ResetTimer()
+				for i := range b.N {
+					randomFill(rng, buf)
+					if _, err := f.WriteAt(buf, rng.Int64N(sectors)*4096); err != nil {
+						b.Fatal(err)
+					}
+					if i%1024 == 1023 {
+						if err := f.Flush(); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				if err := f.Flush(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+			})
+			b.Run("write1m-seq-fresh", func(b *testing.B) {
+				// A disk large enough that the writes never wrap onto
+				// rows they wrote.
+				f := createBench(b, ps, 1<<40)
+				rng := rand.New(rand.NewPCG(8, 9))
+				buf := make([]byte, 1<<20)
+				randomFill(rng, buf)
+				b.SetBytes(int64(len(buf)))
+				b.ResetTimer()
+				for i := range b.N {
+					buf[i%len(buf)]++
+					if _, err := f.WriteAt(buf, int64(i)*int64(len(buf))); err != nil {
+						b.Fatal(err)
+					}
+					if i%64 == 63 {
+						if err := f.Flush(); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				if err := f.Flush(); err != nil {
+					b.Fatal(err)
+				}
+			})
 		})
 	}
 }
@@ -268,6 +339,7 @@ func BenchmarkLayer(b *testing.B) {
 // the first pass turns data rows into tombstones, later passes rewrite
 // tombstones. Flush every 64 MiB, as write1m-seq.
 func BenchmarkZeroWrites(b *testing.B) {
+	defer sqlitelayer.SetIncrementalForTest(!*benchNoVacuum)()
 	for _, wb := range []bool{false, true} {
 		b.Run(fmt.Sprintf("writeback=%v", wb), func(b *testing.B) {
 			dir := b.TempDir()

@@ -10,7 +10,12 @@ import "fmt"
 // WAL into the file and cuts both to size. It writes the layer's live
 // content once more (through the WAL, with a temporary copy), so it takes
 // as long as writing that: an emptied layer takes milliseconds. The
-// layer's content, uuid and generation do not change. A layer marked
+// layer's content, uuid and generation do not change.
+//
+// A layer made before auto_vacuum=INCREMENTAL comes out as one that gives
+// its free space back while it is open, as new layers do (reclaim.go);
+// a layer that already does needs Compact only to give back space at
+// once, or more than the reclaim's thresholds leave. A layer marked
 // read-only is refused like any write.
 func (f *File) Compact() error {
 	e := f.eng
@@ -22,9 +27,21 @@ func (f *File) Compact() error {
 	if err := e.commitLocked("compact"); err != nil {
 		return err
 	}
-	if err := e.conn.Exec("VACUUM"); err != nil {
+	// A layer made before auto_vacuum=INCREMENTAL becomes one that gives
+	// its space back while it is open (reclaim.go): the VACUUM applies
+	// the new mode.
+	vacuum := "VACUUM"
+	if !e.incremental {
+		vacuum = "PRAGMA auto_vacuum=INCREMENTAL; VACUUM"
+	}
+	if err := e.conn.Exec(vacuum); err != nil {
 		return fmt.Errorf("compact %q: %w", e.path, mapStoreError(err))
 	}
+	incremental, err := isIncremental(e.conn)
+	if err != nil {
+		return fmt.Errorf("compact %q: %w", e.path, mapStoreError(err))
+	}
+	e.incremental = incremental
 	// Busy (another process reading) is not an error: the checkpointer
 	// folds the WAL in later, and the file shrinks then.
 	if err := e.conn.Exec("PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {

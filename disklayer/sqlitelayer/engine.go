@@ -82,6 +82,22 @@ type engine struct {
 	walBytes    int64
 	requestedAt int64
 
+	// commits counts the commits of the engine's connection (the WAL
+	// hook): reclaim.go tells by it whether anything was committed
+	// since a checkpoint.
+	commits uint64
+
+	// incremental: the layer has auto_vacuum=INCREMENTAL and gives free
+	// pages back while it is open, through rc (reclaim.go; writable
+	// opens only). pageSize is the database's page size.
+	incremental bool
+	pageSize    int64
+	rc          *reclaimer
+	pageCounts  *sqlite3.Stmt // free pages, all pages (freePagesLocked)
+	// keepWAL: Prefault grew the WAL file for a hibernate to come; a
+	// reclaim folds the WAL in without cutting the file.
+	keepWAL bool
+
 	// wb is the sectors table's write-back (OpenOptions.WriteBack), or nil.
 	wb *writeBack
 	// held is the layer's lock against other processes (internal/lock),
@@ -116,6 +132,7 @@ func startBackgroundCheckpoints(e *engine) error {
 	// inside COMMIT, under e.mu.
 	e.conn.WALHook(func(_ *sqlite3.Conn, _ string, pages int) error {
 		e.walBytes = int64(pages) * pageSize
+		e.commits++
 		return nil
 	})
 	c, err := startCheckpointer(e.path)
@@ -123,6 +140,20 @@ func startBackgroundCheckpoints(e *engine) error {
 		return err
 	}
 	e.ckpt = c
+	return nil
+}
+
+// startReclaim readies a writable engine to give free pages back while
+// it runs (reclaim.go). After startBackgroundCheckpoints.
+func startReclaim(e *engine) error {
+	var err error
+	if e.pageSize, err = store.PragmaInt(e.conn, "page_size"); err != nil {
+		return err
+	}
+	if e.incremental, err = isIncremental(e.conn); err != nil {
+		return err
+	}
+	e.rc = startReclaimer(e)
 	return nil
 }
 
@@ -143,7 +174,7 @@ func (e *engine) closeStatements() {
 	for _, t := range e.tables {
 		t.closeStatements()
 	}
-	for _, s := range []*sqlite3.Stmt{e.begin, e.beginRead, e.commit, e.rollback, e.bumpGen} {
+	for _, s := range []*sqlite3.Stmt{e.begin, e.beginRead, e.commit, e.rollback, e.bumpGen, e.pageCounts} {
 		if s != nil {
 			s.Close()
 		}
@@ -167,6 +198,13 @@ func (e *engine) closeLocked() error {
 		if err == nil && t.lostErr != nil {
 			err = t.lostErr // never reported by a Flush
 		}
+	}
+	if err == nil && e.reclaimDueLocked() {
+		// What the reclaimer (stopped by File.Close) would have done: a
+		// command that freed space and exits leaves a small file. A
+		// failed reclaim was rolled back and loses nothing; the space
+		// stays free until the layer is next open.
+		_ = e.reclaimAllLocked()
 	}
 	if e.inTx {
 		e.rollback.Exec()
@@ -265,6 +303,7 @@ func (e *engine) commitLocked(op string) error {
 		return nil
 	}
 	gen, err := e.bumpGenerationLocked()
+	reclaim := err == nil && e.beforeCommitLocked()
 	if err == nil {
 		err = e.commit.Exec()
 	}
@@ -279,6 +318,9 @@ func (e *engine) commitLocked(op string) error {
 			t.batch = t.batch[:0]
 		}
 		e.checkpointLocked(!e.noCatchUp)
+		if reclaim {
+			e.rc.kick()
+		}
 		return nil
 	}
 	if err := mapStoreError(err); errors.Is(err, disklayer.ErrNoSpace) {

@@ -33,3 +33,24 @@ func SetWALBoundsForTest(checkpoint, limit, keep int64) (restore func()) {
 
 // BatchBytes is the data a write batch holds before it commits early.
 const BatchBytes = batchBytes
+
+// SetIncrementalForTest makes Create make layers with (true) or without
+// (false, as before auto_vacuum=INCREMENTAL) live reclaim until the
+// returned function restores the default. Not safe to use from parallel
+// tests.
+func SetIncrementalForTest(on bool) (restore func()) {
+	old := createIncremental
+	createIncremental = on
+	return func() { createIncremental = old }
+}
+
+// ReclaimRound is what one round of a reclaimer did.
+type ReclaimRound = reclaimRound
+
+// WatchReclaimForTest returns a channel that receives what each round of
+// f's reclaimer did from now on (rounds are dropped when it is full).
+func WatchReclaimForTest(f *File) <-chan ReclaimRound {
+	ch := make(chan ReclaimRound, 64)
+	f.eng.rc.watch.Store(&ch)
+	return ch
+}

@@ -172,6 +172,13 @@ func Create(path string, opts CreateOptions) (*File, error) {
 		conn.Close()
 		return nil, fmt.Errorf("create layer %q: %w", path, err)
 	}
+	if createIncremental {
+		if err := makeIncremental(conn); err != nil {
+			conn.Close()
+			held.Release()
+			return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
+		}
+	}
 	f, err := newFile(conn, path, false, opts.Scratch)
 	if err != nil {
 		conn.Close()
@@ -290,6 +297,11 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 	if opts.WriteBack && !opts.ReadOnly {
 		f.eng.wb = newWriteBack(f.disk)
 	}
+	// Free space left by another SQLite client, or by a reclaim a crash
+	// cut short, goes back now.
+	f.eng.lock()
+	f.eng.kickReclaimLocked()
+	f.eng.mu.Unlock()
 	return f, nil
 }
 
@@ -361,6 +373,11 @@ func newFile(conn *sqlite3.Conn, path string, readOnly, scratch bool) (*File, er
 			e.closeStatements()
 			return nil, fmt.Errorf("open layer %q: %w", path, err)
 		}
+		if err := startReclaim(e); err != nil {
+			e.closeStatements()
+			e.ckpt.stop()
+			return nil, fmt.Errorf("open layer %q: %w", path, err)
+		}
 	}
 	f := &File{eng: e}
 	f.disk, err = newBlockTable(e, "sectors", "sector", info.SectorSize, info.DiskSize)
@@ -369,6 +386,9 @@ func newFile(conn *sqlite3.Conn, path string, readOnly, scratch bool) (*File, er
 	}
 	if err != nil {
 		e.closeStatements()
+		if e.rc != nil {
+			e.rc.stop()
+		}
 		if e.ckpt != nil {
 			e.ckpt.stop()
 		}
@@ -455,6 +475,11 @@ func (f *File) Hibernate() disklayer.Disk { return f.hib }
 // is the flush's (or the sticky failure); the layer is closed either way.
 func (f *File) Close() error {
 	e := f.eng
+	if e.rc != nil {
+		// Before the lock: the reclaimer may be waiting for it. Close
+		// finishes a reclaim that is due (closeLocked).
+		e.rc.stop()
+	}
 	e.mu.Lock()
 	err := e.closeLocked()
 	e.mu.Unlock()

@@ -15,6 +15,11 @@ type Stats struct {
 	TombstoneBlocks  int64 // rows in hibernate_blocks with data IS NULL
 	PageSize         int
 	FileBytes        int64 // the database file plus its WAL
+	FreeBytes        int64 // pages on SQLite's free list, in bytes
+	// Reclaims: the layer gives free space back while it is open
+	// (auto_vacuum=INCREMENTAL, reclaim.go). A layer made before that
+	// keeps it until `hibdisk compact`, which converts it.
+	Reclaims bool
 }
 
 // Stats counts the layer's rows and measures its files.
@@ -38,6 +43,14 @@ func (f *File) Stats() (Stats, error) {
 		return Stats{}, fmt.Errorf("stats %q: %w", e.path, err)
 	}
 	s.PageSize = int(ps)
+	free, err := store.PragmaInt(e.conn, "freelist_count")
+	if err != nil {
+		return Stats{}, fmt.Errorf("stats %q: %w", e.path, err)
+	}
+	s.FreeBytes = free * ps
+	if s.Reclaims, err = isIncremental(e.conn); err != nil {
+		return Stats{}, fmt.Errorf("stats %q: %w", e.path, err)
+	}
 	for _, p := range []string{e.path, e.path + "-wal"} {
 		if st, err := os.Stat(p); err == nil {
 			s.FileBytes += st.Size()

@@ -203,6 +203,7 @@ func (f *File) Prefault() error {
 	if err := growWAL(e.path+"-wal", walKeepBytes); err != nil {
 		return fmt.Errorf("prefault %q: %w", e.path, err)
 	}
+	e.keepWAL = true // a reclaim must not cut it (foldLocked)
 	return nil
 }
 

@@ -1,0 +1,412 @@
+package sqlitelayer
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ncruces/go-sqlite3"
+
+	"github.com/hibdisk/hibdisk/internal/store"
+)
+
+// Space. Deleting rows (TRIM, a write of zeros over data, a shrink, commit
+// emptying a layer, a dropped hibernate snapshot) puts their pages on
+// SQLite's free list; later writes reuse them, but the file keeps its
+// size. Layers are made with auto_vacuum=INCREMENTAL, which keeps a
+// pointer map (one page per 819 pages of 4 KiB) telling SQLite what points
+// at every page, so that `PRAGMA incremental_vacuum(N)` can move the last
+// N pages of the file into free slots and cut the file's end off.
+//
+// The engine of a writable layer does that while it runs: when a commit
+// leaves much free space (reclaimDue), the reclaimer waits for the frees
+// to pause (reclaimQuiet), then moves pages in transactions of
+// reclaimChunkBytes each, taking the engine's lock for one at a time, so
+// a request never waits behind more than one chunk
+// (measured 4-14 ms per 8 MiB of moved pages on the development machine,
+// 40 ms when the WAL file had to grow). Each chunk is an ordinary
+// synced transaction of its own: a crash in the middle of a reclaim loses
+// nothing and leaves a consistent file; a failed chunk (a full disk) is
+// rolled back and only postpones the reclaim. Chunks do not change
+// content, so they leave the generation alone. The database file shrinks
+// when a checkpoint copies the last chunk's commit into it: a checkpoint
+// that copies the whole WAL truncates the file to the size the newest
+// commit recorded. After the chunks the reclaimer lets the background
+// checkpointer copy the WAL, then folds the rest in itself under the
+// engine's lock (foldLocked), which also cuts the WAL file to nothing.
+//
+// Close finishes a reclaim that is due, so a command that frees space and
+// exits (resize --shrink, commit) leaves a small file. A layer marked
+// read-only is never reclaimed (its file does not change), nor one made
+// before this (auto_vacuum=NONE): `hibdisk compact` converts those
+// (File.Compact), and Create makes every new layer with it.
+//
+// The write path's cost of the pointer map (bench_test.go, -bench.novacuum)
+// is in docs/scale-work.md.
+
+// Reclaim thresholds.
+const (
+	// reclaimMinBytes: free space below this is left for later writes to
+	// reuse.
+	reclaimMinBytes = 8 << 20
+	// reclaimFraction: free space must also be at least 1/reclaimFraction
+	// of the file, so that a large layer that frees and rewrites a little
+	// at a time (a guest's temporary files) does not move pages back and
+	// forth ...
+	reclaimFraction = 16
+	// reclaimAlwaysBytes: ... unless the free space is this large
+	// whatever the file's size.
+	reclaimAlwaysBytes = 1 << 30
+	// reclaimChunkBytes is how much free space one chunk (one
+	// transaction, one hold of the engine's lock) gives back.
+	reclaimChunkBytes = 4 << 20
+	// foldTries bounds the attempts to fold the WAL in after a reclaim
+	// (foldLocked) while a checkpoint or a reader is in the way.
+	foldTries = 3
+)
+
+// Reclaim timing. Variables only so that tests can shorten them.
+var (
+	// reclaimQuiet: a reclaim starts once this long has passed without
+	// another commit that left it due. A discard of a large range (a
+	// guest's fstrim, mkfs, blkdiscard) arrives as a stream of requests
+	// and commits; reclaiming in the middle of it moved the pages at the
+	// file's end, data the next requests then freed (64 KiB zero writes
+	// walking a full 256 MiB diff layer: 90 us each without a reclaim,
+	// 340-390 us with one running alongside).
+	reclaimQuiet = 500 * time.Millisecond
+	// reclaimMaxWait bounds that wait under a stream of frees that never
+	// pauses.
+	reclaimMaxWait = 5 * time.Second
+)
+
+// createIncremental: Create makes layers with auto_vacuum=INCREMENTAL.
+// A variable only so that benchmarks and tests can make the older kind.
+var createIncremental = true
+
+// makeIncremental turns the database on conn into one with
+// auto_vacuum=INCREMENTAL. The mode can only change when the first page
+// is written or by a VACUUM, which writes the live content once more: a
+// freshly created layer takes milliseconds. (internal/store creates the
+// file and its tables before the layer sees the connection.)
+func makeIncremental(conn *sqlite3.Conn) error {
+	return conn.Exec("PRAGMA auto_vacuum=INCREMENTAL; VACUUM")
+}
+
+// isIncremental reports whether the database on conn has
+// auto_vacuum=INCREMENTAL.
+func isIncremental(conn *sqlite3.Conn) (bool, error) {
+	mode, err := store.PragmaInt(conn, "auto_vacuum")
+	return mode == 2, err
+}
+
+// reclaimDue reports whether free bytes of free space in a file of total
+// bytes are worth giving back.
+func reclaimDue(free, total int64) bool {
+	return free >= reclaimMinBytes && (free*reclaimFraction >= total || free >= reclaimAlwaysBytes)
+}
+
+// freePagesLocked returns the number of free pages and of all pages.
+// Called with the engine's lock held.
+func (e *engine) freePagesLocked() (free, total int64, err error) {
+	if e.pageCounts == nil {
+		if e.pageCounts, _, err = e.conn.Prepare("SELECT f.freelist_count, p.page_count FROM pragma_freelist_count() f, pragma_page_count() p"); err != nil {
+			return 0, 0, err
+		}
+	}
+	defer e.pageCounts.Reset()
+	if !e.pageCounts.Step() {
+		if err := e.pageCounts.Err(); err != nil {
+			return 0, 0, err
+		}
+		return 0, 0, fmt.Errorf("page counts: no result")
+	}
+	return e.pageCounts.ColumnInt64(0), e.pageCounts.ColumnInt64(1), nil
+}
+
+// reclaimDueLocked reports whether the layer should give free space back
+// now: it can (incremental, writable, not marked read-only) and there is
+// enough (reclaimDue). Called with the engine's lock held.
+func (e *engine) reclaimDueLocked() bool {
+	if !e.incremental || e.openedReadOnly || e.readOnlyColumn.Load() || e.closed || e.failure != nil {
+		return false
+	}
+	free, total, err := e.freePagesLocked()
+	return err == nil && reclaimDue(free*e.pageSize, total*e.pageSize)
+}
+
+// beforeCommitLocked reports whether the write transaction about to
+// commit leaves enough free space for a reclaim. Asked inside it, the
+// counts cost 3.5 µs a commit (a read transaction of their own: 9 µs).
+// Called with the engine's lock held.
+func (e *engine) beforeCommitLocked() bool {
+	return e.rc != nil && e.inTx && e.writeTx && e.reclaimDueLocked()
+}
+
+// kickReclaimLocked starts a reclaim if one is due: on open, for free
+// space left by another SQLite client or a reclaim a crash cut short.
+// Called with the engine's lock held.
+func (e *engine) kickReclaimLocked() {
+	if e.rc != nil && e.reclaimDueLocked() {
+		e.rc.kick()
+	}
+}
+
+// reclaimChunkLocked gives back up to pages free pages in a transaction
+// of its own, and returns how many it gave back and whether free pages
+// remain. A write batch that is open is committed first (as a batch
+// reaching batchBytes is: its writes become durable sooner, nothing is
+// lost), an open read transaction ended. Called with the engine's lock
+// held.
+func (e *engine) reclaimChunkLocked(pages int64) (n int64, more bool, err error) {
+	if !e.incremental || e.openedReadOnly || e.readOnlyColumn.Load() || e.closed || e.failure != nil {
+		return 0, false, nil
+	}
+	free, _, err := e.freePagesLocked()
+	if err != nil || free == 0 {
+		return 0, false, err
+	}
+	if e.inTx && e.writeTx {
+		if err := e.commitLocked("reclaim"); err != nil {
+			return 0, false, err
+		}
+	} else if e.inTx {
+		if err := e.commit.Exec(); err != nil {
+			return 0, false, fmt.Errorf("reclaim %q: end read transaction: %w", e.path, mapStoreError(err))
+		}
+		e.inTx = false
+	}
+	if err := e.conn.Exec(fmt.Sprintf("PRAGMA incremental_vacuum(%d)", pages)); err != nil {
+		// SQLite rolled the chunk back: the layer is as it was.
+		return 0, false, fmt.Errorf("reclaim %q: %w", e.path, mapStoreError(err))
+	}
+	e.checkpointLocked(false)
+	return min(free, pages), free > pages, nil
+}
+
+// chunkPages is the number of pages a chunk gives back.
+func (e *engine) chunkPages() int64 { return max(1, reclaimChunkBytes/e.pageSize) }
+
+// reclaimAllLocked gives back every free page, waiting for the
+// checkpointer whenever the WAL passes its limit: for Close, which waits
+// for it anyway. Called with the engine's lock held.
+func (e *engine) reclaimAllLocked() error {
+	for {
+		_, more, err := e.reclaimChunkLocked(e.chunkPages())
+		if err != nil || !more {
+			return err
+		}
+		if e.ckpt != nil && e.walBytes >= walLimitBytes {
+			e.ckpt.catchUp()
+			e.requestedAt = e.walBytes
+		}
+	}
+}
+
+// foldLocked folds the WAL into the database file after a reclaim, so
+// that the file shrinks now, and cuts the WAL file to nothing: a TRUNCATE
+// checkpoint on the engine's connection, which no commit can race (a
+// PASSIVE checkpoint on the checkpointer's connection that sees a commit
+// arrive while it copies does not truncate the file, and under steady
+// writes the next one may not either). After Prefault, which grew the WAL
+// file for a hibernate to come (growing it again would cost that
+// hibernate 150-220 ms), it is a PASSIVE checkpoint, which leaves the
+// file. The checkpointer has copied most of the WAL just before, so what
+// is left is what was committed since. It does not wait for anyone: with
+// the busy timeout off, a checkpointer still running or another process
+// reading makes it return busy, having done what it could. An open write
+// batch is committed first (an early commit, as in reclaimChunkLocked).
+// Called with the engine's lock held.
+func (e *engine) foldLocked() (busy bool, err error) {
+	if e.closed || e.failure != nil {
+		return false, nil
+	}
+	if e.inTx && e.writeTx {
+		if err := e.commitLocked("reclaim"); err != nil {
+			return false, err
+		}
+	} else if e.inTx {
+		if err := e.commit.Exec(); err != nil {
+			return false, fmt.Errorf("reclaim %q: end read transaction: %w", e.path, mapStoreError(err))
+		}
+		e.inTx = false
+	}
+	timeout, err := store.PragmaInt(e.conn, "busy_timeout")
+	if err != nil {
+		return false, fmt.Errorf("reclaim %q: %w", e.path, err)
+	}
+	if err := e.conn.Exec("PRAGMA busy_timeout=0"); err != nil {
+		return false, fmt.Errorf("reclaim %q: %w", e.path, err)
+	}
+	mode := "TRUNCATE"
+	if e.keepWAL {
+		mode = "PASSIVE"
+	}
+	res, err := store.PragmaInt(e.conn, "wal_checkpoint("+mode+")")
+	if rerr := e.conn.Exec(fmt.Sprintf("PRAGMA busy_timeout=%d", timeout)); err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return false, fmt.Errorf("reclaim %q: checkpoint: %w", e.path, mapStoreError(err))
+	}
+	if res != 0 {
+		return true, nil
+	}
+	if !e.keepWAL {
+		e.walBytes, e.requestedAt = 0, 0
+	}
+	return false, nil
+}
+
+// reclaimer gives free pages back on a goroutine of its own, one chunk
+// per hold of the engine's lock (see the comment at the top).
+type reclaimer struct {
+	e    *engine
+	wake chan struct{} // buffered 1: a reclaim is due
+	quit chan struct{} // closed by stop
+	done chan struct{} // closed when run returns
+	once sync.Once
+	// watch, if set (tests), receives each round's outcome.
+	watch atomic.Pointer[chan reclaimRound]
+}
+
+// reclaimRound is what one round of the reclaimer did, for tests
+// (export_test.go).
+type reclaimRound struct {
+	Pages int64 // free pages given back
+	Err   error
+}
+
+func startReclaimer(e *engine) *reclaimer {
+	r := &reclaimer{e: e, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	go r.run()
+	return r
+}
+
+// kick asks for a reclaim; it never blocks, and does nothing once the
+// reclaimer stopped.
+func (r *reclaimer) kick() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the reclaimer and waits for it: a chunk in progress finishes.
+// It must be called without the engine's lock, before the checkpointer
+// stops (the reclaimer waits for checkpoints without the lock).
+func (r *reclaimer) stop() {
+	r.once.Do(func() { close(r.quit) })
+	<-r.done
+}
+
+func (r *reclaimer) stopping() bool {
+	select {
+	case <-r.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *reclaimer) run() {
+	defer close(r.done)
+	for {
+		select {
+		case <-r.quit:
+			return
+		case <-r.wake:
+		}
+		if !r.settle() {
+			return
+		}
+		pages, err := r.round()
+		if w := r.watch.Load(); w != nil {
+			select {
+			case *w <- reclaimRound{pages, err}:
+			default:
+			}
+		}
+	}
+}
+
+// settle waits until reclaimQuiet passes without another wake, or
+// reclaimMaxWait since the first (see reclaimQuiet). It reports false if
+// the reclaimer is stopping.
+func (r *reclaimer) settle() bool {
+	quiet := time.NewTimer(reclaimQuiet)
+	defer quiet.Stop()
+	limit := time.NewTimer(reclaimMaxWait)
+	defer limit.Stop()
+	for {
+		select {
+		case <-r.quit:
+			return false
+		case <-r.wake:
+			quiet.Reset(reclaimQuiet)
+		case <-quiet.C:
+			return true
+		case <-limit.C:
+			return true
+		}
+	}
+}
+
+// round gives back the free pages there are when it starts (pages freed
+// meanwhile wait for the next round, so that a round ends under a stream
+// of frees), then waits for the checkpoint that truncates the file and
+// cuts the WAL. It returns the number of pages it gave back.
+func (r *reclaimer) round() (int64, error) {
+	e := r.e
+	e.mu.Lock()
+	due := e.reclaimDueLocked()
+	free, _, err := e.freePagesLocked()
+	e.mu.Unlock()
+	if !due || err != nil {
+		return 0, err
+	}
+	var pages int64
+	for pages < free {
+		if r.stopping() {
+			return pages, nil
+		}
+		e.mu.Lock()
+		n, more, err := e.reclaimChunkLocked(min(e.chunkPages(), free-pages))
+		wait := e.walBytes >= walLimitBytes
+		e.mu.Unlock()
+		pages += n
+		if err != nil {
+			return pages, err
+		}
+		if !more {
+			break
+		}
+		if wait {
+			// Let the checkpointer catch up, without the lock, so the
+			// WAL stays bounded while requests go on.
+			e.ckpt.catchUp()
+		}
+	}
+	// Fold the WAL in, a few times if something is in the way.
+	for range foldTries {
+		e.ckpt.catchUp()
+		if r.stopping() {
+			return pages, nil
+		}
+		e.mu.Lock()
+		var busy bool
+		busy, err = e.foldLocked()
+		e.mu.Unlock()
+		if err != nil || !busy {
+			break
+		}
+	}
+	e.mu.Lock()
+	if err == nil && e.reclaimDueLocked() {
+		// Freed again meanwhile: go on.
+		r.kick()
+	}
+	e.mu.Unlock()
+	return pages, err
+}

@@ -1,0 +1,326 @@
+package sqlitelayer_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
+)
+
+// fileSize is the size of the file at path (0 if it does not exist).
+func fileSize(t testing.TB, path string) int64 {
+	t.Helper()
+	st, err := os.Stat(path)
+	if os.IsNotExist(err) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
+
+// writeMiB writes n MiB of data derived from seed at off, 1 MiB at a
+// time.
+func writeMiB(t testing.TB, d disklayer.Disk, off int64, n int, seed byte) {
+	t.Helper()
+	for i := range n {
+		mustWrite(t, d, fill(1<<20, seed+byte(i)), off+int64(i)<<20)
+	}
+}
+
+// checkMiB checks what writeMiB(off, n, seed) wrote.
+func checkMiB(t testing.TB, l disklayer.Layer, off int64, n int, seed byte) {
+	t.Helper()
+	for i := range n {
+		if got := mustRead(t, l, off+int64(i)<<20, 1<<20); !bytes.Equal(got, fill(1<<20, seed+byte(i))) {
+			t.Fatalf("MiB %d at %d: content differs from what was written", i, off)
+		}
+	}
+}
+
+// requireReclaims fails the test at once if f does not give space back
+// while open.
+func requireReclaims(t testing.TB, f *sqlitelayer.File) {
+	t.Helper()
+	st, err := f.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Reclaims {
+		t.Fatal("Stats.Reclaims is false for a new layer")
+	}
+}
+
+// awaitReclaim waits for a round of the layer's reclaimer that gave pages
+// back. The deadline only keeps a broken build from hanging; nothing here
+// depends on how fast a round is.
+func awaitReclaim(t testing.TB, rounds <-chan sqlitelayer.ReclaimRound) {
+	t.Helper()
+	deadline := time.After(2 * time.Minute)
+	for {
+		select {
+		case r := <-rounds:
+			if r.Err != nil {
+				t.Fatalf("reclaim: %v", r.Err)
+			}
+			if r.Pages > 0 {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no reclaim gave pages back within 2 minutes")
+		}
+	}
+}
+
+// TestReclaimWhileOpen: 64 MiB written and then TRIMmed on a layer that
+// stays open (a served layer) goes back to the filesystem while reads
+// and writes go on, and the data around it is intact: in a base layer
+// (TRIM deletes the rows) and in a diff layer (it makes them
+// tombstones). Without live reclaim the file keeps its ~75 MiB until the
+// layer is compacted.
+func TestReclaimWhileOpen(t *testing.T) {
+	for _, diff := range []bool{false, true} {
+		t.Run(map[bool]string{false: "base", true: "diff"}[diff], func(t *testing.T) {
+			testReclaimWhileOpen(t, diff)
+		})
+	}
+}
+
+func testReclaimWhileOpen(t *testing.T, diff bool) {
+	path := newLayerPath(t, "trim.hibdisk")
+	opts := sqlitelayer.CreateOptions{Size: 256 << 20}
+	if diff {
+		opts.Parent = rawParent(t, filepath.Dir(path), opts.Size)
+	}
+	f := createLayer(t, path, opts)
+	// Data kept before and after the data TRIMmed, so that the reclaim
+	// must move the pages at the file's end into the freed ones.
+	writeMiB(t, f, 200<<20, 1, 1)
+	writeMiB(t, f, 0, 64, 10)
+	writeMiB(t, f, 210<<20, 1, 2)
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	requireReclaims(t, f)
+	rounds := sqlitelayer.WatchReclaimForTest(f)
+	if err := f.Zero(0, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	// Requests go on while the reclaimer runs: reads of what is kept and
+	// of new writes, which the reclaim may move under them.
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errs := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			want := fill(4096, byte(i))
+			off := int64(220<<20) + int64(i%256)*4096
+			if _, err := f.WriteAt(want, off); err != nil {
+				errs <- err
+				return
+			}
+			got := make([]byte, 4096)
+			if _, err := f.ReadAt(got, off); err != nil || !bytes.Equal(got, want) {
+				errs <- err
+				return
+			}
+			if i%64 == 0 {
+				if err := f.Flush(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}
+	}()
+	if err := f.Flush(); err != nil { // the commit that frees 64 MiB
+		t.Fatal(err)
+	}
+	awaitReclaim(t, rounds)
+	close(stop)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatalf("request during the reclaim: %v", err)
+	default:
+	}
+	checkMiB(t, f, 200<<20, 1, 1)
+	checkMiB(t, f, 210<<20, 1, 2)
+	if got := mustRead(t, f, 0, 64<<20); !bytes.Equal(got, make([]byte, 64<<20)) {
+		t.Fatal("the TRIMmed range does not read as zeros")
+	}
+	st, err := f.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Live data: 3 MiB at most; the file held ~75 MiB before.
+	if size := fileSize(t, path); size > 8<<20 {
+		t.Errorf("database file is %d bytes after the reclaim (free: %d bytes), want < 8 MiB", size, st.FreeBytes)
+	}
+}
+
+// TestReclaimCutsWAL: after a reclaim with nothing committed since, the
+// WAL file is cut too, so the layer's files hold little more than its
+// data while it stays open.
+func TestReclaimCutsWAL(t *testing.T) {
+	path := newLayerPath(t, "wal.hibdisk")
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 128 << 20})
+	writeMiB(t, f, 0, 64, 10)
+	writeMiB(t, f, 100<<20, 1, 3)
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	before := fileSize(t, path) + fileSize(t, path+"-wal")
+	requireReclaims(t, f)
+	rounds := sqlitelayer.WatchReclaimForTest(f)
+	if err := f.Zero(0, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	awaitReclaim(t, rounds)
+	after := fileSize(t, path) + fileSize(t, path+"-wal")
+	t.Logf("database and WAL: %d -> %d bytes", before, after)
+	if after > 4<<20 {
+		t.Errorf("database %d + WAL %d bytes after the reclaim, want < 4 MiB", fileSize(t, path), fileSize(t, path+"-wal"))
+	}
+	checkMiB(t, f, 100<<20, 1, 3)
+}
+
+// TestReclaimOnClose: a command that frees space and exits at once (a
+// shrink, a dropped hibernate snapshot) leaves a small file: Close
+// finishes the reclaim.
+func TestReclaimOnClose(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fill func(t *testing.T, f *sqlitelayer.File) // writes 64 MiB that free drops
+		free func(t *testing.T, f *sqlitelayer.File)
+	}{
+		{"resize", func(t *testing.T, f *sqlitelayer.File) {
+			writeMiB(t, f, 64<<20, 64, 30)
+		}, func(t *testing.T, f *sqlitelayer.File) {
+			if err := f.Resize(32 << 20); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"hibernate-snapshot", func(t *testing.T, f *sqlitelayer.File) {
+			writeMiB(t, f.Hibernate(), 0, 64, 20)
+		}, func(t *testing.T, f *sqlitelayer.File) {
+			// What dropping a machine snapshot does: its metadata and
+			// its hibernate blocks go in one transaction.
+			err := f.Update("drop snapshot", func(tx *sqlitelayer.Tx) error {
+				if err := tx.Conn().Exec("DELETE FROM hibernate_snapshot"); err != nil {
+					return err
+				}
+				return tx.ForgetHibernate(0, 64<<20)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := newLayerPath(t, "close.hibdisk")
+			f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 128 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeMiB(t, f, 0, 1, 4)
+			tc.fill(t, f)
+			writeMiB(t, f, 16<<20, 1, 5)
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			full := fileSize(t, path)
+			if f, err = sqlitelayer.Open(path, sqlitelayer.OpenOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			tc.free(t, f)
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			size := fileSize(t, path)
+			t.Logf("file: %d -> %d bytes", full, size)
+			// 2 MiB of data left; the file held ~75 MiB.
+			if size > 4<<20 {
+				t.Errorf("file is %d bytes after freeing all but 2 MiB of data, want < 4 MiB", size)
+			}
+			f, err = sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			checkMiB(t, f, 0, 1, 4)
+			checkMiB(t, f, 16<<20, 1, 5)
+		})
+	}
+}
+
+// TestCompactConvertsOldLayer: a layer made before live reclaim
+// (auto_vacuum=NONE) keeps its free pages while open; Compact gives them
+// back and converts it, after which it reclaims by itself.
+func TestCompactConvertsOldLayer(t *testing.T) {
+	path := newLayerPath(t, "old.hibdisk")
+	restore := sqlitelayer.SetIncrementalForTest(false)
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 128 << 20})
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeMiB(t, f, 0, 32, 10)
+	writeMiB(t, f, 64<<20, 1, 6)
+	if err := f.Zero(0, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if size := fileSize(t, path); size < 32<<20 {
+		t.Fatalf("an old layer's file is %d bytes after its 32 MiB were TRIMmed and it closed: it gave space back by itself", size)
+	}
+	f, err = sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if st, err := f.Stats(); err != nil || st.Reclaims || st.FreeBytes < 32<<20 {
+		t.Fatalf("old layer: Stats %+v, %v; want Reclaims false and >= 32 MiB free", st, err)
+	}
+	if err := f.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.Stats()
+	if err != nil || !st.Reclaims || st.FreeBytes != 0 {
+		t.Fatalf("after Compact: Stats %+v, %v; want Reclaims and nothing free", st, err)
+	}
+	if size := fileSize(t, path); size > 4<<20 {
+		t.Errorf("file is %d bytes after Compact, want < 4 MiB", size)
+	}
+	// Now it gives space back while open.
+	rounds := sqlitelayer.WatchReclaimForTest(f)
+	writeMiB(t, f, 0, 32, 40)
+	if err := f.Zero(0, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	awaitReclaim(t, rounds)
+	if size := fileSize(t, path); size > 4<<20 {
+		t.Errorf("file is %d bytes after a reclaim, want < 4 MiB", size)
+	}
+	checkMiB(t, f, 64<<20, 1, 6)
+}
