@@ -46,8 +46,8 @@ type layerJSON struct {
 	PageSize              int    `json:"page-size,omitempty"`
 	// FreeBytes is the layer's free space (SQLite's free list);
 	// ReclaimsSpace says whether the layer gives it back to the
-	// filesystem while in use (false: a layer made before that, which
-	// `hibdisk compact` converts).
+	// filesystem while in use (false: a layer made before that, or by
+	// convert; `hibdisk compact` converts it).
 	FreeBytes     *int64 `json:"free-bytes,omitempty"`
 	ReclaimsSpace *bool  `json:"reclaims-space,omitempty"`
 	// HibernateImage is on the layer an OS hibernation image was written
@@ -163,7 +163,7 @@ func printInfo(w io.Writer, l layerJSON) {
 		if *l.ReclaimsSpace {
 			fmt.Fprintf(w, "free space: %s (given back while in use)\n", formatSize(*l.FreeBytes))
 		} else {
-			fmt.Fprintf(w, "free space: %s (kept: an older layer; hibdisk compact gives it back and converts the layer)\n", formatSize(*l.FreeBytes))
+			fmt.Fprintf(w, "free space: %s (kept until hibdisk compact, which also makes the layer give it back while in use)\n", formatSize(*l.FreeBytes))
 		}
 	}
 	if h := l.HibernateImage; h != nil {

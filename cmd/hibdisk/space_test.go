@@ -174,7 +174,7 @@ func TestCompactConvertsOldLayer(t *testing.T) {
 	if full < 32<<20 {
 		t.Fatalf("an old layer holds %d bytes after 32 of its 33 MiB were dropped: it gave space back by itself", full)
 	}
-	if got := mustHib(t, dir, "info", "old.db"); !strings.Contains(got, "(kept: an older layer; hibdisk compact gives it back and converts the layer)") {
+	if got := mustHib(t, dir, "info", "old.db"); !strings.Contains(got, "(kept until hibdisk compact, which also makes the layer give it back while in use)") {
 		t.Errorf("info on an old layer:\n%s", got)
 	}
 	if got := mustHib(t, dir, "compact", "old.db"); !strings.Contains(got, "it now gives free space back while in use") {

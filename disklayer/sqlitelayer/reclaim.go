@@ -38,9 +38,10 @@ import (
 //
 // Close finishes a reclaim that is due, so a command that frees space and
 // exits (resize --shrink, commit) leaves a small file. A layer marked
-// read-only is never reclaimed (its file does not change), nor one made
-// before this (auto_vacuum=NONE): `hibdisk compact` converts those
-// (File.Compact), and Create makes every new layer with it.
+// read-only is never reclaimed (its file does not change), nor one with
+// auto_vacuum=NONE: made before this, or by convert (a Scratch layer, see
+// CreateOptions.Scratch). `hibdisk compact` converts those
+// (File.Compact); Create makes every other new layer with it.
 //
 // The write path's cost of the pointer map (bench_test.go, -bench.novacuum)
 // is in docs/scale-work.md.

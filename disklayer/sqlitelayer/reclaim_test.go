@@ -324,3 +324,32 @@ func TestCompactConvertsOldLayer(t *testing.T) {
 	}
 	checkMiB(t, f, 64<<20, 1, 6)
 }
+
+// TestScratchLayerDoesNotReclaim: convert's output (a Scratch layer) is
+// made without live reclaim, and Compact converts it.
+func TestScratchLayerDoesNotReclaim(t *testing.T) {
+	path := newLayerPath(t, "scratch.hibdisk")
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 16 << 20, Scratch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeMiB(t, f, 0, 1, 7)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err = sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if st, err := f.Stats(); err != nil || st.Reclaims {
+		t.Fatalf("Scratch layer: Stats %+v, %v; want Reclaims false", st, err)
+	}
+	if err := f.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := f.Stats(); err != nil || !st.Reclaims {
+		t.Fatalf("after Compact: Stats %+v, %v; want Reclaims", st, err)
+	}
+	checkMiB(t, f, 0, 1, 7)
+}
