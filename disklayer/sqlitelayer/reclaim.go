@@ -21,22 +21,22 @@ import (
 //
 // The engine of a writable layer does that while it runs: when a commit
 // leaves much free space (reclaimDue), the reclaimer waits for the frees
-// to pause (reclaimQuiet), then moves pages in transactions of
-// reclaimChunkBytes each, taking the engine's lock for one at a time, so
-// a request never waits behind more than one chunk
-// (measured 4-14 ms per 8 MiB of moved pages on the development machine,
-// 40 ms when the WAL file had to grow). A chunk is an ordinary synced
-// transaction of its own, or, when writes are batched and not yet
-// flushed, part of that batch, which commits at its Flush as before: a
-// crash in the middle of a reclaim loses nothing acknowledged and leaves
-// a consistent file (TestCrashDuringReclaim); a failed chunk (a full
-// disk) is rolled back and only postpones the reclaim. Chunks do not
-// change content, so they leave the generation alone. The database file shrinks
-// when a checkpoint copies the last chunk's commit into it: a checkpoint
-// that copies the whole WAL truncates the file to the size the newest
-// commit recorded. After the chunks the reclaimer lets the background
-// checkpointer copy the WAL, then folds the rest in itself under the
-// engine's lock (foldLocked), which also cuts the WAL file to nothing.
+// to pause (reclaimQuiet), then moves pages in chunks of
+// reclaimChunkBytes, taking the engine's lock for one at a time, so a
+// request never waits behind more than one chunk (measured 4-14 ms per
+// 8 MiB of moved pages on the development machine, 40 ms when the WAL
+// file had to grow). A chunk is an ordinary synced transaction of its
+// own, or, when writes are batched and not yet flushed, part of that
+// batch, which commits at its Flush as before: a crash in the middle of a
+// reclaim loses nothing acknowledged and leaves a consistent file
+// (TestCrashDuringReclaim); a failed chunk (a full disk) is rolled back
+// and only postpones the reclaim. Chunks do not change content, so they
+// leave the generation alone. The database file shrinks when a checkpoint
+// copies the last chunk's commit into it: a checkpoint that copies the
+// whole WAL truncates the file to the size the newest commit recorded.
+// After the chunks the reclaimer lets the background checkpointer copy
+// the WAL, then folds the rest in itself under the engine's lock
+// (foldLocked), which also cuts the WAL file to nothing.
 //
 // Close finishes a reclaim that is due, so a command that frees space and
 // exits (resize --shrink, commit) leaves a small file. A layer marked
