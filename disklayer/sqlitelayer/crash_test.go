@@ -27,6 +27,9 @@ const (
 	crashStartEnv = "HIBDISK_CRASH_START" // first group to run
 	// "true": the child opens the layer with write-back.
 	crashWriteBackEnv = "HIBDISK_CRASH_WRITEBACK"
+	// "true": the child reclaims free space as soon as 8 KiB are free,
+	// without waiting, so that kills land in reclaims too.
+	crashReclaimEnv = "HIBDISK_CRASH_RECLAIM"
 )
 
 const (
@@ -83,7 +86,9 @@ func applyCrashGroup(model []byte, ops []crashOp) {
 // TestCrashSafety kills a writing process with SIGKILL at random moments
 // and checks that every group of writes acknowledged by a completed Flush
 // survived, that the group in flight is either entirely there or entirely
-// absent (it was one transaction), and that Check passes.
+// absent (it was one transaction), and that Check passes. Half the
+// children reclaim free space as soon as a commit leaves a little
+// (reclaim.go); TestCrashDuringReclaim aims kills at reclaims.
 //
 // The test binary re-executes itself as the child (crashChildEnv set).
 // The child runs groups start, start+1, ... of a deterministic sequence,
@@ -113,7 +118,7 @@ func TestCrashSafety(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 0xc0ffee))
 	for iter := range *crashIterations {
 		// Every other child writes through write-back.
-		acked := runCrashChild(t, path, seed, done, time.Duration(rng.IntN(150))*time.Millisecond, iter%2 == 1)
+		acked := runCrashChild(t, path, seed, done, time.Duration(rng.IntN(150))*time.Millisecond, iter%2 == 1, iter%4 >= 2)
 		for ; done < acked; done++ {
 			applyCrashGroup(model, crashGroup(seed, done))
 		}
@@ -147,7 +152,7 @@ func TestCrashSafety(t *testing.T) {
 // runCrashChild starts the child at group start, lets it flush at least
 // one group and run for delay more, kills it, and returns the number of
 // groups acknowledged in total.
-func runCrashChild(t *testing.T, path string, seed uint64, start int, delay time.Duration, writeBack bool) int {
+func runCrashChild(t *testing.T, path string, seed uint64, start int, delay time.Duration, writeBack, reclaim bool) int {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashSafety$", "-test.count=1")
 	cmd.Env = append(os.Environ(),
@@ -155,6 +160,7 @@ func runCrashChild(t *testing.T, path string, seed uint64, start int, delay time
 		crashSeedEnv+"="+strconv.FormatUint(seed, 10),
 		crashStartEnv+"="+strconv.Itoa(start),
 		crashWriteBackEnv+"="+strconv.FormatBool(writeBack),
+		crashReclaimEnv+"="+strconv.FormatBool(reclaim),
 	)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -232,10 +238,14 @@ func crashChild(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if os.Getenv(crashReclaimEnv) == "true" {
+		sqlitelayer.SetReclaimForTest(8<<10, 0)
+	}
 	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{WriteBack: os.Getenv(crashWriteBackEnv) == "true"})
 	if err != nil {
 		t.Fatal(err)
 	}
+
 	deadline := time.Now().Add(50 * time.Second) // never outlive the parent's patience
 	for g := start; time.Now().Before(deadline); g++ {
 		for _, op := range crashGroup(seed, g) {

@@ -12,6 +12,7 @@
 // SetLabel), stats.go, table.go (one table's row semantics), tx.go
 // (Update and View for the packages that own other tables), absorb.go,
 // empty.go, generation.go, nospace.go, writeback.go, checkpoint.go,
+// reclaim.go (free space given back while the layer is open), compact.go,
 // wal.go, schema.go (Migrate), and the checker: check.go, check_tables.go.
 //
 // # Invariants
@@ -49,6 +50,11 @@
 // Flush) for as long as the filesystem stays full. The lost set lives in
 // memory: after reopening, those sectors read their older content. Other
 // commit failures stay sticky.
+//
+// Space: a layer made by Create (auto_vacuum=INCREMENTAL) gives free
+// pages back to the filesystem while a writer holds it open, in
+// transactions of their own that change no content (reclaim.go); a crash
+// in the middle loses nothing.
 //
 // Identity: a diff layer records its parent's uuid and size (and, for a
 // raw parent, a digest of its size and sampled content); opening the

@@ -318,8 +318,11 @@ func (e *engine) commitLocked(op string) error {
 			t.batch = t.batch[:0]
 		}
 		e.checkpointLocked(!e.noCatchUp)
-		if reclaim {
-			e.rc.kick()
+		if e.rc != nil {
+			e.rc.noteCommit()
+			if reclaim {
+				e.rc.kick()
+			}
 		}
 		return nil
 	}

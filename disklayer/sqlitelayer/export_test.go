@@ -1,5 +1,7 @@
 package sqlitelayer
 
+import "time"
+
 // SetPageSizeForTest makes Create use the given SQLite page size (0: the
 // measured default) until the returned function restores it. Not safe to
 // use from parallel tests.
@@ -53,4 +55,14 @@ func WatchReclaimForTest(f *File) <-chan ReclaimRound {
 	ch := make(chan ReclaimRound, 64)
 	f.eng.rc.watch.Store(&ch)
 	return ch
+}
+
+// SetReclaimForTest makes layers reclaim once minBytes are free, whatever
+// the file's size, quiet after the commit that freed them, until the
+// returned function restores the defaults. Not safe to use from parallel
+// tests.
+func SetReclaimForTest(minBytes int64, quiet time.Duration) (restore func()) {
+	oldMin, oldFraction, oldQuiet := reclaimMinBytes, reclaimFraction, reclaimQuiet
+	reclaimMinBytes, reclaimFraction, reclaimQuiet = minBytes, 1<<40, quiet
+	return func() { reclaimMinBytes, reclaimFraction, reclaimQuiet = oldMin, oldFraction, oldQuiet }
 }

@@ -21,20 +21,22 @@ import (
 //
 // The engine of a writable layer does that while it runs: when a commit
 // leaves much free space (reclaimDue), the reclaimer waits for the frees
-// to pause (reclaimQuiet), then moves pages in transactions of
-// reclaimChunkBytes each, taking the engine's lock for one at a time, so
-// a request never waits behind more than one chunk
-// (measured 4-14 ms per 8 MiB of moved pages on the development machine,
-// 40 ms when the WAL file had to grow). Each chunk is an ordinary
-// synced transaction of its own: a crash in the middle of a reclaim loses
-// nothing and leaves a consistent file; a failed chunk (a full disk) is
-// rolled back and only postpones the reclaim. Chunks do not change
-// content, so they leave the generation alone. The database file shrinks
-// when a checkpoint copies the last chunk's commit into it: a checkpoint
-// that copies the whole WAL truncates the file to the size the newest
-// commit recorded. After the chunks the reclaimer lets the background
-// checkpointer copy the WAL, then folds the rest in itself under the
-// engine's lock (foldLocked), which also cuts the WAL file to nothing.
+// to pause (reclaimQuiet), then moves pages in chunks of
+// reclaimChunkBytes, taking the engine's lock for one at a time, so a
+// request never waits behind more than one chunk (measured 4-14 ms per
+// 8 MiB of moved pages on the development machine, 40 ms when the WAL
+// file had to grow). A chunk is an ordinary synced transaction of its
+// own, or, when writes are batched and not yet flushed, part of that
+// batch, which commits at its Flush as before: a crash in the middle of a
+// reclaim loses nothing acknowledged and leaves a consistent file
+// (TestCrashDuringReclaim); a failed chunk (a full disk) is rolled back
+// and only postpones the reclaim. Chunks do not change content, so they
+// leave the generation alone. The database file shrinks when a checkpoint
+// copies the last chunk's commit into it: a checkpoint that copies the
+// whole WAL truncates the file to the size the newest commit recorded.
+// After the chunks the reclaimer lets the background checkpointer copy
+// the WAL, then folds the rest in itself under the engine's lock
+// (foldLocked), which also cuts the WAL file to nothing.
 //
 // Close finishes a reclaim that is due, so a command that frees space and
 // exits (resize --shrink, commit) leaves a small file. A layer marked
@@ -46,16 +48,20 @@ import (
 // The write path's cost of the pointer map (bench_test.go, -bench.novacuum)
 // is in docs/scale-work.md.
 
-// Reclaim thresholds.
-const (
+// Reclaim thresholds; variables only so that tests can make reclaims
+// frequent (SetReclaimForTest).
+var (
 	// reclaimMinBytes: free space below this is left for later writes to
 	// reuse.
-	reclaimMinBytes = 8 << 20
+	reclaimMinBytes int64 = 8 << 20
 	// reclaimFraction: free space must also be at least 1/reclaimFraction
 	// of the file, so that a large layer that frees and rewrites a little
 	// at a time (a guest's temporary files) does not move pages back and
 	// forth ...
-	reclaimFraction = 16
+	reclaimFraction int64 = 16
+)
+
+const (
 	// reclaimAlwaysBytes: ... unless the free space is this large
 	// whatever the file's size.
 	reclaimAlwaysBytes = 1 << 30
@@ -63,8 +69,10 @@ const (
 	// transaction, one hold of the engine's lock) gives back.
 	reclaimChunkBytes = 4 << 20
 	// foldTries bounds the attempts to fold the WAL in after a reclaim
-	// (foldLocked) while a checkpoint or a reader is in the way.
-	foldTries = 3
+	// (foldLocked) while a write batch, a checkpoint or a reader is in
+	// the way; foldWait is the longest wait between two.
+	foldTries = 5
+	foldWait  = time.Second
 )
 
 // Reclaim timing. Variables only so that tests can shorten them.
@@ -105,7 +113,7 @@ func isIncremental(conn *sqlite3.Conn) (bool, error) {
 // reclaimDue reports whether free bytes of free space in a file of total
 // bytes are worth giving back.
 func reclaimDue(free, total int64) bool {
-	return free >= reclaimMinBytes && (free*reclaimFraction >= total || free >= reclaimAlwaysBytes)
+	return free >= reclaimMinBytes && (free >= total/reclaimFraction || free >= reclaimAlwaysBytes)
 }
 
 // freePagesLocked returns the number of free pages and of all pages.
@@ -154,12 +162,15 @@ func (e *engine) kickReclaimLocked() {
 	}
 }
 
-// reclaimChunkLocked gives back up to pages free pages in a transaction
-// of its own, and returns how many it gave back and whether free pages
-// remain. A write batch that is open is committed first (as a batch
-// reaching batchBytes is: its writes become durable sooner, nothing is
-// lost), an open read transaction ended. Called with the engine's lock
-// held.
+// reclaimChunkLocked gives back up to pages free pages, and returns how
+// many it gave back and whether free pages remain. With no write batch
+// open it is a transaction of its own (an open read transaction is ended
+// first). With one open it joins the batch and commits with it, counted
+// against batchBytes like a write: the engine never commits writes
+// before a Flush or the batch's bound on the reclaim's behalf, so a
+// batch stays one transaction (TestCrashSafety checks that), and a kill
+// before the Flush loses the chunk with the writes. Called with the
+// engine's lock held.
 func (e *engine) reclaimChunkLocked(pages int64) (n int64, more bool, err error) {
 	if !e.incremental || e.openedReadOnly || e.readOnlyColumn.Load() || e.closed || e.failure != nil {
 		return 0, false, nil
@@ -168,22 +179,31 @@ func (e *engine) reclaimChunkLocked(pages int64) (n int64, more bool, err error)
 	if err != nil || free == 0 {
 		return 0, false, err
 	}
-	if e.inTx && e.writeTx {
-		if err := e.commitLocked("reclaim"); err != nil {
-			return 0, false, err
-		}
-	} else if e.inTx {
+	if e.inTx && !e.writeTx {
 		if err := e.commit.Exec(); err != nil {
 			return 0, false, fmt.Errorf("reclaim %q: end read transaction: %w", e.path, mapStoreError(err))
 		}
 		e.inTx = false
 	}
-	if err := e.conn.Exec(fmt.Sprintf("PRAGMA incremental_vacuum(%d)", pages)); err != nil {
+	n = min(free, pages)
+	err = e.conn.Exec(fmt.Sprintf("PRAGMA incremental_vacuum(%d)", n))
+	if e.inTx {
+		// In the batch. A failure that rolled the batch back loses its
+		// writes, as a failed write's would (afterWriteLocked).
+		if err != nil {
+			err = fmt.Errorf("reclaim %q: %w", e.path, mapStoreError(err))
+		}
+		if err := e.afterWriteLocked("reclaim", n*e.pageSize, err); err != nil {
+			return 0, false, err
+		}
+		return n, free > n, nil
+	}
+	if err != nil {
 		// SQLite rolled the chunk back: the layer is as it was.
 		return 0, false, fmt.Errorf("reclaim %q: %w", e.path, mapStoreError(err))
 	}
 	e.checkpointLocked(false)
-	return min(free, pages), free > pages, nil
+	return n, free > n, nil
 }
 
 // chunkPages is the number of pages a chunk gives back.
@@ -217,17 +237,17 @@ func (e *engine) reclaimAllLocked() error {
 // is left is what was committed since. It does not wait for anyone: with
 // the busy timeout off, a checkpointer still running or another process
 // reading makes it return busy, having done what it could. An open write
-// batch is committed first (an early commit, as in reclaimChunkLocked).
-// Called with the engine's lock held.
+// batch makes it return busy at once: a connection cannot checkpoint
+// inside a transaction, and the batch is not committed before its Flush
+// (see reclaimChunkLocked). Called with the engine's lock held.
 func (e *engine) foldLocked() (busy bool, err error) {
 	if e.closed || e.failure != nil {
 		return false, nil
 	}
 	if e.inTx && e.writeTx {
-		if err := e.commitLocked("reclaim"); err != nil {
-			return false, err
-		}
-	} else if e.inTx {
+		return true, nil
+	}
+	if e.inTx {
 		if err := e.commit.Exec(); err != nil {
 			return false, fmt.Errorf("reclaim %q: end read transaction: %w", e.path, mapStoreError(err))
 		}
@@ -265,9 +285,12 @@ func (e *engine) foldLocked() (busy bool, err error) {
 type reclaimer struct {
 	e    *engine
 	wake chan struct{} // buffered 1: a reclaim is due
-	quit chan struct{} // closed by stop
-	done chan struct{} // closed when run returns
-	once sync.Once
+	// committed (buffered 1) is signalled by every commit: fold waits
+	// for the open batch to commit.
+	committed chan struct{}
+	quit      chan struct{} // closed by stop
+	done      chan struct{} // closed when run returns
+	once      sync.Once
 	// watch, if set (tests), receives each round's outcome.
 	watch atomic.Pointer[chan reclaimRound]
 }
@@ -280,7 +303,7 @@ type reclaimRound struct {
 }
 
 func startReclaimer(e *engine) *reclaimer {
-	r := &reclaimer{e: e, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	r := &reclaimer{e: e, wake: make(chan struct{}, 1), committed: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	go r.run()
 	return r
 }
@@ -290,6 +313,15 @@ func startReclaimer(e *engine) *reclaimer {
 func (r *reclaimer) kick() {
 	select {
 	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// noteCommit tells a fold waiting for a commit that one happened; it
+// never blocks.
+func (r *reclaimer) noteCommit() {
+	select {
+	case r.committed <- struct{}{}:
 	default:
 	}
 }
@@ -330,6 +362,33 @@ func (r *reclaimer) run() {
 			}
 		}
 	}
+}
+
+// fold folds the WAL in after a round (foldLocked), waiting for the open
+// write batch to commit, or a checkpoint or a reader to go, between
+// attempts. If none succeeds, the file shrinks at a later checkpoint that
+// sees no commit arrive while it copies.
+func (r *reclaimer) fold() error {
+	e := r.e
+	for range foldTries {
+		e.ckpt.catchUp()
+		if r.stopping() {
+			return nil
+		}
+		e.mu.Lock()
+		busy, err := e.foldLocked()
+		e.mu.Unlock()
+		if err != nil || !busy {
+			return err
+		}
+		select {
+		case <-r.quit:
+			return nil
+		case <-r.committed:
+		case <-time.After(foldWait):
+		}
+	}
+	return nil
 }
 
 // settle waits until reclaimQuiet passes without another wake, or
@@ -389,20 +448,7 @@ func (r *reclaimer) round() (int64, error) {
 			e.ckpt.catchUp()
 		}
 	}
-	// Fold the WAL in, a few times if something is in the way.
-	for range foldTries {
-		e.ckpt.catchUp()
-		if r.stopping() {
-			return pages, nil
-		}
-		e.mu.Lock()
-		var busy bool
-		busy, err = e.foldLocked()
-		e.mu.Unlock()
-		if err != nil || !busy {
-			break
-		}
-	}
+	err = r.fold()
 	e.mu.Lock()
 	if err == nil && e.reclaimDueLocked() {
 		// Freed again meanwhile: go on.

@@ -1,9 +1,15 @@
 package sqlitelayer_test
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -352,4 +358,210 @@ func TestScratchLayerDoesNotReclaim(t *testing.T) {
 		t.Fatalf("after Compact: Stats %+v, %v; want Reclaims", st, err)
 	}
 	checkMiB(t, f, 0, 1, 7)
+}
+
+// Environment of the child of TestCrashDuringReclaim.
+const (
+	reclaimChildEnv = "HIBDISK_RECLAIM_CHILD" // layer path; set only in the child
+	reclaimStartEnv = "HIBDISK_RECLAIM_START" // first round to run
+)
+
+// The child's ranges: a 4 MiB range written and discarded every round,
+// and after it one slot a round, written once and kept.
+const (
+	reclaimRangeOff = 8 << 20
+	reclaimRangeLen = 4 << 20
+	reclaimSlotsOff = 12 << 20
+	reclaimSlotLen  = 16 << 10
+	reclaimSlots    = (24<<20 - reclaimSlotsOff) / reclaimSlotLen
+)
+
+// TestCrashDuringReclaim kills a process while it gives free space back.
+// Each round the child writes its 4 MiB range and then the round's slot
+// (new rows, so their pages follow the range's in the file), flushes,
+// discards the range, flushes, says so, and reclaims at once, moving the
+// slots' pages into the range's; the kill lands at a random moment after
+// a discard was acknowledged. A reclaim's chunks change no content and
+// never commit a batch before its Flush, so after every kill the data
+// written before the child is intact, every acknowledged slot holds its
+// data, the range and the next slot hold what the next round may have
+// committed (nothing, its write, or its write and discard), and Check
+// passes.
+func TestCrashDuringReclaim(t *testing.T) {
+	if path := os.Getenv(reclaimChildEnv); path != "" {
+		reclaimChild(t, path)
+		return
+	}
+	if testing.Short() {
+		t.Skip("kills child processes; skipped in -short mode")
+	}
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	path := newLayerPath(t, "reclaim-crash.hibdisk")
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 32 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeMiB(t, f, 0, 2, 50)
+	writeMiB(t, f, 24<<20, 2, 60)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	next := 0 // the first round not acknowledged
+	for iter := range 10 {
+		acked := runReclaimChild(t, path, next, time.Duration(rng.IntN(300))*time.Millisecond)
+		next = acked + 1
+		f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
+		if err != nil {
+			t.Fatalf("iteration %d: open after kill -9: %v", iter, err)
+		}
+		checkMiB(t, f, 0, 2, 50)
+		checkMiB(t, f, 24<<20, 2, 60)
+		for g := range acked + 1 {
+			if got := mustRead(t, f, reclaimSlotsOff+int64(g)*reclaimSlotLen, reclaimSlotLen); !bytes.Equal(got, reclaimChildData(g, reclaimSlotLen)) {
+				t.Fatalf("iteration %d: slot %d, acknowledged, does not hold its data", iter, g)
+			}
+		}
+		rangeData := mustRead(t, f, reclaimRangeOff, reclaimRangeLen)
+		slot := mustRead(t, f, reclaimSlotsOff+int64(next)*reclaimSlotLen, reclaimSlotLen)
+		// Round next (unacknowledged) may have committed nothing, its
+		// write, or its write and its discard (killed before it said so).
+		wrote := bytes.Equal(slot, reclaimChildData(next, reclaimSlotLen))
+		switch {
+		case isZero(rangeData) && isZero(slot):
+		case wrote && bytes.Equal(rangeData, reclaimChildData(next, reclaimRangeLen)):
+		case wrote && isZero(rangeData):
+		default:
+			t.Fatalf("iteration %d: after round %d was acknowledged, the range holds %s and slot %d %s",
+				iter, acked, reclaimDescribe(rangeData, next), next, reclaimDescribe(slot, next))
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		r, err := sqlitelayer.Check(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.OK() {
+			t.Fatalf("iteration %d: Check after kill -9:\n%s", iter, r)
+		}
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("10 kills, %d rounds acknowledged; file %d bytes", next, st.Size())
+}
+
+func isZero(p []byte) bool { return bytes.Equal(p, make([]byte, len(p))) }
+
+// reclaimDescribe says what p, the range or a slot, holds.
+func reclaimDescribe(p []byte, g int) string {
+	switch {
+	case isZero(p):
+		return "nothing"
+	case bytes.Equal(p, reclaimChildData(g, len(p))):
+		return fmt.Sprintf("round %d's write", g)
+	}
+	return "other data"
+}
+
+// reclaimChildData is what the child writes in round g: n bytes.
+func reclaimChildData(g, n int) []byte {
+	p := make([]byte, n)
+	for i := 0; i < n; i += 4096 {
+		copy(p[i:], fill(4096, byte(g)+byte(g>>8)*31+byte(i>>12)))
+	}
+	return p
+}
+
+// runReclaimChild starts the child at round start, kills it delay after
+// its first acknowledged round, and returns the last round it
+// acknowledged.
+func runReclaimChild(t *testing.T, path string, start int, delay time.Duration) int {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashDuringReclaim$", "-test.count=1")
+	cmd.Env = append(os.Environ(), reclaimChildEnv+"="+path, reclaimStartEnv+"="+strconv.Itoa(start))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	acked := start - 1
+	var killAt <-chan time.Time
+	killed := false
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				cmd.Wait()
+				if !killed {
+					t.Fatalf("child ended on its own:\n%s", stderr.String())
+				}
+				return acked
+			}
+			if n, ok := strings.CutPrefix(line, "discarded "); ok {
+				g, err := strconv.Atoi(n)
+				if err != nil || g != acked+1 {
+					t.Fatalf("child said %q after round %d", line, acked)
+				}
+				acked = g
+				if killAt == nil && !killed {
+					killAt = time.After(delay)
+				}
+			}
+		case <-killAt:
+			cmd.Process.Kill()
+			killAt, killed = nil, true
+		case <-timeout:
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("child acknowledged nothing in 60s:\n%s", stderr.String())
+		}
+	}
+}
+
+// reclaimChild is the child: rounds from its start on, until killed,
+// reclaiming as soon as anything is free.
+func reclaimChild(t *testing.T, path string) {
+	start, err := strconv.Atoi(os.Getenv(reclaimStartEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqlitelayer.SetReclaimForTest(8<<10, 0)
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(50 * time.Second)
+	for g := start; g < reclaimSlots && time.Now().Before(deadline); g++ {
+		mustWrite(t, f, reclaimChildData(g, reclaimRangeLen), reclaimRangeOff)
+		mustWrite(t, f, reclaimChildData(g, reclaimSlotLen), reclaimSlotsOff+int64(g)*reclaimSlotLen)
+		if err := f.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Zero(reclaimRangeOff, reclaimRangeLen); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("discarded %d\n", g)
+		time.Sleep(20 * time.Millisecond) // the reclaim runs
+	}
+	t.Fatal("child was not killed in time")
 }
