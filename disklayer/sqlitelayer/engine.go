@@ -93,7 +93,13 @@ type engine struct {
 	incremental bool
 	pageSize    int64
 	rc          *reclaimer
-	pageCounts  *sqlite3.Stmt // free pages, all pages (freePagesLocked)
+	// fullReclaim: the reclaimer found a write batch open and asks
+	// its commit to give the free pages back right after it
+	// (reclaimFullLocked); fullReclaimed is what that did. Guarded
+	// by mu.
+	fullReclaim   bool
+	fullReclaimed reclaimRound
+	pageCounts    *sqlite3.Stmt // free pages, all pages (freePagesLocked)
 	// keepWAL: Prefault grew the WAL file for a hibernate to come; a
 	// reclaim folds the WAL in without cutting the file.
 	keepWAL bool
@@ -150,7 +156,7 @@ func startReclaim(e *engine) error {
 	if e.pageSize, err = store.PragmaInt(e.conn, "page_size"); err != nil {
 		return err
 	}
-	if e.incremental, err = isIncremental(e.conn); err != nil {
+	if e.incremental, err = restoreIncremental(e.conn); err != nil {
 		return err
 	}
 	e.rc = startReclaimer(e)
@@ -318,6 +324,11 @@ func (e *engine) commitLocked(op string) error {
 			t.batch = t.batch[:0]
 		}
 		e.checkpointLocked(!e.noCatchUp)
+		if e.fullReclaim {
+			e.fullReclaim = false
+			n, _, err := e.reclaimFullLocked()
+			e.fullReclaimed = reclaimRound{n, err}
+		}
 		if e.rc != nil {
 			e.rc.noteCommit()
 			if reclaim {

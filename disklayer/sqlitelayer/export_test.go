@@ -1,6 +1,10 @@
 package sqlitelayer
 
-import "time"
+import (
+	"time"
+
+	"github.com/hibdisk/hibdisk/internal/store"
+)
 
 // SetPageSizeForTest makes Create use the given SQLite page size (0: the
 // measured default) until the returned function restores it. Not safe to
@@ -65,4 +69,20 @@ func SetReclaimForTest(minBytes int64, quiet time.Duration) (restore func()) {
 	oldMin, oldFraction, oldQuiet := reclaimMinBytes, reclaimFraction, reclaimQuiet
 	reclaimMinBytes, reclaimFraction, reclaimQuiet = minBytes, 1<<40, quiet
 	return func() { reclaimMinBytes, reclaimFraction, reclaimQuiet = oldMin, oldFraction, oldQuiet }
+}
+
+// SetReclaimFullForTest makes reclaims of more than pages free pages take
+// one transaction (reclaimFullLocked) until the returned function restores
+// the default. Not safe to use from parallel tests.
+func SetReclaimFullForTest(pages int64) (restore func()) {
+	old := reclaimFullPages
+	reclaimFullPages = pages
+	return func() { reclaimFullPages = old }
+}
+
+// AutoVacuumForTest returns the auto_vacuum mode of f's file.
+func AutoVacuumForTest(f *File) (int64, error) {
+	f.eng.mu.Lock()
+	defer f.eng.mu.Unlock()
+	return store.PragmaInt(f.eng.conn, "auto_vacuum")
 }

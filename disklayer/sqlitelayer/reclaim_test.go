@@ -90,11 +90,18 @@ func awaitReclaim(t testing.TB, rounds <-chan sqlitelayer.ReclaimRound) {
 // (TRIM deletes the rows) and in a diff layer (it makes them
 // tombstones). Without live reclaim the file keeps its ~75 MiB until the
 // layer is compacted.
+//
+// Both ways of giving the space back run: in chunks, and at once (a free
+// list longer than reclaimFullPages; 64 MiB is just above it).
 func TestReclaimWhileOpen(t *testing.T) {
 	for _, diff := range []bool{false, true} {
-		t.Run(map[bool]string{false: "base", true: "diff"}[diff], func(t *testing.T) {
-			testReclaimWhileOpen(t, diff)
-		})
+		for _, full := range []bool{false, true} {
+			name := map[bool]string{false: "base", true: "diff"}[diff] + "/" + map[bool]string{false: "chunks", true: "full"}[full]
+			t.Run(name, func(t *testing.T) {
+				defer sqlitelayer.SetReclaimFullForTest(map[bool]int64{false: 1 << 40, true: 0}[full])()
+				testReclaimWhileOpen(t, diff)
+			})
+		}
 	}
 }
 
@@ -174,6 +181,9 @@ func testReclaimWhileOpen(t *testing.T, diff bool) {
 	// Live data: 3 MiB at most; the file held ~75 MiB before.
 	if size := fileSize(t, path); size > 8<<20 {
 		t.Errorf("database file is %d bytes after the reclaim (free: %d bytes), want < 8 MiB", size, st.FreeBytes)
+	}
+	if mode, err := sqlitelayer.AutoVacuumForTest(f); err != nil || mode != 2 {
+		t.Errorf("auto_vacuum after the reclaim: %d, %v; want 2 (INCREMENTAL)", mode, err)
 	}
 }
 
@@ -543,6 +553,10 @@ func reclaimChild(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	sqlitelayer.SetReclaimForTest(8<<10, 0)
+	if start%2 == 1 {
+		// Every other child gives space back in one transaction.
+		sqlitelayer.SetReclaimFullForTest(0)
+	}
 	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
