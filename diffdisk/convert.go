@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -119,7 +120,15 @@ func publish(tmp, path string) error {
 	return d.Sync()
 }
 
-func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklayer.Disk, error) {
+// convertOutput is what copyView writes: a new image, written in order.
+type convertOutput interface {
+	io.WriterAt
+	SectorSize() int
+	Flush() error
+	Close() error
+}
+
+func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (convertOutput, error) {
 	size := src.Size()
 	switch opts.Format {
 	case "", disklayer.FormatHibdisk:
@@ -130,10 +139,10 @@ func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklay
 		if size%int64(ss) != 0 {
 			return nil, fmt.Errorf("source size %d is not a multiple of sector size %d: %w", size, ss, disklayer.ErrInvalid)
 		}
-		// Scratch: nobody sees the output before it is published, so its
-		// pages are written once, without journal or syncs, and Close
-		// syncs it.
-		return sqlitelayer.Create(dst, sqlitelayer.CreateOptions{Size: size, SectorSize: ss, Label: opts.Label, Scratch: true})
+		// Nobody sees the output before it is published, and its rows
+		// arrive in order: Bulk lays out the sectors table's pages
+		// itself, writing each once, and Close syncs them.
+		return sqlitelayer.CreateBulk(dst, sqlitelayer.CreateOptions{Size: size, SectorSize: ss, Label: opts.Label})
 	case disklayer.FormatRaw:
 		return rawlayer.Create(dst, size)
 	case disklayer.FormatOpenVMM:
@@ -149,7 +158,7 @@ func createOutput(src disklayer.Layer, dst string, opts ConvertOptions) (disklay
 // readAheadChunks chunks ahead while this one writes. Serially, a 16 GiB
 // convert from a raw image not in the page cache spent 12 s of its 57 s
 // waiting for the source, and the writes waited in turn.
-func copyView(dst disklayer.Disk, src disklayer.Layer, progress func(done, total int64)) error {
+func copyView(dst convertOutput, src disklayer.Layer, progress func(done, total int64)) error {
 	size := src.Size()
 	// Zero detection works on the output's sectors, so a sector that is
 	// partly data and partly zero is stored whole.
@@ -245,7 +254,7 @@ func readView(src disklayer.Layer, size int64, chunks chan<- readChunk, free cha
 
 // writeNonZero writes the runs of p (at off) that are not all-zero
 // units, skipping the zero ones, which dst already reads as zeros.
-func writeNonZero(dst disklayer.Disk, p []byte, off, unit int64) error {
+func writeNonZero(dst io.WriterAt, p []byte, off, unit int64) error {
 	start := -1
 	flush := func(end int) error {
 		if start < 0 {
