@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/ncruces/go-sqlite3"
+	"golang.org/x/sys/unix"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/lock"
@@ -150,6 +151,11 @@ func CreateBulk(path string, opts CreateOptions) (b *Bulk, err error) {
 		f.Close()
 		return nil, fmt.Errorf("create layer %q: unexpected database layout (reserved bytes %d, sectors root %d of %d pages)", path, reserve, root, pages)
 	}
+	w, err := newBulkWriter(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("create layer %q: %w", path, err)
+	}
 	u := int(pageSize)
 	b = &Bulk{
 		path: path, held: held, f: f,
@@ -157,7 +163,7 @@ func CreateBulk(path string, opts CreateOptions) (b *Bulk, err error) {
 		pageSize: u, root: uint32(root), next: uint32(pages) + 1,
 		maxLocal: u - 35, minLocal: (u-12)*32/255 - 23,
 		partialKey: -1, lastKey: -1,
-		writer: newBulkWriter(f),
+		writer: w,
 	}
 	b.outPg = b.next
 	return b, nil
@@ -522,16 +528,28 @@ func putVarint(p []byte, v uint64) int {
 	return n
 }
 
-// bulkWriter writes Bulk's gathered pages on a goroutine of its own, one
-// buffer in flight while the next fills, so that building pages and the
-// kernel's copy into the page cache run on both cores.
+// bulkWriter writes Bulk's gathered pages on goroutines of their own
+// (bulkWriters, so that writes are in flight while the next buffer
+// fills), and with O_DIRECT where the filesystem takes it.
+//
+// Why O_DIRECT: a buffered write copies each page into a page-cache page
+// (copy_folio_from_iter_atomic), and on these virtual machines a page the
+// guest has not touched recently costs a hypervisor fault as well: that
+// copy was 68% of a 4 GiB convert to ext4, 12 s of system time, and
+// qemu-img's first run of the same convert took 17.5 s of system time
+// where its second took 1.7 s. A direct write moves the pages from the
+// writer's buffers (mapped once, reused) to the disk, and Close's fsync
+// finds nothing left to write. Where O_DIRECT is refused (tmpfs, or a
+// write the device cannot take aligned), writes are buffered.
 type bulkWriter struct {
-	f     *os.File
-	jobs  chan bulkJob
-	done  chan error // the writer's first error, when it ends
-	free  chan []byte
-	err   error
-	ended bool
+	f      *os.File
+	direct *os.File // f's file opened with O_DIRECT, or nil
+	jobs   chan bulkJob
+	done   chan error // each writer's first error, when it ends
+	free   chan []byte
+	bufs   [][]byte // every buffer, to unmap
+	err    error
+	ended  bool
 }
 
 type bulkJob struct {
@@ -540,24 +558,59 @@ type bulkJob struct {
 	pooled bool // p came from buffer
 }
 
-func newBulkWriter(f *os.File) *bulkWriter {
-	w := &bulkWriter{f: f, jobs: make(chan bulkJob, 1), done: make(chan error, 1), free: make(chan []byte, 3)}
-	for range 3 {
-		w.free <- make([]byte, 0, bulkOutBytes)
+const (
+	// bulkWriters is how many writes are in flight at most: a disk here
+	// took 1 MiB direct writes at 864 MB/s one at a time, 977 MB/s four
+	// at a time (fio).
+	bulkWriters = 2
+	// bulkBuffers: one filling, one waiting, one per writer.
+	bulkBuffers = bulkWriters + 2
+)
+
+func newBulkWriter(f *os.File) (*bulkWriter, error) {
+	w := &bulkWriter{f: f, jobs: make(chan bulkJob, 1), done: make(chan error, bulkWriters), free: make(chan []byte, bulkBuffers)}
+	if d, err := os.OpenFile(f.Name(), os.O_WRONLY|unix.O_DIRECT, 0); err == nil {
+		w.direct = d
 	}
-	go func() {
-		var err error
-		for j := range w.jobs {
-			if err == nil {
-				_, err = f.WriteAt(j.p, j.off)
-			}
-			if j.pooled {
-				w.free <- j.p[:0]
-			}
+	for range bulkBuffers {
+		// Mapped, so page-aligned, as O_DIRECT wants.
+		buf, err := unix.Mmap(-1, 0, bulkOutBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+		if err != nil {
+			w.unmap()
+			return nil, fmt.Errorf("bulk write buffers: %w", err)
 		}
-		w.done <- err
-	}()
-	return w
+		w.bufs = append(w.bufs, buf)
+		w.free <- buf[:0]
+	}
+	for range bulkWriters {
+		go func() {
+			var err error
+			for j := range w.jobs {
+				if err == nil {
+					err = w.writeAt(j.p, j.off, j.pooled)
+				}
+				if j.pooled {
+					w.free <- j.p[:0]
+				}
+			}
+			w.done <- err
+		}()
+	}
+	return w, nil
+}
+
+// writeAt writes p at off, directly if p is one of the mapped buffers
+// and the file and device take it.
+func (w *bulkWriter) writeAt(p []byte, off int64, pooled bool) error {
+	if w.direct != nil && pooled {
+		_, err := w.direct.WriteAt(p, off)
+		if !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+		// Not aligned for this device: buffered, like everything else.
+	}
+	_, err := w.f.WriteAt(p, off)
+	return err
 }
 
 // buffer returns an empty buffer of bulkOutBytes capacity.
@@ -574,14 +627,32 @@ func (w *bulkWriter) write(p []byte, off int64, pooled bool) error {
 	return nil
 }
 
-// close waits for the queued writes and returns the first error.
+// close waits for the queued writes, releases the buffers and returns
+// the first error.
 func (w *bulkWriter) close() error {
 	if !w.ended {
 		w.ended = true
 		close(w.jobs)
-		w.err = <-w.done
+		for range bulkWriters {
+			if err := <-w.done; err != nil && w.err == nil {
+				w.err = err
+			}
+		}
+		if w.direct != nil {
+			if err := w.direct.Close(); err != nil && w.err == nil {
+				w.err = err
+			}
+		}
+		w.unmap()
 	}
 	return w.err
+}
+
+func (w *bulkWriter) unmap() {
+	for _, b := range w.bufs {
+		_ = unix.Munmap(b)
+	}
+	w.bufs = nil
 }
 
 // queryInt runs a query returning one integer.
