@@ -276,6 +276,7 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 	}
 	conn, err := store.Open(path, store.Options{
 		ReadOnly:     opts.ReadOnly,
+		Stable:       holdMode(opts) == lock.Stable,
 		CacheBytes:   cacheBytesFor(opts.ReadOnly),
 		MaxMemory:    maxMemory,
 		Migrations:   schema.History,

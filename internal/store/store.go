@@ -157,6 +157,10 @@ type Options struct {
 	// layer): its VFS handle gathers the pages it appends into large
 	// writes (dbFile.gather).
 	Scratch bool
+	// Stable: nobody may write the database while this connection has
+	// it open (the caller holds it so: a layer's lock.Stable). Its VFS
+	// handle may then keep what it read (fileMap.streamRead).
+	Stable bool
 	// CacheBytes sets cache_size. It counts against MaxMemory.
 	CacheBytes int64
 	// MmapBytes sets mmap_size. The mapping lives in the connection's
@@ -427,6 +431,9 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 	if opts.Scratch {
 		uri += "&" + scratchParam + "=1"
 	}
+	if opts.Stable && opts.ReadOnly {
+		uri += "&" + stableParam + "=1"
+	}
 	conn, err := sqlite3.OpenContext(ctx, uri)
 	if err != nil {
 		return nil, fmt.Errorf("open %q: %w", path, err)
@@ -544,6 +551,10 @@ func syncDir(dir string) error {
 // scratchParam is the URI parameter that marks a Scratch database for
 // the VFS.
 const scratchParam = "hibdisk_scratch"
+
+// stableParam is the URI parameter that marks a read-only connection to a
+// database nobody writes while it is open (Options.Stable) for the VFS.
+const stableParam = "hibdisk_stable"
 
 // Prefault makes conn's SQLite touch n bytes of its memory and give them
 // back to its allocator, which keeps them: SQLite's memory is the linear

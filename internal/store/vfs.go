@@ -146,7 +146,9 @@ func (v mappingVFS) OpenFilename(name *vfs.Filename, flags vfs.OpenFlag) (vfs.Fi
 		return w, out, nil
 	case flags&vfs.OPEN_MAIN_DB != 0:
 		scratch := name.URIParameter(scratchParam) == "1"
-		return &dbFile{gatheredFile: gatheredFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: flags&vfs.OPEN_READWRITE != 0}, async: scratch},
+		writable := flags&vfs.OPEN_READWRITE != 0
+		stable := !writable && name.URIParameter(stableParam) == "1"
+		return &dbFile{gatheredFile: gatheredFile{osFile: osFile{f}, m: fileMap{limit: dbMapBytes, writable: writable, stable: stable}, async: scratch},
 			scratch: scratch}, out, nil
 	}
 	return f, out, nil
