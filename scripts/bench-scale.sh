@@ -3,8 +3,11 @@
 # holding DATA_GIBS GiB of data (default "1 4 16"), each a raw image twice
 # that size with random data in every other 1 MiB:
 #   convert   hibdisk convert of the raw image, and qemu-img convert -O
-#             qcow2 of the same image, interleaved: time, ratio, and file
-#             bytes per byte of data;
+#             qcow2 of the same image: time, ratio, and file bytes per
+#             byte of data. hibdisk's output is synced when convert
+#             returns; qemu-img's is not (its default cache mode for the
+#             output is unsafe), so qemu-img is also timed with a sync of
+#             its output after it ("qemu+sync"), the durable comparison;
 #   first     a 3-deep chain (base <- mid <- top, mid holding a few
 #             writes) served by hibdisk serve: the latency of the first
 #             4 KiB read at a random offset (timed inside nbdsh, after
@@ -63,7 +66,31 @@ mem() { # pid: "anon-MiB file-MiB"
   awk '/^RssAnon/ {a=$2} /^RssFile/ {f=$2} /^RssShmem/ {s=$2} END {printf "%.0f %.0f", a/1024, (f+s)/1024}' "/proc/$1/status"
 }
 
-[ -n "$DATA_GIBS" ] && printf '%-6s %-8s %9s %9s %6s %10s %10s %11s %9s %11s %9s %10s\n' data binary convert qemu-img ratio "bytes/dat" "qcow2 b/d" "1st read" "anon MiB" "file MiB" "seq read" "commit top"
+# measure_chain BIN DIR: DIR/base.db under two diff layers, served by BIN:
+# prints the first 4 KiB read's latency (ms, timed inside nbdsh after the
+# connection), the server's anonymous and file MiB after it, the same
+# after a sequential read of the whole disk (nbdcopy to null:), and that
+# read's seconds.
+measure_chain() {
+  local bin=$1 d=$2 uri first anon file anon2 file2 seq
+  "$bin" create -b "$d/base.db" "$d/mid.db" >/dev/null
+  "$bin" create -b "$d/mid.db" "$d/top.db" >/dev/null
+  "$bin" serve --nbd --socket "$d/s.sock" "$d/top.db" >/dev/null 2>&1 &
+  srv=$!
+  wait_sock "$d/s.sock"
+  uri="nbd+unix:///?socket=$d/s.sock"
+  first=$(nbdsh -u "$uri" -c "
+import random, time
+off = random.randrange(0, h.get_size() // 4096) * 4096
+t = time.monotonic(); h.pread(4096, off); print(f'{(time.monotonic() - t) * 1000:.1f}')")
+  read -r anon file <<<"$(mem "$srv")"
+  seq=$(secs nbdcopy "$uri" null:)
+  read -r anon2 file2 <<<"$(mem "$srv")"
+  kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
+  echo "$first $anon $file $anon2 $file2 $seq"
+}
+
+[ -n "$DATA_GIBS" ] && printf '%-6s %-8s %9s %9s %6s %10s %6s %10s %10s %11s %9s %11s %9s %10s\n' data binary convert qemu-img ratio "qemu+sync" ratio "bytes/dat" "qcow2 b/d" "1st read" "anon MiB" "file MiB" "seq read" "commit top"
 for gib in $DATA_GIBS; do
   raw="$DIR/base-$gib.raw"
   # Every other MiB holds data: 2*gib GiB of disk, gib GiB of data.
@@ -72,6 +99,8 @@ for gib in $DATA_GIBS; do
   truncate -s "$((2 * gib))G" "$raw"
   data=$((gib << 30))
   qsecs=$(secs qemu-img convert -O qcow2 "$raw" "$DIR/q.qcow2")
+  rm -f "$DIR/q.qcow2"
+  qsync=$(secs sh -c "qemu-img convert -O qcow2 '$raw' '$DIR/q.qcow2' && sync '$DIR/q.qcow2'")
   qbytes=$(size_of "$DIR/q.qcow2")
   rm -f "$DIR/q.qcow2"
   for nb in $BINS; do
@@ -79,20 +108,7 @@ for gib in $DATA_GIBS; do
     mkdir -p "$d"
     csecs=$(secs "$bin" convert "$raw" "$d/base.db")
     cbytes=$(size_of "$d/base.db" "$d/base.db-wal")
-    "$bin" create -b "$d/base.db" "$d/mid.db" >/dev/null
-    "$bin" create -b "$d/mid.db" "$d/top.db" >/dev/null
-    "$bin" serve --nbd --socket "$d/s.sock" "$d/top.db" >/dev/null 2>&1 &
-    srv=$!
-    for _ in $(seq 100); do [ -S "$d/s.sock" ] && break; sleep 0.05; done
-    uri="nbd+unix:///?socket=$d/s.sock"
-    first=$(nbdsh -u "$uri" -c "
-import random, time
-off = random.randrange(0, h.get_size() // 4096) * 4096
-t = time.monotonic(); h.pread(4096, off); print(f'{(time.monotonic() - t) * 1000:.1f}')")
-    read -r anon file <<<"$(mem "$srv")"
-    seq=$(secs nbdcopy "$uri" null:)
-    read -r anon2 file2 <<<"$(mem "$srv")"
-    kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
+    read -r first anon file anon2 file2 seq <<<"$(measure_chain "$bin" "$d")"
     # Space after commit: 256 MiB written into a diff layer, committed.
     "$bin" create -b "$d/base.db" "$d/c.db" >/dev/null
     "$bin" serve --nbd --socket "$d/c.sock" "$d/c.db" >/dev/null 2>&1 &
@@ -102,18 +118,18 @@ t = time.monotonic(); h.pread(4096, off); print(f'{(time.monotonic() - t) * 1000
     kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
     "$bin" commit "$d/c.db" >/dev/null
     after=$(size_of "$d/c.db" "$d/c.db-wal")
-    $PY - "$gib" "$name" "$csecs" "$qsecs" "$cbytes" "$qbytes" "$data" "$first" "$anon/$anon2" "$file/$file2" "$seq" "$after" <<'PYEOF'
+    $PY - "$gib" "$name" "$csecs" "$qsecs" "$qsync" "$cbytes" "$qbytes" "$data" "$first" "$anon/$anon2" "$file/$file2" "$seq" "$after" <<'PYEOF'
 import sys
-gib, name, c, q, cb, qb, data, first, anon, file, seq, after = sys.argv[1:]
-c, q, cb, qb, data = float(c), float(q), int(cb), int(qb), int(data)
-print(f"{gib + ' GiB':<6} {name:<8} {c:>8.1f}s {q:>8.1f}s {q / c:>5.2f}x {cb / data:>10.3f} {qb / data:>10.3f} "
+gib, name, c, q, qs, cb, qb, data, first, anon, file, seq, after = sys.argv[1:]
+c, q, qs, cb, qb, data = float(c), float(q), float(qs), int(cb), int(qb), int(data)
+print(f"{gib + ' GiB':<6} {name:<8} {c:>8.1f}s {q:>8.1f}s {q / c:>5.2f}x {qs:>9.1f}s {qs / c:>5.2f}x {cb / data:>10.3f} {qb / data:>10.3f} "
       f"{first + ' ms':>11} {anon:>9} {file:>11} {seq + ' s':>9} {int(after) / 1024:>8.0f} KiB", flush=True)
 PYEOF
     rm -rf "$d"
   done
   rm -f "$raw"
 done
-echo "convert ratio: qemu-img time / hibdisk time (>1: hibdisk faster); bytes/dat: layer file bytes per data byte;"
+echo "convert ratios: qemu-img time (without, then with a sync of its output) / hibdisk time (>1: hibdisk faster); bytes/dat: layer file bytes per data byte;"
 echo "anon/file MiB: after the first read / after reading the whole disk; commit top: the emptied layer after commit"
 
 # A large sparse disk (opt in: BIG=DISK_GIB:PERCENT, e.g. BIG=100:16, a
@@ -132,20 +148,7 @@ if [ -n "${BIG:-}" ]; then
     name=${nb%%=*} bin=${nb#*=}
     csecs=$(secs "$bin" convert "nbd+unix:///?socket=$b/src.sock" "$b/base.db")
     data=$("$bin" info --json "$b/base.db" | $PY -c 'import json,sys; j=json.load(sys.stdin)[0]; print(j["data-sectors"] * j["sector-size"])')
-    "$bin" create -b "$b/base.db" "$b/mid.db" >/dev/null
-    "$bin" create -b "$b/mid.db" "$b/top.db" >/dev/null
-    "$bin" serve --nbd --socket "$b/s.sock" "$b/top.db" >/dev/null 2>&1 &
-    srv=$!
-    wait_sock "$b/s.sock"
-    uri="nbd+unix:///?socket=$b/s.sock"
-    first=$(nbdsh -u "$uri" -c "
-import random, time
-off = random.randrange(0, h.get_size() // 4096) * 4096
-t = time.monotonic(); h.pread(4096, off); print(f'{(time.monotonic() - t) * 1000:.1f}')")
-    read -r anon file <<<"$(mem "$srv")"
-    seq=$(secs nbdcopy "$uri" null:)
-    read -r anon2 file2 <<<"$(mem "$srv")"
-    kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
+    read -r first anon file anon2 file2 seq <<<"$(measure_chain "$bin" "$b")"
     echo "big: ${gib} GiB disk, ${pct}% data ($(( data >> 20 )) MiB), $name: convert from NBD ${csecs} s, layer $(( $(size_of "$b/base.db") >> 20 )) MiB," \
          "first read ${first} ms, anon MiB ${anon}/${anon2}, file MiB ${file}/${file2}, whole-disk read ${seq} s"
     rm -f "$b"/*.db "$b"/*.db-wal "$b"/*.db-shm
