@@ -11,7 +11,6 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/lock"
-	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -102,12 +101,7 @@ func CreateBulk(path string, opts CreateOptions) (b *Bulk, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create layer %q: %w", path, err)
 	}
-	conn, err := store.Create(path, store.Options{
-		PageSize:   pageSizeFor(info.SectorSize),
-		MaxMemory:  maxMemory,
-		Migrations: schema.History,
-		Init:       func(conn *sqlite3.Conn) error { return insertLayerRow(conn, info) },
-	})
+	conn, err := createDatabase(path, info, store.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
 	}

@@ -160,14 +160,7 @@ func Create(path string, opts CreateOptions) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create layer %q: %w", path, err)
 	}
-	conn, err := store.Create(path, store.Options{
-		PageSize:   pageSizeFor(info.SectorSize),
-		CacheBytes: cacheBytes,
-		MaxMemory:  maxMemory,
-		Migrations: schema.History,
-		Init:       func(conn *sqlite3.Conn) error { return insertLayerRow(conn, info) },
-		Scratch:    opts.Scratch,
-	})
+	conn, err := createDatabase(path, info, store.Options{CacheBytes: cacheBytes, Scratch: opts.Scratch})
 	if err != nil {
 		return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
 	}
@@ -197,6 +190,17 @@ func Create(path string, opts CreateOptions) (*File, error) {
 		}
 	}
 	return f, nil
+}
+
+// createDatabase makes the layer's database at path, with its schema and
+// layer row (info), and returns its connection; opts gives the rest
+// (cache, Scratch).
+func createDatabase(path string, info Info, opts store.Options) (*sqlite3.Conn, error) {
+	opts.PageSize = pageSizeFor(info.SectorSize)
+	opts.MaxMemory = maxMemory
+	opts.Migrations = schema.History
+	opts.Init = func(conn *sqlite3.Conn) error { return insertLayerRow(conn, info) }
+	return store.Create(path, opts)
 }
 
 func newInfo(opts CreateOptions) (Info, error) {
