@@ -76,10 +76,12 @@ func Check(path string) (*Report, error) { return CheckWith(path, CheckOptions{}
 // CheckWith is Check with options.
 func CheckWith(path string, opts CheckOptions) (*Report, error) {
 	r := &Report{Path: path}
+	sidecars := store.NoteSidecars(path)
 	conn, err := openForCheck(path, r, true)
 	if err != nil || conn == nil {
 		return r, err
 	}
+	defer sidecars.Tidy()
 	defer conn.Close()
 	info, ok := checkLayer(conn, r)
 	if err := checkWALBelongs(path); err != nil {

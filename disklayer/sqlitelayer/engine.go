@@ -109,6 +109,9 @@ type engine struct {
 	// held is the layer's lock against other processes (internal/lock),
 	// released when the layer closes.
 	held *lock.Lock
+	// sidecars: the -wal and -shm files a read-only open leaves, removed
+	// when it closes if nobody else has the layer open.
+	sidecars store.Sidecars
 
 	// contentChanged: the open write transaction changed content, so its
 	// commit bumps the generation (bumpGen, writable opens only).
@@ -228,6 +231,7 @@ func (e *engine) closeLocked() error {
 	if cerr := e.conn.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close layer %q: %w", e.path, cerr)
 	}
+	e.sidecars.Tidy()
 	// The lock outlives the connection: nobody else may write before
 	// the last commit and checkpoint are done.
 	if cerr := e.held.Release(); cerr != nil && err == nil {

@@ -278,6 +278,10 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 	if err := checkWALBelongs(path); err != nil {
 		return nil, fmt.Errorf("open layer %q: %w", path, err)
 	}
+	var sidecars store.Sidecars
+	if opts.ReadOnly {
+		sidecars = store.NoteSidecars(path)
+	}
 	conn, err := store.Open(path, store.Options{
 		ReadOnly:     opts.ReadOnly,
 		Stable:       holdMode(opts) == lock.Stable,
@@ -303,6 +307,7 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 		return nil, err
 	}
 	f.eng.held = held
+	f.eng.sidecars = sidecars
 	if opts.WriteBack && !opts.ReadOnly {
 		f.eng.wb = newWriteBack(f.disk)
 	}

@@ -581,3 +581,57 @@ func Prefault(conn *sqlite3.Conn, n int64) error {
 	}
 	return stmt.Err()
 }
+
+// Sidecars is what SQLite leaves beside a WAL database a read-only
+// connection read: it makes the -wal and -shm files to read through, and
+// only a connection that may write removes them, when it is the last one
+// to close the database. A read-only command (`hibdisk info`, a chain's
+// parents) would leave them beside a layer that had none, to puzzle users
+// who copy `*.db` as artifacts. NoteSidecars, before the read-only open,
+// notes that there are none; Tidy, after that connection closed, has a
+// writable connection of its own read and close the database, so that
+// SQLite removes them. SQLite does so only when no other connection has
+// the database open, so a layer someone else is using keeps them.
+type Sidecars struct {
+	path string // "" when there is nothing to tidy
+}
+
+// NoteSidecars notes whether path has no WAL holding frames (an empty
+// -wal, left by an older hibdisk's read-only commands, holds nothing),
+// and its directory lets SQLite make and remove the files.
+func NoteSidecars(path string) Sidecars {
+	if st, err := os.Lstat(path + "-wal"); err == nil && st.Size() > 0 || err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Sidecars{}
+	}
+	if immutable, err := cannotWriteBeside(path); err != nil || immutable {
+		return Sidecars{} // read-only opens use immutable=1: nothing is made
+	}
+	return Sidecars{path: path}
+}
+
+// Tidy removes the -wal and -shm files made since NoteSidecars, if no
+// other connection has the database open. Call it after closing every
+// connection this process has to the database. It never fails: at worst
+// the files stay.
+func (s Sidecars) Tidy() {
+	if s.path == "" {
+		return
+	}
+	_, walErr := os.Lstat(s.path + "-wal")
+	_, shmErr := os.Lstat(s.path + "-shm")
+	if walErr != nil && shmErr != nil {
+		return
+	}
+	uri, err := FileURI(s.path, "rw")
+	if err != nil {
+		return
+	}
+	conn, err := sqlite3.Open(uri)
+	if err != nil {
+		return
+	}
+	// A read opens the WAL; the close of the last connection then
+	// checkpoints it (it holds nothing) and deletes both files.
+	_, _ = PragmaInt(conn, "schema_version")
+	conn.Close()
+}
