@@ -4,7 +4,8 @@
 # inspection tests; xz for the guest kernel's modules; gcc for the
 # capture tests' helper process; the sqlite3 shell, which the README's
 # SQL examples and the changed-base tests use; mmdebstrap, which builds
-# the Debian test guest) when any is missing.
+# the Debian test guest; headless Chromium, which loads `hibdisk report`'s
+# page in its test) when any is missing.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 
@@ -35,6 +36,7 @@ declare -A need=(
   [gcc]=gcc
   [sqlite3]=sqlite3
   [mmdebstrap]=mmdebstrap
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -49,25 +49,9 @@ func runHibShow(_ context.Context, e *env, args []string) error {
 		return nil
 	}
 	return withSnapshotOrImage(pos[0], func(v *hibfile.View) error {
-		s, err := v.Load()
+		sum, err := summarize(v)
 		if err != nil {
 			return err
-		}
-		sum := showSummary{
-			Layer: v.LayerPath(), LayerDepth: v.LayerDepth(), SnapshotID: s.ID, LayerUUID: s.LayerUUID,
-			Timestamp: s.Timestamp, Source: s.Source, Status: s.Status, KernelVersion: s.KernelVersion, Arch: s.Arch,
-			TotalMemoryKB: s.TotalMemoryKB, TotalProcesses: s.TotalProcesses, BlobSize: s.BlobSize, BlobFilePath: s.BlobFilePath,
-		}
-		for _, p := range s.Processes {
-			sum.Mappings += len(p.Mappings)
-			sum.Files += len(p.Files)
-			sum.Signals += len(p.Signals)
-			for _, m := range p.Mappings {
-				if m.BlobOffset != nil {
-					sum.StoredMappings++
-					sum.StoredBytes += m.Size
-				}
-			}
 		}
 		if *asJSON {
 			return writeJSON(e.stdout, sum)
@@ -89,4 +73,29 @@ func runHibShow(_ context.Context, e *env, args []string) error {
 		}
 		return nil
 	}, showImage)
+}
+
+// summarize loads the snapshot v shows and counts what it holds.
+func summarize(v *hibfile.View) (showSummary, error) {
+	s, err := v.Load()
+	if err != nil {
+		return showSummary{}, err
+	}
+	sum := showSummary{
+		Layer: v.LayerPath(), LayerDepth: v.LayerDepth(), SnapshotID: s.ID, LayerUUID: s.LayerUUID,
+		Timestamp: s.Timestamp, Source: s.Source, Status: s.Status, KernelVersion: s.KernelVersion, Arch: s.Arch,
+		TotalMemoryKB: s.TotalMemoryKB, TotalProcesses: s.TotalProcesses, BlobSize: s.BlobSize, BlobFilePath: s.BlobFilePath,
+	}
+	for _, p := range s.Processes {
+		sum.Mappings += len(p.Mappings)
+		sum.Files += len(p.Files)
+		sum.Signals += len(p.Signals)
+		for _, m := range p.Mappings {
+			if m.BlobOffset != nil {
+				sum.StoredMappings++
+				sum.StoredBytes += m.Size
+			}
+		}
+	}
+	return sum, nil
 }

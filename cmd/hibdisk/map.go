@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/report"
 )
 
 func init() {
@@ -29,11 +31,21 @@ type mapJSON struct {
 }
 
 func runMap(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "map", "[--json] FILE")
+	fs := newFlags(e, "map", "[--json] [--svg FILE] IMAGE")
 	asJSON := fs.Bool("json", false, "print JSON (qemu-img map --output=json shape)")
+	svg := fs.String("svg", "", "also draw the map as a strip, coloured by layer, into the SVG `FILE`")
 	pos, err := parseArgs(fs, args, 1, 1)
 	if err != nil {
 		return err
+	}
+	if *svg != "" {
+		side, err := reportSide(pos[0])
+		if err != nil {
+			return err
+		}
+		if err := writeFileAtomic(*svg, func(w io.Writer) error { return report.WriteSVG(w, side) }); err != nil {
+			return err
+		}
 	}
 	d, err := diffdisk.OpenImage(pos[0])
 	if err != nil {
