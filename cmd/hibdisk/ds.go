@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -30,16 +31,26 @@ var dsCommands = map[string]func(ctx context.Context, e *env, args []string) err
 }
 
 func runDS(ctx context.Context, e *env, args []string) error {
-	if len(args) == 0 {
-		return usagef("want a subcommand: publish, retrieve, delete, list, snapshot, subscribe or unsubscribe")
+	names := make([]string, 0, len(dsCommands))
+	for n := range dsCommands {
+		names = append(names, n)
 	}
-	if args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(e.stderr, "usage: hibdisk ds publish|retrieve|delete|list|snapshot|subscribe|unsubscribe [flags] LAYER ...")
+	sort.Strings(names)
+	if len(args) == 0 {
+		return usagef("want a subcommand: publish, retrieve, delete, list, snapshot, subscribe or unsubscribe (see hibdisk help ds)")
+	}
+	if len(args) >= 2 && args[0] == "help" {
+		// ds help SUB is ds SUB -h.
+		args = append(args[1:2:2], "-h")
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintln(e.stdout, "usage: hibdisk ds publish|retrieve|delete|list|snapshot|subscribe|unsubscribe [flags] LAYER ...")
+		fmt.Fprintln(e.stdout, "\nRun 'hibdisk help ds SUBCOMMAND' for a subcommand's flags.")
 		return flag.ErrHelp
 	}
 	run, ok := dsCommands[args[0]]
 	if !ok {
-		return usagef("unknown subcommand %q: want publish, retrieve, delete, list, snapshot, subscribe or unsubscribe", args[0])
+		return usagef("unknown subcommand %q%s", args[0], suggestion(args[0], names, "hibdisk help ds"))
 	}
 	return run(ctx, e, args[1:])
 }

@@ -71,16 +71,28 @@ func main() {
 
 // run executes one command line and returns the exit status.
 func run(ctx context.Context, args []string, e *env) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		printUsage(e.stdout)
 		if len(args) == 0 {
 			return 2
 		}
 		return 0
 	}
+	switch args[0] {
+	case "help":
+		if len(args) == 1 {
+			printUsage(e.stdout)
+			return 0
+		}
+		// help CMD [SUB] is CMD [SUB] -h: that command's own usage.
+		args = append(append([]string{}, args[1:]...), "-h")
+	case "--version", "-V":
+		args = []string{"version"}
+	}
 	c, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(e.stderr, "hibdisk: unknown command %q (see hibdisk help)\n", args[0])
+		fmt.Fprintf(e.stderr, "hibdisk: unknown command %q%s\n", args[0],
+			suggestion(args[0], append(commandNames(), "help"), "hibdisk help"))
 		return 2
 	}
 	err := c.run(ctx, e, args[1:])
@@ -97,7 +109,7 @@ func run(ctx context.Context, args []string, e *env) int {
 		}
 		return x.code
 	case errors.As(err, new(usageError)):
-		fmt.Fprintf(e.stderr, "hibdisk %s: %v\n", c.name, err)
+		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(err.Error()))
 		return 2
 	default:
 		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(err.Error()))
@@ -113,39 +125,68 @@ func oneLine(s string) string {
 func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: hibdisk COMMAND [flags] ARGS")
 	fmt.Fprintln(w, "\ncommands:")
+	for _, n := range commandNames() {
+		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'hibdisk help COMMAND' (or 'hibdisk COMMAND -h') for a command's flags.")
+}
+
+func commandNames() []string {
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
-	}
-	fmt.Fprintln(w, "\nRun 'hibdisk COMMAND -h' for a command's flags.")
+	return names
 }
 
-// newFlags returns a FlagSet whose errors and help go to e.stderr and
-// come back as errors instead of exiting.
-func newFlags(e *env, name, synopsis string) *flag.FlagSet {
+// flagSet is a command's flags with what its usage needs: its help (-h)
+// goes to stdout, its errors come back as one-line usage errors, and
+// nothing is printed by the flag package itself.
+type flagSet struct {
+	*flag.FlagSet
+	e        *env
+	synopsis string
+}
+
+// newFlags returns a command's FlagSet; name is the command as typed
+// ("create", "hib import").
+func newFlags(e *env, name, synopsis string) *flagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: hibdisk %s %s\n", name, synopsis)
+	// The flag package prints the error and the whole usage on any
+	// mistake; parseArgs reports it in one line instead.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return &flagSet{FlagSet: fs, e: e, synopsis: synopsis}
+}
+
+// printUsage writes the command's synopsis and flags to stdout (-h).
+func (fs *flagSet) printUsage() {
+	w := fs.e.stdout
+	fmt.Fprintln(w, strings.TrimSpace("usage: hibdisk "+fs.Name()+" "+fs.synopsis))
+	var n int
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n > 0 {
+		fmt.Fprintln(w, "\nflags:")
+		fs.SetOutput(w)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
-	return fs
 }
 
 // parseArgs parses flags (which may come before or after the positional
-// arguments, as qemu-img allows) and checks the positional count.
-func parseArgs(fs *flag.FlagSet, args []string, min, max int) ([]string, error) {
+// arguments, as qemu-img allows) and checks the positional count. -h and
+// --help print the command's usage to stdout and return flag.ErrHelp
+// (exit 0); a bad flag is one line naming where to look.
+func parseArgs(fs *flagSet, args []string, min, max int) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				fs.printUsage()
 				return nil, err
 			}
-			return nil, usageError{err.Error()}
+			return nil, usagef("%v (see hibdisk help %s)", err, fs.Name())
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -163,7 +204,7 @@ func parseArgs(fs *flag.FlagSet, args []string, min, max int) ([]string, error) 
 				want = fmt.Sprintf("%d to %d", min, max)
 			}
 		}
-		return nil, usagef("want %s argument(s), got %d (see hibdisk %s -h)", want, len(pos), fs.Name())
+		return nil, usagef("want %s argument(s), got %d (see hibdisk help %s)", want, len(pos), fs.Name())
 	}
 	return pos, nil
 }
