@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -52,8 +53,24 @@ func runDS(ctx context.Context, e *env, args []string) error {
 	if !ok {
 		return usagef("unknown subcommand %q%s", args[0], suggestion(args[0], names, "hibdisk help ds"))
 	}
-	return run(ctx, e, args[1:])
+	err := run(ctx, e, args[1:])
+	if errors.Is(err, datastore.ErrExists) {
+		// The library names its Overwrite flag ("use overwrite"); the
+		// user typed a command, whose flag is --overwrite.
+		err = flagNamedError{strings.ReplaceAll(err.Error(), "use overwrite", "add --overwrite"), err}
+	}
+	return err
 }
+
+// flagNamedError is err with its text saying the command's flag where
+// the library said its own option.
+type flagNamedError struct {
+	msg string
+	err error
+}
+
+func (e flagNamedError) Error() string { return e.msg }
+func (e flagNamedError) Unwrap() error { return e.err }
 
 // withDatastore runs fn on the datastore of path and closes it; a close
 // error (a failed final commit) is the command's error.

@@ -112,7 +112,7 @@ func run(ctx context.Context, args []string, e *env) int {
 		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(err.Error()))
 		return 2
 	default:
-		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(err.Error()))
+		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, err))
 		return 1
 	}
 }

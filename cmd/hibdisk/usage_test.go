@@ -18,7 +18,7 @@ func TestHelpPrintsCommandUsage(t *testing.T) {
 		{[]string{"help", "create"}, []string{"usage: hibdisk create [-s SIZE]", "\nflags:\n", "-sector-size int"}},
 		{[]string{"create", "-h"}, []string{"usage: hibdisk create [-s SIZE]", "-sector-size int"}},
 		{[]string{"create", "x.db", "--help"}, []string{"usage: hibdisk create [-s SIZE]"}},
-		{[]string{"help", "hib", "import"}, []string{"usage: hibdisk hib import FILE.json LAYER\n"}},
+		{[]string{"help", "hib", "import"}, []string{"usage: hibdisk hib import [-s SIZE] FILE.json LAYER\n", "-s string"}},
 		{[]string{"hib", "help", "ps"}, []string{"usage: hibdisk hib ps [--json] LAYER", "-json"}},
 		{[]string{"help", "vm", "resume"}, []string{"usage: hibdisk vm resume", "-top string"}},
 		{[]string{"help", "ds", "subscribe"}, []string{"usage: hibdisk ds subscribe", "-overwrite"}},
