@@ -31,7 +31,7 @@ func runCompare(_ context.Context, e *env, args []string) error {
 	defer b.Close()
 	res, err := diffdisk.Compare(a, b)
 	if err != nil {
-		return exitError{code: 2, msg: err.Error()}
+		return exitError{code: 2, err: err}
 	}
 	if res.SizeDiffers {
 		fmt.Fprintln(e.stdout, "Warning: Image size mismatch!")
@@ -52,11 +52,11 @@ func runCompare(_ context.Context, e *env, args []string) error {
 // comparison.
 func openTwo(pathA, pathB string) (a, b *diffdisk.Disk, err error) {
 	if a, err = diffdisk.OpenImage(pathA); err != nil {
-		return nil, nil, exitError{code: 2, msg: err.Error()}
+		return nil, nil, exitError{code: 2, err: err}
 	}
 	if b, err = diffdisk.OpenImage(pathB); err != nil {
 		a.Close()
-		return nil, nil, exitError{code: 2, msg: err.Error()}
+		return nil, nil, exitError{code: 2, err: err}
 	}
 	return a, b, nil
 }

@@ -90,7 +90,7 @@ func withDatastore(path string, readOnly bool, fn func(ds datastore.API) error) 
 func parseType(s string) (datastore.Type, error) {
 	t, err := datastore.ParseType(s)
 	if err != nil {
-		return "", usageError{err.Error()}
+		return "", usageError{msg: err.Error()}
 	}
 	return t, nil
 }
@@ -112,7 +112,7 @@ func runDSPublish(_ context.Context, e *env, args []string) error {
 	}
 	entry, err := datastore.ParseEntry(typ, pos[2], pos[3], datastore.ParseOptions{Hex: *isHex, ParseSize: parseSize})
 	if err != nil {
-		return usageError{err.Error()}
+		return usageError{msg: err.Error()}
 	}
 	entry.Owner = *owner
 	var flags datastore.Flags

@@ -102,6 +102,9 @@ func TestInfoOfMovedParent(t *testing.T) {
 	if !strings.Contains(r.stdout, `"filename": "c.db"`) {
 		t.Errorf("info --json of a layer whose parent moved:\n%s", r.stdout)
 	}
+	// Commands that exit 2 on trouble explain it the same way.
+	wantError(t, dir, 2, `hibdisk compare: parent "p.db" of "c.db" is missing (no file "p.db"); if it moved, record where it is now: hibdisk rebase -u -b NEWPATH c.db`,
+		"compare", "c.db", "rc.db")
 	wantError(t, dir, 1, `hibdisk info: parent "r.img" of "rc.db" is missing (no file "r.img"); if it moved, record where it is now: hibdisk rebase -u -b NEWPATH -F raw rc.db`,
 		"info", "rc.db")
 

@@ -27,7 +27,7 @@ func runHibDiff(_ context.Context, e *env, args []string) error {
 	same, err := hibDiff(e, pos[0], pos[1], *asJSON)
 	switch {
 	case err != nil:
-		return exitError{code: 2, msg: err.Error()}
+		return exitError{code: 2, err: err}
 	case !same:
 		return exitError{code: 1}
 	}

@@ -28,7 +28,7 @@ func runHibImport(_ context.Context, e *env, args []string) error {
 	}
 	size, err := parseSize(*sizeFlag)
 	if err != nil {
-		return usageError{err.Error()}
+		return usageError{msg: err.Error()}
 	}
 	var r io.Reader = os.Stdin
 	if pos[0] != "-" {

@@ -40,13 +40,15 @@ var commands = map[string]command{}
 
 func register(c command) { commands[c.name] = c }
 
-// usageError marks bad invocations (exit status 2).
-type usageError struct{ msg string }
+// usageError marks bad invocations (exit status 2). cmd, when set, is the
+// command as typed ("hib import") for the error line; else the top-level
+// command names it.
+type usageError struct{ msg, cmd string }
 
 func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error {
-	return usageError{fmt.Sprintf(format, args...)}
+	return usageError{msg: fmt.Sprintf(format, args...)}
 }
 
 func main() {
@@ -104,12 +106,21 @@ func run(ctx context.Context, args []string, e *env) int {
 	case errors.As(err, new(exitError)):
 		var x exitError
 		errors.As(err, &x)
-		if x.msg != "" {
+		switch {
+		case x.err != nil:
+			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, x.err))
+		case x.msg != "":
 			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(x.msg))
 		}
 		return x.code
 	case errors.As(err, new(usageError)):
-		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(err.Error()))
+		var u usageError
+		errors.As(err, &u)
+		name := c.name
+		if u.cmd != "" {
+			name = u.cmd
+		}
+		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", name, oneLine(u.msg))
 		return 2
 	default:
 		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, err))
@@ -186,7 +197,7 @@ func parseArgs(fs *flagSet, args []string, min, max int) ([]string, error) {
 				fs.printUsage()
 				return nil, err
 			}
-			return nil, usagef("%v (see hibdisk help %s)", err, fs.Name())
+			return nil, usageError{fmt.Sprintf("%v (see hibdisk help %s)", err, fs.Name()), fs.Name()}
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -204,7 +215,7 @@ func parseArgs(fs *flagSet, args []string, min, max int) ([]string, error) {
 				want = fmt.Sprintf("%d to %d", min, max)
 			}
 		}
-		return nil, usagef("want %s argument(s), got %d (see hibdisk help %s)", want, len(pos), fs.Name())
+		return nil, usageError{fmt.Sprintf("want %s argument(s), got %d (see hibdisk help %s)", want, len(pos), fs.Name()), fs.Name()}
 	}
 	return pos, nil
 }
@@ -214,14 +225,22 @@ func isTerminal(f *os.File) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// exitError ends a command with a specific status; msg, when not empty, is
-// printed as the error line.
+// exitError ends a command with a specific status; err (explained) or
+// msg, when not empty, is printed as the error line.
 type exitError struct {
 	code int
 	msg  string
+	err  error
 }
 
-func (e exitError) Error() string { return e.msg }
+func (e exitError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return e.msg
+}
+
+func (e exitError) Unwrap() error { return e.err }
 
 // flagT names flag.Flag for Visit callbacks.
 type flagT = flag.Flag

@@ -132,7 +132,7 @@ func createServed(o serveOptions) error {
 	}
 	size, err := parseSize(o.create)
 	if err != nil {
-		return usageError{err.Error()}
+		return usageError{msg: err.Error()}
 	}
 	if _, err := os.Stat(o.specs[0].file); errors.Is(err, os.ErrNotExist) {
 		if err := diffdisk.Create(o.specs[0].file, diffdisk.CreateOptions{Size: size}); err != nil {

@@ -52,7 +52,7 @@ func TestUsageErrorsOneLine(t *testing.T) {
 	}{
 		{[]string{"create", "-x", "x.db"}, "hibdisk create: flag provided but not defined: -x (see hibdisk help create)\n"},
 		{[]string{"info", "a.db", "--nope"}, "hibdisk info: flag provided but not defined: -nope (see hibdisk help info)\n"},
-		{[]string{"hib", "import", "-x"}, "hibdisk hib: flag provided but not defined: -x (see hibdisk help hib import)\n"},
+		{[]string{"hib", "import", "-x"}, "hibdisk hib import: flag provided but not defined: -x (see hibdisk help hib import)\n"},
 		{[]string{"info"}, "hibdisk info: want 1 argument(s), got 0 (see hibdisk help info)\n"},
 		{[]string{"serv"}, "hibdisk: unknown command \"serv\"; did you mean \"serve\"?\n"},
 		{[]string{"comit"}, "hibdisk: unknown command \"comit\"; did you mean \"commit\"?\n"},

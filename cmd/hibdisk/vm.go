@@ -152,7 +152,7 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	}
 	memBytes, err := parseSize(*mem)
 	if err != nil {
-		return vmRunOptions{}, usageError{err.Error()}
+		return vmRunOptions{}, usageError{msg: err.Error()}
 	}
 	if memBytes < 16<<20 {
 		return vmRunOptions{}, usagef("--mem %s: want at least 16M", *mem)
