@@ -163,12 +163,31 @@ func missingFormat(backing string) error {
 	}
 	switch {
 	case detected == "":
-		return fmt.Errorf("backing file %q is not a hibdisk layer; if it is a raw image, say so with -F raw (BackingFormat %q): %w", backing, disklayer.FormatRaw, disklayer.ErrNotLayer)
+		return &FormatNeededError{Backing: backing, Detected: disklayer.FormatRaw}
 	case disklayer.IsQEMUFormat(detected):
-		return fmt.Errorf("backing file %q looks like a %s image; a stored reference needs its format said, never guessed: add -F %s: %w", backing, detected, detected, disklayer.ErrNotLayer)
+		return &FormatNeededError{Backing: backing, Detected: detected}
 	}
 	return fmt.Errorf("backing file: %w", refuseForeign(backing, detected))
 }
+
+// FormatNeededError is the error of a backing file that is not a hibdisk
+// layer, given without its format (-F, CreateOptions.BackingFormat): a
+// stored reference is never guessed. Detected is what the file's magic
+// number suggests: raw when it matches no known format, or the QEMU
+// format it looks like. It wraps disklayer.ErrNotLayer.
+type FormatNeededError struct {
+	Backing  string
+	Detected string
+}
+
+func (e *FormatNeededError) Error() string {
+	if e.Detected == disklayer.FormatRaw {
+		return fmt.Sprintf("backing file %q is not a hibdisk layer; if it is a raw image, say so with -F raw (BackingFormat %q): %v", e.Backing, e.Detected, disklayer.ErrNotLayer)
+	}
+	return fmt.Sprintf("backing file %q looks like a %s image; a stored reference needs its format said, never guessed: add -F %s: %v", e.Backing, e.Detected, e.Detected, disklayer.ErrNotLayer)
+}
+
+func (e *FormatNeededError) Unwrap() error { return disklayer.ErrNotLayer }
 
 // openBacking opens the backing file named from the working directory as
 // a read-only chain (verifying it) and returns the reference a child at

@@ -125,7 +125,7 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 		if len(layers) == 1 && !opts.ReadOnly {
 			restat = &newStat
 		}
-		l, st, next, err := openParent(link, parentPath, *ref, writable, opts, restat)
+		l, st, next, err := openParent(link, childPath, parentPath, *ref, writable, opts, restat)
 		if err != nil {
 			return nil, err
 		}
@@ -150,13 +150,27 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 	return compose(opts, layers, metas)
 }
 
+// MissingParentError is the ErrParentMismatch of a chain whose layer
+// Child records a parent (Ref) whose file, resolved to Path, does not
+// exist: it moved, or was removed. Link names the two as errors do.
+type MissingParentError struct {
+	Link, Child, Path string
+	Ref               disklayer.ParentRef
+}
+
+func (e *MissingParentError) Error() string {
+	return fmt.Sprintf("%s: %s recorded, file %q is missing: %v", e.Link, describeRef(e.Ref), e.Path, disklayer.ErrParentMismatch)
+}
+
+func (e *MissingParentError) Unwrap() error { return disklayer.ErrParentMismatch }
+
 // openParent opens the parent a child recorded as ref, found at path, and
 // verifies its identity. It returns the layer, its file info (for cycle
 // detection) and the parent's own parent reference.
 //
 // A raw parent whose file identity changed but whose content matched
 // sets *restat (when restat is not nil) to its new identity.
-func openParent(link, path string, ref disklayer.ParentRef, writable bool, opts Options, restat *string) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
+func openParent(link, child, path string, ref disklayer.ParentRef, writable bool, opts Options, restat *string) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
 	if ref.Format == disklayer.FormatNBD {
 		l, err := openExternal(path, ref.Format, opts)
 		if err == nil {
@@ -170,7 +184,7 @@ func openParent(link, path string, ref disklayer.ParentRef, writable bool, opts 
 	}
 	st, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, nil, fmt.Errorf("%s: %s recorded, file %q is missing: %w", link, describeRef(ref), path, disklayer.ErrParentMismatch)
+		return nil, nil, nil, &MissingParentError{Link: link, Child: child, Path: path, Ref: ref}
 	}
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
@@ -340,6 +354,27 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 		return appendImageChain(list)
 	}
 	return list, nil
+}
+
+// TopLayer describes the hibdisk layer at path alone, without opening its
+// backing chain: what can still be said of a layer whose parent is
+// missing (MissingParentError). It opens the layer read-only.
+func TopLayer(path string) (LayerInfo, error) {
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	d, err := compose(Options{ReadOnly: true}, []disklayer.Layer{f}, []layerMeta{{path: path, format: disklayer.FormatHibdisk}})
+	if err != nil {
+		f.Close()
+		return LayerInfo{}, err
+	}
+	defer d.Close()
+	list, err := d.Layers()
+	if err != nil {
+		return LayerInfo{}, err
+	}
+	return list[0], nil
 }
 
 // appendImageChain describes the backing files of the foreign image at

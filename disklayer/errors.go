@@ -2,6 +2,7 @@ package disklayer
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
 )
 
@@ -61,6 +62,20 @@ var (
 	// off as the sector's content; a write of the whole sector clears it.
 	ErrWriteLost = errors.New("a write that had returned was lost (no space on the layer's filesystem)")
 )
+
+// SizeError is the ErrInvalid of a disk size that is negative, larger
+// than 2^60, or not a multiple of the sector size: a caller can name
+// the fix (a smaller sector size, a rounded size) from its fields.
+type SizeError struct {
+	Size       int64
+	SectorSize int
+}
+
+func (e *SizeError) Error() string {
+	return fmt.Sprintf("disk size %d: want a multiple of the %d-byte sector size in [0, 2^60]: %v", e.Size, e.SectorSize, ErrInvalid)
+}
+
+func (e *SizeError) Unwrap() error { return ErrInvalid }
 
 // noSpaceError is ErrNoSpace's type: it unwraps to syscall.ENOSPC.
 type noSpaceError struct{}

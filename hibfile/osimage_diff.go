@@ -36,6 +36,13 @@ type OSImageDiff struct {
 	PFNsChanged int  `json:"pfns_changed"`
 }
 
+// Empty reports whether the two images are the same: no header field,
+// stream page, swap page or page frame differs.
+func (d *OSImageDiff) Empty() bool {
+	return len(d.Changes) == 0 && d.StreamPagesA == d.StreamPagesB && d.StreamPagesChanged == 0 &&
+		d.SwapPagesChanged == 0 && d.PFNsAdded+d.PFNsRemoved+d.PFNsChanged == 0
+}
+
 // CompareOSImages finds the OS hibernation image of each chain and
 // compares them (ErrNoOSImage when either has none). It takes each
 // chain's hibernate file view (Disk.Hibernate), which a chain gives once.

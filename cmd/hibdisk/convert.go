@@ -17,7 +17,7 @@ func runConvert(_ context.Context, e *env, args []string) error {
 	format := fs.String("O", "hibdisk", "output format: hibdisk, raw, openvmm (OpenVMM's disklayer_sqlite), or one qemu-img writes: "+qemuFormats)
 	sectorSize := fs.Int("sector-size", 0, "sector size of a hibdisk output (default: 4096 when the size allows) or an openvmm one (default: the source's)")
 	var q qemuFlags
-	q.register(fs)
+	q.register(fs.FlagSet)
 	pos, err := parseArgs(fs, args, 2, 2)
 	if err != nil {
 		return err

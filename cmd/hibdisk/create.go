@@ -32,7 +32,7 @@ func runCreate(_ context.Context, e *env, args []string) error {
 	var size int64
 	if *sizeFlag != "" {
 		if size, err = parseSize(*sizeFlag); err != nil {
-			return usageError{err.Error()}
+			return usageError{msg: err.Error()}
 		}
 	} else if *backing == "" {
 		return usagef("a base layer needs a size: -s SIZE")

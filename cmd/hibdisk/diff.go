@@ -39,21 +39,21 @@ func runDiff(_ context.Context, e *env, args []string) error {
 	defer b.Close()
 	rep, err := inspect.Diff(a, b)
 	if err != nil {
-		return exitError{code: 2, msg: err.Error()}
+		return exitError{code: 2, err: err}
 	}
 	ds, err := diffDatastores(a, b)
 	if err != nil {
-		return exitError{code: 2, msg: err.Error()}
+		return exitError{code: 2, err: err}
 	}
 	img, err := diffImages(pos[0], pos[1])
 	if err != nil {
-		return exitError{code: 2, msg: err.Error()}
+		return exitError{code: 2, err: err}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(diffReport{Report: rep, Datastore: ds, OSImage: img}); err != nil {
-			return exitError{code: 2, msg: err.Error()}
+			return exitError{code: 2, err: err}
 		}
 	} else {
 		printDiff(e.stdout, rep)

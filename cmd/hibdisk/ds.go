@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -30,19 +32,45 @@ var dsCommands = map[string]func(ctx context.Context, e *env, args []string) err
 }
 
 func runDS(ctx context.Context, e *env, args []string) error {
-	if len(args) == 0 {
-		return usagef("want a subcommand: publish, retrieve, delete, list, snapshot, subscribe or unsubscribe")
+	names := make([]string, 0, len(dsCommands))
+	for n := range dsCommands {
+		names = append(names, n)
 	}
-	if args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(e.stderr, "usage: hibdisk ds publish|retrieve|delete|list|snapshot|subscribe|unsubscribe [flags] LAYER ...")
+	sort.Strings(names)
+	if len(args) == 0 {
+		return usagef("want a subcommand: publish, retrieve, delete, list, snapshot, subscribe or unsubscribe (see hibdisk help ds)")
+	}
+	if len(args) >= 2 && args[0] == "help" {
+		// ds help SUB is ds SUB -h.
+		args = append(args[1:2:2], "-h")
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintln(e.stdout, "usage: hibdisk ds publish|retrieve|delete|list|snapshot|subscribe|unsubscribe [flags] LAYER ...")
+		fmt.Fprintln(e.stdout, "\nRun 'hibdisk help ds SUBCOMMAND' for a subcommand's flags.")
 		return flag.ErrHelp
 	}
 	run, ok := dsCommands[args[0]]
 	if !ok {
-		return usagef("unknown subcommand %q: want publish, retrieve, delete, list, snapshot, subscribe or unsubscribe", args[0])
+		return usagef("unknown subcommand %q%s", args[0], suggestion(args[0], names, "hibdisk help ds"))
 	}
-	return run(ctx, e, args[1:])
+	err := run(ctx, e, args[1:])
+	if errors.Is(err, datastore.ErrExists) {
+		// The library names its Overwrite flag ("use overwrite"); the
+		// user typed a command, whose flag is --overwrite.
+		err = flagNamedError{strings.ReplaceAll(err.Error(), "use overwrite", "add --overwrite"), err}
+	}
+	return err
 }
+
+// flagNamedError is err with its text saying the command's flag where
+// the library said its own option.
+type flagNamedError struct {
+	msg string
+	err error
+}
+
+func (e flagNamedError) Error() string { return e.msg }
+func (e flagNamedError) Unwrap() error { return e.err }
 
 // withDatastore runs fn on the datastore of path and closes it; a close
 // error (a failed final commit) is the command's error.
@@ -62,7 +90,7 @@ func withDatastore(path string, readOnly bool, fn func(ds datastore.API) error) 
 func parseType(s string) (datastore.Type, error) {
 	t, err := datastore.ParseType(s)
 	if err != nil {
-		return "", usageError{err.Error()}
+		return "", usageError{msg: err.Error()}
 	}
 	return t, nil
 }
@@ -84,7 +112,7 @@ func runDSPublish(_ context.Context, e *env, args []string) error {
 	}
 	entry, err := datastore.ParseEntry(typ, pos[2], pos[3], datastore.ParseOptions{Hex: *isHex, ParseSize: parseSize})
 	if err != nil {
-		return usageError{err.Error()}
+		return usageError{msg: err.Error()}
 	}
 	entry.Owner = *owner
 	var flags datastore.Flags

@@ -23,17 +23,22 @@ var hibCommands = map[string]command{}
 func registerHib(c command) { hibCommands[c.name] = c }
 
 func runHib(ctx context.Context, e *env, args []string) error {
+	names := make([]string, 0, len(hibCommands))
+	for n := range hibCommands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(args) >= 2 && args[0] == "help" {
+		// hib help SUB is hib SUB -h.
+		args = append(args[1:2:2], "-h")
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprintln(e.stdout, "usage: hibdisk hib SUBCOMMAND [flags] ARGS")
 		fmt.Fprintln(e.stdout, "\nsubcommands:")
-		names := make([]string, 0, len(hibCommands))
-		for n := range hibCommands {
-			names = append(names, n)
-		}
-		sort.Strings(names)
 		for _, n := range names {
 			fmt.Fprintf(e.stdout, "  %-8s %s\n", n, hibCommands[n].summary)
 		}
+		fmt.Fprintln(e.stdout, "\nRun 'hibdisk help hib SUBCOMMAND' for a subcommand's flags.")
 		if len(args) == 0 {
 			return usagef("missing subcommand")
 		}
@@ -41,7 +46,7 @@ func runHib(ctx context.Context, e *env, args []string) error {
 	}
 	c, ok := hibCommands[args[0]]
 	if !ok {
-		return usagef("unknown subcommand %q (see hibdisk hib help)", args[0])
+		return usagef("unknown subcommand %q%s", args[0], suggestion(args[0], names, "hibdisk help hib"))
 	}
 	return c.run(ctx, e, args[1:])
 }

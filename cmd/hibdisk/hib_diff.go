@@ -15,6 +15,8 @@ func init() {
 	registerHib(command{name: "diff", summary: "what changed between the newest snapshots of A and B", run: runHibDiff})
 }
 
+// runHibDiff exits as diff(1) does: 0 when the snapshots are the same, 1
+// when they differ, 2 on trouble.
 func runHibDiff(_ context.Context, e *env, args []string) error {
 	fs := newFlags(e, "hib diff", "[--json] A B")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -22,29 +24,44 @@ func runHibDiff(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if d, err := diffOSImages(pos[0], pos[1]); d != nil || err != nil {
+	same, err := hibDiff(e, pos[0], pos[1], *asJSON)
+	switch {
+	case err != nil:
+		return exitError{code: 2, err: err}
+	case !same:
+		return exitError{code: 1}
+	}
+	return nil
+}
+
+// hibDiff prints what changed between the newest snapshots (or OS
+// hibernation images) of A and B, and reports whether there was nothing.
+func hibDiff(e *env, pathA, pathB string, asJSON bool) (same bool, err error) {
+	if d, err := diffOSImages(pathA, pathB); d != nil || err != nil {
 		if err != nil {
-			return err
+			return false, err
 		}
-		if *asJSON {
-			return writeJSON(e.stdout, d)
+		if asJSON {
+			return d.Empty(), writeJSON(e.stdout, d)
 		}
 		printOSImageDiff(e.stdout, d)
-		return nil
+		return d.Empty(), nil
 	}
-	return withLatest(pos[0], func(a *hibfile.View) error {
-		return withLatest(pos[1], func(b *hibfile.View) error {
+	err = withLatest(pathA, func(a *hibfile.View) error {
+		return withLatest(pathB, func(b *hibfile.View) error {
 			d, err := hibfile.Compare(a, b)
 			if err != nil {
 				return err
 			}
-			if *asJSON {
+			same = d.Empty() && d.PagesChanged == 0
+			if asJSON {
 				return writeJSON(e.stdout, d)
 			}
 			printHibDiff(e.stdout, d)
 			return nil
 		})
 	})
+	return same, err
 }
 
 func changes(cs []hibfile.FieldChange) string {

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"os"
 
+	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/hibfile"
 )
 
@@ -17,10 +20,15 @@ func init() {
 }
 
 func runHibImport(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "hib import", "FILE.json LAYER")
+	fs := newFlags(e, "hib import", "[-s SIZE] FILE.json LAYER")
+	sizeFlag := fs.String("s", "1M", "virtual disk size of LAYER when import creates it (it does when LAYER does not exist)")
 	pos, err := parseArgs(fs, args, 2, 2)
 	if err != nil {
 		return err
+	}
+	size, err := parseSize(*sizeFlag)
+	if err != nil {
+		return usageError{msg: err.Error()}
 	}
 	var r io.Reader = os.Stdin
 	if pos[0] != "-" {
@@ -31,11 +39,27 @@ func runHibImport(_ context.Context, e *env, args []string) error {
 		defer f.Close()
 		r = f
 	}
-	res, err := hibfile.Import(pos[1], r)
+	layer := pos[1]
+	// A snapshot needs a layer to live in: make a base layer when there
+	// is none, and take it away again if the import fails.
+	created := false
+	if _, err := os.Lstat(layer); errors.Is(err, iofs.ErrNotExist) {
+		if err := diffdisk.Create(layer, diffdisk.CreateOptions{Size: size}); err != nil {
+			return err
+		}
+		created = true
+	}
+	res, err := hibfile.Import(layer, r)
 	if err != nil {
+		if created {
+			diffdisk.RemoveLayerFiles(layer)
+		}
 		return err
 	}
-	fmt.Fprintf(e.stdout, "imported snapshot %d into %s: %d bytes of content, %d changed blocks stored\n", res.SnapshotID, pos[1], res.StoredBytes, res.ChangedBlocks)
+	if created {
+		fmt.Fprintf(e.stdout, "created %s (a %s base layer)\n", layer, formatSize(size))
+	}
+	fmt.Fprintf(e.stdout, "imported snapshot %d into %s: %d bytes of content, %d changed blocks stored\n", res.SnapshotID, layer, res.StoredBytes, res.ChangedBlocks)
 	return nil
 }
 

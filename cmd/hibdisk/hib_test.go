@@ -24,6 +24,17 @@ func hibChain(t *testing.T) string {
 	return dir
 }
 
+// hibDiffers runs hib diff ARGS, which must find a difference: exit 1,
+// as diff(1), and nothing on stderr.
+func hibDiffers(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	r := hib(t, dir, append([]string{"hib", "diff"}, args...)...)
+	if r.code != 1 || r.stderr != "" {
+		t.Fatalf("hibdisk hib diff %s: exit %d, stderr %q; want exit 1 (they differ) and no error", strings.Join(args, " "), r.code, r.stderr)
+	}
+	return r.stdout
+}
+
 func TestHibTranscript(t *testing.T) {
 	dir := hibChain(t)
 	golden(t, "hib-ps.txt", mustHib(t, dir, "hib", "ps", "base.db"))
@@ -34,8 +45,8 @@ func TestHibTranscript(t *testing.T) {
 	golden(t, "hib-signals.txt", mustHib(t, dir, "hib", "signals", "base.db", "101"))
 	golden(t, "hib-show.txt", mustHib(t, dir, "hib", "show", "job.db"))
 	golden(t, "hib-show.json", mustHib(t, dir, "hib", "show", "--json", "job.db"))
-	golden(t, "hib-diff.txt", mustHib(t, dir, "hib", "diff", "base.db", "job.db"))
-	golden(t, "hib-diff.json", mustHib(t, dir, "hib", "diff", "--json", "base.db", "job.db"))
+	golden(t, "hib-diff.txt", hibDiffers(t, dir, "base.db", "job.db"))
+	golden(t, "hib-diff.json", hibDiffers(t, dir, "--json", "base.db", "job.db"))
 	golden(t, "hib-check.txt", mustHib(t, dir, "hib", "check", "job.db"))
 
 	// Export is canonical: importing it elsewhere exports the same bytes.
@@ -62,7 +73,9 @@ func TestHibReadOnlyCommandsLeaveFilesIdentical(t *testing.T) {
 		{"hib", "signals", "job.db", "101"}, {"hib", "show", "job.db"}, {"hib", "export", "job.db"},
 		{"hib", "diff", "base.db", "job.db"}, {"hib", "check", "job.db"}, {"check", "job.db"},
 	} {
-		mustHib(t, dir, args...)
+		if r := hib(t, dir, args...); r.code != 0 && (args[1] != "diff" || r.code != 1) {
+			t.Fatalf("hibdisk %s: exit %d, stderr: %s", strings.Join(args, " "), r.code, r.stderr)
+		}
 	}
 	if after := fileDigest(t, filepath.Join(dir, "base.db"), filepath.Join(dir, "job.db")); after != before {
 		t.Error("a read-only hib command changed the files")
@@ -160,11 +173,67 @@ func TestHibCapture(t *testing.T) {
 	mustHib(t, dir, "create", "-b", "a.db", "b.db")
 	out = mustHib(t, dir, "hib", "capture", "--no-freeze", "--pid", pid, "b.db")
 	if !strings.Contains(out, "stored 0 changed blocks") {
-		t.Errorf("re-capture of an idle process stored blocks:\n%s%s", out, mustHib(t, dir, "hib", "diff", "a.db", "b.db"))
+		t.Errorf("re-capture of an idle process stored blocks:\n%s%s", out, hib(t, dir, "hib", "diff", "a.db", "b.db").stdout)
 	}
 	if ps := mustHib(t, dir, "hib", "ps", "b.db"); !strings.Contains(ps, pid) || !strings.Contains(ps, "cat") {
 		t.Errorf("hib ps after capture:\n%s", ps)
 	}
 	// Without registers (--no-freeze), the diff reports exactly that.
-	golden(t, "hib-capture-diff.txt", strings.ReplaceAll(mustHib(t, dir, "hib", "diff", "a.db", "b.db"), pid, "PID"))
+	golden(t, "hib-capture-diff.txt", strings.ReplaceAll(hibDiffers(t, dir, "a.db", "b.db"), pid, "PID"))
+}
+
+// TestHibImportCreatesLayer: hib import into a layer that does not exist
+// creates it (a base layer of -s SIZE, 1 MiB by default); a failed import
+// leaves nothing behind.
+func TestHibImportCreatesLayer(t *testing.T) {
+	dir := hibChain(t)
+	out := mustHib(t, dir, "hib", "import", filepath.Join(testdata, "hib-before.json"), "new.db")
+	if !strings.HasPrefix(out, "created new.db (a 1 MiB base layer)\nimported snapshot 1 into new.db: ") {
+		t.Errorf("hib import into a new layer said:\n%s", out)
+	}
+	if got, want := mustHib(t, dir, "hib", "export", "new.db"), mustHib(t, dir, "hib", "export", "base.db"); got != want {
+		t.Error("the snapshot imported into a new layer exports differently from the same import into an existing one")
+	}
+	if r := hib(t, dir, "hib", "diff", "base.db", "new.db"); r.code != 0 || r.stderr != "" {
+		t.Errorf("hib diff of two imports of one snapshot: exit %d, stderr %q; want 0", r.code, r.stderr)
+	}
+	mustHib(t, dir, "hib", "import", "-s", "64M", filepath.Join(testdata, "hib-after.json"), "big.db")
+	if info := mustHib(t, dir, "info", "--json", "big.db"); !strings.Contains(info, `"virtual-size": 67108864`) {
+		t.Errorf("hib import -s 64M made:\n%s", info)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "bad.json"), []byte(`{"format": "nope"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := hib(t, dir, "hib", "import", "bad.json", "bad.db")
+	if r.code != 1 || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("hib import of bad JSON: exit %d, stderr %q; want exit 1 and one line", r.code, r.stderr)
+	}
+	for _, p := range []string{"bad.db", "bad.db-wal", "bad.db-shm"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); !os.IsNotExist(err) {
+			t.Errorf("a failed hib import left %s (stat: %v)", p, err)
+		}
+	}
+}
+
+// TestHibDiffExitStatus: hib diff exits as diff(1): 0 same, 1 different,
+// 2 trouble (with one line on stderr).
+func TestHibDiffExitStatus(t *testing.T) {
+	dir := hibChain(t)
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stderr string
+	}{
+		{[]string{"base.db", "base.db"}, 0, ""},
+		{[]string{"--json", "job.db", "job.db"}, 0, ""},
+		{[]string{"base.db", "job.db"}, 1, ""},
+		{[]string{"--json", "base.db", "job.db"}, 1, ""},
+		{[]string{"base.db", "missing.db"}, 2, "missing.db"},
+	} {
+		r := hib(t, dir, append([]string{"hib", "diff"}, tc.args...)...)
+		if r.code != tc.code || !strings.Contains(r.stderr, tc.stderr) || strings.Count(r.stderr, "\n") > 1 || (tc.stderr == "") != (r.stderr == "") {
+			t.Errorf("hibdisk hib diff %s: exit %d, stderr %q; want exit %d, stderr with %q", strings.Join(tc.args, " "), r.code, r.stderr, tc.code, tc.stderr)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -63,6 +64,22 @@ func runInfo(_ context.Context, e *env, args []string) error {
 		return err
 	}
 	d, err := diffdisk.OpenImage(pos[0])
+	var missing *diffdisk.MissingParentError
+	if errors.As(err, &missing) {
+		// The layer itself is readable: show it, then say what is
+		// missing below it and how to point it there (explain).
+		if top, terr := diffdisk.TopLayer(pos[0]); terr == nil {
+			out := []layerJSON{infoJSON(top)}
+			if *asJSON {
+				enc := json.NewEncoder(e.stdout)
+				enc.SetIndent("", "  ")
+				enc.Encode(out)
+			} else {
+				printInfo(e.stdout, out[0])
+			}
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}

@@ -40,13 +40,15 @@ var commands = map[string]command{}
 
 func register(c command) { commands[c.name] = c }
 
-// usageError marks bad invocations (exit status 2).
-type usageError struct{ msg string }
+// usageError marks bad invocations (exit status 2). cmd, when set, is the
+// command as typed ("hib import") for the error line; else the top-level
+// command names it.
+type usageError struct{ msg, cmd string }
 
 func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error {
-	return usageError{fmt.Sprintf(format, args...)}
+	return usageError{msg: fmt.Sprintf(format, args...)}
 }
 
 func main() {
@@ -71,16 +73,28 @@ func main() {
 
 // run executes one command line and returns the exit status.
 func run(ctx context.Context, args []string, e *env) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		printUsage(e.stdout)
 		if len(args) == 0 {
 			return 2
 		}
 		return 0
 	}
+	switch args[0] {
+	case "help":
+		if len(args) == 1 {
+			printUsage(e.stdout)
+			return 0
+		}
+		// help CMD [SUB] is CMD [SUB] -h: that command's own usage.
+		args = append(append([]string{}, args[1:]...), "-h")
+	case "--version", "-V":
+		args = []string{"version"}
+	}
 	c, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(e.stderr, "hibdisk: unknown command %q (see hibdisk help)\n", args[0])
+		fmt.Fprintf(e.stderr, "hibdisk: unknown command %q%s\n", args[0],
+			suggestion(args[0], append(commandNames(), "help"), "hibdisk help"))
 		return 2
 	}
 	err := c.run(ctx, e, args[1:])
@@ -92,15 +106,24 @@ func run(ctx context.Context, args []string, e *env) int {
 	case errors.As(err, new(exitError)):
 		var x exitError
 		errors.As(err, &x)
-		if x.msg != "" {
+		switch {
+		case x.err != nil:
+			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, x.err))
+		case x.msg != "":
 			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(x.msg))
 		}
 		return x.code
 	case errors.As(err, new(usageError)):
-		fmt.Fprintf(e.stderr, "hibdisk %s: %v\n", c.name, err)
+		var u usageError
+		errors.As(err, &u)
+		name := c.name
+		if u.cmd != "" {
+			name = u.cmd
+		}
+		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", name, oneLine(u.msg))
 		return 2
 	default:
-		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(err.Error()))
+		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, err))
 		return 1
 	}
 }
@@ -113,39 +136,68 @@ func oneLine(s string) string {
 func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: hibdisk COMMAND [flags] ARGS")
 	fmt.Fprintln(w, "\ncommands:")
+	for _, n := range commandNames() {
+		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'hibdisk help COMMAND' (or 'hibdisk COMMAND -h') for a command's flags.")
+}
+
+func commandNames() []string {
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].summary)
-	}
-	fmt.Fprintln(w, "\nRun 'hibdisk COMMAND -h' for a command's flags.")
+	return names
 }
 
-// newFlags returns a FlagSet whose errors and help go to e.stderr and
-// come back as errors instead of exiting.
-func newFlags(e *env, name, synopsis string) *flag.FlagSet {
+// flagSet is a command's flags with what its usage needs: its help (-h)
+// goes to stdout, its errors come back as one-line usage errors, and
+// nothing is printed by the flag package itself.
+type flagSet struct {
+	*flag.FlagSet
+	e        *env
+	synopsis string
+}
+
+// newFlags returns a command's FlagSet; name is the command as typed
+// ("create", "hib import").
+func newFlags(e *env, name, synopsis string) *flagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "usage: hibdisk %s %s\n", name, synopsis)
+	// The flag package prints the error and the whole usage on any
+	// mistake; parseArgs reports it in one line instead.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return &flagSet{FlagSet: fs, e: e, synopsis: synopsis}
+}
+
+// printUsage writes the command's synopsis and flags to stdout (-h).
+func (fs *flagSet) printUsage() {
+	w := fs.e.stdout
+	fmt.Fprintln(w, strings.TrimSpace("usage: hibdisk "+fs.Name()+" "+fs.synopsis))
+	var n int
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n > 0 {
+		fmt.Fprintln(w, "\nflags:")
+		fs.SetOutput(w)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
-	return fs
 }
 
 // parseArgs parses flags (which may come before or after the positional
-// arguments, as qemu-img allows) and checks the positional count.
-func parseArgs(fs *flag.FlagSet, args []string, min, max int) ([]string, error) {
+// arguments, as qemu-img allows) and checks the positional count. -h and
+// --help print the command's usage to stdout and return flag.ErrHelp
+// (exit 0); a bad flag is one line naming where to look.
+func parseArgs(fs *flagSet, args []string, min, max int) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				fs.printUsage()
 				return nil, err
 			}
-			return nil, usageError{err.Error()}
+			return nil, usageError{fmt.Sprintf("%v (see hibdisk help %s)", err, fs.Name()), fs.Name()}
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -163,7 +215,7 @@ func parseArgs(fs *flag.FlagSet, args []string, min, max int) ([]string, error) 
 				want = fmt.Sprintf("%d to %d", min, max)
 			}
 		}
-		return nil, usagef("want %s argument(s), got %d (see hibdisk %s -h)", want, len(pos), fs.Name())
+		return nil, usageError{fmt.Sprintf("want %s argument(s), got %d (see hibdisk help %s)", want, len(pos), fs.Name()), fs.Name()}
 	}
 	return pos, nil
 }
@@ -173,14 +225,22 @@ func isTerminal(f *os.File) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// exitError ends a command with a specific status; msg, when not empty, is
-// printed as the error line.
+// exitError ends a command with a specific status; err (explained) or
+// msg, when not empty, is printed as the error line.
 type exitError struct {
 	code int
 	msg  string
+	err  error
 }
 
-func (e exitError) Error() string { return e.msg }
+func (e exitError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return e.msg
+}
+
+func (e exitError) Unwrap() error { return e.err }
 
 // flagT names flag.Flag for Visit callbacks.
 type flagT = flag.Flag

@@ -28,7 +28,7 @@ func runResize(_ context.Context, e *env, args []string) error {
 	}
 	size, err := parseSize(arg)
 	if err != nil {
-		return usageError{err.Error()}
+		return usageError{msg: err.Error()}
 	}
 	if rel != 0 {
 		d, err := diffdisk.Open(path, diffdisk.Options{ReadOnly: true})

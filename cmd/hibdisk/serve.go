@@ -132,7 +132,7 @@ func createServed(o serveOptions) error {
 	}
 	size, err := parseSize(o.create)
 	if err != nil {
-		return usageError{err.Error()}
+		return usageError{msg: err.Error()}
 	}
 	if _, err := os.Stat(o.specs[0].file); errors.Is(err, os.ErrNotExist) {
 		if err := diffdisk.Create(o.specs[0].file, diffdisk.CreateOptions{Size: size}); err != nil {
@@ -330,6 +330,7 @@ func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export
 			blockdev = fmt.Sprintf("-blockdev driver=nbd,node-name=%s,server.type=unix,server.path=%s%s", node, where, exportOpt)
 		} else {
 			host, port, _ := net.SplitHostPort(where)
+			host = dialHost(host)
 			uri = fmt.Sprintf("nbd://%s/%s", net.JoinHostPort(host, port), url.PathEscape(x.Name))
 			blockdev = fmt.Sprintf("-blockdev driver=nbd,node-name=%s,server.type=inet,server.host=%s,server.port=%s%s", node, host, port, exportOpt)
 		}
@@ -342,6 +343,21 @@ func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export
 		fmt.Fprintf(w, "  QEMU:    %s -device virtio-blk-pci,drive=%s\n", blockdev, node)
 	}
 	fmt.Fprintln(w, "Serving; stop with Ctrl-C (in-flight requests finish, then the layers are flushed).")
+}
+
+// dialHost is the host a client connects to for a server listening on
+// host: for every address (0.0.0.0, ::, which Go reports as [::]) this
+// machine's name when it resolves, else loopback; otherwise host itself.
+func dialHost(host string) string {
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return host
+	}
+	if name, err := os.Hostname(); err == nil && name != "" {
+		if _, err := net.LookupHost(name); err == nil {
+			return name
+		}
+	}
+	return "127.0.0.1"
 }
 
 // remoteBases lists the remote bases (NBD exports) of the served chains.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -403,5 +404,55 @@ func TestServeSIGTERM(t *testing.T) {
 	p := make([]byte, 2<<20)
 	if _, err := d.ReadAt(p, 0); err != nil || !bytes.Equal(p, bytes.Repeat([]byte{0x6b}, 2<<20)) {
 		t.Fatalf("unflushed writes were not flushed at shutdown (err %v)", err)
+	}
+}
+
+// TestServeTCPAllAddresses: with --listen 0.0.0.0:PORT the banner's URI
+// is one a client can connect to (this machine's name, or loopback when
+// the name does not resolve), not the listening address nbd://[::]:PORT.
+func TestServeTCPAllAddresses(t *testing.T) {
+	testenv.RequireTools(t, "libnbd-bin", "nbdinfo")
+	dir := testDir(t)
+	mustHib(t, dir, "create", "-s", "2M", "disk.db")
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	host := "127.0.0.1"
+	if name, err := os.Hostname(); err == nil {
+		if _, err := net.LookupHost(name); err == nil {
+			host = name
+		}
+	}
+	want := fmt.Sprintf("  NBD URI: nbd://%s/\n", net.JoinHostPort(host, strconv.Itoa(port)))
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuffer{}
+	var errOut bytes.Buffer
+	done := make(chan int, 1)
+	t.Chdir(dir)
+	go func() {
+		done <- run(ctx, []string{"serve", "--nbd", "--listen", fmt.Sprintf("0.0.0.0:%d", port), "disk.db"}, &env{stdout: out, stderr: &errOut})
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("serve exit %d: %s", code, errOut.String())
+		}
+	}()
+	for i := 0; !strings.Contains(out.String(), "Serving;"); i++ {
+		if i == 200 {
+			t.Fatalf("no banner: %q", out.String())
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	banner := out.String()
+	if !strings.Contains(banner, want) || strings.Contains(banner, "[::]") || strings.Contains(banner, "0.0.0.0") {
+		t.Fatalf("banner for --listen 0.0.0.0:%d, want the line %q:\n%s", port, want, banner)
+	}
+	uri := strings.TrimSpace(strings.TrimPrefix(want, "  NBD URI:"))
+	if o, err := exec.Command("nbdinfo", "--size", uri).CombinedOutput(); err != nil || strings.TrimSpace(string(o)) != "2097152" {
+		t.Fatalf("nbdinfo --size %s: %v: %s", uri, err, o)
 	}
 }

@@ -18,13 +18,18 @@ func init() {
 
 func runVM(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
-		return usagef("want a vm command: run, hibernate or resume (see hibdisk vm run -h)")
+		return usagef("want a vm command: run, hibernate or resume (see hibdisk help vm)")
+	}
+	if len(args) >= 2 && args[0] == "help" {
+		// vm help SUB is vm SUB -h.
+		args = append(args[1:2:2], "-h")
 	}
 	switch args[0] {
-	case "-h", "--help":
-		fmt.Fprintln(e.stderr, "usage: hibdisk vm run [flags] DISK...   (hibdisk vm run -h for the flags)")
-		fmt.Fprintln(e.stderr, "       hibdisk vm hibernate [--continue [--top NEW]] [--json] LAYER")
-		fmt.Fprintln(e.stderr, "       hibdisk vm resume [--top NEW] [--qmp PATH] LAYER")
+	case "-h", "--help", "help":
+		fmt.Fprintln(e.stdout, "usage: hibdisk vm run [flags] DISK...")
+		fmt.Fprintln(e.stdout, "       hibdisk vm hibernate [--continue [--top NEW]] [--json] LAYER")
+		fmt.Fprintln(e.stdout, "       hibdisk vm resume [--top NEW] [--qmp PATH] LAYER")
+		fmt.Fprintln(e.stdout, "\nRun 'hibdisk help vm SUBCOMMAND' for a subcommand's flags.")
 		return nil
 	case "run":
 		return runVMRun(ctx, e, args[1:])
@@ -33,7 +38,7 @@ func runVM(ctx context.Context, e *env, args []string) error {
 	case "resume":
 		return runVMResume(ctx, e, args[1:])
 	default:
-		return usagef("unknown vm command %q (want run, hibernate or resume)", args[0])
+		return usagef("unknown vm command %q%s", args[0], suggestion(args[0], []string{"hibernate", "resume", "run"}, "hibdisk help vm"))
 	}
 }
 
@@ -147,7 +152,7 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	}
 	memBytes, err := parseSize(*mem)
 	if err != nil {
-		return vmRunOptions{}, usageError{err.Error()}
+		return vmRunOptions{}, usageError{msg: err.Error()}
 	}
 	if memBytes < 16<<20 {
 		return vmRunOptions{}, usagef("--mem %s: want at least 16M", *mem)

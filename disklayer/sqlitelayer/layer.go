@@ -240,7 +240,7 @@ const maxDiskSize = 1 << 60
 
 func validDiskSize(size int64, sectorSize int) error {
 	if size < 0 || size > maxDiskSize || size%int64(sectorSize) != 0 {
-		return fmt.Errorf("disk size %d: want a multiple of the %d-byte sector size in [0, 2^60]: %w", size, sectorSize, disklayer.ErrInvalid)
+		return &disklayer.SizeError{Size: size, SectorSize: sectorSize}
 	}
 	return nil
 }

@@ -182,7 +182,12 @@ func selfHibernate(t *testing.T, appendArgs, compression string) {
 	if compression == "none" && stacked >= o2.Image.StoredBytes() {
 		t.Errorf("r1.db stores %d bytes, not less than image 2's %d: nothing was shared with job.db", stacked, o2.Image.StoredBytes())
 	}
-	diff := hibdisk(t, "hib", "diff", job, r1)
+	// hib diff exits 1 when the images differ, as diff(1) does.
+	diff, stderr, err := hibdiskTry(t, "hib", "diff", job, r1)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("hib diff job.db r1.db: %v (want exit 1: they differ): %s", err, stderr)
+	}
 	t.Logf("hib diff job.db r1.db: %s", diff)
 	if !strings.Contains(diff, "linux-swsusp image: stream") {
 		t.Errorf("hib diff: %s", diff)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -74,8 +75,14 @@ func Resume(ctx context.Context, opts ResumeOptions) (_ *Machine, _ *ResumeResul
 	if opts.Top == "" {
 		return fail(fmt.Errorf("no layer to resume on (ResumeOptions.Top): %w", disklayer.ErrInvalid))
 	}
-	if _, err := os.Lstat(opts.Top); err == nil {
-		return fail(fmt.Errorf("%q exists: a resume needs a new layer: %w", opts.Top, disklayer.ErrInvalid))
+	// The inputs first: a missing or unusable snapshot is the error to
+	// report, whatever the new top's name.
+	if _, err := os.Stat(opts.Snapshot); err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, nil, fmt.Errorf("resume: snapshot layer %q: %w", opts.Snapshot, err)
 	}
 	binary := opts.Binary
 	if binary == "" {
@@ -100,6 +107,9 @@ func Resume(ctx context.Context, opts ResumeOptions) (_ *Machine, _ *ResumeResul
 	}
 	if err := checkVMState(state, snap); err != nil {
 		return fail(fmt.Errorf("%s: %w", view.LayerPath(), err))
+	}
+	if _, err := os.Lstat(opts.Top); err == nil {
+		return fail(fmt.Errorf("%q exists: a resume needs a new layer: %w", opts.Top, disklayer.ErrInvalid))
 	}
 	// Asking the binary runs QEMU twice (tens to hundreds of ms on a busy
 	// machine); then the new top is made and QEMU starts, waiting for
