@@ -71,7 +71,13 @@ type rawClient struct {
 // dial connects and checks the greeting; it does not send client flags.
 func dial(t testing.TB, sock string) *rawClient {
 	t.Helper()
-	nc, err := net.Dial("unix", sock)
+	return dialNet(t, "unix", sock)
+}
+
+// dialNet is dial on any network.
+func dialNet(t testing.TB, network, addr string) *rawClient {
+	t.Helper()
+	nc, err := net.Dial(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,10 +42,18 @@ const (
 // for every dispatched request to be answered before the connection
 // closes.
 type conn struct {
-	srv    *Server
-	nc     net.Conn
-	br     *bufio.Reader
-	remote string
+	srv *Server
+	// raw is the accepted connection; nc is what the session reads and
+	// writes: raw, or a TLS connection over it after NBD_OPT_STARTTLS.
+	// Only the connection's own goroutines use nc; deadlines and forced
+	// closes from elsewhere use raw.
+	raw, nc net.Conn
+	br      *bufio.Reader
+	remote  string
+	// tls: TLS was initiated. refused: Server.Authorize refused the
+	// client's certificate (tls.go).
+	tls     bool
+	refused error
 
 	// Negotiated during the handshake; read-only afterwards.
 	noZeroes    bool
@@ -100,7 +108,7 @@ type behindReply struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{srv: s, nc: nc, remote: nc.RemoteAddr().String()}
+	c := &conn{srv: s, raw: nc, nc: nc, remote: nc.RemoteAddr().String()}
 	c.budget.cond.L = &c.budget.mu
 	return c
 }
@@ -109,17 +117,27 @@ func newConn(s *Server, nc net.Conn) *conn {
 // needs more bytes from the socket (used by Shutdown).
 func (c *conn) stopReading() {
 	c.stopping.Store(true)
-	c.nc.SetReadDeadline(time.Now())
+	c.raw.SetReadDeadline(time.Now())
 }
 
 func (c *conn) serve() {
-	defer c.nc.Close()
+	defer func() { c.nc.Close() }() // the TLS connection once there is one: it says goodbye
 	c.br = bufio.NewReaderSize(c.nc, 64<<10)
+	timeout := c.srv.HandshakeTimeout
+	if timeout == 0 {
+		timeout = DefaultHandshakeTimeout
+	}
+	if timeout > 0 {
+		c.raw.SetDeadline(time.Now().Add(timeout))
+	}
 	if err := c.handshake(); err != nil {
 		if !errors.Is(err, errEndSession) && !c.stopping.Load() {
 			c.srv.logf(slog.LevelInfo, "nbd: handshake ended", "remote", c.remote, "err", err)
 		}
 		return
+	}
+	if timeout > 0 && !c.stopping.Load() {
+		c.raw.SetDeadline(time.Time{})
 	}
 	c.transmit()
 }
@@ -484,5 +502,5 @@ func (c *conn) writeFailed(err error) {
 	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded) {
 		c.srv.logf(slog.LevelInfo, "nbd: send reply", "remote", c.remote, "err", err)
 	}
-	c.nc.Close()
+	c.raw.Close() // not a TLS goodbye: it would wait on the client too
 }

@@ -43,7 +43,8 @@ func (c *conn) handshake() error {
 		if err != nil {
 			return err
 		}
-		if err := bw.Flush(); err != nil {
+		// h.bw: STARTTLS replaces the writer.
+		if err := h.bw.Flush(); err != nil {
 			return fmt.Errorf("send option reply: %w", err)
 		}
 		if done {
@@ -101,6 +102,11 @@ func (h *optionHandler) next() (done bool, err error) {
 		return false, fmt.Errorf("read option %d data: %w", h.opt, err)
 	}
 
+	// TLS first (tls.go): STARTTLS itself, and the options a server that
+	// requires TLS, or refused the client's certificate, must not serve.
+	if done, handled, err := h.tlsGate(); handled {
+		return done, err
+	}
 	switch h.opt {
 	case optExportName:
 		e := c.srv.lookup(string(h.data))

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -72,6 +73,22 @@ type Server struct {
 	// backend errors). Nil means no logging. Set before serving.
 	Logger *slog.Logger
 
+	// TLS, when set, offers NBD_OPT_STARTTLS with this configuration
+	// (ServerTLS loads one), and TLSMode says whether clients must use
+	// it. Set before serving.
+	TLS     *tls.Config
+	TLSMode TLSMode
+	// Authorize, when set, decides after a client's TLS handshake
+	// whether it may go on, from its verified certificates
+	// (AllowSubjects); a refused client gets NBD_REP_ERR_POLICY for
+	// every option but NBD_OPT_ABORT.
+	Authorize func(tls.ConnectionState) error
+	// HandshakeTimeout bounds a connection's option negotiation, TLS
+	// handshake included: a client that has not entered transmission
+	// by then is dropped, so one that stalls holds only its own
+	// connection. 0 means DefaultHandshakeTimeout; negative, none.
+	HandshakeTimeout time.Duration
+
 	// inlineLimit is the backend latency below which requests run on
 	// the connection's reader goroutine (inlineMaxLatency); tests set 0
 	// to force the worker pool.
@@ -83,6 +100,9 @@ type Server struct {
 	conns     map[*conn]struct{}
 	connsDone sync.WaitGroup
 }
+
+// DefaultHandshakeTimeout is Server.HandshakeTimeout's default.
+const DefaultHandshakeTimeout = 10 * time.Second
 
 // NewServer returns a server for the given exports. Names must be unique
 // and at most 4096 bytes; every export needs a Backend.
@@ -229,7 +249,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		ctxErr = ctx.Err()
 		s.mu.Lock()
 		for c := range s.conns {
-			c.nc.Close()
+			c.raw.Close()
 		}
 		s.mu.Unlock()
 		<-done

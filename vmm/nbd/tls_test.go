@@ -1,0 +1,275 @@
+package nbd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibdisk/hibdisk/internal/testenv"
+)
+
+// startTLSServer serves peerExports on 127.0.0.1 with the credentials in
+// certs/server, configured further by configure; it returns the port.
+func startTLSServer(t *testing.T, certs string, verifyPeer bool, configure func(*Server)) int {
+	t.Helper()
+	cfg, err := ServerTLS(filepath.Join(certs, "server"), verifyPeer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewServer(peerExports()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.TLS = cfg
+	configure(s)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// makeCerts makes a CA with a server and n clients in a new directory.
+func makeCerts(t *testing.T, n int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "pki")
+	if err := MakeCerts(dir, CertOptions{Clients: n}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// refusedTool runs a client that must fail, within a bound, and returns
+// its output.
+func refusedTool(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "PATH=/usr/bin:"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("%s %q hung instead of being refused", name, args)
+	}
+	if err == nil {
+		t.Fatalf("%s %q succeeded, want it refused:\n%s", name, args, out)
+	}
+	return string(out)
+}
+
+// TestTLSPeers: libnbd's and QEMU's TLS clients against a server that
+// requires TLS and verifies client certificates, with an allow-list;
+// and every way a client is refused.
+func TestTLSPeers(t *testing.T) {
+	testenv.RequireTools(t, peerPackages, "nbdinfo", "nbdcopy", "qemu-img", "qemu-io")
+	certs := makeCerts(t, 2)
+	port := startTLSServer(t, certs, true, func(s *Server) {
+		s.TLSMode = TLSRequired
+		s.Authorize = AllowSubjects([]string{"CN=client-1,*"})
+	})
+	client := filepath.Join(certs, "client-1")
+	uri := func(export, creds string) string {
+		return fmt.Sprintf("nbds://127.0.0.1:%d/%s?tls-certificates=%s", port, export, creds)
+	}
+
+	out := runTool(t, "nbdinfo", uri("disk", client))
+	if !strings.Contains(out, fmt.Sprint(peerDiskSize)) || !strings.Contains(out, "with TLS") {
+		t.Errorf("nbdinfo over TLS:\n%s", out)
+	}
+	object := "tls-creds-x509,id=tls0,endpoint=client,dir=" + client
+	opts := fmt.Sprintf("driver=nbd,host=127.0.0.1,port=%d,export=disk,tls-creds=tls0", port)
+	runTool(t, "qemu-io", "--object", object, "--image-opts", opts,
+		"-c", "write -P 0x5c 1M 256k", "-c", "read -P 0x5c 1M 256k", "-c", "flush")
+	if out := runTool(t, "qemu-img", "info", "--object", object, "--image-opts", opts); !strings.Contains(out, fmt.Sprintf("virtual size: %d MiB", peerDiskSize>>20)) {
+		t.Errorf("qemu-img info over TLS:\n%s", out)
+	}
+	// nbdcopy in and out over TLS, compared by qemu-img over TLS too.
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.img")
+	data := bytes.Repeat([]byte("hibdisk over tls "), 4<<20/17+1)
+	if err := os.WriteFile(src, data[:4<<20], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runTool(t, "qemu-img", "resize", "-f", "raw", src, fmt.Sprint(peerDiskSize))
+	runTool(t, "nbdcopy", src, uri("copy", client))
+	back := filepath.Join(dir, "back.img")
+	runTool(t, "nbdcopy", uri("copy", client), back)
+	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, back)
+
+	// Refused, each with an error and not a hang:
+	// a plaintext client (the server requires TLS);
+	if out := refusedTool(t, "nbdinfo", fmt.Sprintf("nbd://127.0.0.1:%d/disk", port)); !strings.Contains(strings.ToLower(out), "tls") {
+		t.Errorf("plaintext client: %s", out)
+	}
+	// a certificate the allow-list does not name (NBD_REP_ERR_POLICY);
+	// (libnbd words NBD_REP_ERR_POLICY as "not supported";
+	// TestTLSPolicyReply checks the reply itself)
+	refusedTool(t, "nbdinfo", uri("disk", filepath.Join(certs, "client-2")))
+	// a client of another CA (neither side trusts the other);
+	other := makeCerts(t, 1)
+	refusedTool(t, "nbdinfo", uri("disk", filepath.Join(other, "client-1")))
+	// a client without a certificate.
+	nocert := filepath.Join(dir, "nocert")
+	if err := os.MkdirAll(nocert, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(filepath.Join(certs, CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(nocert, CACertFile), ca, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	refusedTool(t, "nbdinfo", uri("disk", nocert))
+	// QEMU trusting another CA.
+	refusedTool(t, "qemu-img", "info", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir="+filepath.Join(other, "client-1"), "--image-opts", opts)
+}
+
+// TestTLSOptional: with TLS optional, plaintext and TLS clients are both
+// served, and a second STARTTLS is refused.
+func TestTLSOptional(t *testing.T) {
+	testenv.RequireTools(t, peerPackages, "nbdinfo")
+	certs := makeCerts(t, 1)
+	port := startTLSServer(t, certs, false, func(s *Server) { s.TLSMode = TLSOptional })
+	if out := runTool(t, "nbdinfo", fmt.Sprintf("nbd://127.0.0.1:%d/disk", port)); strings.Contains(out, "with TLS") {
+		t.Errorf("plaintext:\n%s", out)
+	}
+	if out := runTool(t, "nbdinfo", fmt.Sprintf("nbds://127.0.0.1:%d/disk?tls-certificates=%s", port, filepath.Join(certs, "client-1"))); !strings.Contains(out, "with TLS") {
+		t.Errorf("TLS:\n%s", out)
+	}
+}
+
+// TestTLSRequiredOptions: before STARTTLS a server that requires TLS
+// answers options with NBD_REP_ERR_TLS_REQD, serves NBD_OPT_ABORT, and
+// hangs up on NBD_OPT_EXPORT_NAME; without TLS configured, STARTTLS is
+// unsupported.
+func TestTLSRequiredOptions(t *testing.T) {
+	certs := makeCerts(t, 0)
+	port := startTLSServer(t, certs, false, func(s *Server) { s.TLSMode = TLSRequired })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := dialTCP(t, addr)
+	c.u32(flagFixedNewstyle | flagNoZeroes)
+	for _, opt := range []uint32{optList, optGo, optInfo, optStructuredReply, 99} {
+		data := []byte(nil)
+		if opt == optGo || opt == optInfo {
+			data = infoData("disk")
+		}
+		c.option(opt, data)
+		if r := c.optReply(); r.typ != repErrTLSReqd {
+			t.Errorf("option %d before TLS: reply %#x, want NBD_REP_ERR_TLS_REQD", opt, r.typ)
+		}
+	}
+	c.option(optExportName, []byte("disk"))
+	c.expectEOF()
+
+	c = dialTCP(t, addr)
+	c.u32(flagFixedNewstyle)
+	c.option(optAbort, nil)
+	if r := c.optReply(); r.typ != repAck {
+		t.Errorf("NBD_OPT_ABORT before TLS: reply %#x, want ACK", r.typ)
+	}
+
+	_, sock := startServer(t, peerExports()...)
+	u := dial(t, sock)
+	u.u32(flagFixedNewstyle)
+	u.option(optStartTLS, nil)
+	if r := u.optReply(); r.typ != repErrUnsup {
+		t.Errorf("STARTTLS without TLS configured: reply %#x, want NBD_REP_ERR_UNSUP", r.typ)
+	}
+}
+
+// TestHandshakeTimeout: a client that connects and says nothing is
+// dropped after HandshakeTimeout, TLS or not.
+func TestHandshakeTimeout(t *testing.T) {
+	certs := makeCerts(t, 0)
+	port := startTLSServer(t, certs, false, func(s *Server) {
+		s.TLSMode = TLSRequired
+		s.HandshakeTimeout = 300 * time.Millisecond
+	})
+	nc, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	start := time.Now()
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	total := 0
+	for {
+		n, err := nc.Read(buf)
+		total += n
+		if err != nil {
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("a silent client was held %v (%v)", time.Since(start), err)
+			}
+			break
+		}
+	}
+	if total != 18 {
+		t.Errorf("read %d bytes before the hang-up, want the 18-byte greeting", total)
+	}
+}
+
+// dialTCP is dial for a TCP address.
+func dialTCP(t *testing.T, addr string) *rawClient {
+	t.Helper()
+	return dialNet(t, "tcp", addr)
+}
+
+// TestTLSPolicyReply: after the TLS handshake, a client the allow-list
+// does not name gets NBD_REP_ERR_POLICY for its options, and one it
+// names is served.
+func TestTLSPolicyReply(t *testing.T) {
+	certs := makeCerts(t, 2)
+	port := startTLSServer(t, certs, true, func(s *Server) {
+		s.TLSMode = TLSRequired
+		s.Authorize = AllowSubjects([]string{"CN=client-1,O=hibdisk"})
+	})
+	for client, want := range map[string]uint32{"client-1": repAck, "client-2": repErrPolicy} {
+		c := dialTCP(t, fmt.Sprintf("127.0.0.1:%d", port))
+		c.u32(flagFixedNewstyle | flagNoZeroes)
+		c.option(optStartTLS, nil)
+		if r := c.optReply(); r.typ != repAck {
+			t.Fatalf("STARTTLS: reply %#x", r.typ)
+		}
+		cfg, err := ClientTLS(filepath.Join(certs, client), "127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(c.nc, cfg)
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("%s: TLS handshake: %v", client, err)
+		}
+		c.nc, c.br = tc, bufio.NewReader(tc)
+		c.option(optStructuredReply, nil)
+		if r := c.optReply(); r.typ != want {
+			t.Errorf("%s: NBD_OPT_STRUCTURED_REPLY after TLS: reply %#x, want %#x (%s)", client, r.typ, want, r.data)
+		}
+		c.option(optStartTLS, nil)
+		if r := c.optReply(); r.typ != repErrInvalid && want == repAck {
+			t.Errorf("%s: a second STARTTLS: reply %#x, want NBD_REP_ERR_INVALID", client, r.typ)
+		}
+	}
+}
