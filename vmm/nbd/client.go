@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -26,6 +27,9 @@ type ClientOptions struct {
 	// RequestTimeout bounds one request's wait for its reply; a server
 	// that takes longer is treated as lost (default 60 s).
 	RequestTimeout time.Duration
+	// TLS is the configuration of an nbds:// target's TLS; nil loads
+	// ClientTLS from the target's TLSCertificates directory.
+	TLS *tls.Config
 }
 
 // ErrClientClosed is returned by a Client after Close.
@@ -64,8 +68,24 @@ func Dial(ctx context.Context, t Target, opts ClientOptions) (*Client, error) {
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = 60 * time.Second
 	}
-	if t.TLS {
-		return nil, fmt.Errorf("connect to %s: NBD over TLS (nbds://) is not supported yet", t.URI())
+	if t.TLS && opts.TLS == nil {
+		if t.TLSCertificates == "" {
+			return nil, fmt.Errorf("connect to %s: TLS needs the client's credentials: add ?tls-certificates=DIR (ca-cert.pem, and client-cert.pem and client-key.pem if the server verifies clients)", t.URI())
+		}
+		name := "localhost"
+		if t.Network == "tcp" {
+			if host, _, err := net.SplitHostPort(t.Address); err == nil {
+				name = host
+			}
+		}
+		cfg, err := ClientTLS(t.TLSCertificates, name)
+		if err != nil {
+			return nil, fmt.Errorf("connect to %s: %w", t.URI(), err)
+		}
+		opts.TLS = cfg
+	}
+	if !t.TLS {
+		opts.TLS = nil
 	}
 	c := &Client{target: t, opts: opts, changed: make(chan struct{})}
 	cc, err := c.connect(ctx)
@@ -88,12 +108,13 @@ func (c *Client) connect(ctx context.Context) (*clientConn, error) {
 	deadline, _ := ctx.Deadline()
 	nc.SetDeadline(deadline)
 	br := bufio.NewReaderSize(nc, 256<<10)
-	neg, err := clientHandshake(nc, br, c.target.Export)
+	raw := nc
+	neg, nc, br, err := clientHandshake(nc, br, c.target.Export, c.opts.TLS)
 	if err != nil {
-		nc.Close()
+		raw.Close()
 		return nil, fmt.Errorf("connect to %s: %w", c.target.URI(), err)
 	}
-	nc.SetDeadline(time.Time{})
+	raw.SetDeadline(time.Time{})
 	return newClientConn(nc, br, neg), nil
 }
 

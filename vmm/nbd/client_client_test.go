@@ -307,15 +307,17 @@ func TestClientReadsPeers(t *testing.T) {
 
 func TestParseURI(t *testing.T) {
 	for in, want := range map[string]Target{
-		"nbd://example.com/disk":                 {Network: "tcp", Address: "example.com:10809", Export: "disk"},
-		"nbd://127.0.0.1:1234/":                  {Network: "tcp", Address: "127.0.0.1:1234"},
-		"nbd://[::1]:1234/a%20b":                 {Network: "tcp", Address: "[::1]:1234", Export: "a b"},
-		"nbds://h:1/x":                           {Network: "tcp", Address: "h:1", Export: "x", TLS: true},
-		"nbd+unix:///exp?socket=/tmp/s":          {Network: "unix", Address: "/tmp/s", Export: "exp"},
-		"nbd+unix:///?socket=rel/s":              {Network: "unix", Address: "rel/s"},
-		"nbd:unix:/tmp/s:exportname=x":           {Network: "unix", Address: "/tmp/s", Export: "x"},
-		"nbd:localhost:10809":                    {Network: "tcp", Address: "localhost:10809"},
-		"nbd:127.0.0.1:99:exportname=golden-img": {Network: "tcp", Address: "127.0.0.1:99", Export: "golden-img"},
+		"nbd://example.com/disk":                        {Network: "tcp", Address: "example.com:10809", Export: "disk"},
+		"nbd://127.0.0.1:1234/":                         {Network: "tcp", Address: "127.0.0.1:1234"},
+		"nbd://[::1]:1234/a%20b":                        {Network: "tcp", Address: "[::1]:1234", Export: "a b"},
+		"nbds://h:1/x":                                  {Network: "tcp", Address: "h:1", Export: "x", TLS: true},
+		"nbds://h:1/x?tls-certificates=/etc/pki/c":      {Network: "tcp", Address: "h:1", Export: "x", TLS: true, TLSCertificates: "/etc/pki/c"},
+		"nbds+unix:///x?socket=/s&tls-certificates=c d": {Network: "unix", Address: "/s", Export: "x", TLS: true, TLSCertificates: "c d"},
+		"nbd+unix:///exp?socket=/tmp/s":                 {Network: "unix", Address: "/tmp/s", Export: "exp"},
+		"nbd+unix:///?socket=rel/s":                     {Network: "unix", Address: "rel/s"},
+		"nbd:unix:/tmp/s:exportname=x":                  {Network: "unix", Address: "/tmp/s", Export: "x"},
+		"nbd:localhost:10809":                           {Network: "tcp", Address: "localhost:10809"},
+		"nbd:127.0.0.1:99:exportname=golden-img":        {Network: "tcp", Address: "127.0.0.1:99", Export: "golden-img"},
 	} {
 		got, err := ParseURI(in)
 		if err != nil || got != want {
@@ -325,7 +327,7 @@ func TestParseURI(t *testing.T) {
 			t.Errorf("ParseURI(%q.URI() = %q) = %+v, %v", in, got.URI(), back, err)
 		}
 	}
-	for _, bad := range []string{"nbd:///x", "nbd+unix:///x", "http://h/x", "nbd:justahost", "nbd+unix://h/x?socket=/s"} {
+	for _, bad := range []string{"nbd:///x", "nbd+unix:///x", "nbd://h/x?tls-certificates=/c", "http://h/x", "nbd:justahost", "nbd+unix://h/x?socket=/s"} {
 		if _, err := ParseURI(bad); err == nil {
 			t.Errorf("ParseURI(%q) succeeded", bad)
 		}

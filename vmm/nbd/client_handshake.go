@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -38,8 +39,16 @@ type negotiated struct {
 // structured replies, the base:allocation meta context, then NBD_OPT_GO
 // asking for the block sizes and the description. Servers that know
 // neither GO nor structured replies (oldstyle ones are refused) still
-// work through NBD_OPT_EXPORT_NAME.
-func clientHandshake(nc net.Conn, br *bufio.Reader, export string) (negotiated, error) {
+// work through NBD_OPT_EXPORT_NAME. With tlsCfg, TLS comes first
+// (NBD_OPT_STARTTLS); the connection and reader to use afterwards are
+// returned.
+func clientHandshake(nc net.Conn, br *bufio.Reader, export string, tlsCfg *tls.Config) (negotiated, net.Conn, *bufio.Reader, error) {
+	n, err := clientNegotiate(&nc, &br, export, tlsCfg)
+	return n, nc, br, err
+}
+
+func clientNegotiate(ncp *net.Conn, brp **bufio.Reader, export string, tlsCfg *tls.Config) (negotiated, error) {
+	nc, br := *ncp, *brp
 	var n negotiated
 	var hello [18]byte
 	if _, err := io.ReadFull(br, hello[:]); err != nil {
@@ -63,6 +72,25 @@ func clientHandshake(nc net.Conn, br *bufio.Reader, export string) (negotiated, 
 	}
 	o := optionClient{nc: nc, br: br}
 	var err error
+	if tlsCfg != nil {
+		if err := o.send(optStartTLS, nil); err != nil {
+			return n, err
+		}
+		typ, msg, err := o.reply(optStartTLS)
+		if err != nil {
+			return n, err
+		}
+		if typ != repAck {
+			return n, fmt.Errorf("the server does not offer TLS (NBD_OPT_STARTTLS: %s): connect with nbd:// if it serves without TLS", replyWhat(typ, msg))
+		}
+		tc := tls.Client(nc, tlsCfg)
+		if err := tc.Handshake(); err != nil {
+			return n, fmt.Errorf("TLS handshake: %w", err)
+		}
+		nc, br = tc, bufio.NewReaderSize(tc, 256<<10)
+		*ncp, *brp = nc, br
+		o = optionClient{nc: nc, br: br}
+	}
 	if n.structured, err = o.simple(optStructuredReply, nil); err != nil {
 		return n, err
 	}
@@ -224,6 +252,11 @@ func (o optionClient) exportName(export string, noZeroes bool, x ExportInfo) (Ex
 
 // optionError names an option error reply.
 func optionError(export string, typ uint32, msg []byte) error {
+	return fmt.Errorf("export %q: %s", export, replyWhat(typ, msg))
+}
+
+// replyWhat says what an option error reply means.
+func replyWhat(typ uint32, msg []byte) string {
 	what := fmt.Sprintf("error %#x", typ)
 	switch typ {
 	case repErrUnknown:
@@ -232,6 +265,8 @@ func optionError(export string, typ uint32, msg []byte) error {
 		what = "refused by the server's policy"
 	case repErrTLSReqd:
 		what = "the server requires TLS (use an nbds:// URI)"
+	case repErrUnsup:
+		what = "not supported"
 	case repErrShutdown:
 		what = "the server is shutting down"
 	case repErrInvalid:
@@ -240,5 +275,5 @@ func optionError(export string, typ uint32, msg []byte) error {
 	if len(msg) > 0 {
 		what += ": " + string(msg)
 	}
-	return fmt.Errorf("export %q: %s", export, what)
+	return what
 }

@@ -273,3 +273,120 @@ func TestTLSPolicyReply(t *testing.T) {
 		}
 	}
 }
+
+// TestClientTLS: the client reads over TLS from this package's server,
+// from qemu-nbd and from nbdkit, each requiring TLS and verifying the
+// client's certificate; without credentials, or against a server
+// without TLS, it fails with what to do.
+func TestClientTLS(t *testing.T) {
+	testenv.RequireTools(t, "qemu-utils nbdkit", "qemu-nbd", "nbdkit", "qemu-img", "qemu-io")
+	certs := makeCerts(t, 1)
+	client := filepath.Join(certs, "client-1")
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "d.raw")
+	for _, args := range [][]string{{"qemu-img", "create", "-q", "-f", "raw", raw, "8M"}, {"qemu-io", "-f", "raw", "-c", "write -P 0x5c 1M 100k", raw}} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	want, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(t *testing.T, uri string) {
+		t.Helper()
+		target, err := ParseURI(uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c *Client
+		for try := 0; try < 300; try++ {
+			if c, err = Dial(context.Background(), target, ClientOptions{}); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		got := make([]byte, 2<<20)
+		if _, err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, want[:len(got)]) {
+			t.Fatalf("read over TLS: %v, equal %v", err, bytes.Equal(got, want[:len(got)]))
+		}
+	}
+	serverDir := filepath.Join(certs, "server")
+	for name, argv := range map[string][]string{
+		"qemu-nbd": {"qemu-nbd", "--object", "tls-creds-x509,id=tls0,endpoint=server,verify-peer=on,dir=" + serverDir,
+			"--tls-creds", "tls0", "-r", "-f", "raw", "-b", "127.0.0.1", "-p", "PORT", "-t", raw},
+		"nbdkit": {"nbdkit", "--foreground", "--tls=require", "--tls-certificates=" + serverDir, "--tls-verify-peer",
+			"-r", "-i", "127.0.0.1", "-p", "PORT", "file", raw},
+	} {
+		t.Run(name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := l.Addr().(*net.TCPAddr).Port
+			l.Close()
+			for i := range argv {
+				if argv[i] == "PORT" {
+					argv[i] = fmt.Sprint(port)
+				}
+			}
+			cmd := exec.Command(argv[0], argv[1:]...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			read(t, fmt.Sprintf("nbds://127.0.0.1:%d/?tls-certificates=%s", port, client))
+		})
+	}
+	t.Run("hibdisk", func(t *testing.T) {
+		s, err := NewServer(Export{Name: "d", Backend: fileBackend(t, raw)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.TLS, err = ServerTLS(serverDir, true); err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Serve(l)
+		defer s.Shutdown(context.Background())
+		port := l.Addr().(*net.TCPAddr).Port
+		read(t, fmt.Sprintf("nbds://127.0.0.1:%d/d?tls-certificates=%s", port, client))
+		// Refusals that say what to do.
+		target, _ := ParseURI(fmt.Sprintf("nbds://127.0.0.1:%d/d", port))
+		if _, err := Dial(context.Background(), target, ClientOptions{}); err == nil || !strings.Contains(err.Error(), "tls-certificates=DIR") {
+			t.Errorf("nbds:// without credentials: %v", err)
+		}
+		target, _ = ParseURI(fmt.Sprintf("nbd://127.0.0.1:%d/d", port))
+		if _, err := Dial(context.Background(), target, ClientOptions{}); err == nil || !strings.Contains(err.Error(), "nbds://") {
+			t.Errorf("nbd:// to a server requiring TLS: %v", err)
+		}
+	})
+	t.Run("no-tls-server", func(t *testing.T) {
+		_, sock := startServer(t, peerExports()...)
+		target, _ := ParseURI("nbds+unix:///disk?socket=" + sock + "&tls-certificates=" + client)
+		if _, err := Dial(context.Background(), target, ClientOptions{}); err == nil || !strings.Contains(err.Error(), "does not offer TLS") {
+			t.Errorf("nbds:// to a server without TLS: %v", err)
+		}
+	})
+}
+
+// fileBackend serves a copy of the file at path from memory.
+func fileBackend(t *testing.T, path string) Backend {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMemBackend(int64(len(b)))
+	if _, err := m.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

@@ -15,6 +15,10 @@ type Target struct {
 	Address string // host:port, or the socket path
 	Export  string // the export name ("" is the default export)
 	TLS     bool   // nbds: the connection must use TLS
+	// TLSCertificates is the directory of the client's credentials in
+	// QEMU's tls-creds-x509 layout (ClientTLS), from the URI's
+	// tls-certificates parameter as libnbd spells it.
+	TLSCertificates string
 }
 
 // DefaultPort is the IANA port of NBD.
@@ -51,6 +55,10 @@ func ParseURI(s string) (Target, error) {
 		return Target{}, fmt.Errorf("%q is not an NBD URI (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)", s)
 	}
 	t.TLS = strings.HasPrefix(u.Scheme, "nbds")
+	t.TLSCertificates = u.Query().Get("tls-certificates")
+	if t.TLSCertificates != "" && !t.TLS {
+		return Target{}, fmt.Errorf("NBD URI %q: tls-certificates without TLS: use nbds://", s)
+	}
 	return t, nil
 }
 
@@ -81,10 +89,20 @@ func (t Target) URI() string {
 	if t.TLS {
 		scheme = "nbds"
 	}
-	if t.Network == "unix" {
-		return fmt.Sprintf("%s+unix:///%s?socket=%s", scheme, url.PathEscape(t.Export), strings.ReplaceAll(url.QueryEscape(t.Address), "%2F", "/"))
+	certs := ""
+	if t.TLSCertificates != "" {
+		certs = "tls-certificates=" + strings.ReplaceAll(url.QueryEscape(t.TLSCertificates), "%2F", "/")
 	}
-	return fmt.Sprintf("%s://%s/%s", scheme, t.Address, url.PathEscape(t.Export))
+	if t.Network == "unix" {
+		if certs != "" {
+			certs = "&" + certs
+		}
+		return fmt.Sprintf("%s+unix:///%s?socket=%s%s", scheme, url.PathEscape(t.Export), strings.ReplaceAll(url.QueryEscape(t.Address), "%2F", "/"), certs)
+	}
+	if certs != "" {
+		certs = "?" + certs
+	}
+	return fmt.Sprintf("%s://%s/%s%s", scheme, t.Address, url.PathEscape(t.Export), certs)
 }
 
 // IsURI reports whether s looks like an NBD URI or QEMU NBD address
