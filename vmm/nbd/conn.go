@@ -54,6 +54,9 @@ type conn struct {
 	// client's certificate (tls.go).
 	tls     bool
 	refused error
+	// full: the server had MaxConnections (this many) when this one
+	// came; it is refused (tls.go tlsGate).
+	full int
 
 	// Negotiated during the handshake; read-only afterwards.
 	noZeroes    bool
@@ -197,10 +200,16 @@ func (c *conn) transmit() {
 		}
 		c.budget.acquire(r.cost, c.uncork)
 		if r.typ == cmdWrite {
-			if c.br.Buffered() < int(r.length) {
+			stall := c.br.Buffered() < int(r.length)
+			if stall {
 				c.uncork()
+				c.payloadDeadline(true)
 			}
-			if err := c.readPayload(r); err != nil {
+			err := c.readPayload(r)
+			if stall {
+				c.payloadDeadline(false)
+			}
+			if err != nil {
 				c.budget.release(r.cost)
 				c.freeRequest(r)
 				if !c.stopping.Load() {
@@ -281,6 +290,29 @@ func (r *request) refuse(e Errno, msg string) {
 
 // readPayload reads a WRITE's data, or skips it for a refused request so
 // that the stream stays in sync.
+// payloadDeadline bounds the wait for a WRITE's payload (on) or lifts
+// the bound (off): a client that sends a header and stalls is dropped
+// after Server.PayloadTimeout instead of holding its payload buffer and
+// its place in the budget. Waiting for the next request has no bound (a
+// guest may idle for hours).
+func (c *conn) payloadDeadline(on bool) {
+	timeout := c.srv.PayloadTimeout
+	if timeout == 0 {
+		timeout = DefaultPayloadTimeout
+	}
+	if timeout < 0 {
+		return
+	}
+	if on {
+		c.raw.SetReadDeadline(time.Now().Add(timeout))
+		return
+	}
+	c.raw.SetReadDeadline(time.Time{})
+	if c.stopping.Load() {
+		c.raw.SetReadDeadline(time.Now()) // Shutdown asked meanwhile (stopReading)
+	}
+}
+
 func (c *conn) readPayload(r *request) error {
 	if r.errno != 0 {
 		_, err := c.br.Discard(int(r.length))

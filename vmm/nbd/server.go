@@ -88,6 +88,16 @@ type Server struct {
 	// by then is dropped, so one that stalls holds only its own
 	// connection. 0 means DefaultHandshakeTimeout; negative, none.
 	HandshakeTimeout time.Duration
+	// PayloadTimeout bounds the wait for the payload of a WRITE whose
+	// header arrived; the client is dropped past it. 0 means
+	// DefaultPayloadTimeout; negative, none.
+	PayloadTimeout time.Duration
+	// MaxConnections, when positive, limits the connections served at
+	// once: a client past it gets the greeting and NBD_REP_ERR_POLICY
+	// ("too many connections") for every option, and the connection
+	// ends, so that a burst of clients cannot take the existing ones'
+	// share of the server.
+	MaxConnections int
 
 	// inlineLimit is the backend latency below which requests run on
 	// the connection's reader goroutine (inlineMaxLatency); tests set 0
@@ -98,11 +108,15 @@ type Server struct {
 	closing   bool
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
+	served    int // connections counted against MaxConnections
 	connsDone sync.WaitGroup
 }
 
-// DefaultHandshakeTimeout is Server.HandshakeTimeout's default.
-const DefaultHandshakeTimeout = 10 * time.Second
+// Defaults of Server.HandshakeTimeout and Server.PayloadTimeout.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultPayloadTimeout   = 30 * time.Second
+)
 
 // NewServer returns a server for the given exports. Names must be unique
 // and at most 4096 bytes; every export needs a Backend.
@@ -201,6 +215,16 @@ func (s *Server) ServeConn(nc net.Conn) {
 		s.mu.Unlock()
 		nc.Close()
 		return
+	}
+	if s.MaxConnections > 0 && s.served >= s.MaxConnections {
+		c.full = s.MaxConnections
+	} else {
+		s.served++
+		defer func() {
+			s.mu.Lock()
+			s.served--
+			s.mu.Unlock()
+		}()
 	}
 	s.conns[c] = struct{}{}
 	s.connsDone.Add(1)

@@ -35,6 +35,12 @@ const (
 func (h *optionHandler) tlsGate() (done, handled bool, err error) {
 	c, s := h.c, h.c.srv
 	switch {
+	case c.full > 0 && h.opt != optAbort:
+		if h.opt == optExportName {
+			return false, true, fmt.Errorf("refused: the server serves its limit of %d connections", c.full)
+		}
+		h.reply(repErrPolicy, fmt.Sprintf("too many connections: the server serves its limit of %d; try again later", c.full))
+		return false, true, nil
 	case h.opt == optStartTLS && s.TLS != nil:
 		return false, true, h.startTLS()
 	case h.opt == optAbort:

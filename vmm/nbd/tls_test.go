@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -389,4 +390,95 @@ func fileBackend(t *testing.T, path string) Backend {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestPayloadTimeout: a client that sends a WRITE header and stalls is
+// dropped after PayloadTimeout.
+func TestPayloadTimeout(t *testing.T) {
+	_, sock := startServerWith(t, func(s *Server) { s.PayloadTimeout = 300 * time.Millisecond }, peerExports()...)
+	c, _ := connect(t, sock, "disk", true)
+	start := time.Now()
+	var h [requestHeaderLen]byte
+	binary.BigEndian.PutUint32(h[0:], magicRequest)
+	binary.BigEndian.PutUint16(h[6:], cmdWrite)
+	binary.BigEndian.PutUint64(h[8:], 7)
+	binary.BigEndian.PutUint32(h[24:], 64<<10)
+	c.write(h[:])
+	c.write(make([]byte, 1000)) // some of the payload, then nothing
+	c.expectEOF()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("a stalled payload held the connection %v", d)
+	}
+}
+
+// TestConnectionBurst: 200 clients connecting at once to a server that
+// serves at most 20 are each served or refused with a reply saying why,
+// within a bound, while a client already connected keeps reading.
+func TestConnectionBurst(t *testing.T) {
+	const limit, burst = 20, 200
+	_, sock := startServerWith(t, func(s *Server) { s.MaxConnections = limit }, peerExports()...)
+	target := Target{Network: "unix", Address: sock, Export: "disk"}
+	busy, err := Dial(context.Background(), target, ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	stop := make(chan struct{})
+	reads := make(chan int, 1)
+	var slowest time.Duration
+	go func() {
+		n := 0
+		buf := make([]byte, 64<<10)
+		for {
+			select {
+			case <-stop:
+				reads <- n
+				return
+			default:
+			}
+			start := time.Now()
+			if _, err := busy.ReadAt(buf, int64(n%1000)*int64(len(buf))); err != nil {
+				t.Errorf("the connected client's read failed during the burst: %v", err)
+				reads <- n
+				return
+			}
+			slowest = max(slowest, time.Since(start))
+			n++
+		}
+	}()
+	type outcome struct {
+		c   *Client
+		err error
+	}
+	results := make(chan outcome, burst)
+	start := time.Now()
+	for range burst {
+		go func() {
+			c, err := Dial(context.Background(), target, ClientOptions{DialTimeout: 30 * time.Second})
+			results <- outcome{c, err}
+		}()
+	}
+	served, refused := 0, 0
+	for range burst {
+		o := <-results
+		switch {
+		case o.err == nil:
+			served++
+			defer o.c.Close()
+		case strings.Contains(o.err.Error(), "too many connections"):
+			refused++
+		default:
+			t.Errorf("a client of the burst: %v", o.err)
+		}
+	}
+	elapsed := time.Since(start)
+	close(stop)
+	n := <-reads
+	if served != limit-1 || refused != burst-served {
+		t.Errorf("burst of %d with a limit of %d (one already connected): %d served, %d refused", burst, limit, served, refused)
+	}
+	if n == 0 || slowest > 5*time.Second {
+		t.Errorf("the connected client read %d times during the burst, slowest %v", n, slowest)
+	}
+	t.Logf("burst of %d: %d served, %d refused in %v; the connected client read %d x 64 KiB, slowest %v", burst, served, refused, elapsed, n, slowest)
 }
