@@ -3,6 +3,7 @@ package sqlitelayer
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ncruces/go-sqlite3"
 
@@ -49,14 +50,18 @@ var (
 // frames are synced (synchronous=FULL), checkpointed or not.
 type checkpointer struct {
 	conn *sqlite3.Conn
-	kick chan struct{} // buffered 1: a pending request
-	wg   sync.WaitGroup
+	// guard, when set, is the layer's direct reader: every checkpoint
+	// holds it exclusively and tells it whether the file is complete.
+	guard atomic.Pointer[direct]
+	kick  chan struct{} // buffered 1: a pending request
+	wg    sync.WaitGroup
 
 	mu        sync.Mutex
 	cond      sync.Cond
 	requested uint64 // generation of the newest request
 	done      uint64 // generation the last finished checkpoint served
 	err       error  // the last checkpoint's failure, for Close
+	stopped   bool   // stop closed kick
 }
 
 // startCheckpointer opens a second connection to path and starts the
@@ -90,7 +95,7 @@ func (c *checkpointer) run() {
 		c.mu.Lock()
 		gen := c.requested
 		c.mu.Unlock()
-		err := c.conn.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+		err := c.checkpoint()
 		c.mu.Lock()
 		c.err = err
 		c.done = gen
@@ -104,14 +109,15 @@ func (c *checkpointer) run() {
 // generation.
 func (c *checkpointer) request() uint64 {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.requested++
-	gen := c.requested
-	c.mu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default:
+	if !c.stopped { // a direct read may ask after Close (readDirect)
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
 	}
-	return gen
+	return c.requested
 }
 
 // catchUp asks for a checkpoint and waits until one that started after
@@ -128,7 +134,10 @@ func (c *checkpointer) catchUp() {
 // stop waits for a running checkpoint and closes the connection. The
 // engine's connection, closed after it, checkpoints whatever is left.
 func (c *checkpointer) stop() error {
+	c.mu.Lock()
+	c.stopped = true
 	close(c.kick)
+	c.mu.Unlock()
 	c.wg.Wait()
 	err := c.conn.Close()
 	c.mu.Lock()
@@ -136,5 +145,18 @@ func (c *checkpointer) stop() error {
 	if c.err != nil {
 		return c.err
 	}
+	return err
+}
+
+// checkpoint copies what it can of the WAL into the file (PASSIVE).
+func (c *checkpointer) checkpoint() error {
+	d := c.guard.Load()
+	if d == nil {
+		_, _, err := c.conn.WALCheckpoint("main", sqlite3.CHECKPOINT_PASSIVE)
+		return err
+	}
+	before := d.beginCheckpoint()
+	nLog, nCkpt, err := c.conn.WALCheckpoint("main", sqlite3.CHECKPOINT_PASSIVE)
+	d.endCheckpoint(before, err == nil && nLog == nCkpt)
 	return err
 }

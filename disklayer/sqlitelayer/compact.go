@@ -34,6 +34,20 @@ func (f *File) Compact() error {
 	if !e.incremental {
 		vacuum = "PRAGMA auto_vacuum=INCREMENTAL; VACUUM"
 	}
+	if e.direct != nil {
+		// VACUUM rebuilds the file: the table may get another root.
+		e.direct.mu.Lock()
+		defer func() {
+			if root, err := sectorsRoot(e); err == nil {
+				e.direct.root = root
+			} else {
+				e.direct.disabled.Store(true)
+			}
+			e.direct.clean.Store(false)
+			e.direct.remapLocked()
+			e.direct.mu.Unlock()
+		}()
+	}
 	if err := e.conn.Exec(vacuum); err != nil {
 		return fmt.Errorf("compact %q: %w", e.path, mapStoreError(err))
 	}

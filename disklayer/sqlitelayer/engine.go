@@ -124,6 +124,15 @@ type engine struct {
 	// (File.Update) whose caller waits for it; the checkpoint of its
 	// WAL runs in the background instead of in the commit.
 	noCatchUp bool
+
+	// direct reads the sectors table from the file's B-tree when the
+	// file holds every committed page (direct.go); nil when the layer
+	// does not read that way. dirty: writes that returned may be
+	// uncommitted (an open write batch, or write-back holding data);
+	// set before a write returns, cleared by a commit that leaves
+	// nothing pending (cleanLocked). failed mirrors failure != nil.
+	direct        *direct
+	dirty, failed atomic.Bool
 }
 
 // startBackgroundCheckpoints moves WAL checkpoints off the request path:
@@ -142,6 +151,9 @@ func startBackgroundCheckpoints(e *engine) error {
 	e.conn.WALHook(func(_ *sqlite3.Conn, _ string, pages int) error {
 		e.walBytes = int64(pages) * pageSize
 		e.commits++
+		if e.direct != nil {
+			e.direct.committed()
+		}
 		return nil
 	})
 	c, err := startCheckpointer(e.path)
@@ -193,6 +205,9 @@ func (e *engine) closeStatements() {
 func (e *engine) closeLocked() error {
 	if e.closed {
 		return fmt.Errorf("close layer %q: %w", e.path, disklayer.ErrClosed)
+	}
+	if e.direct != nil {
+		e.direct.close()
 	}
 	if e.wb != nil {
 		e.wb.stopLocked()
@@ -296,6 +311,7 @@ func (e *engine) beginLocked(op string) error {
 		}
 		e.inTx = false
 	}
+	e.dirty.Store(true) // before any write of the batch returns
 	if err := e.begin.Exec(); err != nil {
 		return fmt.Errorf("%s %q: begin: %w", op, e.path, mapStoreError(err))
 	}
@@ -327,6 +343,7 @@ func (e *engine) commitLocked(op string) error {
 		for _, t := range e.tables {
 			t.batch = t.batch[:0]
 		}
+		e.cleanLocked()
 		e.checkpointLocked(!e.noCatchUp)
 		if e.fullReclaim {
 			e.fullReclaim = false

@@ -86,3 +86,45 @@ func AutoVacuumForTest(f *File) (int64, error) {
 	defer f.eng.mu.Unlock()
 	return store.PragmaInt(f.eng.conn, "auto_vacuum")
 }
+
+// SettleForTest flushes f and waits for a checkpoint, after which the
+// layer's file holds every committed page; it reports whether direct
+// reads (direct.go) are then on.
+func SettleForTest(f *File) (bool, error) {
+	if err := f.Flush(); err != nil {
+		return false, err
+	}
+	e := f.eng
+	if e.ckpt != nil {
+		e.ckpt.catchUp()
+	}
+	return e.direct != nil && e.direct.clean.Load() && !e.dirty.Load(), nil
+}
+
+// ReadWaysForTest reads [off, off+len(p)) of f's disk both ways: direct
+// (ok false when direct reads could not serve it) and through SQLite,
+// with the ranges each found without rows.
+func ReadWaysForTest(f *File, p, q []byte, off int64) (ok bool, gapsDirect, gapsSQLite [][2]int64, err error) {
+	t := f.disk
+	var gd, gs []span
+	ok = f.eng.direct != nil && f.eng.direct.read(p, off, &gd)
+	f.eng.mu.Lock()
+	err = f.eng.beginReadLocked("read")
+	if err == nil {
+		err = t.readLocked(q, off, &gs)
+	}
+	f.eng.mu.Unlock()
+	for _, g := range gd {
+		gapsDirect = append(gapsDirect, [2]int64{g.off, g.len})
+	}
+	for _, g := range gs {
+		gapsSQLite = append(gapsSQLite, [2]int64{g.off, g.len})
+	}
+	return ok, gapsDirect, gapsSQLite, err
+}
+
+// DirectReadsForTest reports whether f reads its disk directly now.
+func DirectReadsForTest(f *File) bool {
+	e := f.eng
+	return e.direct != nil && e.direct.clean.Load() && !e.dirty.Load()
+}

@@ -183,6 +183,9 @@ func Create(path string, opts CreateOptions) (*File, error) {
 		return nil, err
 	}
 	f.eng.held = held
+	if !opts.Scratch {
+		_ = f.eng.startDirect(false)
+	}
 	if opts.Scratch {
 		if err := conn.Exec("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF"); err != nil {
 			f.Close()
@@ -308,6 +311,18 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 	}
 	f.eng.held = held
 	f.eng.sidecars = sidecars
+	switch mode := holdMode(opts); {
+	case mode == lock.Exclusive:
+		// Direct reads are an optimisation: without them reads go
+		// through SQLite, as they always did.
+		_ = f.eng.startDirect(false)
+	case mode == lock.Stable:
+		// Nobody writes it while it is held: the file is complete if the
+		// WAL holds nothing.
+		if st, err := os.Stat(path + "-wal"); err != nil || st.Size() == 0 {
+			_ = f.eng.startDirect(true)
+		}
+	}
 	if opts.WriteBack && !opts.ReadOnly {
 		f.eng.wb = newWriteBack(f.disk)
 	}

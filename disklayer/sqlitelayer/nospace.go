@@ -47,6 +47,7 @@ func (t *blockTable) noteWrittenLocked(first, last int64) {
 	}
 	if len(t.lost) > 0 {
 		t.lost = subtractSpan(t.lost, first, last)
+		t.hasLost.Store(len(t.lost) > 0)
 	}
 }
 
@@ -104,6 +105,7 @@ func (e *engine) loseBatchLocked(err error) error {
 // loseLocked adds spans to the lost blocks and makes the table owe err.
 func (t *blockTable) loseLocked(spans []blockSpan, err error) {
 	t.lost = mergeSpans(t.lost, spans)
+	t.hasLost.Store(len(t.lost) > 0)
 	if t.lostErr == nil {
 		t.lostErr = err
 	}

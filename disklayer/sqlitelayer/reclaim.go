@@ -372,7 +372,15 @@ func (e *engine) foldLocked() (busy bool, err error) {
 	if e.keepWAL {
 		mode = "PASSIVE"
 	}
+	var before uint64
+	if e.direct != nil {
+		before = e.direct.beginCheckpoint()
+	}
 	res, err := store.PragmaInt(e.conn, "wal_checkpoint("+mode+")")
+	if e.direct != nil {
+		// TRUNCATE returns 0 only when it copied and emptied the WAL.
+		e.direct.endCheckpoint(before, err == nil && res == 0 && mode == "TRUNCATE")
+	}
 	if rerr := e.conn.Exec(fmt.Sprintf("PRAGMA busy_timeout=%d", timeout)); err == nil {
 		err = rerr
 	}

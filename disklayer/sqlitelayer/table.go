@@ -49,6 +49,8 @@ type blockTable struct {
 	batch   []blockSpan
 	lost    []blockSpan
 	lostErr error
+	// hasLost mirrors len(lost) > 0 for direct reads (direct.go).
+	hasLost atomic.Bool
 }
 
 // zeroBlock is compared against to recognise all-zero blocks.
@@ -125,6 +127,9 @@ func (t *blockTable) ReadAt(p []byte, off int64) (int, error) {
 	if err := disklayer.CheckRange(off, int64(len(p)), t.Size()); err != nil {
 		return 0, fmt.Errorf("read %q %s: %w", t.e.path, t.table, err)
 	}
+	if len(p) > 0 && t.readDirect(p, off, nil) {
+		return len(p), nil
+	}
 	first, last := t.blockRange(off, len(p))
 	t.e.lockFor(t, first, last)
 	defer t.e.mu.Unlock()
@@ -162,16 +167,19 @@ func (t *blockTable) ReadOwn(p []byte, off int64, absent func(off, length int64)
 	}
 	var gapsBuf [8]span
 	gaps := gapsBuf[:0]
-	first, last := t.blockRange(off, len(p))
-	t.e.lockFor(t, first, last)
-	err := t.usable("read")
-	if err == nil && len(p) > 0 {
-		err = t.e.beginReadLocked("read")
+	var err error
+	if len(p) == 0 || !t.readDirect(p, off, &gaps) {
+		first, last := t.blockRange(off, len(p))
+		t.e.lockFor(t, first, last)
+		err = t.usable("read")
+		if err == nil && len(p) > 0 {
+			err = t.e.beginReadLocked("read")
+		}
+		if err == nil && len(p) > 0 {
+			err = t.readLocked(p, off, &gaps)
+		}
+		t.e.mu.Unlock()
 	}
-	if err == nil && len(p) > 0 {
-		err = t.readLocked(p, off, &gaps)
-	}
-	t.e.mu.Unlock()
 	if err != nil {
 		return err
 	}

@@ -97,6 +97,8 @@ func (wb *writeBack) write(p []byte, off int64) bool {
 		wb.mu.Unlock()
 		return false
 	}
+	// Before the write returns, under mu (see engine.cleanLocked).
+	wb.t.e.dirty.Store(true)
 	first := off / int64(bs)
 	for i := 0; i*bs < len(p); i++ {
 		key := first + int64(i)
@@ -327,6 +329,7 @@ func (e *engine) lockFor(t *blockTable, first, last int64) {
 // fail makes err the sticky failure. Called with the engine's lock held.
 func (e *engine) fail(err error) {
 	e.failure = err
+	e.failed.Store(true)
 	if e.wb != nil {
 		e.wb.open.Store(false)
 	}
