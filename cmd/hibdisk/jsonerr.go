@@ -75,4 +75,3 @@ func outputFormat(fs *flagSet) func() (bool, error) {
 		return false, usagef("--output %q: want human or json", *output)
 	}
 }
-
