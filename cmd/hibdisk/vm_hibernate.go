@@ -18,11 +18,16 @@ import (
 // superviseVM runs a machine until it exits (qemu.Supervise): it answers
 // `vm hibernate` when top, the first disk's top layer, is given, quits
 // QEMU on ctx's end, and goes on with the resumed machine after a
-// hibernate with --continue. closeDisks closes the layers the caller
+// hibernate with --continue; under --json its console goes to stderr.
+// closeDisks closes the layers the caller
 // opened for the first machine.
-func superviseVM(ctx context.Context, e *env, m *qemu.Machine, top string, closeDisks func() error) error {
+func superviseVM(ctx context.Context, e *env, m *qemu.Machine, top string, asJSON bool, closeDisks func() error) error {
+	console := e.stdout
+	if asJSON {
+		console = e.stderr // as the first machine's (vm run/resume --json)
+	}
 	return qemu.Supervise(ctx, m, qemu.SuperviseOptions{
-		Top: top, CloseDisks: closeDisks, Console: e.stdout, Stderr: e.stderr,
+		Top: top, CloseDisks: closeDisks, Console: console, Stderr: e.stderr,
 		OnHibernate: func(res *qemu.HibernateResult) {
 			fmt.Fprintf(e.stderr, "hibdisk vm: hibernated into %s (%s of RAM stored) in %v\n", res.Layer, formatSize(res.RAMBytesStored()), res.Total.Round(time.Millisecond))
 		},
@@ -66,20 +71,37 @@ func runVMHibernate(_ context.Context, e *env, args []string) error {
 }
 
 func runVMResume(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "vm resume", "[--top NEW] [--qmp PATH] LAYER")
+	fs := newFlags(e, "vm resume", "[--top NEW] [--qmp PATH] [--json] LAYER")
 	top := fs.String("top", "", "the new diff layer the resumed machine writes to (default LAYER-N.db)")
 	qmpPath := fs.String("qmp", "", "QMP socket path (default: in a private temporary directory)")
+	output := outputFormat(fs)
 	pos, err := parseArgs(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if *top == "" {
-		*top = qemu.NextTop(pos[0])
-	}
-	m, res, err := qemu.Resume(ctx, qemu.ResumeOptions{Snapshot: pos[0], Top: *top, Console: e.stdout, Stderr: e.stderr, QMPSocket: *qmpPath})
+	asJSON, err := output()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %v; QMP socket %s\n", pos[0], *top, res.Total.Round(time.Millisecond), m.QMPPath())
-	return superviseVM(ctx, e, m, *top, func() error { return nil })
+	console := e.stdout
+	if asJSON {
+		console = e.stderr // stdout holds only the JSON line
+	}
+	if *top == "" {
+		*top = qemu.NextTop(pos[0])
+	}
+	m, res, err := qemu.Resume(ctx, qemu.ResumeOptions{Snapshot: pos[0], Top: *top, Console: console, Stderr: e.stderr, QMPSocket: *qmpPath})
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if err := printVMJSON(e.stdout, m, *top, true, pos[0], nil); err != nil {
+			m.Kill()
+			m.Wait(context.Background())
+			return err
+		}
+	} else {
+		fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %v; QMP socket %s\n", pos[0], *top, res.Total.Round(time.Millisecond), m.QMPPath())
+	}
+	return superviseVM(ctx, e, m, *top, asJSON, func() error { return nil })
 }
