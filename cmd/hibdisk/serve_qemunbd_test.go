@@ -190,7 +190,7 @@ func TestServeFork(t *testing.T) {
 // the test directory, QEMU's private directory and process ids.
 func normalizeRun(s, dir string) string {
 	s = strings.ReplaceAll(s, dir, "DIR")
-	s = regexp.MustCompile(`[^"]*/hibdisk-vm-[0-9]+`).ReplaceAllString(s, "VMDIR")
+	s = regexp.MustCompile(`[^"=]*/hibdisk-vm-[0-9]+`).ReplaceAllString(s, "VMDIR")
 	s = regexp.MustCompile(`"(pid|qemu_pid)":[0-9]+`).ReplaceAllString(s, `"$1":PID`)
 	return regexp.MustCompile(`127\.0\.0\.1:[0-9]+`).ReplaceAllString(s, "127.0.0.1:PORT")
 }

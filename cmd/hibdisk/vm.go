@@ -124,20 +124,18 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 	if !o.readOnly && o.hibDisk == "" {
 		top = o.specs[0].file
 	}
+	var ready func(*qemu.Machine)
 	if o.asJSON {
 		var files []string
 		for _, s := range o.specs {
 			files = append(files, s.file)
 		}
-		if err := printVMJSON(e.stdout, m, o.specs[0].file, top != "", "", files); err != nil {
-			m.Kill()
-			m.Wait(context.Background())
-			return err
-		}
+		// Printed once `vm hibernate` can find the machine.
+		ready = func(m *qemu.Machine) { printVMJSON(e.stdout, m, o.specs[0].file, top != "", "", files) }
 	} else {
 		fmt.Fprintf(e.stderr, "hibdisk vm: QMP socket %s\n", m.QMPPath())
 	}
-	return superviseVM(ctx, e, m, top, o.asJSON, closeDisks)
+	return superviseVM(ctx, e, m, top, ready, closeDisks)
 }
 
 // parseVMRunArgs parses vm run's command line.

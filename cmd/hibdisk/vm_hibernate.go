@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hibdisk/hibdisk/vmm/qemu"
@@ -18,16 +19,20 @@ import (
 // superviseVM runs a machine until it exits (qemu.Supervise): it answers
 // `vm hibernate` when top, the first disk's top layer, is given, quits
 // QEMU on ctx's end, and goes on with the resumed machine after a
-// hibernate with --continue; under --json its console goes to stderr.
-// closeDisks closes the layers the caller
-// opened for the first machine.
-func superviseVM(ctx context.Context, e *env, m *qemu.Machine, top string, asJSON bool, closeDisks func() error) error {
+// hibernate with --continue. ready, when not nil, is called once the
+// first machine can be asked to hibernate; with it (--json) the console
+// of resumed machines goes to stderr, as the first one's does.
+// closeDisks closes the layers the caller opened for the first machine.
+func superviseVM(ctx context.Context, e *env, m *qemu.Machine, top string, ready func(*qemu.Machine), closeDisks func() error) error {
 	console := e.stdout
-	if asJSON {
-		console = e.stderr // as the first machine's (vm run/resume --json)
+	var onReady func(*qemu.Machine)
+	if ready != nil {
+		console = e.stderr
+		var once sync.Once
+		onReady = func(m *qemu.Machine) { once.Do(func() { ready(m) }) }
 	}
 	return qemu.Supervise(ctx, m, qemu.SuperviseOptions{
-		Top: top, CloseDisks: closeDisks, Console: console, Stderr: e.stderr,
+		Top: top, CloseDisks: closeDisks, Console: console, Stderr: e.stderr, OnReady: onReady,
 		OnHibernate: func(res *qemu.HibernateResult) {
 			fmt.Fprintf(e.stderr, "hibdisk vm: hibernated into %s (%s of RAM stored) in %v\n", res.Layer, formatSize(res.RAMBytesStored()), res.Total.Round(time.Millisecond))
 		},
@@ -94,14 +99,12 @@ func runVMResume(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var ready func(*qemu.Machine)
 	if asJSON {
-		if err := printVMJSON(e.stdout, m, *top, true, pos[0], nil); err != nil {
-			m.Kill()
-			m.Wait(context.Background())
-			return err
-		}
+		// Printed once `vm hibernate` can find the machine.
+		ready = func(m *qemu.Machine) { printVMJSON(e.stdout, m, *top, true, pos[0], nil) }
 	} else {
 		fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %v; QMP socket %s\n", pos[0], *top, res.Total.Round(time.Millisecond), m.QMPPath())
 	}
-	return superviseVM(ctx, e, m, *top, asJSON, func() error { return nil })
+	return superviseVM(ctx, e, m, *top, ready, func() error { return nil })
 }

@@ -35,7 +35,9 @@ type vmJSONDisk struct {
 }
 
 // printVMJSON prints a started machine as one JSON line. files are the
-// DISK arguments of vm run (nil for vm resume).
+// DISK arguments of vm run (nil for vm resume). It is printed once the
+// machine is supervised, so a script may send `vm hibernate LAYER` as
+// soon as it reads the line.
 func printVMJSON(w io.Writer, m *qemu.Machine, layer string, hibernatable bool, snapshot string, files []string) error {
 	out := vmJSON{
 		Layer: absPath(layer), Hibernatable: hibernatable, Snapshot: absPath(snapshot),
