@@ -97,7 +97,8 @@ func TestInfoOfMovedParent(t *testing.T) {
 			t.Errorf("info of a layer whose parent moved: stdout lacks %q:\n%s", want, r.stdout)
 		}
 	}
-	r = wantError(t, dir, 1, `hibdisk info: parent "p.db" of "c.db" is missing (no file "p.db"); if it moved, record where it is now: hibdisk rebase -u -b NEWPATH c.db`,
+	// Under --json the same error is one JSON object (see jsonerr.go).
+	r = wantError(t, dir, 1, `{"error":"parent \"p.db\" of \"c.db\" is missing (no file \"p.db\"); if it moved, record where it is now: hibdisk rebase -u -b NEWPATH c.db","exit":1}`,
 		"info", "--json", "c.db")
 	if !strings.Contains(r.stdout, `"filename": "c.db"`) {
 		t.Errorf("info --json of a layer whose parent moved:\n%s", r.stdout)

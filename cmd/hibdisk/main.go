@@ -98,6 +98,7 @@ func run(ctx context.Context, args []string, e *env) int {
 		return 2
 	}
 	err := c.run(ctx, e, args[1:])
+	asJSON := wantsJSON(args[1:])
 	switch {
 	case err == nil:
 		return 0
@@ -108,9 +109,9 @@ func run(ctx context.Context, args []string, e *env) int {
 		errors.As(err, &x)
 		switch {
 		case x.err != nil:
-			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, x.err))
+			printError(e.stderr, asJSON, c.name, explain(c.name, x.err), x.code)
 		case x.msg != "":
-			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(x.msg))
+			printError(e.stderr, asJSON, c.name, oneLine(x.msg), x.code)
 		}
 		return x.code
 	case errors.As(err, new(usageError)):
@@ -120,10 +121,10 @@ func run(ctx context.Context, args []string, e *env) int {
 		if u.cmd != "" {
 			name = u.cmd
 		}
-		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", name, oneLine(u.msg))
+		printError(e.stderr, asJSON, name, oneLine(u.msg), 2)
 		return 2
 	default:
-		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, err))
+		printError(e.stderr, asJSON, c.name, explain(c.name, err), 1)
 		return 1
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -40,12 +41,23 @@ type serveOptions struct {
 	reconnectDelay      time.Duration // diffdisk.Options.ReconnectDelay
 	hibExport           string
 	create              string
+	// qemu-nbd's conventions (see the README's table).
+	persistent bool   // -t: keep serving after the last client
+	fork       bool   // --fork: daemonize once listening
+	pidFile    string // --pid-file, absolute
+	asJSON     bool   // --json, --output=json: one JSON line when ready
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
 	o, err := parseServeArgs(e, args)
 	if err != nil {
 		return err
+	}
+	if o.fork && !isForkedServer() {
+		if e.stdout != io.Writer(os.Stdout) {
+			return errors.New("--fork runs the hibdisk binary again: it needs the process's own stdout")
+		}
+		return forkServe()
 	}
 	if err := createServed(o); err != nil {
 		return err
@@ -87,19 +99,55 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		// Under socket activation stdout may belong to the client.
 		banner = e.stderr
 	}
-	printBanner(banner, l, where, exports)
-	return serveUntilDone(ctx, srv, l)
+	var idle <-chan struct{}
+	if !o.persistent {
+		il := newIdleListener(l)
+		l, idle = il, il.idle
+	}
+	if o.pidFile != "" {
+		if err := writePidFile(o.pidFile); err != nil {
+			return err
+		}
+		defer os.Remove(o.pidFile)
+	}
+	uri := exportURI(l, where, exports[0].Name)
+	if err := sdNotify(fmt.Sprintf("READY=1\nSTATUS=serving %d export(s) at %s\nMAINPID=%d", len(exports), uri, os.Getpid())); err != nil {
+		fmt.Fprintf(e.stderr, "hibdisk serve: %s\n", oneLine(err.Error()))
+	}
+	defer sdNotify("STOPPING=1")
+	if o.asJSON {
+		if err := printServeJSON(banner, l, where, o, exports); err != nil {
+			return err
+		}
+	} else {
+		printBanner(banner, l, where, exports, o.persistent)
+	}
+	forkedReady()
+	return serveUntilDone(ctx, srv, l, idle)
 }
 
 // parseServeArgs parses serve's command line.
 func parseServeArgs(e *env, args []string) (serveOptions, error) {
-	fs := newFlags(e, "serve", "--nbd [--socket PATH | --listen HOST:PORT] [--read-only] [--export NAME] [--export NAME=FILE]... [--hibernate-export NAME] [--create SIZE] [FILE]")
+	fs := newFlags(e, "serve", "--nbd [-k|--socket PATH | --listen HOST:PORT | [-b ADDR] -p PORT] [-r|--read-only] [-x|--export NAME] [--export NAME=FILE]... [-t|--persistent[=false]] [--fork] [--pid-file FILE] [--json] [--hibernate-export NAME] [--create SIZE] [FILE]")
 	nbdMode := fs.Bool("nbd", false, "serve over NBD (the only protocol so far; required)")
 	socket := fs.String("socket", "", "unix socket path (default: FILE with extension .sock, mode 0600)")
+	fs.StringVar(socket, "k", "", "same as --socket (qemu-nbd's -k)")
 	listen := fs.String("listen", "", "TCP HOST:PORT instead of a unix socket; HOST defaults to 127.0.0.1")
+	port := fs.String("p", "", "TCP port, as qemu-nbd's -p (with -b; same as --listen ADDR:PORT)")
+	fs.StringVar(port, "port", "", "same as -p")
+	bind := fs.String("b", "", "TCP address for -p (default 127.0.0.1, where qemu-nbd's is 0.0.0.0)")
+	fs.StringVar(bind, "bind", "", "same as -b")
 	readOnly := fs.Bool("read-only", false, "refuse writes (EPERM); the layers are opened read-only")
+	fs.BoolVar(readOnly, "r", false, "same as --read-only (qemu-nbd's -r)")
 	var exportFlags multiFlag
 	fs.Var(&exportFlags, "export", `export name of FILE (default ""), or NAME=FILE for another export; repeatable`)
+	fs.Var(&exportFlags, "x", "same as --export (qemu-nbd's -x NAME)")
+	fs.Var(&exportFlags, "export-name", "same as --export (qemu-nbd's long name)")
+	persistent := fs.Bool("persistent", true, "keep serving after the last client disconnects (default; --persistent=false exits then, as qemu-nbd without -t)")
+	fs.BoolVar(persistent, "t", true, "same as --persistent (qemu-nbd's -t)")
+	fork := fs.Bool("fork", false, "run in the background once listening: exit 0 when the server is ready, or with its error")
+	pidFile := fs.String("pid-file", "", "write the server's pid to this file once it is ready; removed when it exits cleanly")
+	output := outputFormat(fs)
 	hibExport := fs.String("hibernate-export", "", "also export the first chain's hibernate file under this name")
 	create := fs.String("create", "", "create FILE with this size when it does not exist")
 	readCache := fs.Bool("read-cache", false, "copy what reads find below into the top layer")
@@ -111,8 +159,30 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	if !*nbdMode {
 		return serveOptions{}, usagef("say which protocol to serve: --nbd")
 	}
+	if *bind != "" && *port == "" {
+		*port = "10809" // qemu-nbd's default port
+	}
+	if *port != "" {
+		if *listen != "" {
+			return serveOptions{}, usagef("-p/-b and --listen exclude each other")
+		}
+		host := *bind
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		*listen = net.JoinHostPort(host, *port)
+	}
 	if *socket != "" && *listen != "" {
-		return serveOptions{}, usagef("--socket and --listen exclude each other")
+		return serveOptions{}, usagef("--socket and --listen (or -p) exclude each other")
+	}
+	asJSON, err := output()
+	if err != nil {
+		return serveOptions{}, err
+	}
+	if *pidFile != "" {
+		if *pidFile, err = filepath.Abs(*pidFile); err != nil {
+			return serveOptions{}, err
+		}
 	}
 	specs, err := exportSpecs(pos, exportFlags)
 	if err != nil {
@@ -121,6 +191,7 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	return serveOptions{
 		specs: specs, socket: *socket, listen: *listen, readOnly: *readOnly, readCache: *readCache,
 		hibExport: *hibExport, create: *create, reconnectDelay: noneIfZero(*reconnect),
+		persistent: *persistent, fork: *fork, pidFile: *pidFile, asJSON: asJSON,
 	}, nil
 }
 
@@ -207,16 +278,18 @@ func listenServe(o serveOptions) (l net.Listener, where string, activated bool, 
 	return l, where, activated, err
 }
 
-// serveUntilDone serves until the server fails or ctx ends (SIGINT,
-// SIGTERM); then it stops accepting, answers what is in flight and
+// serveUntilDone serves until the server fails, ctx ends (SIGINT,
+// SIGTERM) or idle is closed (the last client left, without
+// --persistent); then it stops accepting, answers what is in flight and
 // flushes every export.
-func serveUntilDone(ctx context.Context, srv *nbd.Server, l net.Listener) error {
+func serveUntilDone(ctx context.Context, srv *nbd.Server, l net.Listener, idle <-chan struct{}) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
+	case <-idle:
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -316,33 +389,90 @@ func describe(path string, d *diffdisk.Disk, readOnly bool) string {
 	return desc
 }
 
+// exportURI is the NBD URI a client connects to for export name.
+func exportURI(l net.Listener, where, name string) string {
+	if l.Addr().Network() == "unix" {
+		return fmt.Sprintf("nbd+unix:///%s?socket=%s", url.PathEscape(name), where)
+	}
+	host, port, _ := net.SplitHostPort(where)
+	return fmt.Sprintf("nbd://%s/%s", net.JoinHostPort(dialHost(host), port), url.PathEscape(name))
+}
+
 // printBanner says where the exports are and how QEMU connects.
-func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export) {
+func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export, persistent bool) {
 	for i, x := range exports {
-		var uri, blockdev string
+		var blockdev string
 		node := fmt.Sprintf("hd%d", i)
 		exportOpt := ""
 		if x.Name != "" {
 			exportOpt = ",export=" + x.Name
 		}
 		if l.Addr().Network() == "unix" {
-			uri = fmt.Sprintf("nbd+unix:///%s?socket=%s", url.PathEscape(x.Name), where)
 			blockdev = fmt.Sprintf("-blockdev driver=nbd,node-name=%s,server.type=unix,server.path=%s%s", node, where, exportOpt)
 		} else {
 			host, port, _ := net.SplitHostPort(where)
-			host = dialHost(host)
-			uri = fmt.Sprintf("nbd://%s/%s", net.JoinHostPort(host, port), url.PathEscape(x.Name))
-			blockdev = fmt.Sprintf("-blockdev driver=nbd,node-name=%s,server.type=inet,server.host=%s,server.port=%s%s", node, host, port, exportOpt)
+			blockdev = fmt.Sprintf("-blockdev driver=nbd,node-name=%s,server.type=inet,server.host=%s,server.port=%s%s", node, dialHost(host), port, exportOpt)
 		}
 		ro := ""
 		if x.ReadOnly {
 			ro = " (read-only)"
 		}
 		fmt.Fprintf(w, "export %q: %s%s\n", x.Name, x.Description, ro)
-		fmt.Fprintf(w, "  NBD URI: %s\n", uri)
+		fmt.Fprintf(w, "  NBD URI: %s\n", exportURI(l, where, x.Name))
 		fmt.Fprintf(w, "  QEMU:    %s -device virtio-blk-pci,drive=%s\n", blockdev, node)
 	}
-	fmt.Fprintln(w, "Serving; stop with Ctrl-C (in-flight requests finish, then the layers are flushed).")
+	if persistent {
+		fmt.Fprintln(w, "Serving; stop with Ctrl-C (in-flight requests finish, then the layers are flushed).")
+	} else {
+		fmt.Fprintln(w, "Serving; exits when the last client disconnects, or stop with Ctrl-C (in-flight requests finish, then the layers are flushed).")
+	}
+}
+
+// serveJSON is what serve --json prints, on one line, once it is ready
+// (the README documents it).
+type serveJSON struct {
+	URI     string            `json:"uri"`               // of the first export
+	Socket  string            `json:"socket,omitempty"`  // unix socket
+	Address string            `json:"address,omitempty"` // TCP HOST:PORT a client dials
+	Exports []serveJSONExport `json:"exports"`
+	PID     int               `json:"pid"`
+}
+
+type serveJSONExport struct {
+	Name     string `json:"name"`
+	URI      string `json:"uri"`
+	File     string `json:"file"` // absolute; for --hibernate-export, the layer
+	ReadOnly bool   `json:"read_only"`
+	Size     int64  `json:"size"`
+}
+
+// printServeJSON prints serve's readiness as one JSON line.
+func printServeJSON(w io.Writer, l net.Listener, where string, o serveOptions, exports []nbd.Export) error {
+	out := serveJSON{URI: exportURI(l, where, exports[0].Name), PID: os.Getpid()}
+	if l.Addr().Network() == "unix" {
+		out.Socket = where
+	} else {
+		host, port, _ := net.SplitHostPort(where)
+		out.Address = net.JoinHostPort(dialHost(host), port)
+	}
+	for i, x := range exports {
+		file := o.specs[0].file // --hibernate-export: the first chain's
+		if i < len(o.specs) {
+			file = o.specs[i].file
+		}
+		if abs, err := filepath.Abs(file); err == nil {
+			file = abs
+		}
+		out.Exports = append(out.Exports, serveJSONExport{
+			Name: x.Name, URI: exportURI(l, where, x.Name), File: file, ReadOnly: x.ReadOnly, Size: x.Backend.Size(),
+		})
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
 }
 
 // dialHost is the host a client connects to for a server listening on

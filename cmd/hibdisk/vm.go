@@ -28,7 +28,7 @@ func runVM(ctx context.Context, e *env, args []string) error {
 	case "-h", "--help", "help":
 		fmt.Fprintln(e.stdout, "usage: hibdisk vm run [flags] DISK...")
 		fmt.Fprintln(e.stdout, "       hibdisk vm hibernate [--continue [--top NEW]] [--json] LAYER")
-		fmt.Fprintln(e.stdout, "       hibdisk vm resume [--top NEW] [--qmp PATH] LAYER")
+		fmt.Fprintln(e.stdout, "       hibdisk vm resume [--top NEW] [--qmp PATH] [--json] LAYER")
 		fmt.Fprintln(e.stdout, "\nRun 'hibdisk help vm SUBCOMMAND' for a subcommand's flags.")
 		return nil
 	case "run":
@@ -67,6 +67,7 @@ type vmRunOptions struct {
 	specs    []vmDisk
 	boot     bool // specs[0] is the boot disk
 	readOnly bool
+	asJSON   bool // one JSON line when the machine is up; the console on stderr
 	// hibDisk, when set, attaches the first disk's hibernate file as
 	// one more disk with this name (see attachHibernateDisk).
 	hibDisk string
@@ -117,19 +118,29 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "hibdisk vm: QMP socket %s\n", m.QMPPath())
 	// A writable first disk can hold a machine snapshot: `vm hibernate`
 	// finds the machine through a state file beside it.
 	top := ""
 	if !o.readOnly && o.hibDisk == "" {
 		top = o.specs[0].file
 	}
-	return superviseVM(ctx, e, m, top, closeDisks)
+	var ready func(*qemu.Machine)
+	if o.asJSON {
+		var files []string
+		for _, s := range o.specs {
+			files = append(files, s.file)
+		}
+		// Printed once `vm hibernate` can find the machine.
+		ready = func(m *qemu.Machine) { printVMJSON(e.stdout, m, o.specs[0].file, top != "", "", files) }
+	} else {
+		fmt.Fprintf(e.stderr, "hibdisk vm: QMP socket %s\n", m.QMPPath())
+	}
+	return superviseVM(ctx, e, m, top, ready, closeDisks)
 }
 
 // parseVMRunArgs parses vm run's command line.
 func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
-	fs := newFlags(e, "vm run", "[--kernel K [--initrd I] [--append ARGS]] [--boot DISK] [--mem SIZE] [--cpus N] [--read-only] [--qmp PATH] [--hibernate-disk NAME] DISK...")
+	fs := newFlags(e, "vm run", "[--kernel K [--initrd I] [--append ARGS]] [--boot DISK] [--mem SIZE] [--cpus N] [--read-only] [--qmp PATH] [--hibernate-disk NAME] [--json] DISK...")
 	kernel := fs.String("kernel", "", "Linux kernel to boot directly")
 	initrd := fs.String("initrd", "", "initramfs for --kernel")
 	appendArgs := fs.String("append", "", `kernel command line, after "console=ttyS0 panic=-1"`)
@@ -140,9 +151,18 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	readOnly := fs.Bool("read-only", false, "attach every disk read-only (layers opened read-only)")
 	qmpPath := fs.String("qmp", "", "QMP socket path (default: in a private temporary directory)")
 	hibDisk := fs.String("hibernate-disk", "", "NAME: attach the first disk's hibernate file as a virtio disk with serial NAME (the guest's swap area for its own hibernation)")
+	output := outputFormat(fs)
 	pos, err := parseArgs(fs, args, 0, -1)
 	if err != nil {
 		return vmRunOptions{}, err
+	}
+	asJSON, err := output()
+	if err != nil {
+		return vmRunOptions{}, err
+	}
+	console := e.stdout
+	if asJSON {
+		console = e.stderr // stdout holds only the JSON line
 	}
 	if *kernel == "" && *boot == "" {
 		return vmRunOptions{}, usagef("nothing to boot: give --kernel or --boot DISK")
@@ -163,10 +183,10 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	if len(pos) == 0 {
 		return vmRunOptions{}, usagef("no disk: give at least one DISK (the layer the machine writes to, and hibernates into)")
 	}
-	o := vmRunOptions{boot: *boot != "", readOnly: *readOnly, hibDisk: *hibDisk, cfg: qemu.Config{
+	o := vmRunOptions{boot: *boot != "", readOnly: *readOnly, hibDisk: *hibDisk, asJSON: asJSON, cfg: qemu.Config{
 		Accel: *accel, MemoryMiB: int(memBytes >> 20), CPUs: *cpus,
 		Kernel: *kernel, Initrd: *initrd, Append: *appendArgs,
-		Console: e.stdout, Stderr: e.stderr, QMPSocket: *qmpPath,
+		Console: console, Stderr: e.stderr, QMPSocket: *qmpPath,
 	}}
 	for _, a := range pos {
 		s, err := parseVMDisk(a)

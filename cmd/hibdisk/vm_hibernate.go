@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hibdisk/hibdisk/vmm/qemu"
@@ -18,11 +19,20 @@ import (
 // superviseVM runs a machine until it exits (qemu.Supervise): it answers
 // `vm hibernate` when top, the first disk's top layer, is given, quits
 // QEMU on ctx's end, and goes on with the resumed machine after a
-// hibernate with --continue. closeDisks closes the layers the caller
-// opened for the first machine.
-func superviseVM(ctx context.Context, e *env, m *qemu.Machine, top string, closeDisks func() error) error {
+// hibernate with --continue. ready, when not nil, is called once the
+// first machine can be asked to hibernate; with it (--json) the console
+// of resumed machines goes to stderr, as the first one's does.
+// closeDisks closes the layers the caller opened for the first machine.
+func superviseVM(ctx context.Context, e *env, m *qemu.Machine, top string, ready func(*qemu.Machine), closeDisks func() error) error {
+	console := e.stdout
+	var onReady func(*qemu.Machine)
+	if ready != nil {
+		console = e.stderr
+		var once sync.Once
+		onReady = func(m *qemu.Machine) { once.Do(func() { ready(m) }) }
+	}
 	return qemu.Supervise(ctx, m, qemu.SuperviseOptions{
-		Top: top, CloseDisks: closeDisks, Console: e.stdout, Stderr: e.stderr,
+		Top: top, CloseDisks: closeDisks, Console: console, Stderr: e.stderr, OnReady: onReady,
 		OnHibernate: func(res *qemu.HibernateResult) {
 			fmt.Fprintf(e.stderr, "hibdisk vm: hibernated into %s (%s of RAM stored) in %v\n", res.Layer, formatSize(res.RAMBytesStored()), res.Total.Round(time.Millisecond))
 		},
@@ -66,20 +76,35 @@ func runVMHibernate(_ context.Context, e *env, args []string) error {
 }
 
 func runVMResume(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "vm resume", "[--top NEW] [--qmp PATH] LAYER")
+	fs := newFlags(e, "vm resume", "[--top NEW] [--qmp PATH] [--json] LAYER")
 	top := fs.String("top", "", "the new diff layer the resumed machine writes to (default LAYER-N.db)")
 	qmpPath := fs.String("qmp", "", "QMP socket path (default: in a private temporary directory)")
+	output := outputFormat(fs)
 	pos, err := parseArgs(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if *top == "" {
-		*top = qemu.NextTop(pos[0])
-	}
-	m, res, err := qemu.Resume(ctx, qemu.ResumeOptions{Snapshot: pos[0], Top: *top, Console: e.stdout, Stderr: e.stderr, QMPSocket: *qmpPath})
+	asJSON, err := output()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %v; QMP socket %s\n", pos[0], *top, res.Total.Round(time.Millisecond), m.QMPPath())
-	return superviseVM(ctx, e, m, *top, func() error { return nil })
+	console := e.stdout
+	if asJSON {
+		console = e.stderr // stdout holds only the JSON line
+	}
+	if *top == "" {
+		*top = qemu.NextTop(pos[0])
+	}
+	m, res, err := qemu.Resume(ctx, qemu.ResumeOptions{Snapshot: pos[0], Top: *top, Console: console, Stderr: e.stderr, QMPSocket: *qmpPath})
+	if err != nil {
+		return err
+	}
+	var ready func(*qemu.Machine)
+	if asJSON {
+		// Printed once `vm hibernate` can find the machine.
+		ready = func(m *qemu.Machine) { printVMJSON(e.stdout, m, *top, true, pos[0], nil) }
+	} else {
+		fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %v; QMP socket %s\n", pos[0], *top, res.Total.Round(time.Millisecond), m.QMPPath())
+	}
+	return superviseVM(ctx, e, m, *top, ready, func() error { return nil })
 }

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -193,4 +195,138 @@ func TestVMRunUsage(t *testing.T) {
 			t.Errorf("hibdisk %s: exit %d, stderr %q; want exit %d and one line", strings.Join(c.args, " "), r.code, r.stderr, c.code)
 		}
 	}
+}
+
+// TestVMRunJSON: vm run --json prints one JSON line on stdout once the
+// machine is up, and the guest's console goes to stderr; the QMP socket
+// it names exists, the QEMU pid is a live process, and a client reads
+// the disk at its URI while the machine runs. The shape is golden.
+func TestVMRunJSON(t *testing.T) {
+	testenv.RequireTools(t, "qemu-system-x86", "qemu-system-x86_64")
+	dir := testDir(t)
+	img := filepath.Join(dir, "boot.img")
+	if err := os.WriteFile(img, append(bootSector(), make([]byte, 1<<20-512)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustHib(t, dir, "convert", "boot.img", "boot.db")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"vm", "run", "--json", "--boot", "boot.db", "--mem", "32M"}, &env{stdout: &stdout, stderr: &stderr})
+	}()
+	deadline := time.After(time.Minute)
+	for !strings.Contains(stderr.String(), bootMessage) || !strings.Contains(stdout.String(), "\n") {
+		select {
+		case code := <-done:
+			t.Fatalf("vm run exited %d early\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+		case <-deadline:
+			cancel()
+			<-done
+			t.Fatalf("no JSON line and boot message on stderr within a minute\nstdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	var up vmJSON
+	if err := json.Unmarshal([]byte(stdout.String()), &up); err != nil {
+		t.Fatalf("%v: %q", err, stdout.String())
+	}
+	if fi, err := os.Stat(up.QMP); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("qmp %q is not a socket (%v)", up.QMP, err)
+	}
+	if err := syscall.Kill(up.QEMUPID, 0); err != nil || up.PID != os.Getpid() {
+		t.Errorf("qemu_pid %d (kill 0: %v), pid %d (want %d)", up.QEMUPID, err, up.PID, os.Getpid())
+	}
+	if len(up.Disks) != 1 {
+		t.Fatalf("disks: %+v", up.Disks)
+	}
+	if size, err := nbdinfo(t, "--size", up.Disks[0].URI); err != nil || strings.TrimSpace(size) != "1048576" {
+		t.Errorf("nbdinfo %s: %v %s", up.Disks[0].URI, err, size)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("vm run after interrupt: exit %d, stderr:\n%s", code, stderr.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("vm run did not end within a minute of the interrupt")
+	}
+	if strings.Count(stdout.String(), "\n") != 1 {
+		t.Errorf("stdout holds more than the JSON line:\n%s", stdout.String())
+	}
+	golden(t, "vm-run-json.golden", normalizeRun(stdout.String(), dir))
+}
+
+// startVMJSON runs `hibdisk vm ARGS...` (run or resume with --json)
+// in-process and returns what its JSON line says once the machine is
+// up, and a function that interrupts it (as Ctrl-C) and returns its exit
+// status and stdout.
+func startVMJSON(t *testing.T, args ...string) (vmJSON, func() (int, string)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, append([]string{"vm"}, args...), &env{stdout: &stdout, stderr: &stderr}) }()
+	stop := func() (int, string) {
+		cancel()
+		select {
+		case code := <-done:
+			done <- code
+			return code, stdout.String()
+		case <-time.After(time.Minute):
+			t.Fatalf("vm %s did not end within a minute of the interrupt", strings.Join(args, " "))
+			return -1, ""
+		}
+	}
+	t.Cleanup(func() { stop() })
+	deadline := time.After(time.Minute)
+	for !strings.Contains(stdout.String(), "\n") {
+		select {
+		case code := <-done:
+			done <- code
+			t.Fatalf("vm %s exited %d early\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, stdout.String(), stderr.String())
+		case <-deadline:
+			t.Fatalf("vm %s: no JSON line within a minute\nstderr:\n%s", strings.Join(args, " "), stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	var up vmJSON
+	if err := json.Unmarshal([]byte(stdout.String()), &up); err != nil {
+		t.Fatalf("%v: %q", err, stdout.String())
+	}
+	return up, stop
+}
+
+// TestVMResumeJSON: vm resume --json prints one JSON line naming the
+// snapshot, the new top layer, the QMP socket and the disk's URI, which
+// a client reads while the resumed machine runs. Golden.
+func TestVMResumeJSON(t *testing.T) {
+	testenv.RequireTools(t, "qemu-system-x86", "qemu-system-x86_64")
+	dir := testDir(t)
+	img := filepath.Join(dir, "boot.img")
+	if err := os.WriteFile(img, append(bootSector(), make([]byte, 1<<20-512)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustHib(t, dir, "convert", "boot.img", "boot.db")
+	_, stop := startVMJSON(t, "run", "--json", "--boot", "boot.db", "--mem", "32M")
+	mustHib(t, dir, "vm", "hibernate", "boot.db")
+	if code, _ := stop(); code != 0 {
+		t.Fatalf("vm run: exit %d after hibernate", code)
+	}
+
+	up, stop := startVMJSON(t, "resume", "--json", "--top", "next.db", "boot.db")
+	if !strings.HasSuffix(up.Layer, "/next.db") || !strings.HasSuffix(up.Snapshot, "/boot.db") || !up.Hibernatable || len(up.Disks) != 1 {
+		t.Errorf("resume --json: %+v", up)
+	}
+	if size, err := nbdinfo(t, "--size", up.Disks[0].URI); err != nil || strings.TrimSpace(size) != "1048576" {
+		t.Errorf("nbdinfo %s: %v %s", up.Disks[0].URI, err, size)
+	}
+	code, out := stop()
+	if code != 0 || strings.Count(out, "\n") != 1 {
+		t.Errorf("vm resume: exit %d, stdout %q", code, out)
+	}
+	golden(t, "vm-resume-json.golden", normalizeRun(out, dir))
 }

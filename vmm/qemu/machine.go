@@ -250,6 +250,7 @@ type Machine struct {
 	args    []string
 	dir     string // private directory: sockets
 	qmpPath string
+	nbdPath string // the NBD server's socket; "" without one
 	qmp     *QMP
 	server  *nbd.Server
 	served  chan error // Serve's result; nil without a server
@@ -320,6 +321,9 @@ func Start(ctx context.Context, cfg Config) (_ *Machine, err error) {
 	}
 	if err := m.startServer(cfg, nbdPath); err != nil {
 		return nil, err
+	}
+	if m.server != nil {
+		m.nbdPath = nbdPath
 	}
 
 	consoleR, consoleW, err := os.Pipe()
@@ -533,6 +537,35 @@ func (m *Machine) QMP() *QMP { return m.qmp }
 
 // QMPPath is the QMP socket (for other clients while the machine runs).
 func (m *Machine) QMPPath() string { return m.qmpPath }
+
+// PID is QEMU's process id.
+func (m *Machine) PID() int { return m.cmd.Process.Pid }
+
+// NBDSocket is the unix socket of the machine's own NBD server, which
+// exports each Disk.Layer under its disk name; "" when it has none.
+func (m *Machine) NBDSocket() string { return m.nbdPath }
+
+// DiskExport says where one of the machine's disks is served.
+type DiskExport struct {
+	Name   string // the disk's name (its virtio serial)
+	Socket string // the NBD server's unix socket
+	Export string // the export name on that server
+}
+
+// DiskExports lists where the machine's disks are served, in the order
+// they are attached: by its own NBD server (NBDSocket) under their
+// names, or by the server a Disk.Socket names.
+func (m *Machine) DiskExports() []DiskExport {
+	var out []DiskExport
+	for _, d := range m.cfg.Disks {
+		if d.Layer != nil {
+			out = append(out, DiskExport{Name: d.Name, Socket: m.nbdPath, Export: d.Name})
+		} else {
+			out = append(out, DiskExport{Name: d.Name, Socket: d.Socket, Export: d.Export})
+		}
+	}
+	return out
+}
 
 // Lines returns the console lines so far.
 func (m *Machine) Lines() []string {

@@ -147,6 +147,10 @@ type SuperviseOptions struct {
 	// OnResume, when set, is told of every resume after a hibernate with
 	// Continue: snapshot resumed on top as machine m.
 	OnResume func(snapshot, top string, m *Machine, res *ResumeResult)
+	// OnReady, when set, is told when machine m (the first, then each
+	// resumed one) is supervised: from then on RequestHibernate on its
+	// top layer finds it (when there is one).
+	OnReady func(m *Machine)
 }
 
 // Supervise runs machine m until it exits: it answers RequestHibernate
@@ -166,7 +170,7 @@ func Supervise(ctx context.Context, m *Machine, opts SuperviseOptions) error {
 		closeDisks = func() error { return nil }
 	}
 	for {
-		next, err := superviseOne(ctx, m, top, closeDisks, opts.OnHibernate)
+		next, err := superviseOne(ctx, m, top, closeDisks, opts.OnHibernate, opts.OnReady)
 		closeDisks = func() error { return nil } // resumed machines close their own
 		if err != nil || next == nil {
 			return err
@@ -210,7 +214,7 @@ type controlCall struct {
 
 // superviseOne supervises one machine until it exits (see Supervise);
 // next is a hibernate with Continue, to be resumed and answered.
-func superviseOne(ctx context.Context, m *Machine, top string, closeDisks func() error, onHibernate func(*HibernateResult)) (next *pendingContinue, err error) {
+func superviseOne(ctx context.Context, m *Machine, top string, closeDisks func() error, onHibernate func(*HibernateResult), onReady func(*Machine)) (next *pendingContinue, err error) {
 	calls := make(chan controlCall)
 	if top != "" {
 		stop, err := listenControl(m, top, calls)
@@ -218,6 +222,9 @@ func superviseOne(ctx context.Context, m *Machine, top string, closeDisks func()
 			return nil, err
 		}
 		defer stop()
+	}
+	if onReady != nil {
+		onReady(m)
 	}
 
 loop:
