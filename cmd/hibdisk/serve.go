@@ -46,6 +46,10 @@ type serveOptions struct {
 	fork       bool   // --fork: daemonize once listening
 	pidFile    string // --pid-file, absolute
 	asJSON     bool   // --json, --output=json: one JSON line when ready
+	// TLS (serve_tls.go).
+	tls serveTLS
+	// maxConns: --max-connections (0: no limit).
+	maxConns int
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -86,6 +90,10 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	srv.Logger = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	srv.MaxConnections = o.maxConns
+	if err := o.tls.configure(srv); err != nil {
+		return err
+	}
 
 	l, where, activated, err := listenServe(o)
 	if err != nil {
@@ -110,7 +118,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		}
 		defer os.Remove(o.pidFile)
 	}
-	uri := exportURI(l, where, exports[0].Name)
+	uri := o.tls.uri(exportURI(l, where, exports[0].Name))
 	if err := sdNotify(fmt.Sprintf("READY=1\nSTATUS=serving %d export(s) at %s\nMAINPID=%d", len(exports), uri, os.Getpid())); err != nil {
 		fmt.Fprintf(e.stderr, "hibdisk serve: %s\n", oneLine(err.Error()))
 	}
@@ -120,7 +128,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	} else {
-		printBanner(banner, l, where, exports, o.persistent)
+		printBanner(banner, l, where, exports, o.persistent, o.tls)
 	}
 	forkedReady()
 	return serveUntilDone(ctx, srv, l, idle)
@@ -152,6 +160,8 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	create := fs.String("create", "", "create FILE with this size when it does not exist")
 	readCache := fs.Bool("read-cache", false, "copy what reads find below into the top layer")
 	reconnect := fs.Duration("reconnect-delay", diffdisk.DefaultReconnectDelay, "how long reads wait for a lost NBD server of a remote base (-F nbd) before failing with EIO; 0 fails at once")
+	tlsFlags := addTLSFlags(fs)
+	maxConns := fs.Int("max-connections", 0, "serve at most N clients at once; more get an NBD error saying so (0: no limit)")
 	pos, err := parseArgs(fs, args, 0, 1)
 	if err != nil {
 		return serveOptions{}, err
@@ -188,7 +198,15 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	if err != nil {
 		return serveOptions{}, err
 	}
+	tlsOpts, err := tlsFlags.options(*listen)
+	if err != nil {
+		return serveOptions{}, err
+	}
+	if *maxConns < 0 {
+		return serveOptions{}, usagef("--max-connections %d: want 0 (no limit) or more", *maxConns)
+	}
 	return serveOptions{
+		tls: tlsOpts, maxConns: *maxConns,
 		specs: specs, socket: *socket, listen: *listen, readOnly: *readOnly, readCache: *readCache,
 		hibExport: *hibExport, create: *create, reconnectDelay: noneIfZero(*reconnect),
 		persistent: *persistent, fork: *fork, pidFile: *pidFile, asJSON: asJSON,
@@ -399,7 +417,7 @@ func exportURI(l net.Listener, where, name string) string {
 }
 
 // printBanner says where the exports are and how QEMU connects.
-func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export, persistent bool) {
+func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export, persistent bool, tls serveTLS) {
 	for i, x := range exports {
 		var blockdev string
 		node := fmt.Sprintf("hd%d", i)
@@ -418,9 +436,14 @@ func printBanner(w io.Writer, l net.Listener, where string, exports []nbd.Export
 			ro = " (read-only)"
 		}
 		fmt.Fprintf(w, "export %q: %s%s\n", x.Name, x.Description, ro)
-		fmt.Fprintf(w, "  NBD URI: %s\n", exportURI(l, where, x.Name))
-		fmt.Fprintf(w, "  QEMU:    %s -device virtio-blk-pci,drive=%s\n", blockdev, node)
+		fmt.Fprintf(w, "  NBD URI: %s\n", tls.uri(exportURI(l, where, x.Name)))
+		if tls.on() {
+			fmt.Fprintf(w, "  QEMU:    %s %s,tls-creds=tls0 -device virtio-blk-pci,drive=%s\n", tls.qemuObject(), blockdev, node)
+		} else {
+			fmt.Fprintf(w, "  QEMU:    %s -device virtio-blk-pci,drive=%s\n", blockdev, node)
+		}
 	}
+	tls.describe(w)
 	if persistent {
 		fmt.Fprintln(w, "Serving; stop with Ctrl-C (in-flight requests finish, then the layers are flushed).")
 	} else {
@@ -436,6 +459,7 @@ type serveJSON struct {
 	Address string            `json:"address,omitempty"` // TCP HOST:PORT a client dials
 	Exports []serveJSONExport `json:"exports"`
 	PID     int               `json:"pid"`
+	TLS     bool              `json:"tls"` // clients may (--tls on) or must (require) use TLS
 }
 
 type serveJSONExport struct {
@@ -448,7 +472,7 @@ type serveJSONExport struct {
 
 // printServeJSON prints serve's readiness as one JSON line.
 func printServeJSON(w io.Writer, l net.Listener, where string, o serveOptions, exports []nbd.Export) error {
-	out := serveJSON{URI: exportURI(l, where, exports[0].Name), PID: os.Getpid()}
+	out := serveJSON{URI: o.tls.uri(exportURI(l, where, exports[0].Name)), PID: os.Getpid(), TLS: o.tls.on()}
 	if l.Addr().Network() == "unix" {
 		out.Socket = where
 	} else {
@@ -464,7 +488,7 @@ func printServeJSON(w io.Writer, l net.Listener, where string, o serveOptions, e
 			file = abs
 		}
 		out.Exports = append(out.Exports, serveJSONExport{
-			Name: x.Name, URI: exportURI(l, where, x.Name), File: file, ReadOnly: x.ReadOnly, Size: x.Backend.Size(),
+			Name: x.Name, URI: o.tls.uri(exportURI(l, where, x.Name)), File: file, ReadOnly: x.ReadOnly, Size: x.Backend.Size(),
 		})
 	}
 	b, err := json.Marshal(out)

@@ -433,7 +433,7 @@ func TestServeTCPAllAddresses(t *testing.T) {
 	done := make(chan int, 1)
 	t.Chdir(dir)
 	go func() {
-		done <- run(ctx, []string{"serve", "--nbd", "--listen", fmt.Sprintf("0.0.0.0:%d", port), "disk.db"}, &env{stdout: out, stderr: &errOut})
+		done <- run(ctx, []string{"serve", "--nbd", "--insecure", "--listen", fmt.Sprintf("0.0.0.0:%d", port), "disk.db"}, &env{stdout: out, stderr: &errOut})
 	}()
 	defer func() {
 		cancel()
