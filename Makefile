@@ -62,6 +62,11 @@ bench-scale: deps
 run: build
 	scripts/run-demo.sh
 
+# docs/hibdisk.1 from the commands' own usage (TestManPage fails when it is stale).
+.PHONY: man
+man:
+	$(GO) run ./cmd/hibdisk man -o docs/hibdisk.1
+
 clean:
 	rm -rf bin build demo.db demo.db-wal demo.db-shm demo.sock
 

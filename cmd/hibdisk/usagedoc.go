@@ -136,7 +136,7 @@ func synopsisChoices(synopsis string) map[string][]string {
 		key := ""
 		if name, list, ok := strings.Cut(w, "="); ok && strings.HasPrefix(name, "-") {
 			key, w = "-"+strings.TrimLeft(name, "-"), list // --output=json|human
-		} else if i > 0 && strings.HasPrefix(words[i-1], "-") {
+		} else if i > 0 && strings.HasPrefix(words[i-1], "-") && !strings.Contains(words[i-1], "=") {
 			key = "-" + strings.TrimLeft(words[i-1], "-")
 		}
 		if !choiceList.MatchString(w) {
