@@ -6,8 +6,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // needTool returns tool's path; without it the test fails in CI (which
@@ -171,6 +173,77 @@ func checkCompletion(t *testing.T, cmd *exec.Cmd, words, want, not []string) {
 	for _, n := range not {
 		if slices.Contains(got, n) {
 			t.Errorf("%s %q: completions %q include %q", cmd.Args[0], strings.Join(words, " "), got, n)
+		}
+	}
+}
+
+// TestZshCompletionInteractive types into a real interactive zsh (on a
+// pseudo-terminal, through zsh/zpty) with compinit and the script in
+// $fpath, presses Tab, and reads the edited line back through a widget.
+func TestZshCompletionInteractive(t *testing.T) {
+	zsh := needTool(t, "zsh", "zsh")
+	fdir, dir := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(fdir, "_hibdisk"), []byte(mustHib(t, dir, "completion", "zsh")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"alpha.db", "beta.db"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct{ typed, want string }{
+		{"hibdisk se", "hibdisk serve "},
+		{"hibdisk serve --read-o", "hibdisk serve --read-only "},
+		{"hibdisk hib p", "hibdisk hib ps "},
+		{"hibdisk vm hi", "hibdisk vm hibernate "},
+		{"hibdisk convert -O vm", "hibdisk convert -O vmdk "},
+		{"hibdisk create -b al", "hibdisk create -b alpha.db "},
+		{"hibdisk completion z", "hibdisk completion zsh "},
+	}
+	lines := filepath.Join(t.TempDir(), "lines")
+	var keys strings.Builder
+	for _, c := range cases {
+		keys.WriteString(c.typed + "\t\x18\x04\x15") // Tab, ^X^D (print the line), ^U (kill it)
+	}
+	// The keys are typed once zle reads them (at the prompt): typed
+	// earlier, the terminal's cooked mode would eat ^D and ^U.
+	rc := filepath.Join(t.TempDir(), "rc.zsh")
+	if err := os.WriteFile(rc, []byte(`bindkey -e
+fpath=(`+shellQuote(fdir)+` $fpath)
+autoload -U compinit && compinit -u -D
+cd `+shellQuote(dir)+`
+dumpbuf() { print -r -- "$BUFFER" >> `+shellQuote(lines)+` }
+zle -N dumpbuf && bindkey '^X^D' dumpbuf
+PS1='READY> '
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, zsh, "-f", "-c", `
+zmodload zsh/zpty || exit 1
+zpty z 'zsh -f -i' || exit 1
+zpty -w z "source ${(q)1}"
+zpty -r z out '*READY> *' || exit 1
+zpty -w -n z "$3"
+for i in {1..300}; do
+  [[ -f $2 ]] && (( $(wc -l < $2) >= $4 )) && break
+  sleep 0.1
+done
+zpty -d z`, "zsh", rc, lines, keys.String(), strconv.Itoa(len(cases)))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("zsh: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(lines)
+	if err != nil {
+		t.Fatalf("zsh printed no line: %v", err)
+	}
+	got := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	for i, c := range cases {
+		if i >= len(got) {
+			t.Errorf("%q<Tab>: no line read back", c.typed)
+		} else if got[i] != c.want {
+			t.Errorf("%q<Tab> = %q, want %q", c.typed, got[i], c.want)
 		}
 	}
 }
