@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -23,28 +26,61 @@ const readmeIntro = "A virtual disk layer for emulator-backed testing. One SQLit
 	"`sqlite3` shell. QEMU boots from a chain through `hibdisk serve --nbd`."
 
 func runMan(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "man", "[-o FILE] [--date YYYY-MM-DD]")
-	out := fs.String("o", "", "write the page to FILE (default: standard output)")
-	date := fs.String("date", "", "the page's date (default: $SOURCE_DATE_EPOCH, or today)")
-	if _, err := parseArgs(fs, args, 0, 0); err != nil {
+	fl := newFlags(e, "man", "[-o FILE] [--date YYYY-MM-DD]")
+	out := fl.String("o", "", "write the page to FILE (default: standard output); an unchanged page keeps its date")
+	date := fl.String("date", "", "the page's date (default: $SOURCE_DATE_EPOCH, or today)")
+	if _, err := parseArgs(fl, args, 0, 0); err != nil {
 		return err
 	}
-	if *date == "" {
-		*date = manDate(os.Getenv("SOURCE_DATE_EPOCH"), time.Now())
-	} else if _, err := time.Parse(time.DateOnly, *date); err != nil {
-		return usagef("--date %q: want YYYY-MM-DD", *date)
+	if *date != "" {
+		if _, err := time.Parse(time.DateOnly, *date); err != nil {
+			return usagef("--date %q: want YYYY-MM-DD", *date)
+		}
 	}
 	docs, err := describeCommands(ctx)
 	if err != nil {
 		return err
 	}
-	var b strings.Builder
-	writeMan(&b, docs, *date)
 	if *out == "" {
+		if *date == "" {
+			*date = manDate(os.Getenv("SOURCE_DATE_EPOCH"), time.Now())
+		}
+		var b strings.Builder
+		writeMan(&b, docs, *date)
 		_, err = io.WriteString(e.stdout, b.String())
 		return err
 	}
-	return os.WriteFile(*out, []byte(b.String()), 0o644)
+	_, err = updateMan(*out, docs, *date)
+	return err
+}
+
+// thDate is the date on a page's .TH line.
+var thDate = regexp.MustCompile(`(?m)^\.TH HIBDISK 1 (\S+) `)
+
+// updateMan writes the page to path unless path holds it already. Without
+// a date, an existing page's text that has not changed keeps its date (so
+// regenerating changes nothing); a changed one gets today's.
+func updateMan(path string, docs []cmdDoc, date string) (changed bool, err error) {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	var b strings.Builder
+	if m := thDate.FindSubmatch(old); m != nil && date == "" {
+		writeMan(&b, docs, string(m[1]))
+		if b.String() == string(old) {
+			return false, nil
+		}
+		b.Reset()
+	}
+	if date == "" {
+		date = manDate(os.Getenv("SOURCE_DATE_EPOCH"), time.Now())
+	}
+	writeMan(&b, docs, date)
+	if b.String() == string(old) {
+		return false, nil
+	}
+	return true, os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
 // manDate is the page's date: that of SOURCE_DATE_EPOCH (reproducible
