@@ -16,6 +16,11 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/hibdisk
 
+# docs/hibdisk.1 from the commands' own usage (TestManPage fails when it is stale).
+.PHONY: man
+man:
+	$(GO) run ./cmd/hibdisk man -o docs/hibdisk.1
+
 # Debian packages of the real peers the tests use (apt-get, only when missing).
 deps:
 	scripts/deps.sh
@@ -61,11 +66,6 @@ bench-scale: deps
 
 run: build
 	scripts/run-demo.sh
-
-# docs/hibdisk.1 from the commands' own usage (TestManPage fails when it is stale).
-.PHONY: man
-man:
-	$(GO) run ./cmd/hibdisk man -o docs/hibdisk.1
 
 clean:
 	rm -rf bin build demo.db demo.db-wal demo.db-shm demo.sock
