@@ -16,6 +16,11 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/hibdisk
 
+# docs/hibdisk.1 from the commands' own usage (TestManPage fails when it is stale).
+.PHONY: man
+man:
+	$(GO) run ./cmd/hibdisk man -o docs/hibdisk.1
+
 # Debian packages of the real peers the tests use (apt-get, only when missing).
 deps:
 	scripts/deps.sh

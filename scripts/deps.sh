@@ -5,7 +5,8 @@
 # capture tests' helper process; the sqlite3 shell, which the README's
 # SQL examples and the changed-base tests use; mmdebstrap, which builds
 # the Debian test guest; headless Chromium, which loads `hibdisk report`'s
-# page in its test) when any is missing.
+# page in its test; zsh, groff and mandoc, which run the completion
+# scripts and render the man page in theirs) when any is missing.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 
@@ -37,6 +38,9 @@ declare -A need=(
   [sqlite3]=sqlite3
   [mmdebstrap]=mmdebstrap
   [chromium]=chromium
+  [zsh]=zsh
+  [groff]=groff-base
+  [mandoc]=mandoc
 )
 missing=()
 for cmd in "${!need[@]}"; do

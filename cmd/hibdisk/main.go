@@ -34,6 +34,9 @@ type env struct {
 	stderr io.Writer
 	// isTerminal reports whether stderr is a terminal (progress bars).
 	isTerminal bool
+	// usage, when set, receives the flags a command's -h prints: how
+	// `hibdisk completion` and `hibdisk man` read every command's usage.
+	usage func(*flagSet)
 }
 
 var commands = map[string]command{}
@@ -174,6 +177,9 @@ func newFlags(e *env, name, synopsis string) *flagSet {
 
 // printUsage writes the command's synopsis and flags to stdout (-h).
 func (fs *flagSet) printUsage() {
+	if fs.e.usage != nil {
+		fs.e.usage(fs)
+	}
 	w := fs.e.stdout
 	fmt.Fprintln(w, strings.TrimSpace("usage: hibdisk "+fs.Name()+" "+fs.synopsis))
 	var n int

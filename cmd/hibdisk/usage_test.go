@@ -58,7 +58,7 @@ func TestUsageErrorsOneLine(t *testing.T) {
 		{[]string{"comit"}, "hibdisk: unknown command \"comit\"; did you mean \"commit\"?\n"},
 		{[]string{"hlep"}, "hibdisk: unknown command \"hlep\"; did you mean \"help\"?\n"},
 		{[]string{"conv"}, "hibdisk: unknown command \"conv\"; did you mean \"convert\"?\n"},
-		{[]string{"comp"}, "hibdisk: unknown command \"comp\"; did you mean \"compact\" or \"compare\"?\n"},
+		{[]string{"comp"}, "hibdisk: unknown command \"comp\"; did you mean \"compact\" or \"compare\" or \"completion\"?\n"},
 		{[]string{"nonsense"}, "hibdisk: unknown command \"nonsense\" (see hibdisk help)\n"},
 		{[]string{"hib", "improt"}, "hibdisk hib: unknown subcommand \"improt\"; did you mean \"import\"?\n"},
 		{[]string{"ds", "subscrib"}, "hibdisk ds: unknown subcommand \"subscrib\"; did you mean \"subscribe\"?\n"},

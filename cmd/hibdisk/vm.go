@@ -31,15 +31,19 @@ func runVM(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stdout, "       hibdisk vm resume [--top NEW] [--qmp PATH] [--json] LAYER")
 		fmt.Fprintln(e.stdout, "\nRun 'hibdisk help vm SUBCOMMAND' for a subcommand's flags.")
 		return nil
-	case "run":
-		return runVMRun(ctx, e, args[1:])
-	case "hibernate":
-		return runVMHibernate(ctx, e, args[1:])
-	case "resume":
-		return runVMResume(ctx, e, args[1:])
-	default:
-		return usagef("unknown vm command %q%s", args[0], suggestion(args[0], []string{"hibernate", "resume", "run"}, "hibdisk help vm"))
 	}
+	run, ok := vmCommands[args[0]]
+	if !ok {
+		return usagef("unknown vm command %q%s", args[0], suggestion(args[0], sortedKeys(vmCommands), "hibdisk help vm"))
+	}
+	return run(ctx, e, args[1:])
+}
+
+// vmCommands are the subcommands of `hibdisk vm`.
+var vmCommands = map[string]func(ctx context.Context, e *env, args []string) error{
+	"run":       runVMRun,
+	"hibernate": runVMHibernate,
+	"resume":    runVMResume,
 }
 
 // vmDisk is one DISK argument: [NAME=]FILE.
