@@ -31,6 +31,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //	vmm/qemu                                 machines
 //	internal/checkers, internal/checktest    every check linked in, for tests
 //	cmd/hibdisk                              the CLI: no internal/ package
+//	test/qemu/testguest, test/qemu/cmd/guestkit  the test guest's kit, for tests and make run/demo
 var allowed = map[string][]string{
 	"internal/lock":              nil,
 	"internal/store":             nil,
@@ -64,6 +65,8 @@ var allowed = map[string][]string{
 	"test/qemu":                  nil,
 	"test/qemu/guest":            {"test/qemu/guest/guestproto"},
 	"test/qemu/guest/guestproto": nil,
+	"test/qemu/testguest":        {"vmm/qemu/guestkit"},
+	"test/qemu/cmd/guestkit":     {"test/qemu/testguest"},
 	"internal/depcheck":          nil,
 }
 
