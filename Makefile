@@ -67,7 +67,7 @@ demo: build
 	scripts/demo.sh
 
 clean:
-	rm -rf bin build
+	rm -rf bin build demo.db demo.db-wal demo.db-shm demo.sock  # demo.*: what make run made before build/run
 
 # Machine hibernate/resume of the u-root test guest at 512 MiB and 1 GiB,
 # median of RUNS (default 5); BINS="a=BIN b=BIN" compares builds side by
