@@ -119,7 +119,7 @@ if [ ! -x "$bin" ]; then
   go build -o "$bin" ./cmd/hibdisk
 fi
 say "The test guest: Debian's cloud kernel and a Go /init, built once into build/guest (the same kit make test boots)"
-kit=$(go run ./test/qemu/cmd/guestkit -root "$root")
+kit=$(go run ./test/qemu/cmd/guestkit -root "$root") || fail "building the test guest (go run ./test/qemu/cmd/guestkit) failed: see above"
 kernel=$(sed -n 1p <<<"$kit")
 initrd=$(sed -n 2p <<<"$kit")
 echo "kernel $kernel"
@@ -160,7 +160,7 @@ echo "the guest had printed count $before"
 
 say "The snapshot's filesystem, read offline by hibdisk (no QEMU, no mount; the ext4 journal is replayed in memory): the last ticks the guest fsynced."
 show_tail 3 "$bin" cat job.db /ticks
-snap_ticks=$("$bin" cat job.db /ticks | wc -l)
+snap_ticks=$("$bin" cat job.db /ticks | wc -l) || fail "hibdisk cat job.db /ticks failed"
 [ "$snap_ticks" -ge "$before" ] || fail "job.db holds $snap_ticks ticks, the guest had printed $before"
 
 say "Resume: hibdisk vm resume rebuilds RAM from job.db and starts QEMU on a new layer, r1.db over job.db. The guest does not boot again: it continues after count $before."
@@ -193,7 +193,7 @@ printf '$ hibdisk diff job.db r1.db\n'
 "$bin" diff job.db r1.db || rc=$?
 [ "$rc" -eq 1 ] || fail "hibdisk diff job.db r1.db exited $rc, want 1 (the snapshots differ)"
 show_tail 2 "$bin" cat r1.db /ticks
-r1_ticks=$("$bin" cat r1.db /ticks | wc -l)
+r1_ticks=$("$bin" cat r1.db /ticks | wc -l) || fail "hibdisk cat r1.db /ticks failed"
 [ "$r1_ticks" -ge "$after" ] || fail "r1.db holds $r1_ticks ticks, the guest had printed $after"
 
 say "Every layer is a SQLite database: the sqlite3 shell reads the disk's sectors, the hibernate file's blocks and the snapshot's metadata."
