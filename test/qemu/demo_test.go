@@ -117,8 +117,12 @@ func TestMakeDemoFailsInOneLine(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
 		t.Fatalf("scripts/demo.sh with a failing hibdisk: %v, want a non-zero exit\n%s%s", err, stdout.String(), stderr.String())
 	}
-	if got, want := strings.TrimSpace(stderr.String()), "demo: FAILED: hibdisk convert golden.img golden.db exited with status 1"; got != want {
-		t.Errorf("stderr %q, want %q", got, want)
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	if got, want := lines[len(lines)-1], "demo: FAILED: hibdisk convert golden.img golden.db exited with status 1"; got != want {
+		t.Errorf("last line on stderr %q, want %q", got, want)
+	}
+	if n := strings.Count(stderr.String(), "FAILED"); n != 1 {
+		t.Errorf("%d FAILED lines, want one:\n%s", n, stderr.String())
 	}
 }
 
