@@ -1,5 +1,6 @@
 # hibdisk — two commands on a fresh Debian machine:
 #   make run    serve a demo disk over NBD and print how to boot QEMU from it
+#   make demo   boot, hibernate, resume, diff, sqlite3: the whole story, unattended
 #   make test   everything: lint, unit, conformance, crash, real peers, QEMU boot
 GO          ?= go
 BIN         := bin/hibdisk
@@ -9,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 # Go test timeout for the whole suite; CI allows 90 minutes, we aim far lower.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build deps lint test fuzz bench bench-nbd bench-vm bench-scale run clean
+.PHONY: all build deps lint test fuzz bench bench-nbd bench-vm bench-scale run demo clean
 
 all: build
 
@@ -67,8 +68,11 @@ bench-scale: deps
 run: build
 	scripts/run-demo.sh
 
+demo: build
+	scripts/demo.sh
+
 clean:
-	rm -rf bin build demo.db demo.db-wal demo.db-shm demo.sock
+	rm -rf bin build demo.db demo.db-wal demo.db-shm demo.sock  # demo.*: what make run made before build/run
 
 # Machine hibernate/resume of the u-root test guest at 512 MiB and 1 GiB,
 # median of RUNS (default 5); BINS="a=BIN b=BIN" compares builds side by

@@ -8,6 +8,10 @@
 # page in its test; zsh, groff and mandoc, which run the completion
 # scripts and render the man page in theirs) when any is missing.
 # Idempotent and quiet when everything is already there.
+#
+#   scripts/deps.sh            everything make test needs
+#   scripts/deps.sh CMD...     only the packages of these commands (make run
+#                              and make demo need far fewer than the tests)
 set -euo pipefail
 
 # command -> Debian package
@@ -42,13 +46,27 @@ declare -A need=(
   [groff]=groff-base
   [mandoc]=mandoc
 )
+cmds=("$@")
+all=false
+if [ ${#cmds[@]} -eq 0 ]; then
+  cmds=("${!need[@]}")
+  all=true
+fi
 missing=()
-for cmd in "${!need[@]}"; do
+for cmd in "${cmds[@]}"; do
+  if [ -z "${need[$cmd]:-}" ]; then
+    echo "deps: $cmd is not in scripts/deps.sh's table: add it with its Debian package" >&2
+    exit 2
+  fi
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
 # nbdsh is a Python program: it needs the libnbd binding for the system Python.
-if command -v /usr/bin/python3 >/dev/null 2>&1 && ! /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
-  missing+=(python3-libnbd)
+extra=()
+if $all; then
+  extra=(python3-libnbd)
+  if command -v /usr/bin/python3 >/dev/null 2>&1 && ! /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
+    missing+=(python3-libnbd)
+  fi
 fi
 # The QEMU tests download Debian's cloud kernel with apt-get: they need
 # package lists that know it.
@@ -67,7 +85,7 @@ if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 
-pkgs=$(printf '%s\n' "${missing[@]}" python3-libnbd | sort -u | tr '\n' ' ')
+pkgs=$(printf '%s\n' "${missing[@]}" "${extra[@]}" | sort -u | tr '\n' ' ')
 if [ "$(id -u)" -ne 0 ]; then
   echo "deps: missing Debian packages: $pkgs (run as root, or: sudo apt-get install $pkgs)" >&2
   exit 1

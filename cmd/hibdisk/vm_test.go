@@ -15,6 +15,7 @@ import (
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/internal/testenv"
 	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
+	"github.com/hibdisk/hibdisk/test/qemu/testguest"
 	"github.com/hibdisk/hibdisk/vmm/qemu/guestkit"
 )
 
@@ -26,11 +27,7 @@ var repoRoot = filepath.Dir(filepath.Dir(filepath.Dir(testdata)))
 var guestKitOnce = sync.OnceValues(func() (*guestkit.Kit, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	return guestkit.Build(ctx, guestkit.Options{
-		CacheDir:     filepath.Join(repoRoot, "build", "guest"),
-		GuestPackage: filepath.Join(repoRoot, "test", "qemu", "guest"),
-		Modules:      append(append([]string(nil), guestkit.VirtioBlockModules...), guestkit.Ext4Modules...),
-	})
+	return testguest.Build(ctx, repoRoot, nil)
 })
 
 func guestKit(t *testing.T) *guestkit.Kit {

@@ -32,6 +32,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //	internal/checkers, internal/checktest    every check linked in, for tests
 //	report                                   HTML of what the CLI gathered: nothing of the module
 //	cmd/hibdisk                              the CLI: no internal/ package
+//	test/qemu/testguest, test/qemu/cmd/guestkit  the test guest's kit, for tests and make run/demo
 var allowed = map[string][]string{
 	"internal/lock":              nil,
 	"internal/store":             nil,
@@ -66,6 +67,8 @@ var allowed = map[string][]string{
 	"test/qemu":                  nil,
 	"test/qemu/guest":            {"test/qemu/guest/guestproto"},
 	"test/qemu/guest/guestproto": nil,
+	"test/qemu/testguest":        {"vmm/qemu/guestkit"},
+	"test/qemu/cmd/guestkit":     {"test/qemu/testguest"},
 	"internal/depcheck":          nil,
 }
 

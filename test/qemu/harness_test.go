@@ -25,6 +25,7 @@ import (
 	_ "github.com/hibdisk/hibdisk/internal/checkers" // checkLayer's diffdisk.Check is the whole check
 	"github.com/hibdisk/hibdisk/internal/testenv"
 	"github.com/hibdisk/hibdisk/test/qemu/guest/guestproto"
+	"github.com/hibdisk/hibdisk/test/qemu/testguest"
 	"github.com/hibdisk/hibdisk/vmm/qemu"
 	"github.com/hibdisk/hibdisk/vmm/qemu/guestkit"
 )
@@ -63,11 +64,7 @@ func requireQEMU(t *testing.T) {
 var kit = sync.OnceValues(func() (*guestkit.Kit, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	return guestkit.Build(ctx, guestkit.Options{
-		CacheDir:     filepath.Join(repoRoot, "build", "guest"),
-		GuestPackage: filepath.Join(repoRoot, "test", "qemu", "guest"),
-		Modules:      append(append([]string(nil), guestkit.VirtioBlockModules...), guestkit.Ext4Modules...),
-	})
+	return testguest.Build(ctx, repoRoot, nil)
 })
 
 // guestKit is the kernel and initramfs, built once per test binary (and
