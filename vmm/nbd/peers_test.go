@@ -50,6 +50,19 @@ func peerExports() []Export {
 func TestQemuIO(t *testing.T) {
 	testenv.RequireTools(t, peerPackages, "qemu-io")
 	_, sock := startServer(t, peerExports()...)
+	for _, cache := range []string{"", "none"} {
+		args := []string{"-f", "raw"}
+		if cache != "" {
+			args = append(args, "-t", cache) // without FUA on every write
+		}
+		qemuIOBattery(t, append(args, nbdURI(sock, "disk")))
+	}
+}
+
+// qemuIOBattery runs qemu-io's battery of writes and reads on the image
+// that image (qemu-io's arguments naming it) opens, a peerExports disk.
+func qemuIOBattery(t *testing.T, image []string) {
+	t.Helper()
 	last := fmt.Sprint(peerDiskSize - 512)
 	var cmds []string
 	add := func(c ...string) { cmds = append(cmds, c...) }
@@ -78,29 +91,24 @@ func TestQemuIO(t *testing.T) {
 		"write -P 0x77 64M 32M", "read -P 0x77 64M 32M",
 		"write -P 0x99 "+last+" 512", "read -P 0x99 "+last+" 512",
 	)
-	for _, cache := range []string{"", "none"} {
-		args := []string{"-f", "raw"}
-		if cache != "" {
-			args = append(args, "-t", cache) // without FUA on every write
+	var args []string
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out := runTool(t, "qemu-io", append(args, image...)...)
+	for _, bad := range []string{"Pattern verification failed", "error", "failed", "Error"} {
+		if strings.Contains(out, bad) {
+			t.Fatalf("qemu-io %q reported %q:\n%s", image, bad, out)
 		}
-		for _, c := range cmds {
-			args = append(args, "-c", c)
+	}
+	want := 0
+	for _, c := range cmds {
+		if !strings.HasSuffix(c, "flush") { // flushes print nothing
+			want++
 		}
-		out := runTool(t, "qemu-io", append(args, nbdURI(sock, "disk"))...)
-		for _, bad := range []string{"Pattern verification failed", "error", "failed", "Error"} {
-			if strings.Contains(out, bad) {
-				t.Fatalf("qemu-io (cache %q) reported %q:\n%s", cache, bad, out)
-			}
-		}
-		want := 0
-		for _, c := range cmds {
-			if !strings.HasSuffix(c, "flush") { // flushes print nothing
-				want++
-			}
-		}
-		if n := strings.Count(out, "wrote ") + strings.Count(out, "read ") + strings.Count(out, "discard "); n != want {
-			t.Fatalf("qemu-io reported %d of %d commands:\n%s", n, want, out)
-		}
+	}
+	if n := strings.Count(out, "wrote ") + strings.Count(out, "read ") + strings.Count(out, "discard "); n != want {
+		t.Fatalf("qemu-io reported %d of %d commands:\n%s", n, want, out)
 	}
 }
 

@@ -106,6 +106,8 @@ func TestTLSPeers(t *testing.T) {
 	if out := runTool(t, "qemu-img", "info", "--object", object, "--image-opts", opts); !strings.Contains(out, fmt.Sprintf("virtual size: %d MiB", peerDiskSize>>20)) {
 		t.Errorf("qemu-img info over TLS:\n%s", out)
 	}
+	// qemu-io's whole battery over TLS.
+	qemuIOBattery(t, []string{"--object", object, "--image-opts", opts})
 	// nbdcopy in and out over TLS, compared by qemu-img over TLS too.
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.img")
@@ -118,6 +120,9 @@ func TestTLSPeers(t *testing.T) {
 	back := filepath.Join(dir, "back.img")
 	runTool(t, "nbdcopy", uri("copy", client), back)
 	runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, back)
+	// qemu-img compare with the export itself over TLS.
+	copyOpts := fmt.Sprintf("driver=nbd,host=127.0.0.1,port=%d,export=copy,tls-creds=tls0", port)
+	runTool(t, "qemu-img", "compare", "--object", object, "--image-opts", copyOpts, "driver=file,filename="+src)
 
 	// Refused, each with an error and not a hang:
 	// a plaintext client (the server requires TLS);
@@ -481,4 +486,56 @@ func TestConnectionBurst(t *testing.T) {
 		t.Errorf("the connected client read %d times during the burst, slowest %v", n, slowest)
 	}
 	t.Logf("burst of %d: %d served, %d refused in %v; the connected client read %d x 64 KiB, slowest %v", burst, served, refused, elapsed, n, slowest)
+}
+
+// BenchmarkHandshake: connections per second through the whole NBD
+// handshake to a TCP server, plaintext and TLS (ECDSA P-256 certificates
+// from MakeCerts, TLS 1.3, client certificates verified).
+func BenchmarkHandshake(b *testing.B) {
+	for _, useTLS := range []bool{false, true} {
+		b.Run(map[bool]string{false: "plain", true: "tls"}[useTLS], func(b *testing.B) {
+			dir := filepath.Join(b.TempDir(), "pki")
+			if err := MakeCerts(dir, CertOptions{Clients: 1}); err != nil {
+				b.Fatal(err)
+			}
+			s, err := NewServer(Export{Name: "d", Backend: newMemBackend(1 << 20)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if useTLS {
+				if s.TLS, err = ServerTLS(filepath.Join(dir, "server"), true); err != nil {
+					b.Fatal(err)
+				}
+			}
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			go s.Serve(l)
+			defer s.Shutdown(context.Background())
+			uri := fmt.Sprintf("nbd://%s/d", l.Addr())
+			if useTLS {
+				uri = fmt.Sprintf("nbds://%s/d?tls-certificates=%s", l.Addr(), filepath.Join(dir, "client-1"))
+			}
+			target, err := ParseURI(uri)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var opts ClientOptions
+			if useTLS {
+				if opts.TLS, err = ClientTLS(target.TLSCertificates, "127.0.0.1"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				c, err := Dial(context.Background(), target, opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
+		})
+	}
 }
