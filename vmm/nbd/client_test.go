@@ -47,6 +47,14 @@ func startServerWith(t testing.TB, configure func(*Server), exports ...Export) (
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveOn(t, s, l)
+	return s, sock
+}
+
+// serveOn serves s on l until the test ends, then shuts it down and
+// checks that it stopped cleanly.
+func serveOn(t testing.TB, s *Server, l net.Listener) {
+	t.Helper()
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(l) }()
 	t.Cleanup(func() {
@@ -59,7 +67,6 @@ func startServerWith(t testing.TB, configure func(*Server), exports ...Export) (
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 	})
-	return s, sock
 }
 
 type rawClient struct {
