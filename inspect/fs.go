@@ -104,13 +104,28 @@ func (f *FS) Stat(p string) (Entry, error) {
 
 // stat resolves clean one directory at a time from the root, so a
 // missing directory on the way is "does not exist", and FAT names match
-// case-insensitively at every level.
+// case-insensitively at every level. Symbolic links on the way are
+// followed (the last component is not: see resolve).
 func (f *FS) stat(clean string) (Entry, error) {
+	hops := 0
+	return f.resolve(clean, false, &hops)
+}
+
+// maxSymlinkHops bounds the symbolic links one path may go through, as
+// Linux's 40 does (ELOOP).
+const maxSymlinkHops = 40
+
+// resolve is stat that also follows a symbolic link in the last
+// component when followLast is set. Links resolve inside the image, as
+// virt-cat's do: an absolute target starts at the image's root, and ".."
+// at the root stays there.
+func (f *FS) resolve(clean string, followLast bool, hops *int) (Entry, error) {
 	cur, err := f.root()
 	if err != nil || clean == "." {
 		return cur, err
 	}
-	for _, name := range strings.Split(clean, "/") {
+	names := strings.Split(clean, "/")
+	for i, name := range names {
 		if !cur.IsDir() {
 			return Entry{}, fmt.Errorf("%s: %s is not a directory: %w", display(clean), cur.Path, ErrNotExist)
 		}
@@ -121,6 +136,17 @@ func (f *FS) stat(clean string) (Entry, error) {
 		next, ok := f.lookup(entries, name)
 		if !ok {
 			return Entry{}, fmt.Errorf("%s: %w", display(clean), ErrNotExist)
+		}
+		if next.Mode&fs.ModeSymlink != 0 && next.Link != "" && (i < len(names)-1 || followLast) {
+			if *hops++; *hops > maxSymlinkHops {
+				return Entry{}, fmt.Errorf("%s: more than %d symbolic links: %w", display(clean), maxSymlinkHops, fs.ErrInvalid)
+			}
+			target := next.Link
+			if !strings.HasPrefix(target, "/") {
+				target = path.Join(path.Dir(next.Path), target)
+			}
+			rest := path.Join(append([]string{target}, names[i+1:]...)...)
+			return f.resolve(strings.TrimPrefix(path.Clean("/"+rest), "/"), followLast, hops)
 		}
 		cur = next
 	}
@@ -243,13 +269,15 @@ func (f *FS) entry(dir string, info fs.FileInfo) (Entry, error) {
 	return e, nil
 }
 
-// Open opens the regular file at p for reading.
+// Open opens the regular file at p for reading, following symbolic
+// links inside the image.
 func (f *FS) Open(p string) (io.ReadCloser, error) {
 	clean, err := Clean(p)
 	if err != nil {
 		return nil, err
 	}
-	e, err := f.stat(clean)
+	hops := 0
+	e, err := f.resolve(clean, true, &hops)
 	if err != nil {
 		return nil, err
 	}
