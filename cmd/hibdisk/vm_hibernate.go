@@ -34,10 +34,10 @@ func superviseVM(ctx context.Context, e *env, m *qemu.Machine, top string, ready
 	return qemu.Supervise(ctx, m, qemu.SuperviseOptions{
 		Top: top, CloseDisks: closeDisks, Console: console, Stderr: e.stderr, OnReady: onReady,
 		OnHibernate: func(res *qemu.HibernateResult) {
-			fmt.Fprintf(e.stderr, "hibdisk vm: hibernated into %s (%s of RAM stored) in %v\n", res.Layer, formatSize(res.RAMBytesStored()), res.Total.Round(time.Millisecond))
+			fmt.Fprintf(e.stderr, "hibdisk vm: hibernated into %s (%s of RAM stored) in %s\n", res.Layer, formatSize(res.RAMBytesStored()), seconds(res.Total))
 		},
 		OnResume: func(snapshot, top string, m *qemu.Machine, res *qemu.ResumeResult) {
-			fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %v; QMP socket %s\n", snapshot, top, res.Total.Round(time.Millisecond), m.QMPPath())
+			fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %s; QMP socket %s\n", snapshot, top, seconds(res.Total), m.QMPPath())
 		},
 	})
 }
@@ -104,7 +104,11 @@ func runVMResume(ctx context.Context, e *env, args []string) error {
 		// Printed once `vm hibernate` can find the machine.
 		ready = func(m *qemu.Machine) { printVMJSON(e.stdout, m, *top, true, pos[0], nil) }
 	} else {
-		fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %v; QMP socket %s\n", pos[0], *top, res.Total.Round(time.Millisecond), m.QMPPath())
+		fmt.Fprintf(e.stderr, "hibdisk vm: resumed %s on %s in %s; QMP socket %s\n", pos[0], *top, seconds(res.Total), m.QMPPath())
 	}
 	return superviseVM(ctx, e, m, *top, ready, func() error { return nil })
 }
+
+// seconds is how the CLI prints a duration: seconds with three decimals
+// ("0.850s", "12.034s"), as the JSON's *_seconds fields hold them.
+func seconds(d time.Duration) string { return fmt.Sprintf("%.3fs", d.Seconds()) }
