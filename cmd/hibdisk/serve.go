@@ -48,8 +48,9 @@ type serveOptions struct {
 	asJSON     bool   // --json, --output=json: one JSON line when ready
 	// TLS (serve_tls.go).
 	tls serveTLS
-	// maxConns: --max-connections (0: no limit).
-	maxConns int
+	// maxConns: --max-connections (0: no limit); the stall bounds.
+	maxConns                         int
+	handshakeTimeout, payloadTimeout time.Duration
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -91,6 +92,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	}
 	srv.Logger = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv.MaxConnections = o.maxConns
+	srv.HandshakeTimeout, srv.PayloadTimeout = o.handshakeTimeout, o.payloadTimeout
 	if err := o.tls.configure(srv); err != nil {
 		return err
 	}
@@ -162,6 +164,8 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	reconnect := fs.Duration("reconnect-delay", diffdisk.DefaultReconnectDelay, "how long reads wait for a lost NBD server of a remote base (-F nbd) before failing with EIO; 0 fails at once")
 	tlsFlags := addTLSFlags(fs)
 	maxConns := fs.Int("max-connections", 0, "serve at most N clients at once; more get an NBD error saying so (0: no limit)")
+	handshakeTimeout := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not finished the NBD handshake (TLS included) by then")
+	payloadTimeout := fs.Duration("payload-timeout", nbd.DefaultPayloadTimeout, "drop a client whose WRITE payload stalls this long")
 	pos, err := parseArgs(fs, args, 0, 1)
 	if err != nil {
 		return serveOptions{}, err
@@ -205,8 +209,11 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	if *maxConns < 0 {
 		return serveOptions{}, usagef("--max-connections %d: want 0 (no limit) or more", *maxConns)
 	}
+	if *handshakeTimeout <= 0 || *payloadTimeout <= 0 {
+		return serveOptions{}, usagef("--handshake-timeout and --payload-timeout must be positive (a stalled client would hold its connection forever)")
+	}
 	return serveOptions{
-		tls: tlsOpts, maxConns: *maxConns,
+		tls: tlsOpts, maxConns: *maxConns, handshakeTimeout: *handshakeTimeout, payloadTimeout: *payloadTimeout,
 		specs: specs, socket: *socket, listen: *listen, readOnly: *readOnly, readCache: *readCache,
 		hibExport: *hibExport, create: *create, reconnectDelay: noneIfZero(*reconnect),
 		persistent: *persistent, fork: *fork, pidFile: *pidFile, asJSON: asJSON,

@@ -84,3 +84,50 @@ func TestTLSCertsWithQemuNbd(t *testing.T) {
 		t.Errorf("a client of another CA was served:\n%s", out)
 	}
 }
+
+// TestServeTLSFlags: serve's TLS flags refused in one line where they do
+// not make sense, and a job layer made over a TLS-served golden base
+// (create -b nbds://...?tls-certificates=DIR) reads the base's content.
+func TestServeTLSFlags(t *testing.T) {
+	testenv.RequireTools(t, "qemu-utils", "qemu-img", "qemu-io")
+	dir := testDir(t)
+	mustHib(t, dir, "tls-certs", "pki")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "raw", filepath.Join(dir, "g.raw"), "8M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v %s", err, out)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x6d 1M 1M", filepath.Join(dir, "g.raw")).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v %s", err, out)
+	}
+	mustHib(t, dir, "convert", "g.raw", "golden.db")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--listen", "0.0.0.0:1"}, "--insecure"},
+		{[]string{"--tls", "on"}, "--tls-creds DIR"},
+		{[]string{"--tls", "maybe", "--tls-creds", "pki/server"}, "want off, on or require"},
+		{[]string{"--tls-creds", "pki/server", "--tls-allow", "CN=x"}, "--tls-verify-peer"},
+		{[]string{"--tls-verify-peer"}, "need TLS"},
+		{[]string{"--max-connections", "-1"}, "--max-connections"},
+	} {
+		r := hib(t, dir, append(append([]string{"serve", "--nbd"}, c.args...), "golden.db")...)
+		if r.code != 2 || !strings.Contains(r.stderr, c.want) || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("serve %v: exit %d, %q (want one line naming %s)", c.args, r.code, r.stderr, c.want)
+		}
+	}
+	port := freePort(t)
+	holdLayer(t, dir, "-r", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--tls-creds", "pki/server", "--tls-verify-peer", "golden.db")
+	uri := fmt.Sprintf("nbds://127.0.0.1:%d/?tls-certificates=%s", port, filepath.Join(dir, "pki", "client-1"))
+	// Job layers outside dir: testDir checks dir's layers after the
+	// server is gone.
+	job := filepath.Join(t.TempDir(), "job.db")
+	mustHib(t, dir, "create", "-b", uri, "-F", "nbd", job)
+	if got := mustHib(t, dir, "compare", job, "g.raw"); !strings.Contains(got, "identical") {
+		t.Errorf("a job layer over the TLS-served base differs from it: %s", got)
+	}
+	// Without the credentials: one line saying what to add.
+	r := hib(t, dir, "create", "-b", fmt.Sprintf("nbds://127.0.0.1:%d/", port), "-F", "nbd", filepath.Join(t.TempDir(), "job2.db"))
+	if r.code == 0 || !strings.Contains(r.stderr, "tls-certificates=DIR") {
+		t.Errorf("create over nbds:// without credentials: exit %d, %q", r.code, r.stderr)
+	}
+}

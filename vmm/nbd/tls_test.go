@@ -153,6 +153,23 @@ func TestTLSOptional(t *testing.T) {
 	if out := runTool(t, "nbdinfo", fmt.Sprintf("nbds://127.0.0.1:%d/disk?tls-certificates=%s", port, filepath.Join(certs, "client-1"))); !strings.Contains(out, "with TLS") {
 		t.Errorf("TLS:\n%s", out)
 	}
+	// fio's nbd engine over TLS: it refuses libnbd's tls-certificates
+	// parameter (local file access), so libnbd takes the CA from
+	// $HOME/.pki/libnbd.
+	testenv.RequireTools(t, "fio", "fio")
+	home := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(home, ".pki"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(certs, "client-1"), filepath.Join(home, ".pki", "libnbd")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("fio", "--name=tls", "--ioengine=nbd", fmt.Sprintf("--uri=nbds://127.0.0.1:%d/disk", port),
+		"--rw=randrw", "--bs=4k", "--iodepth=8", "--size=16M", "--io_size=8M", "--verify=crc32c", "--do_verify=1")
+	cmd.Env = append(os.Environ(), "HOME="+home)
+	if out, err := cmd.CombinedOutput(); err != nil || strings.Contains(string(out), "verify:") && strings.Contains(string(out), "bad") {
+		t.Errorf("fio over TLS: %v\n%s", err, out)
+	}
 }
 
 // TestTLSRequiredOptions: before STARTTLS a server that requires TLS
