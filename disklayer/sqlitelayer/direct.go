@@ -50,8 +50,8 @@ import (
 // a row that is not one block, a fault of the mapping) makes it fall back
 // to SQLite's path, which reports real damage as ErrCorrupt.
 //
-// Layers opened read-only but held stable (a chain's parents) read
-// directly when their WAL is empty at open: nobody may write them.
+// Only layers opened for writing read directly (layer.go Open says why
+// the parents of a chain do not yet).
 type direct struct {
 	mu     sync.RWMutex // direct reads: shared; checkpoints, remaps, Close: exclusive
 	file   *os.File

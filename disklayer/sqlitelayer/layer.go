@@ -311,17 +311,15 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 	}
 	f.eng.held = held
 	f.eng.sidecars = sidecars
-	switch mode := holdMode(opts); {
-	case mode == lock.Exclusive:
+	if holdMode(opts) == lock.Exclusive {
 		// Direct reads are an optimisation: without them reads go
-		// through SQLite, as they always did.
+		// through SQLite, as they always did. Layers held stable (a
+		// chain's parents) keep SQLite's path for now: their sequential
+		// reads go through the VFS's read streams (FADV_WILLNEED 8 MiB
+		// ahead, internal/store readAhead), which a cold whole-disk read
+		// needed (15 s -> 6 s), and direct reads fault the mapping page
+		// by page; see docs/scale-work.md.
 		_ = f.eng.startDirect(false)
-	case mode == lock.Stable:
-		// Nobody writes it while it is held: the file is complete if the
-		// WAL holds nothing.
-		if st, err := os.Stat(path + "-wal"); err != nil || st.Size() == 0 {
-			_ = f.eng.startDirect(true)
-		}
 	}
 	if opts.WriteBack && !opts.ReadOnly {
 		f.eng.wb = newWriteBack(f.disk)
