@@ -15,15 +15,13 @@ import (
 // they have a name (--tls-creds) and nbdkit where QEMU has an object
 // (--tls=off|on|require, --tls-verify-peer).
 type tlsFlags struct {
-	creds, mode        *string
-	verifyPeer, insec  *bool
-	allow              multiFlag
-	fs                 *flagSet
-	modeSet, verifySet bool
+	creds, mode       *string
+	verifyPeer, insec *bool
+	allow             multiFlag
 }
 
 func addTLSFlags(fs *flagSet) *tlsFlags {
-	t := &tlsFlags{fs: fs}
+	t := &tlsFlags{}
 	t.creds = fs.String("tls-creds", "", "serve NBD over TLS with the server credentials in `DIR` (QEMU's tls-creds-x509 layout: ca-cert.pem, server-cert.pem, server-key.pem; hibdisk tls-certs makes them)")
 	t.mode = fs.String("tls", "", "off, on (clients choose) or require (the default with --tls-creds)")
 	t.verifyPeer = fs.Bool("tls-verify-peer", false, "require a client certificate signed by the CA in ca-cert.pem (and not revoked by ca-crl.pem, if present)")
