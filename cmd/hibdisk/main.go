@@ -34,6 +34,9 @@ type env struct {
 	stderr io.Writer
 	// isTerminal reports whether stderr is a terminal (progress bars).
 	isTerminal bool
+	// jsonErrors is set by a command asked for JSON output: its error is
+	// then one JSON object on stderr (errorJSON) instead of a line.
+	jsonErrors bool
 }
 
 var commands = map[string]command{}
@@ -98,6 +101,14 @@ func run(ctx context.Context, args []string, e *env) int {
 		return 2
 	}
 	err := c.run(ctx, e, args[1:])
+	fail := func(name, msg string, code int) int {
+		if e.jsonErrors {
+			printErrorJSON(e.stderr, errorJSON{Command: name, Error: msg, Exit: code})
+		} else if msg != "" {
+			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", name, msg)
+		}
+		return code
+	}
 	switch {
 	case err == nil:
 		return 0
@@ -108,9 +119,9 @@ func run(ctx context.Context, args []string, e *env) int {
 		errors.As(err, &x)
 		switch {
 		case x.err != nil:
-			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, x.err))
+			return fail(c.name, explain(c.name, x.err), x.code)
 		case x.msg != "":
-			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, oneLine(x.msg))
+			return fail(c.name, oneLine(x.msg), x.code)
 		}
 		return x.code
 	case errors.As(err, new(usageError)):
@@ -120,11 +131,9 @@ func run(ctx context.Context, args []string, e *env) int {
 		if u.cmd != "" {
 			name = u.cmd
 		}
-		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", name, oneLine(u.msg))
-		return 2
+		return fail(name, oneLine(u.msg), 2)
 	default:
-		fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", c.name, explain(c.name, err))
-		return 1
+		return fail(c.name, explain(c.name, err), 1)
 	}
 }
 

@@ -44,6 +44,15 @@ func hib(t *testing.T, dir string, args ...string) result {
 	return result{out.String(), errOut.String(), code}
 }
 
+// hibTerm is hib with stderr taken for a terminal (progress bars).
+func hibTerm(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	t.Chdir(dir)
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, &env{stdout: &out, stderr: &errOut, isTerminal: true})
+	return result{out.String(), errOut.String(), code}
+}
+
 // mustHib runs a command that must succeed.
 func mustHib(t *testing.T, dir string, args ...string) string {
 	t.Helper()
