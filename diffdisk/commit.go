@@ -51,7 +51,9 @@ type CommitOptions struct {
 	// emptying it (qemu-img commit -d).
 	Keep bool
 	// Progress, when set, is called with the bytes of the layer's own
-	// rows written into the backing file so far and their total.
+	// rows written into a raw backing file so far and their total; into
+	// a hibdisk backing file, which takes them in one transaction, with
+	// 0 of 1 before and 1 of 1 after.
 	Progress func(done, total int64)
 }
 
@@ -75,8 +77,16 @@ func commit(path string, opts CommitOptions) (err error) {
 	ref := *top.Info().Parent
 	switch parent := d.layers[1].(type) {
 	case *sqlitelayer.File:
+		// Absorb is one SQL statement per table inside one transaction:
+		// progress can only say when it starts and ends.
+		if opts.Progress != nil {
+			opts.Progress(0, 1)
+		}
 		if err := parent.Absorb(top); err != nil {
 			return err
+		}
+		if opts.Progress != nil {
+			opts.Progress(1, 1)
 		}
 		// Absorb recorded the parent's new size and generation in top.
 		if err := parent.Flush(); err != nil {

@@ -26,7 +26,7 @@ type createJSON struct {
 }
 
 func runCreate(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "create", "[-f hibdisk] [-q] [--output=human|json] [-s SIZE] [--sector-size N] [-b BACKING [-F FMT] [--read-cache]] [--label L] FILE [SIZE]")
+	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F FMT] [--read-cache]] [--label L] [-f hibdisk] [-q] [--output=human|json] FILE [SIZE]")
 	var f imgFlags
 	fs.StringVar(&f.format, "f", "", "the new image's format: hibdisk, the only one create makes (for others: qemu-img create, or hibdisk convert -O)")
 	f.addOutput(fs, "json: one object describing the new layer")

@@ -164,6 +164,8 @@ func TestChainTranscript(t *testing.T) {
 
 	golden(t, "info.txt", mustHib(t, dir, "info", "job.db"))
 	golden(t, "info.json", mustHib(t, dir, "info", "--json", "job.db"))
+	golden(t, "info-chain.txt", mustHib(t, dir, "info", "--backing-chain", "job.db"))
+	golden(t, "info-chain.json", mustHib(t, dir, "info", "--backing-chain", "--output=json", "job.db"))
 	golden(t, "map.txt", mustHib(t, dir, "map", "job.db"))
 	golden(t, "map.json", mustHib(t, dir, "map", "--json", "job.db"))
 	golden(t, "check.txt", mustHib(t, dir, "check", "job.db"))
