@@ -102,9 +102,12 @@ func run(ctx context.Context, args []string, e *env) int {
 	}
 	err := c.run(ctx, e, args[1:])
 	fail := func(name, msg string, code int) int {
+		if msg == "" { // a verdict (compare: different), not an error
+			return code
+		}
 		if e.jsonErrors {
 			printErrorJSON(e.stderr, errorJSON{Command: name, Error: msg, Exit: code})
-		} else if msg != "" {
+		} else {
 			fmt.Fprintf(e.stderr, "hibdisk %s: %s\n", name, msg)
 		}
 		return code
@@ -117,13 +120,10 @@ func run(ctx context.Context, args []string, e *env) int {
 	case errors.As(err, new(exitError)):
 		var x exitError
 		errors.As(err, &x)
-		switch {
-		case x.err != nil:
+		if x.err != nil {
 			return fail(c.name, explain(c.name, x.err), x.code)
-		case x.msg != "":
-			return fail(c.name, oneLine(x.msg), x.code)
 		}
-		return x.code
+		return fail(c.name, oneLine(x.msg), x.code)
 	case errors.As(err, new(usageError)):
 		var u usageError
 		errors.As(err, &u)

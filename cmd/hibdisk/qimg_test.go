@@ -51,7 +51,11 @@ func TestCheckExitCodes(t *testing.T) {
 	// space.
 	sqlExec(t, filepath.Join(dir, "job.db"), "INSERT INTO sectors VALUES (3, zeroblob(4096))")
 	golden(t, "check-leaks.txt", wantExit(t, dir, 3, "check", "job.db").stdout)
-	golden(t, "check-leaks.json", wantExit(t, dir, 3, "check", "--json", "job.db").stdout)
+	r := wantExit(t, dir, 3, "check", "--json", "job.db")
+	golden(t, "check-leaks.json", r.stdout)
+	if r.stderr != "" {
+		t.Errorf("check --json with leaks: stderr %q, want nothing", r.stderr)
+	}
 	if r := wantExit(t, dir, 3, "check", "-q", "job.db"); r.stdout != "" || r.stderr != "" {
 		t.Errorf("check -q printed %q %q", r.stdout, r.stderr)
 	}
@@ -59,7 +63,7 @@ func TestCheckExitCodes(t *testing.T) {
 	// Corruption besides: a row past the end. Leaks alone no longer
 	// decide the status.
 	sqlExec(t, filepath.Join(dir, "job.db"), "INSERT INTO sectors VALUES (999, randomblob(4096))")
-	r := wantExit(t, dir, 2, "check", "job.db")
+	r = wantExit(t, dir, 2, "check", "job.db")
 	golden(t, "check-corrupt.txt", r.stdout+r.stderr)
 	golden(t, "check-corrupt.json", wantExit(t, dir, 2, "check", "--output=json", "job.db").stdout)
 
@@ -234,7 +238,11 @@ func TestCompareStrict(t *testing.T) {
 			t.Errorf("qemu-img %s: %q, want %q (test's premise)", strings.Join(tc.args, " "), out, tc.out)
 		}
 	}
-	golden(t, "compare-strict.json", wantExit(t, dir, 1, "compare", "-s", "--output=json", "e.db", "t.db").stdout)
+	r := wantExit(t, dir, 1, "compare", "-s", "--output=json", "e.db", "t.db")
+	golden(t, "compare-strict.json", r.stdout)
+	if r.stderr != "" {
+		t.Errorf("compare --output=json of different images: stderr %q, want nothing (a verdict, not an error)", r.stderr)
+	}
 	golden(t, "compare-identical.json", mustHib(t, dir, "compare", "--json", "e.db", "t.db"))
 	golden(t, "compare-size.json", wantExit(t, dir, 1, "compare", "-s", "--json", "q1.qcow2", "q3.qcow2").stdout)
 	golden(t, "compare-error.json", wantExit(t, dir, 2, "compare", "--json", "e.db", "nothere.db").stderr)
