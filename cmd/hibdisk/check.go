@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
@@ -65,9 +66,13 @@ func runCheck(_ context.Context, e *env, args []string) error {
 	if *force && !*repair {
 		return usagef("--force goes with --repair")
 	}
-	format, err := checkFormat("-f", f.format, pos[0])
-	if err != nil {
-		return err
+	// A missing file goes to the check itself, which names what an
+	// interrupted create or convert left beside it.
+	format := disklayer.FormatHibdisk
+	if _, err := os.Stat(pos[0]); err == nil {
+		if format, err = checkFormat("-f", f.format, pos[0]); err != nil {
+			return err
+		}
 	}
 	if format != disklayer.FormatHibdisk {
 		return exitError{code: checkNoChecks, msg: fmt.Sprintf("%s is a %s image: hibdisk checks hibdisk layers only (this format has no checks here; for a QEMU format: qemu-img check)", pos[0], format)}
