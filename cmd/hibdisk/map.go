@@ -19,7 +19,8 @@ func init() {
 // zero that it reads as zeros, data that it holds bytes. depth is the
 // supplying layer (0 = top); for a run no layer stores it is the number of
 // layers, as in qemu-img. offset is where the run's bytes are in file, as
-// qemu-img prints it: only for a raw file (the same as start); a hibdisk
+// qemu-img prints it: only for a raw file (the same as start; its holes
+// are present zeros, as qemu-img says); a hibdisk
 // layer keeps sectors in SQLite rows, at no fixed host offset, so the
 // field is left out, as qemu-img leaves it out where it has none. The
 // format is stable: fields are only added.
@@ -105,6 +106,12 @@ func runMap(_ context.Context, e *env, args []string) error {
 			m.Present, m.Zero = true, true
 		default:
 			m.Zero, m.Depth = true, d.Depth()
+			// A hole of a raw base is still its bytes (zeros, at the
+			// same offset): qemu-img map says present there.
+			if n := len(layers); n > 0 && layers[n-1].Format == disklayer.FormatRaw {
+				m.Present, m.Depth, m.File = true, n-1, layers[n-1].Path
+				r.Depth = n - 1
+			}
 		}
 		if m.Present && r.Depth < len(layers) && layers[r.Depth].Format == disklayer.FormatRaw {
 			off := lo
