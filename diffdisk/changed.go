@@ -24,8 +24,20 @@ import (
 // Past the smaller image's end, the larger image's non-zero units count
 // as changed: qemu-img compare's rule for images of different sizes.
 func Changes(a, b disklayer.Layer, unit int64, candidates []disklayer.Range) iter.Seq2[disklayer.Range, error] {
+	return changes(a, b, unit, candidates, nil)
+}
+
+// changes is Changes telling progress, when not nil, how far it got (in
+// bytes of the larger image, without candidates).
+func changes(a, b disklayer.Layer, unit int64, candidates []disklayer.Range, progress func(done, total int64)) iter.Seq2[disklayer.Range, error] {
 	return func(yield func(disklayer.Range, error) bool) {
 		common := min(a.Size(), b.Size())
+		total := max(a.Size(), b.Size())
+		tell := func(done int64) {
+			if progress != nil {
+				progress(done, total)
+			}
+		}
 		bufA, bufB := make([]byte, copyChunk), make([]byte, copyChunk)
 		var pending disklayer.Range // merged within a chunk
 		emit := func(r disklayer.Range) bool {
@@ -85,6 +97,7 @@ func Changes(a, b disklayer.Layer, unit int64, candidates []disklayer.Range) ite
 			}
 		} else {
 			for win := int64(0); win < common; win += compareWindow {
+				tell(win)
 				runs, err := dataRuns(win, min(compareWindow, common-win), a, b)
 				if err != nil {
 					yield(disklayer.Range{}, err)
@@ -103,6 +116,7 @@ func Changes(a, b disklayer.Layer, unit int64, candidates []disklayer.Range) ite
 			larger = b
 		}
 		for win := common; win < larger.Size(); win += compareWindow {
+			tell(win)
 			runs, err := dataRuns(win, min(compareWindow, larger.Size()-win), larger)
 			if err != nil {
 				yield(disklayer.Range{}, err)
@@ -124,7 +138,9 @@ func Changes(a, b disklayer.Layer, unit int64, candidates []disklayer.Range) ite
 				}
 			}
 		}
-		flush()
+		if flush() {
+			tell(total)
+		}
 	}
 }
 

@@ -50,6 +50,11 @@ type CommitOptions struct {
 	// Keep leaves the committed layer's rows in place instead of
 	// emptying it (qemu-img commit -d).
 	Keep bool
+	// Progress, when set, is called with the bytes of the layer's own
+	// rows written into a raw backing file so far and their total; into
+	// a hibdisk backing file, which takes them in one transaction, with
+	// 0 of 1 before and 1 of 1 after.
+	Progress func(done, total int64)
 }
 
 func commit(path string, opts CommitOptions) (err error) {
@@ -72,8 +77,16 @@ func commit(path string, opts CommitOptions) (err error) {
 	ref := *top.Info().Parent
 	switch parent := d.layers[1].(type) {
 	case *sqlitelayer.File:
+		// Absorb is one SQL statement per table inside one transaction:
+		// progress can only say when it starts and ends.
+		if opts.Progress != nil {
+			opts.Progress(0, 1)
+		}
 		if err := parent.Absorb(top); err != nil {
 			return err
+		}
+		if opts.Progress != nil {
+			opts.Progress(1, 1)
 		}
 		// Absorb recorded the parent's new size and generation in top.
 		if err := parent.Flush(); err != nil {
@@ -104,7 +117,7 @@ func commit(path string, opts CommitOptions) (err error) {
 			d.layers[1] = grown
 			parent = grown
 		}
-		if err := copyOwn(parent, top); err != nil {
+		if err := copyOwn(parent, top, opts.Progress); err != nil {
 			return fmt.Errorf("write into backing file %q: %w", parentPath, err)
 		}
 		if err := parent.Flush(); err != nil {
@@ -132,8 +145,9 @@ func commit(path string, opts CommitOptions) (err error) {
 }
 
 // copyOwn writes src's own rows into dst: its data as data, its
-// tombstones as zeros. Absent ranges are left alone.
-func copyOwn(dst disklayer.Disk, src disklayer.Layer) error {
+// tombstones as zeros. Absent ranges are left alone. progress, when not
+// nil, is told the bytes done and the total.
+func copyOwn(dst disklayer.Disk, src disklayer.Layer, progress func(done, total int64)) error {
 	var own []disklayer.Extent
 	for e, err := range src.Extents(0, src.Size()) {
 		if err != nil {
@@ -143,12 +157,24 @@ func copyOwn(dst disklayer.Disk, src disklayer.Layer) error {
 			own = append(own, e)
 		}
 	}
+	var done, total int64
+	for _, e := range own {
+		total += e.Len
+	}
+	report := func(n int64) {
+		done += n
+		if progress != nil {
+			progress(done, total)
+		}
+	}
+	report(0)
 	buf := make([]byte, copyChunk)
 	for _, e := range own {
 		if e.Kind == disklayer.Zero {
 			if err := dst.Zero(e.Off, e.Len); err != nil {
 				return err
 			}
+			report(e.Len)
 			continue
 		}
 		for off := e.Off; off < e.End(); off += copyChunk {
@@ -159,6 +185,7 @@ func copyOwn(dst disklayer.Disk, src disklayer.Layer) error {
 			if _, err := dst.WriteAt(p, off); err != nil {
 				return err
 			}
+			report(int64(len(p)))
 		}
 	}
 	return nil

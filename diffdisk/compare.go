@@ -31,10 +31,16 @@ const compareWindow = 64 << 20
 // (non-strict) mode. Ranges where neither side has data (Absent or Zero
 // extents on both) are skipped without reading them.
 func Compare(a, b disklayer.Layer) (CompareResult, error) {
+	return CompareWith(a, b, nil)
+}
+
+// CompareWith is Compare telling progress, when not nil, how many bytes
+// of the larger image it has gone through, and their total.
+func CompareWith(a, b disklayer.Layer, progress func(done, total int64)) (CompareResult, error) {
 	sa, sb := a.Size(), b.Size()
 	res := CompareResult{SizeA: sa, SizeB: sb, SizeDiffers: sa != sb, FirstDiff: -1}
 	unit := int64(max(a.SectorSize(), b.SectorSize()))
-	for r, err := range Changes(a, b, unit, nil) {
+	for r, err := range changes(a, b, unit, nil, progress) {
 		if err != nil {
 			return res, fmt.Errorf("compare: %w", err)
 		}

@@ -289,3 +289,72 @@ func RemoveLayerFiles(path string) {
 		_ = os.Remove(p)
 	}
 }
+
+// ConvertInto copies the whole view of src into the existing image at dst
+// (`hibdisk convert -n`, qemu-img convert -n): a hibdisk layer (written
+// through its chain's top) or a raw image. Unlike Convert it writes every
+// range, zeros included, since dst holds content of its own; dst must be
+// at least as large as src, and what lies past src's end is left alone.
+// A format hibdisk does not write in place (qcow2, ...) is refused.
+func ConvertInto(src disklayer.Layer, dst string, progress func(done, total int64)) (err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("convert into %q: %w", dst, err)
+		}
+	}()
+	format, err := ImageFormat(dst)
+	if err != nil {
+		return err
+	}
+	var out disklayer.Disk
+	switch format {
+	case disklayer.FormatHibdisk:
+		d, err := Open(dst, Options{})
+		if err != nil {
+			return err
+		}
+		out = d
+	case disklayer.FormatRaw:
+		l, err := rawlayer.Open(dst, false)
+		if err != nil {
+			return err
+		}
+		out = l
+	default:
+		return fmt.Errorf("it is a %s image: hibdisk writes into hibdisk layers and raw images only (for %s: qemu-img convert -n): %w", format, format, disklayer.ErrInvalid)
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	size := src.Size()
+	if out.Size() < size {
+		return fmt.Errorf("it is %d bytes, smaller than the source's %d: grow it first (hibdisk resize %s %d): %w", out.Size(), size, dst, size, disklayer.ErrOutOfRange)
+	}
+	buf := make([]byte, copyChunk)
+	for e, err := range src.Extents(0, size) {
+		if err != nil {
+			return err
+		}
+		if e.Kind != disklayer.Data {
+			if err := out.Zero(e.Off, e.Len); err != nil {
+				return err
+			}
+		} else {
+			for off := e.Off; off < e.End(); off += copyChunk {
+				p := buf[:min(copyChunk, e.End()-off)]
+				if _, err := src.ReadAt(p, off); err != nil {
+					return err
+				}
+				if _, err := out.WriteAt(p, off); err != nil {
+					return err
+				}
+			}
+		}
+		if progress != nil {
+			progress(e.End(), size)
+		}
+	}
+	return out.Flush()
+}

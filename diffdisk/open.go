@@ -39,6 +39,27 @@ func OpenImage(path string) (*Disk, error) {
 	return OpenImageWith(path, Options{})
 }
 
+// ImageFormat is the format OpenImage would read path as: hibdisk for a
+// layer, nbd for an NBD URI, openvmm, a format QEMU reads (qcow2, vmdk,
+// ...) by its magic number, otherwise raw. A file in a format hibdisk
+// cannot read is an error, as OpenImage's.
+func ImageFormat(path string) (string, error) {
+	if !nbd.IsURI(path) {
+		isLayer, err := sqlitelayer.IsLayer(path)
+		if err != nil {
+			return "", fmt.Errorf("open image %q: %w", path, err)
+		}
+		if isLayer {
+			return disklayer.FormatHibdisk, nil
+		}
+	}
+	format, err := detectedFormat(path)
+	if err != nil {
+		return "", fmt.Errorf("open image %q: %w", path, err)
+	}
+	return format, nil
+}
+
 // OpenImageStable is OpenImage holding the image so that nobody may write
 // it while it is open (a read-only export), where OpenImage tolerates a
 // writer of the top and reads its committed snapshots.

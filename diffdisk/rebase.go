@@ -26,6 +26,23 @@ import (
 // not opened at all (it may be gone: that is what -u is for). The new one
 // is opened only to record its identity.
 func Rebase(path, newBase, newBaseFormat string, unsafe bool) error {
+	return RebaseWith(path, newBase, RebaseOptions{Format: newBaseFormat, Unsafe: unsafe})
+}
+
+// RebaseOptions control RebaseWith.
+type RebaseOptions struct {
+	// Format is the new backing file's format (Rebase's newBaseFormat).
+	Format string
+	// Unsafe only rewrites the reference (Rebase's unsafe).
+	Unsafe bool
+	// Progress, when set, is called in safe mode with the bytes of the
+	// layer's unstored ranges compared so far and their total.
+	Progress func(done, total int64)
+}
+
+// RebaseWith is Rebase with options.
+func RebaseWith(path, newBase string, opts RebaseOptions) error {
+	newBaseFormat, unsafe := opts.Format, opts.Unsafe
 	if err := refuseCycle(path, newBase, newBaseFormat); err != nil {
 		return fmt.Errorf("rebase %q: %w", path, err)
 	}
@@ -33,7 +50,7 @@ func Rebase(path, newBase, newBaseFormat string, unsafe bool) error {
 	if unsafe {
 		err = rebaseUnsafe(path, newBase, newBaseFormat)
 	} else {
-		err = rebaseSafe(path, newBase, newBaseFormat)
+		err = rebaseSafe(path, newBase, newBaseFormat, opts.Progress)
 	}
 	if err != nil {
 		return fmt.Errorf("rebase %q: %w", path, err)
@@ -127,7 +144,7 @@ func rebaseUnsafe(path, newBase, format string) (err error) {
 	return top.SetParent(ref)
 }
 
-func rebaseSafe(path, newBase, format string) (err error) {
+func rebaseSafe(path, newBase, format string, progress func(done, total int64)) (err error) {
 	old, err := openChain(path, Options{}, false)
 	if err != nil {
 		return err
@@ -150,7 +167,7 @@ func rebaseSafe(path, newBase, format string) (err error) {
 		}()
 	}
 	top := old.layers[0].(*sqlitelayer.File)
-	if err := keepView(old, newView); err != nil {
+	if err := keepView(old, newView, progress); err != nil {
 		return err
 	}
 	if err := top.Flush(); err != nil {
@@ -161,8 +178,9 @@ func rebaseSafe(path, newBase, format string) (err error) {
 
 // keepView copies into d's top, wherever the top stores nothing, the
 // sectors in which d's view below the top differs from newView (nil:
-// zeros), so that the top reads the same over newView.
-func keepView(d *Disk, newView *Disk) error {
+// zeros), so that the top reads the same over newView. progress, when
+// not nil, is told the bytes compared and the total.
+func keepView(d *Disk, newView *Disk, progress func(done, total int64)) error {
 	ix, err := d.chainIndex()
 	if err != nil {
 		return err
@@ -176,11 +194,24 @@ func keepView(d *Disk, newView *Disk) error {
 			absent = append(absent, e)
 		}
 	}
+	var done, total int64
+	for _, e := range absent {
+		total += e.Len
+	}
+	if progress != nil {
+		progress(0, total)
+	}
 	ss := int(d.sectorSize)
 	oldBuf, newBuf := make([]byte, copyChunk), make([]byte, copyChunk)
 	for _, e := range absent {
 		for off := e.Off; off < e.End(); off += copyChunk {
 			n := min(copyChunk, e.End()-off)
+			if progress != nil {
+				if done > 0 {
+					progress(done, total)
+				}
+				done += n
+			}
 			oldP, newP := oldBuf[:n], newBuf[:n]
 			if err := d.readFrom(ix, 1, oldP, off); err != nil {
 				return err
@@ -207,6 +238,9 @@ func keepView(d *Disk, newView *Disk) error {
 				i = j
 			}
 		}
+	}
+	if progress != nil {
+		progress(total, total)
 	}
 	return nil
 }

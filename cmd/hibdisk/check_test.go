@@ -38,8 +38,8 @@ func TestCheckIncludesDatastoreAndVMState(t *testing.T) {
 	conn.Close()
 	checktest.Damaged(t, path, "datastore:", "vm_state:")
 	r := hib(t, dir, "check", "base.db")
-	if r.code != 1 {
-		t.Fatalf("check of a damaged datastore and vm_state: exit %d, want 1\n%s", r.code, r.stdout)
+	if r.code != 2 {
+		t.Fatalf("check of a damaged datastore and vm_state: exit %d, want 2 (corruption, as qemu-img check)\n%s", r.code, r.stdout)
 	}
 	for _, want := range []string{
 		`ERROR: datastore: 1 entries whose value does not fit their type: "svc.count" (u32)`,

@@ -228,13 +228,16 @@ func TestConvertForeignErrors(t *testing.T) {
 }
 
 // TestConvertForeignProgress: -p shows qemu-img's progress with
-// hibdisk's bar, and it reaches 100%.
+// hibdisk's bar on a terminal, and it reaches 100%; piped, nothing.
 func TestConvertForeignProgress(t *testing.T) {
 	dir := testDir(t)
 	top, _ := foreignSource(t, dir)
-	r := hib(t, dir, "convert", "-p", "-O", "qcow2", top, "out.qcow2")
-	if r.code != 0 || !strings.HasSuffix(r.stderr, "    (100.00/100%)\n") || !strings.HasPrefix(r.stderr, "    (0.00/100%)\n") {
+	r := hibTerm(t, dir, "convert", "-p", "-O", "qcow2", top, "out.qcow2")
+	if r.code != 0 || !strings.HasSuffix(r.stderr, "\r    (100.00/100%)\n") || !strings.HasPrefix(r.stderr, "\r    (0.00/100%)") {
 		t.Errorf("convert -p: exit %d, stderr %q; want progress from 0 to 100%%", r.code, r.stderr)
+	}
+	if r := hib(t, dir, "convert", "-p", "-O", "qcow2", top, "out2.qcow2"); r.code != 0 || r.stderr != "" {
+		t.Errorf("convert -p piped: exit %d, stderr %q; want nothing", r.code, r.stderr)
 	}
 }
 

@@ -11,8 +11,26 @@ func init() {
 	register(command{name: "create", summary: "create a base layer, or a diff layer over a backing file", run: runCreate})
 }
 
+// createJSON is `hibdisk create --output=json`: the new layer, with
+// qemu-img info's field names. Stable: fields are only added.
+type createJSON struct {
+	Filename              string `json:"filename"`
+	Format                string `json:"format"`
+	VirtualSize           int64  `json:"virtual-size"`
+	SectorSize            int    `json:"sector-size"`
+	UUID                  string `json:"uuid"`
+	Label                 string `json:"label,omitempty"`
+	ReadCache             bool   `json:"read-cache,omitempty"`
+	BackingFilename       string `json:"backing-filename,omitempty"`
+	BackingFilenameFormat string `json:"backing-filename-format,omitempty"`
+}
+
 func runCreate(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F FMT] [--read-cache]] [--label L] FILE [SIZE]")
+	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F FMT] [--read-cache]] [--label L] [-f hibdisk] [-q] [--output=human|json] FILE [SIZE]")
+	var f imgFlags
+	fs.StringVar(&f.format, "f", "", "the new image's format: hibdisk, the only one create makes (for others: qemu-img create, or hibdisk convert -O)")
+	f.addOutput(fs, "json: one object describing the new layer")
+	f.addQuiet(fs)
 	sizeFlag := fs.String("s", "", "virtual size (K/M/G/T suffixes); a diff layer defaults to its backing file's size")
 	sectorSize := fs.Int("sector-size", 0, "sector size in bytes, a power of two 512..65536 (default 4096, or the backing layer's)")
 	backing := fs.String("b", "", "backing file: the parent of the new diff layer")
@@ -21,6 +39,13 @@ func runCreate(_ context.Context, e *env, args []string) error {
 	readCache := fs.Bool("read-cache", false, "make the diff layer a read cache of its backing file: serving it writable fills it with what reads fetch from below (for remote bases)")
 	pos, err := parseArgs(fs, args, 1, 2)
 	if err != nil {
+		return err
+	}
+	if f.format != "" && f.format != "hibdisk" {
+		return usagef("-f %s: hibdisk create makes hibdisk layers only (for %s: qemu-img create -f %s, or hibdisk convert -O %s from a layer)", f.format, f.format, f.format, f.format)
+	}
+	f.format = ""
+	if err := f.done(e); err != nil {
 		return err
 	}
 	if len(pos) == 2 { // qemu-img create FILE SIZE
@@ -56,6 +81,13 @@ func runCreate(_ context.Context, e *env, args []string) error {
 		return err
 	}
 	top := layers[0]
+	if f.json {
+		j := createJSON{Filename: path, Format: "hibdisk", VirtualSize: top.Size, SectorSize: top.SectorSize, UUID: top.UUID, Label: top.Label, ReadCache: top.ReadCache}
+		if p := top.Parent; p != nil {
+			j.BackingFilename, j.BackingFilenameFormat = p.Path, p.Format
+		}
+		return writeJSON(e.stdout, j)
+	}
 	fmt.Fprintf(e.stdout, "Formatting '%s', fmt=hibdisk size=%d sector_size=%d", path, top.Size, top.SectorSize)
 	if top.Parent != nil {
 		fmt.Fprintf(e.stdout, " backing_file=%s backing_fmt=%s", top.Parent.Path, top.Parent.Format)

@@ -97,8 +97,8 @@ func TestInfoOfMovedParent(t *testing.T) {
 			t.Errorf("info of a layer whose parent moved: stdout lacks %q:\n%s", want, r.stdout)
 		}
 	}
-	// Under --json the same error is one JSON object (see jsonerr.go).
-	r = wantError(t, dir, 1, `{"error":"parent \"p.db\" of \"c.db\" is missing (no file \"p.db\"); if it moved, record where it is now: hibdisk rebase -u -b NEWPATH c.db","exit":1}`,
+	// Asked for JSON, the error is one JSON object on stderr too.
+	r = wantError(t, dir, 1, `{"command":"info","error":"parent \"p.db\" of \"c.db\" is missing (no file \"p.db\"); if it moved, record where it is now: hibdisk rebase -u -b NEWPATH c.db","exit":1}`,
 		"info", "--json", "c.db")
 	if !strings.Contains(r.stdout, `"filename": "c.db"`) {
 		t.Errorf("info --json of a layer whose parent moved:\n%s", r.stdout)
@@ -112,7 +112,7 @@ func TestInfoOfMovedParent(t *testing.T) {
 	// The advice works.
 	mustHib(t, dir, "rebase", "-u", "-b", "moved/p.db", "c.db")
 	mustHib(t, dir, "rebase", "-u", "-b", "moved/r.img", "-F", "raw", "rc.db")
-	if out := mustHib(t, dir, "info", "c.db"); !strings.Contains(out, "image: moved/p.db") {
+	if out := mustHib(t, dir, "info", "--backing-chain", "c.db"); !strings.Contains(out, "image: moved/p.db") {
 		t.Errorf("info after the rebase the error suggested:\n%s", out)
 	}
 	mustHib(t, dir, "info", "rc.db")

@@ -140,7 +140,7 @@ func TestForeignChangedBaseCaught(t *testing.T) {
 		t.Fatalf("qemu-img create: %v: %s", err, out)
 	}
 	qemuIOf("qcow2", "write -P 0x77 3M 64k", "top.qcow2")
-	out := mustHib(t, dir, "info", "top.qcow2")
+	out := mustHib(t, dir, "info", "--backing-chain", "top.qcow2")
 	if !strings.Contains(out, "backing file: golden.img") || !strings.Contains(out, "image: golden.img") && !strings.Contains(out, "/golden.img") {
 		t.Errorf("info does not show the qcow2's own backing chain:\n%s", out)
 	}

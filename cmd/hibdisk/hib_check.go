@@ -35,7 +35,7 @@ func runHibCheck(_ context.Context, e *env, args []string) error {
 	if err := checkOSImage(pos[0], r); err != nil {
 		return err
 	}
-	return printReport(e, pos[0], r, "No errors were found in the hibernate metadata.")
+	return printReport(e, pos[0], r, "No errors were found in the hibernate metadata.", 0)
 }
 
 func runHibMigrate(_ context.Context, e *env, args []string) error {

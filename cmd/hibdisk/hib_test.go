@@ -125,8 +125,8 @@ func TestCheckIncludesHibernateMetadata(t *testing.T) {
 	}
 	conn.Close()
 	r := hib(t, dir, "check", "job.db")
-	if r.code != 1 {
-		t.Fatalf("hibdisk check of broken metadata: exit %d, want 1\n%s", r.code, r.stdout)
+	if r.code != 2 {
+		t.Fatalf("hibdisk check of broken metadata: exit %d, want 2 (corruption)\n%s", r.code, r.stdout)
 	}
 	golden(t, "hib-check-broken.txt", r.stdout)
 	golden(t, "hib-check-repair.txt", mustHib(t, dir, "check", "--repair", "job.db"))

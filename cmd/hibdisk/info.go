@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,7 @@ import (
 )
 
 func init() {
-	register(command{name: "info", summary: "show a layer and its whole backing chain", run: runInfo})
+	register(command{name: "info", summary: "show an image (--backing-chain: and every layer below it)", run: runInfo})
 }
 
 // layerJSON is one element of `hibdisk info --json`, top layer first.
@@ -57,11 +56,36 @@ type layerJSON struct {
 }
 
 func runInfo(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "info", "[--json] FILE")
-	asJSON := fs.Bool("json", false, "print JSON (an array, top layer first)")
+	fs := newFlags(e, "info", "[--backing-chain] [--output=human|json] [-f FMT] [-U] FILE")
+	var f imgFlags
+	f.addFormat(fs, "hibdisk, raw, nbd, openvmm, qcow2, vmdk, vhdx, vpc, vdi, ...")
+	f.addOutput(fs, "json: an array, top layer first")
+	f.addShare(fs)
+	chain := fs.Bool("backing-chain", false, "show the whole backing chain, top first (default: the top image only, as qemu-img)")
 	pos, err := parseArgs(fs, args, 1, 1)
 	if err != nil {
 		return err
+	}
+	if err := f.done(e); err != nil {
+		return err
+	}
+	if _, err := checkFormat("-f", f.format, pos[0]); err != nil {
+		return err
+	}
+	print := func(out []layerJSON) error {
+		if !*chain {
+			out = out[:1]
+		}
+		if f.json {
+			return writeJSON(e.stdout, out)
+		}
+		for i, l := range out {
+			if i > 0 {
+				fmt.Fprintln(e.stdout)
+			}
+			printInfo(e.stdout, l)
+		}
+		return nil
 	}
 	d, err := diffdisk.OpenImage(pos[0])
 	var missing *diffdisk.MissingParentError
@@ -69,14 +93,7 @@ func runInfo(_ context.Context, e *env, args []string) error {
 		// The layer itself is readable: show it, then say what is
 		// missing below it and how to point it there (explain).
 		if top, terr := diffdisk.TopLayer(pos[0]); terr == nil {
-			out := []layerJSON{infoJSON(top)}
-			if *asJSON {
-				enc := json.NewEncoder(e.stdout)
-				enc.SetIndent("", "  ")
-				enc.Encode(out)
-			} else {
-				printInfo(e.stdout, out[0])
-			}
+			print([]layerJSON{infoJSON(top)})
 		}
 		return err
 	}
@@ -95,18 +112,7 @@ func runInfo(_ context.Context, e *env, args []string) error {
 	if err := addImageInfo(d, out); err != nil {
 		return err
 	}
-	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
-	}
-	for i, l := range out {
-		if i > 0 {
-			fmt.Fprintln(e.stdout)
-		}
-		printInfo(e.stdout, l)
-	}
-	return nil
+	return print(out)
 }
 
 func infoJSON(l diffdisk.LayerInfo) layerJSON {

@@ -12,7 +12,7 @@ import (
 // object on stderr instead of the "hibdisk CMD: ..." line, so a script
 // reads both outcomes the same way:
 //
-//	{"error":"open \"x.db\": no such file or directory","exit":1}
+//	{"command":"info","error":"open \"x.db\": no such file or directory","exit":1}
 //
 // The message is the one the line would carry, without the command
 // prefix; exit is the process's exit status (1 failure, 2 bad usage, or
@@ -20,8 +20,9 @@ import (
 
 // jsonError is the object printed on stderr.
 type jsonError struct {
-	Error string `json:"error"`
-	Exit  int    `json:"exit"`
+	Command string `json:"command"`
+	Error   string `json:"error"`
+	Exit    int    `json:"exit"`
 }
 
 // wantsJSON reports whether a command line asks for JSON output.
@@ -52,7 +53,7 @@ func wantsJSON(args []string) bool {
 // MSG", or under --json one JSON object.
 func printError(w io.Writer, asJSON bool, cmd, msg string, code int) {
 	if asJSON {
-		b, _ := json.Marshal(jsonError{Error: msg, Exit: code})
+		b, _ := json.Marshal(jsonError{Command: cmd, Error: msg, Exit: code})
 		fmt.Fprintf(w, "%s\n", b)
 		return
 	}

@@ -37,6 +37,10 @@ type env struct {
 	// usage, when set, receives the flags a command's -h prints: how
 	// `hibdisk completion` and `hibdisk man` read every command's usage.
 	usage func(*flagSet)
+	// jsonErrors is set by a command asked for JSON output (besides
+	// --json or --output=json on its command line, which run sees): its
+	// error is then one JSON object on stderr (jsonerr.go).
+	jsonErrors bool
 }
 
 var commands = map[string]command{}
@@ -102,6 +106,12 @@ func run(ctx context.Context, args []string, e *env) int {
 	}
 	err := c.run(ctx, e, args[1:])
 	asJSON := wantsJSON(args[1:])
+	fail := func(name, msg string, code int) int {
+		if msg != "" { // empty: a verdict (compare: different), not an error
+			printError(e.stderr, asJSON || e.jsonErrors, name, msg, code)
+		}
+		return code
+	}
 	switch {
 	case err == nil:
 		return 0
@@ -110,13 +120,10 @@ func run(ctx context.Context, args []string, e *env) int {
 	case errors.As(err, new(exitError)):
 		var x exitError
 		errors.As(err, &x)
-		switch {
-		case x.err != nil:
-			printError(e.stderr, asJSON, c.name, explain(c.name, x.err), x.code)
-		case x.msg != "":
-			printError(e.stderr, asJSON, c.name, oneLine(x.msg), x.code)
+		if x.err != nil {
+			return fail(c.name, explain(c.name, x.err), x.code)
 		}
-		return x.code
+		return fail(c.name, oneLine(x.msg), x.code)
 	case errors.As(err, new(usageError)):
 		var u usageError
 		errors.As(err, &u)
@@ -124,11 +131,9 @@ func run(ctx context.Context, args []string, e *env) int {
 		if u.cmd != "" {
 			name = u.cmd
 		}
-		printError(e.stderr, asJSON, name, oneLine(u.msg), 2)
-		return 2
+		return fail(name, oneLine(u.msg), 2)
 	default:
-		printError(e.stderr, asJSON, c.name, explain(c.name, err), 1)
-		return 1
+		return fail(c.name, explain(c.name, err), 1)
 	}
 }
 

@@ -44,6 +44,15 @@ func hib(t *testing.T, dir string, args ...string) result {
 	return result{out.String(), errOut.String(), code}
 }
 
+// hibTerm is hib with stderr taken for a terminal (progress bars).
+func hibTerm(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	t.Chdir(dir)
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, &env{stdout: &out, stderr: &errOut, isTerminal: true})
+	return result{out.String(), errOut.String(), code}
+}
+
 // mustHib runs a command that must succeed.
 func mustHib(t *testing.T, dir string, args ...string) string {
 	t.Helper()
@@ -155,6 +164,8 @@ func TestChainTranscript(t *testing.T) {
 
 	golden(t, "info.txt", mustHib(t, dir, "info", "job.db"))
 	golden(t, "info.json", mustHib(t, dir, "info", "--json", "job.db"))
+	golden(t, "info-chain.txt", mustHib(t, dir, "info", "--backing-chain", "job.db"))
+	golden(t, "info-chain.json", mustHib(t, dir, "info", "--backing-chain", "--output=json", "job.db"))
 	golden(t, "map.txt", mustHib(t, dir, "map", "job.db"))
 	golden(t, "map.json", mustHib(t, dir, "map", "--json", "job.db"))
 	golden(t, "check.txt", mustHib(t, dir, "check", "job.db"))

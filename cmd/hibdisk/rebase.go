@@ -11,18 +11,35 @@ func init() {
 }
 
 func runRebase(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "rebase", "[-u] -b NEWBASE [-F raw|hibdisk|openvmm] FILE")
+	fs := newFlags(e, "rebase", "[-u] [-p] [-q] [-f hibdisk] [-U] -b NEWBASE [-F raw|hibdisk|openvmm] FILE")
+	var f imgFlags
+	f.addFormat(fs, "hibdisk (rebase changes hibdisk layers only)")
+	f.addQuiet(fs)
+	f.addShare(fs)
 	backing := fs.String("b", "", `new backing file ("" makes the layer standalone)`)
 	format := fs.String("F", "", "new backing file format: hibdisk (may be omitted), raw (required for a raw file) or openvmm (required for an OpenVMM file)")
 	unsafe := fs.Bool("u", false, "unsafe: only rewrite the reference, copy nothing")
+	progress := fs.Bool("p", false, "show progress (on a terminal only)")
 	var backingSet bool
 	pos, err := parseArgs(fs, args, 1, 1)
 	if err != nil {
+		return err
+	}
+	if err := f.done(e); err != nil {
 		return err
 	}
 	fs.Visit(func(f *flagT) { backingSet = backingSet || f.Name == "b" })
 	if !backingSet {
 		return usagef("-b NEWBASE is required (-b \"\" makes the layer standalone)")
 	}
-	return diffdisk.Rebase(pos[0], *backing, *format, *unsafe)
+	if err := onlyLayers("rebase", f.format, pos[0]); err != nil {
+		return err
+	}
+	opts := diffdisk.RebaseOptions{Format: *format, Unsafe: *unsafe}
+	if *progress {
+		p := newProgress(e)
+		opts.Progress = p.update
+		defer p.done()
+	}
+	return diffdisk.RebaseWith(pos[0], *backing, opts)
 }

@@ -12,13 +12,36 @@ func init() {
 }
 
 func runResize(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "resize", "[--shrink] FILE [+|-]SIZE")
+	fs := newFlags(e, "resize", "[--shrink] [-q] [-f hibdisk] FILE [+|-]SIZE")
+	var f imgFlags
+	f.addFormat(fs, "hibdisk (resize changes hibdisk layers only)")
+	f.addQuiet(fs)
 	shrink := fs.Bool("shrink", false, "allow shrinking, which drops the data past the new end")
-	pos, err := parseArgs(fs, args, 2, 2)
+	// A relative size such as -64M is the size argument, not a flag (as
+	// in qemu-img resize FILE -64M): set it aside before parsing.
+	var rest, negative []string
+	for _, a := range args {
+		if len(a) > 1 && a[0] == '-' && (a[1] >= '0' && a[1] <= '9' || a[1] == '.') {
+			negative = append(negative, a)
+			continue
+		}
+		rest = append(rest, a)
+	}
+	if len(negative) > 1 {
+		return usagef("one size, not %d: hibdisk resize FILE [+|-]SIZE", len(negative))
+	}
+	pos, err := parseArgs(fs, rest, 2-len(negative), 2-len(negative))
 	if err != nil {
 		return err
 	}
+	if err := f.done(e); err != nil {
+		return err
+	}
+	pos = append(pos, negative...)
 	path, arg := pos[0], pos[1]
+	if err := onlyLayers("resize", f.format, path); err != nil {
+		return err
+	}
 	rel := 0
 	switch {
 	case strings.HasPrefix(arg, "+"):

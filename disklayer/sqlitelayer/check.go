@@ -25,6 +25,12 @@ type Report struct {
 	Repairs []string
 	// Notes lists what was not verified and why.
 	Notes []string
+	// Leaks is the part of Problems that only wastes space: rows whose
+	// repair loses nothing (all-zero data blobs, tombstones in a layer
+	// without a parent). `hibdisk check` reports a layer whose only
+	// problems are leaks the way qemu-img reports leaked clusters (exit
+	// 3). Free pages are not leaks: SQLite reuses them.
+	Leaks []string
 }
 
 // OK reports whether no problem was found (or remains, after Repair).
@@ -158,6 +164,9 @@ func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 			}
 			if n > 0 {
 				r.problemf("%s: %s", t.table, describeKeys(n, q.what, t.key, keys))
+				if !q.lost && q.repair != "" {
+					r.Leaks = append(r.Leaks, r.Problems[len(r.Problems)-1])
+				}
 			}
 		}
 	}

@@ -56,6 +56,12 @@ func TestCheckReportsEveryProblem(t *testing.T) {
 	if strings.Join(r.Problems, "\n") != strings.Join(wantProblems, "\n") {
 		t.Errorf("Check problems:\n%s\nwant:\n%s", strings.Join(r.Problems, "\n"), strings.Join(wantProblems, "\n"))
 	}
+	// Leaks are the problems whose repair loses nothing: they waste
+	// space only (hibdisk check exits 3 when there are no others).
+	wantLeaks := []string{wantProblems[2], wantProblems[3], wantProblems[6]}
+	if strings.Join(r.Leaks, "\n") != strings.Join(wantLeaks, "\n") {
+		t.Errorf("Check leaks:\n%s\nwant:\n%s", strings.Join(r.Leaks, "\n"), strings.Join(wantLeaks, "\n"))
+	}
 	if r.OK() {
 		t.Error("OK() is true for a damaged layer")
 	}

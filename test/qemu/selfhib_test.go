@@ -192,7 +192,7 @@ func selfHibernate(t *testing.T, appendArgs, compression string) {
 	if !strings.Contains(diff, "linux-swsusp image: stream") {
 		t.Errorf("hib diff: %s", diff)
 	}
-	if info := hibdisk(t, "info", r1); !strings.Contains(info, "hibernate image: linux-swsusp") {
+	if info := hibdisk(t, "info", "--backing-chain", r1); !strings.Contains(info, "hibernate image: linux-swsusp") {
 		t.Errorf("info: no hibernate image in\n%s", info)
 	}
 

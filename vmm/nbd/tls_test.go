@@ -167,6 +167,7 @@ func TestTLSOptional(t *testing.T) {
 	cmd := exec.Command("fio", "--name=tls", "--ioengine=nbd", fmt.Sprintf("--uri=nbds://127.0.0.1:%d/disk", port),
 		"--rw=randrw", "--bs=4k", "--iodepth=8", "--size=16M", "--io_size=8M", "--verify=crc32c", "--do_verify=1")
 	cmd.Env = append(os.Environ(), "HOME="+home)
+	cmd.Dir = home // fio leaves its verify state file in the working directory
 	if out, err := cmd.CombinedOutput(); err != nil || strings.Contains(string(out), "verify:") && strings.Contains(string(out), "bad") {
 		t.Errorf("fio over TLS: %v\n%s", err, out)
 	}
