@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"strings"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
 	"github.com/hibdisk/hibdisk/disklayer"
@@ -30,6 +32,21 @@ func explain(cmd string, err error) string {
 		return fmt.Sprintf("base %q looks like a %s image; add -F %s (a backing file's format is never guessed)", format.Backing, format.Detected, format.Detected)
 	case errors.As(err, &size) && (cmd == "create" || cmd == "resize"):
 		return explainSize(cmd, size)
+	}
+	// A file that is not there, or is in the way: the file's name and
+	// what to do, not the chain of layers the error came through.
+	var pe *fs.PathError
+	// Only when nothing was said after the file's error (check adds
+	// what an interrupted convert left, say).
+	if errors.As(err, &pe) && !strings.Contains(pe.Path, "://") && strings.HasSuffix(err.Error(), pe.Error()) {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return fmt.Sprintf("%s: no such file or directory (check the name and the directory)", pe.Path)
+		case errors.Is(err, fs.ErrExist) && (cmd == "create" || cmd == "convert"):
+			return fmt.Sprintf("%s exists: choose another name, or remove it first", pe.Path)
+		case errors.Is(err, fs.ErrPermission):
+			return fmt.Sprintf("%s: permission denied (%s)", pe.Path, pe.Op)
+		}
 	}
 	return oneLine(err.Error())
 }
