@@ -129,11 +129,7 @@ func (b *syncBuffer) String() string {
 func TestVMRunBootDiskInterrupted(t *testing.T) {
 	guestKit(t)
 	dir := testDir(t)
-	img := filepath.Join(dir, "boot.img")
-	if err := os.WriteFile(img, append(bootSector(), make([]byte, 1<<20-512)...), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mustHib(t, dir, "convert", "boot.img", "boot.db")
+	bootLayer(t, dir)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -201,11 +197,7 @@ func TestVMRunUsage(t *testing.T) {
 func TestVMRunJSON(t *testing.T) {
 	testenv.RequireTools(t, "qemu-system-x86", "qemu-system-x86_64")
 	dir := testDir(t)
-	img := filepath.Join(dir, "boot.img")
-	if err := os.WriteFile(img, append(bootSector(), make([]byte, 1<<20-512)...), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mustHib(t, dir, "convert", "boot.img", "boot.db")
+	bootLayer(t, dir)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -303,11 +295,7 @@ func startVMJSON(t *testing.T, args ...string) (vmJSON, func() (int, string)) {
 func TestVMResumeJSON(t *testing.T) {
 	testenv.RequireTools(t, "qemu-system-x86", "qemu-system-x86_64")
 	dir := testDir(t)
-	img := filepath.Join(dir, "boot.img")
-	if err := os.WriteFile(img, append(bootSector(), make([]byte, 1<<20-512)...), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	mustHib(t, dir, "convert", "boot.img", "boot.db")
+	bootLayer(t, dir)
 	_, stop := startVMJSON(t, "run", "--json", "--boot", "boot.db", "--mem", "32M")
 	mustHib(t, dir, "vm", "hibernate", "boot.db")
 	if code, _ := stop(); code != 0 {
@@ -326,4 +314,15 @@ func TestVMResumeJSON(t *testing.T) {
 		t.Errorf("vm resume: exit %d, stdout %q", code, out)
 	}
 	golden(t, "vm-resume-json.golden", normalizeRun(out, dir))
+}
+
+// bootLayer makes boot.db in dir: a 1 MiB disk whose first sector is
+// bootSector, converted from a raw image.
+func bootLayer(t *testing.T, dir string) {
+	t.Helper()
+	img := filepath.Join(dir, "boot.img")
+	if err := os.WriteFile(img, append(bootSector(), make([]byte, 1<<20-512)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustHib(t, dir, "convert", "boot.img", "boot.db")
 }

@@ -64,6 +64,7 @@ type direct struct {
 
 	clean    atomic.Bool   // the file holds every committed page
 	commits  atomic.Uint64 // commits seen (WAL hook)
+	behind   atomic.Int32  // large reads that found the file behind since the last commit
 	asked    atomic.Bool   // a read asked for a checkpoint since the last commit
 	disabled atomic.Bool   // the file did not parse: SQLite's path only
 	copied   atomic.Int64  // bytes read through data since it was last emptied
@@ -78,6 +79,10 @@ type direct struct {
 // (qemu-img bench's 64 KiB, a guest's readahead) use what the faults
 // map.
 const directMinBytes = 32 << 10
+
+// directAskAfter is how many large reads must find the file behind the
+// WAL, with no commit between them, before one asks for a checkpoint.
+const directAskAfter = 16
 
 // directWindowBytes: the mapping of a file larger than this is emptied
 // (MADV_DONTNEED; the pages stay in the page cache) every this many
@@ -149,6 +154,7 @@ func (d *direct) remapLocked() error {
 func (d *direct) committed() {
 	d.clean.Store(false)
 	d.commits.Add(1)
+	d.behind.Store(0)
 	d.asked.Store(false)
 }
 
@@ -505,8 +511,11 @@ func (t *blockTable) readDirect(p []byte, off int64, gaps *[]span) bool {
 	}
 	if !d.clean.Load() {
 		// Nothing uncommitted, but the WAL holds pages the file lacks:
-		// have the checkpointer copy them, once per commit.
-		if e.ckpt != nil && d.asked.CompareAndSwap(false, true) {
+		// have the checkpointer copy them, once per commit, and only
+		// when reads keep coming without writes (a read phase): a
+		// guest mixing reads and flushes would otherwise get a
+		// checkpoint, and its fsync, after every flush.
+		if e.ckpt != nil && d.behind.Add(1) == directAskAfter && d.asked.CompareAndSwap(false, true) {
 			e.ckpt.request()
 		}
 		return false

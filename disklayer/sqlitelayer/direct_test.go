@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 )
@@ -135,5 +136,37 @@ func TestDirectReadsSeeAcknowledgedWrites(t *testing.T) {
 			}()
 		}
 		wg.Wait()
+	}
+}
+
+// TestDirectReadsComeOnByThemselves: after writes and a flush, a run of
+// large reads with no commit between them asks for the checkpoint that
+// turns direct reads on; one read after each flush does not.
+func TestDirectReadsComeOnByThemselves(t *testing.T) {
+	const bs, blocks = 4096, 1024
+	path := newLayerPath(t, "l.db")
+	f := createWriteBack(t, path, sqlitelayer.CreateOptions{Size: blocks * bs})
+	defer f.Close()
+	for i := range 8 {
+		mustWrite(t, f, bytes.Repeat([]byte{byte(i + 1)}, 64<<10), int64(i)*(64<<10))
+		if err := f.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		mustRead(t, f, 0, 64<<10)
+	}
+	if sqlitelayer.DirectReadsForTest(f) {
+		t.Fatal("direct reads came on while every read followed a flush")
+	}
+	for i := range 64 {
+		mustRead(t, f, int64(i%8)*(64<<10), 64<<10)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !sqlitelayer.DirectReadsForTest(f); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a run of reads did not bring direct reads on")
+		}
+		mustRead(t, f, 0, 64<<10)
+	}
+	if got := mustRead(t, f, 7*(64<<10), 64<<10); got[0] != 8 || got[len(got)-1] != 8 {
+		t.Fatalf("direct read of the last write: %d", got[0])
 	}
 }
