@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -49,7 +50,7 @@ type ConvertOptions struct {
 // qemu-img reading src over NBD (see convertQemu), the same way.
 func Convert(src disklayer.Layer, dst string, opts ConvertOptions) (err error) {
 	if _, err := os.Lstat(dst); err == nil {
-		return fmt.Errorf("convert to %q: %w", dst, os.ErrExist)
+		return &fs.PathError{Op: "convert to", Path: dst, Err: fs.ErrExist}
 	}
 	if err := checkQemuImgOptions(opts); err != nil {
 		return fmt.Errorf("convert to %q: %w", dst, err)

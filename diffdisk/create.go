@@ -236,10 +236,13 @@ func identify(backing, format string, l disklayer.Layer) (disklayer.ParentRef, e
 	if err != nil {
 		return disklayer.ParentRef{}, err
 	}
-	if id.Size != l.Size() {
+	// The layer rounds a file whose size is not a whole number of
+	// sectors up (its tail reads as zeros), and opens compare with that.
+	ss := int64(l.SectorSize())
+	if (id.Size+ss-1)/ss*ss != l.Size() {
 		return disklayer.ParentRef{}, fmt.Errorf("backing file %q changed size while it was read: %w", backing, disklayer.ErrParentMismatch)
 	}
-	return disklayer.ParentRef{Format: format, Size: id.Size, Digest: id.Digest, SHA256: id.SHA256, Stat: id.Stat}, nil
+	return disklayer.ParentRef{Format: format, Size: l.Size(), Digest: id.Digest, SHA256: id.SHA256, Stat: id.Stat}, nil
 }
 
 // openHibdiskBacking opens a hibdisk backing chain and returns its

@@ -146,9 +146,14 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 		if len(layers) == 1 && !opts.ReadOnly {
 			restat = &newStat
 		}
-		l, st, next, err := openParent(link, childPath, parentPath, *ref, writable, opts, restat)
-		if err != nil {
+		l, st, next, err := openParent(childPath, parentPath, *ref, writable, opts, restat)
+		var missing *MissingParentError
+		if errors.As(err, &missing) {
+			missing.Link = link
 			return nil, err
+		}
+		if err != nil {
+			return nil, &ParentError{Link: link, Child: childPath, Path: parentPath, Ref: *ref, Err: err}
 		}
 		if newStat != "" {
 			r := *ref
@@ -185,13 +190,26 @@ func (e *MissingParentError) Error() string {
 
 func (e *MissingParentError) Unwrap() error { return disklayer.ErrParentMismatch }
 
+// ParentError is a parent that could not be opened, or is not the layer
+// its child was made over (Err wraps ErrParentMismatch then): Link names
+// the two as errors do, Path is the parent's file as resolved.
+type ParentError struct {
+	Link, Child, Path string
+	Ref               disklayer.ParentRef
+	Err               error
+}
+
+func (e *ParentError) Error() string { return e.Link + ": " + e.Err.Error() }
+
+func (e *ParentError) Unwrap() error { return e.Err }
+
 // openParent opens the parent a child recorded as ref, found at path, and
 // verifies its identity. It returns the layer, its file info (for cycle
 // detection) and the parent's own parent reference.
 //
 // A raw parent whose file identity changed but whose content matched
 // sets *restat (when restat is not nil) to its new identity.
-func openParent(link, child, path string, ref disklayer.ParentRef, writable bool, opts Options, restat *string) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
+func openParent(child, path string, ref disklayer.ParentRef, writable bool, opts Options, restat *string) (disklayer.Layer, fs.FileInfo, *disklayer.ParentRef, error) {
 	if ref.Format == disklayer.FormatNBD {
 		l, err := openExternal(path, ref.Format, opts)
 		if err == nil {
@@ -199,34 +217,34 @@ func openParent(link, child, path string, ref disklayer.ParentRef, writable bool
 		}
 		if err != nil {
 			closeLayers([]disklayer.Layer{l})
-			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+			return nil, nil, nil, err
 		}
 		return l, nil, nil, nil
 	}
 	st, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, nil, &MissingParentError{Link: link, Child: child, Path: path, Ref: ref}
+		return nil, nil, nil, &MissingParentError{Child: child, Path: path, Ref: ref}
 	}
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+		return nil, nil, nil, err
 	}
 	switch {
 	case ref.Format == disklayer.FormatHibdisk:
-		l, next, err := openHibdiskParent(link, path, ref, writable, opts.Strict)
+		l, next, err := openHibdiskParent(path, ref, writable, opts.Strict)
 		return l, st, next, err
 	case ref.Format == disklayer.FormatRaw:
 		raw, err := rawlayer.Open(path, !writable, rawlayer.HoldStable())
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+			return nil, nil, nil, err
 		}
 		if size := raw.Size(); size != ref.Size {
 			raw.Close()
-			return nil, nil, nil, fmt.Errorf("%s: size %d recorded, file now has %d: %w", link, ref.Size, size, disklayer.ErrParentMismatch)
+			return nil, nil, nil, fmt.Errorf("size %d recorded, file now has %d: %w", ref.Size, size, disklayer.ErrParentMismatch)
 		}
 		newStat, err := verifyRaw(path, ref)
 		if err != nil {
 			raw.Close()
-			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+			return nil, nil, nil, err
 		}
 		if newStat != "" && restat != nil {
 			*restat = newStat
@@ -235,39 +253,39 @@ func openParent(link, child, path string, ref disklayer.ParentRef, writable bool
 	case disklayer.IsQEMUFormat(ref.Format), ref.Format == disklayer.FormatOpenVMM:
 		l, err := openExternal(path, ref.Format, Options{})
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+			return nil, nil, nil, err
 		}
 		newStat, err := verifyExternal(path, ref, l)
 		if err != nil {
 			l.(io.Closer).Close()
-			return nil, nil, nil, fmt.Errorf("%s: %w", link, err)
+			return nil, nil, nil, err
 		}
 		if newStat != "" && restat != nil {
 			*restat = newStat
 		}
 		return l, st, nil, nil
 	}
-	return nil, nil, nil, fmt.Errorf("%s: unknown parent format %q: %w", link, ref.Format, disklayer.ErrCorrupt)
+	return nil, nil, nil, fmt.Errorf("unknown parent format %q: %w", ref.Format, disklayer.ErrCorrupt)
 }
 
 // openHibdiskParent opens a hibdisk parent and checks its uuid, size and
 // generation.
-func openHibdiskParent(link, path string, ref disklayer.ParentRef, writable, strict bool) (disklayer.Layer, *disklayer.ParentRef, error) {
+func openHibdiskParent(path string, ref disklayer.ParentRef, writable, strict bool) (disklayer.Layer, *disklayer.ParentRef, error) {
 	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: !writable, Strict: strict, HoldStable: true})
 	if errors.Is(err, disklayer.ErrNotLayer) {
-		return nil, nil, fmt.Errorf("%s: %s recorded, file is not a hibdisk layer: %w: %w", link, describeRef(ref), disklayer.ErrParentMismatch, err)
+		return nil, nil, fmt.Errorf("%s recorded, file is not a hibdisk layer: %w: %w", describeRef(ref), disklayer.ErrParentMismatch, err)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", link, err)
+		return nil, nil, err
 	}
 	info := f.Info()
 	switch {
 	case info.UUID != ref.UUID:
-		err = fmt.Errorf("%s: uuid %s recorded, file now has %s: %w", link, ref.UUID, info.UUID, disklayer.ErrParentMismatch)
+		err = fmt.Errorf("uuid %s recorded, file now has %s: %w", ref.UUID, info.UUID, disklayer.ErrParentMismatch)
 	case info.DiskSize != ref.Size:
-		err = fmt.Errorf("%s: size %d recorded, file now has %d: %w", link, ref.Size, info.DiskSize, disklayer.ErrParentMismatch)
+		err = fmt.Errorf("size %d recorded, file now has %d: %w", ref.Size, info.DiskSize, disklayer.ErrParentMismatch)
 	case ref.Generation != 0 && info.Generation != ref.Generation:
-		err = fmt.Errorf("%s: %w", link, generationMoved(ref, info))
+		err = generationMoved(ref, info)
 	}
 	if err != nil {
 		f.Close()

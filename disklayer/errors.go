@@ -82,3 +82,17 @@ type noSpaceError struct{}
 
 func (noSpaceError) Error() string { return "no space left on the layer's filesystem" }
 func (noSpaceError) Unwrap() error { return syscall.ENOSPC }
+
+// FileError records the layer file an operation failed on, as
+// fs.PathError does for a system call: the innermost FileError of an
+// error names the file at fault (the parent, not the child it was opened
+// through), so a command line can say which file to look at.
+type FileError struct {
+	Op   string // "open layer", "create layer"
+	Path string
+	Err  error
+}
+
+func (e *FileError) Error() string { return fmt.Sprintf("%s %q: %v", e.Op, e.Path, e.Err) }
+
+func (e *FileError) Unwrap() error { return e.Err }

@@ -67,19 +67,35 @@ qemu_bench_run() { # server-socket [-w ...] -> MiB/s of one pass over the whole 
   $PY -c "print($count * 65536 / 2**20 / $secs)"
 }
 
+rotate() { # N A B C...: the list rotated left N times
+  local n=$(( $1 % ($# - 1) ))
+  shift
+  local a=("$@")
+  echo "${a[@]:n}" "${a[@]:0:n}"
+}
+
 median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
 
 # measure NAME UNIT COMMAND ARGS...: runs COMMAND SOCKET ARGS... RUNS times
 # for each server, the servers taking turns within each round so that
 # drift in the machine's speed (large on shared 2-core machines) falls on
-# all three alike, and prints the medians and ratios.
+# all three alike, and prints the medians and ratios. The order rotates
+# from round to round (h q m, q m h, m h q, ...): which server runs
+# first in a round decided the write cells by up to 1.5x (the one after
+# another's writes found the page cache and the host busier or freer),
+# so with RUNS a multiple of 3 each server runs in each place equally.
 measure() {
-  local name=$1 unit=$2 cmd=$3 h=() q=() m=()
+  local name=$1 unit=$2 cmd=$3 h=() q=() m=() round=0 s
   shift 3
   for _ in $(seq "$RUNS"); do
-    h+=("$("$cmd" "$DIR/h.sock" "$@")")
-    q+=("$("$cmd" "$DIR/q.sock" "$@")")
-    m+=("$("$cmd" "$DIR/m.sock" "$@")")
+    for s in $(rotate $round h q m); do
+      case $s in
+        h) h+=("$("$cmd" "$DIR/h.sock" "$@")") ;;
+        q) q+=("$("$cmd" "$DIR/q.sock" "$@")") ;;
+        m) m+=("$("$cmd" "$DIR/m.sock" "$@")") ;;
+      esac
+    done
+    round=$((round + 1))
   done
   $PY - "$name" "$unit" "$(median "${h[@]}")" "$(median "${q[@]}")" "$(median "${m[@]}")" <<'PYEOF'
 import sys

@@ -119,7 +119,8 @@ func runCheck(_ context.Context, e *env, args []string) error {
 
 // printReport prints a check report the way qemu-img check does (one
 // line per repair, note and problem) and turns problems into exit status
-// code (hibdisk check) or 1 (code 0: hib check); ok is the line printed
+// code (hibdisk check), or 2 as qemu-img check's corruption (code 0: hib
+// check); ok is the line printed
 // when there are none. Leaks alone (code 3) print no error line: the
 // caller says what to do.
 func printReport(e *env, path string, r *sqlitelayer.Report, ok string, code int) error {
@@ -145,7 +146,7 @@ func printReport(e *env, path string, r *sqlitelayer.Report, ok string, code int
 	}
 	if !r.OK() {
 		if code == 0 {
-			code = 1
+			code = checkCorrupt
 		}
 		return exitError{code: code, msg: fmt.Sprintf("%d problem(s) found in %s", len(r.Problems), path)}
 	}

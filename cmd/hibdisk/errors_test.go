@@ -1,9 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -116,4 +118,83 @@ func TestInfoOfMovedParent(t *testing.T) {
 		t.Errorf("info after the rebase the error suggested:\n%s", out)
 	}
 	mustHib(t, dir, "info", "rc.db")
+}
+
+// TestFailureTranscript runs every command on the inputs users get
+// wrong (a damaged layer, a file that is not a layer, a layer in use, a
+// changed base, an existing target, a directory) and keeps what each
+// says in testdata/failures.golden: one line, naming the file at fault
+// and what to do, never the chain of operations it came through.
+func TestFailureTranscript(t *testing.T) {
+	testenv.RequireTools(t, "sqlite3", "sqlite3")
+	dir := t.TempDir() // not testDir: the damaged layers are the point
+	mustHib(t, dir, "create", "-s", "8M", "base.db")
+	mustHib(t, dir, "create", "-b", "base.db", "top.db")
+	mustHib(t, dir, "create", "-s", "8M", "held.db")
+	mustHib(t, dir, "create", "-s", "8M", "moved.db")
+	mustHib(t, dir, "create", "-b", "moved.db", "over-moved.db")
+	mustHib(t, dir, "resize", "moved.db", "16M") // the base changes under its child
+	qemuImg(t, dir, "create", "-q", "-f", "raw", "disk.raw", "8M")
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not a disk\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A SQLite database that is not a layer, and a layer whose layer
+	// row's page is overwritten (dd, as a bad disk would).
+	if out, err := exec.Command("sqlite3", filepath.Join(dir, "other.db"), "CREATE TABLE t(x)").CombinedOutput(); err != nil {
+		t.Fatalf("sqlite3: %v: %s", err, out)
+	}
+	mustHib(t, dir, "create", "-s", "8M", "damaged.db")
+	if out, err := exec.Command("dd", "if=/dev/urandom", "of="+filepath.Join(dir, "damaged.db"), "bs=4096", "seek=1", "count=2", "conv=notrunc").CombinedOutput(); err != nil {
+		t.Fatalf("dd: %v: %s", err, out)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "adir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	holdLayer(t, dir, "-k", filepath.Join(dir, "held.sock"), "held.db")
+
+	lines := [][]string{
+		{"create", "base.db", "1M"},
+		{"create", "-b", "damaged.db", "x.db"},
+		{"create", "-b", "held.db", "x.db"},
+		{"convert", "base.db", "top.db"},
+		{"info", "damaged.db"},
+		{"info", "adir"},
+		{"info", "over-moved.db", "--backing-chain"},
+		{"map", "damaged.db"},
+		{"map", "over-moved.db"},
+		{"commit", "notes.txt"},
+		{"commit", "other.db"},
+		{"commit", "held.db"},
+		{"commit", "over-moved.db"},
+		{"compact", "notes.txt"},
+		{"compact", "held.db"},
+		{"resize", "held.db", "16M"},
+		{"rebase", "-u", "-b", "base.db", "held.db"},
+		{"serve", "--nbd", "-k", "x.sock", "held.db"},
+		{"serve", "--nbd", "-k", "x.sock", "over-moved.db"},
+		{"compare", "damaged.db", "base.db"},
+		{"diff", "base.db", "damaged.db"},
+		{"ls", "damaged.db", "/"},
+		{"hib", "ps", "notes.txt"},
+		{"hib", "import", "notes.txt", "new.db"},
+		{"ds", "list", "other.db"},
+		{"report", "base.db", "damaged.db"},
+		{"check", "-r", "all", "held.db"},
+	}
+	var transcript strings.Builder
+	pid := regexp.MustCompile(`pid \d+ \([^)]*\)`)
+	for _, args := range lines {
+		r := hib(t, dir, args...)
+		if r.code == 0 {
+			t.Errorf("hibdisk %s succeeded; it must fail", strings.Join(args, " "))
+		}
+		if strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, "hibdisk ") {
+			t.Errorf("hibdisk %s: stderr is not one line: %q", strings.Join(args, " "), r.stderr)
+		}
+		fmt.Fprintf(&transcript, "$ hibdisk %s\n%s[exit %d]\n", strings.Join(args, " "), pid.ReplaceAllString(r.stderr, "pid PID (COMMAND)"), r.code)
+	}
+	golden(t, "failures.golden", transcript.String())
+	if _, err := os.Stat(filepath.Join(dir, "new.db")); err == nil {
+		t.Error("a failed hib import left new.db behind")
+	}
 }

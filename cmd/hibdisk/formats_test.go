@@ -303,3 +303,26 @@ func TestForeignBaseHeldAndKilled(t *testing.T) {
 		t.Errorf("compare after the kill: %s", out)
 	}
 }
+
+// TestRawBaseOfOddSize: a raw base whose size is not a whole number of
+// sectors (a 7000-byte file, as a truncated download leaves one) reads
+// with its tail as zeros, as qemu-img rounds it; creating a child over it
+// once said the file "changed size while it was read".
+func TestRawBaseOfOddSize(t *testing.T) {
+	dir := testDir(t)
+	data := bytes.Repeat([]byte("odd!"), 1750)
+	if err := os.WriteFile(filepath.Join(dir, "odd.raw"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustHib(t, dir, "create", "-F", "raw", "-b", "odd.raw", "top.db")
+	mustHib(t, dir, "map", "top.db")
+	mustHib(t, dir, "convert", "-O", "raw", "top.db", "out.raw")
+	got, err := os.ReadFile(filepath.Join(dir, "out.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(data, make([]byte, len(got)-len(data))...)
+	if len(got)%512 != 0 || !bytes.Equal(got, want) {
+		t.Errorf("converted view: %d bytes, want odd.raw's 7000 then zeros to a sector boundary", len(got))
+	}
+}

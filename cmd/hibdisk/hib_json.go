@@ -7,8 +7,10 @@ import (
 	"io"
 	iofs "io/fs"
 	"os"
+	"strings"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/hibfile"
 )
 
@@ -53,6 +55,14 @@ func runHibImport(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		if created {
 			diffdisk.RemoveLayerFiles(layer)
+		}
+		if errors.Is(err, disklayer.ErrInvalid) {
+			// What is wrong is the input, not the layer.
+			name := pos[0]
+			if name == "-" {
+				name = "standard input"
+			}
+			return fmt.Errorf("%s is not a snapshot hibdisk can import (%s); hib export writes one", name, strings.TrimSuffix(strings.TrimPrefix(err.Error(), fmt.Sprintf("import into %q: ", layer)), ": "+disklayer.ErrInvalid.Error()))
 		}
 		return err
 	}

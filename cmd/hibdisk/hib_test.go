@@ -129,6 +129,9 @@ func TestCheckIncludesHibernateMetadata(t *testing.T) {
 		t.Fatalf("hibdisk check of broken metadata: exit %d, want 2 (corruption)\n%s", r.code, r.stdout)
 	}
 	golden(t, "hib-check-broken.txt", r.stdout)
+	if r := hib(t, dir, "hib", "check", "job.db"); r.code != 2 {
+		t.Errorf("hibdisk hib check of broken metadata: exit %d, want 2 as check's (corruption)", r.code)
+	}
 	golden(t, "hib-check-repair.txt", mustHib(t, dir, "check", "--repair", "job.db"))
 	mustHib(t, dir, "hib", "check", "job.db")
 }

@@ -95,20 +95,20 @@ const bulkOutBytes = 1 << 20
 // written in increasing order (see Bulk).
 func CreateBulk(path string, opts CreateOptions) (b *Bulk, err error) {
 	if opts.Parent != nil || opts.Scratch || opts.ReadCache {
-		return nil, fmt.Errorf("create layer %q: a bulk-written layer is a base without a read cache: %w", path, disklayer.ErrInvalid)
+		return nil, fileError("create layer", path, fmt.Errorf("a bulk-written layer is a base without a read cache: %w", disklayer.ErrInvalid))
 	}
 	info, err := newInfo(opts)
 	if err != nil {
-		return nil, fmt.Errorf("create layer %q: %w", path, err)
+		return nil, fileError("create layer", path, err)
 	}
 	conn, err := createDatabase(path, info, store.Options{})
 	if err != nil {
-		return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
+		return nil, fileError("create layer", path, mapStoreError(err))
 	}
 	held, err := lock.Acquire(path, lock.Exclusive)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("create layer %q: %w", path, err)
+		return nil, fileError("create layer", path, err)
 	}
 	defer func() {
 		if err != nil {
@@ -126,20 +126,20 @@ func CreateBulk(path string, opts CreateOptions) (b *Bulk, err error) {
 	} {
 		if *q.v, err = queryInt(conn, q.sql); err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("create layer %q: %w", path, err)
+			return nil, fileError("create layer", path, err)
 		}
 	}
 	if err := conn.Close(); err != nil { // folds the WAL in: the file is complete
-		return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
+		return nil, fileError("create layer", path, mapStoreError(err))
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return nil, fmt.Errorf("create layer %q: %w", path, err)
+		return nil, fileError("create layer", path, err)
 	}
 	var hdr [100]byte
 	if _, err := f.ReadAt(hdr[:], 0); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("create layer %q: read header: %w", path, err)
+		return nil, fileError("create layer", path, fmt.Errorf("read header: %w", err))
 	}
 	if reserve = int64(hdr[20]); reserve != 0 || root < 2 || pages < root {
 		f.Close()
@@ -148,7 +148,7 @@ func CreateBulk(path string, opts CreateOptions) (b *Bulk, err error) {
 	w, err := newBulkWriter(f)
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("create layer %q: %w", path, err)
+		return nil, fileError("create layer", path, err)
 	}
 	u := int(pageSize)
 	b = &Bulk{

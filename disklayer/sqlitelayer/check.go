@@ -343,7 +343,9 @@ func VerifyParent(childPath string, ref disklayer.ParentRef) error {
 	}
 	switch ref.Format {
 	case disklayer.FormatRaw:
-		if st.Size() != ref.Size {
+		// A raw image reads in 512-byte sectors (rawlayer's default), a
+		// partial last one padded with zeros: that is the size recorded.
+		if rounded := (st.Size() + rawSectorSize - 1) / rawSectorSize * rawSectorSize; rounded != ref.Size {
 			return mismatch("raw image is %d bytes, the layer was created over %d bytes", st.Size(), ref.Size)
 		}
 		return nil
@@ -559,3 +561,7 @@ func repairSectorSize(conn *sqlite3.Conn, r *Report) error {
 	r.Repairs = append(r.Repairs, fmt.Sprintf("layer row: sector_size was %d, but all %d data blobs are %d bytes long: set sector_size to %d", old, blobs, size, size))
 	return nil
 }
+
+// rawSectorSize is rawlayer.DefaultSectorSize, the unit a raw parent's
+// size is rounded up to (this package does not import rawlayer).
+const rawSectorSize = 512

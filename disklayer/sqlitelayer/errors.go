@@ -40,3 +40,9 @@ type alsoIs struct{ err, target error }
 func (e alsoIs) Error() string { return e.err.Error() }
 
 func (e alsoIs) Unwrap() []error { return []error{e.err, e.target} }
+
+// fileError names the layer file an open or create failed on
+// (disklayer.FileError).
+func fileError(op, path string, err error) error {
+	return &disklayer.FileError{Op: op, Path: path, Err: err}
+}

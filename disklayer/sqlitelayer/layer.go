@@ -158,22 +158,22 @@ type File struct {
 func Create(path string, opts CreateOptions) (*File, error) {
 	info, err := newInfo(opts)
 	if err != nil {
-		return nil, fmt.Errorf("create layer %q: %w", path, err)
+		return nil, fileError("create layer", path, err)
 	}
 	conn, err := createDatabase(path, info, store.Options{CacheBytes: cacheBytes, Scratch: opts.Scratch})
 	if err != nil {
-		return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
+		return nil, fileError("create layer", path, mapStoreError(err))
 	}
 	held, err := lock.Acquire(path, lock.Exclusive)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("create layer %q: %w", path, err)
+		return nil, fileError("create layer", path, err)
 	}
 	if createIncremental && !opts.Scratch {
 		if err := makeIncremental(conn); err != nil {
 			conn.Close()
 			held.Release()
-			return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
+			return nil, fileError("create layer", path, mapStoreError(err))
 		}
 	}
 	f, err := newFile(conn, path, false, opts.Scratch)
@@ -189,7 +189,7 @@ func Create(path string, opts CreateOptions) (*File, error) {
 	if opts.Scratch {
 		if err := conn.Exec("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF"); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("create layer %q: %w", path, mapStoreError(err))
+			return nil, fileError("create layer", path, mapStoreError(err))
 		}
 	}
 	return f, nil
@@ -265,13 +265,13 @@ func newUUID() (string, error) {
 // verifies it.
 func Open(path string, opts OpenOptions) (f *File, err error) {
 	if err := checkFileLength(path); err != nil {
-		return nil, fmt.Errorf("open layer %q: %w", path, err)
+		return nil, fileError("open layer", path, err)
 	}
 	// The lock comes before SQLite opens the file: a layer someone else
 	// writes is refused before a migration or a write could touch it.
 	held, err := lock.Acquire(path, holdMode(opts))
 	if err != nil {
-		return nil, fmt.Errorf("open layer %q: %w", path, err)
+		return nil, fileError("open layer", path, err)
 	}
 	defer func() {
 		if err != nil {
@@ -279,7 +279,7 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 		}
 	}()
 	if err := checkWALBelongs(path); err != nil {
-		return nil, fmt.Errorf("open layer %q: %w", path, err)
+		return nil, fileError("open layer", path, err)
 	}
 	var sidecars store.Sidecars
 	if opts.ReadOnly {
@@ -294,14 +294,14 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 		ReadableFrom: schema.ReadableFrom,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open layer %q: %w", path, mapStoreError(err))
+		return nil, fileError("open layer", path, mapStoreError(err))
 	}
 	if opts.Strict {
 		r := &Report{Path: path}
 		checkLayer(conn, r)
 		if !r.OK() {
 			conn.Close()
-			return nil, fmt.Errorf("open layer %q strictly: %s: %w", path, strings.Join(r.Problems, "; "), disklayer.ErrCorrupt)
+			return nil, fileError("open layer", path, fmt.Errorf("strictly: %s: %w", strings.Join(r.Problems, "; "), disklayer.ErrCorrupt))
 		}
 	}
 	f, err = newFile(conn, path, opts.ReadOnly, false)
@@ -372,7 +372,7 @@ func newFile(conn *sqlite3.Conn, path string, readOnly, scratch bool) (*File, er
 	e := &engine{conn: conn, path: path, openedReadOnly: readOnly, scratch: scratch}
 	info, err := readLayerRow(conn)
 	if err != nil {
-		return nil, fmt.Errorf("open layer %q: %w", path, err)
+		return nil, fileError("open layer", path, err)
 	}
 	e.setInfo(info)
 	for _, s := range []struct {
@@ -386,24 +386,24 @@ func newFile(conn *sqlite3.Conn, path string, readOnly, scratch bool) (*File, er
 	} {
 		if *s.stmt, _, err = conn.Prepare(s.sql); err != nil {
 			e.closeStatements()
-			return nil, fmt.Errorf("open layer %q: prepare %s: %w", path, s.sql, err)
+			return nil, fileError("open layer", path, fmt.Errorf("prepare %s: %w", s.sql, err))
 		}
 	}
 	if !readOnly {
 		if err := e.prepareGenerations(); err != nil {
 			e.closeStatements()
-			return nil, fmt.Errorf("open layer %q: %w", path, err)
+			return nil, fileError("open layer", path, err)
 		}
 	}
 	if !readOnly && !scratch {
 		if err := startBackgroundCheckpoints(e); err != nil {
 			e.closeStatements()
-			return nil, fmt.Errorf("open layer %q: %w", path, err)
+			return nil, fileError("open layer", path, err)
 		}
 		if err := startReclaim(e); err != nil {
 			e.closeStatements()
 			e.ckpt.stop()
-			return nil, fmt.Errorf("open layer %q: %w", path, err)
+			return nil, fileError("open layer", path, err)
 		}
 	}
 	f := &File{eng: e}
@@ -419,7 +419,7 @@ func newFile(conn *sqlite3.Conn, path string, readOnly, scratch bool) (*File, er
 		if e.ckpt != nil {
 			e.ckpt.stop()
 		}
-		return nil, fmt.Errorf("open layer %q: %w", path, mapStoreError(err))
+		return nil, fileError("open layer", path, mapStoreError(err))
 	}
 	return f, nil
 }

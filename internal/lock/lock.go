@@ -193,6 +193,11 @@ func (e *InUseError) Error() string {
 
 func (e *InUseError) Unwrap() error { return ErrInUse }
 
+// Standalone reports that the message says all a user needs (the file,
+// who holds it, what to do): a command line prints it without the
+// operations it came through.
+func (e *InUseError) Standalone() bool { return true }
+
 // describeHolders names the processes other than this open file
 // description's that lock byte b of f's file, from /proc/PID/fdinfo (OFD
 // locks carry no pid, so lslocks reads the same place).

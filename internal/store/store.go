@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -248,7 +249,7 @@ func Create(path string, opts Options) (*sqlite3.Conn, error) {
 		return nil, fmt.Errorf("create %q: read-only create makes no sense", path)
 	}
 	if _, err := os.Lstat(path); err == nil {
-		return nil, fmt.Errorf("create %q: %w", path, os.ErrExist)
+		return nil, &fs.PathError{Op: "create", Path: path, Err: fs.ErrExist}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("create %q: %w", path, err)
 	}
