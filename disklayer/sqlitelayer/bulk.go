@@ -11,6 +11,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/internal/lock"
+	"github.com/hibdisk/hibdisk/internal/schema"
 	"github.com/hibdisk/hibdisk/internal/store"
 )
 
@@ -74,6 +75,12 @@ type Bulk struct {
 	leafLast  int64
 	// children of the level above the leaves: each finished leaf.
 	leaves []bulkChild
+	// runs: the allocation summary of what was stored (every row is
+	// data), written into the layer at Close; nil once it would pass
+	// maxBulkRuns (the layer then has no summary, and is mapped from its
+	// rows).
+	runs     []summaryRun
+	manyRuns bool
 
 	out    []byte // pages to write, starting at page outFirst
 	outPg  uint32
@@ -226,6 +233,15 @@ func (b *Bulk) fail(err error) error {
 // every key before it.
 func (b *Bulk) addRow(key int64, data []byte) {
 	b.lastKey = key
+	switch n := len(b.runs); {
+	case n > 0 && b.runs[n-1].start+b.runs[n-1].count == key:
+		b.runs[n-1].count++
+	case b.manyRuns:
+	case n == maxBulkRuns:
+		b.runs, b.manyRuns = nil, true
+	default:
+		b.runs = append(b.runs, summaryRun{start: key, count: 1})
+	}
 	n := len(data)
 	st := uint64(2*n + 12)
 	hdrLen := 2 + varintLen(st) // header size byte, serial type 0, blob's type
@@ -424,6 +440,59 @@ func (b *Bulk) Close() error {
 	}
 	if err := b.f.Sync(); err != nil {
 		return b.fail(fmt.Errorf("close layer %q: sync: %w", b.path, err))
+	}
+	if !b.manyRuns {
+		if err := storeRuns(b.path, b.runs); err != nil {
+			return b.fail(fmt.Errorf("close layer %q: allocation summary: %w", b.path, mapStoreError(err)))
+		}
+	}
+	return nil
+}
+
+// maxBulkRuns bounds the runs Bulk keeps for the summary (24 bytes each):
+// a disk more fragmented than that gets none.
+const maxBulkRuns = 1 << 20
+
+// storeRuns writes runs (all data, in order) as the allocation summary of
+// the layer at path, which this process holds exclusively, in one synced
+// transaction.
+func storeRuns(path string, runs []summaryRun) error {
+	conn, err := store.Open(path, store.Options{Migrations: schema.History, ReadableFrom: schema.ReadableFrom})
+	if err != nil {
+		return err
+	}
+	err = conn.Exec("BEGIN IMMEDIATE")
+	if err == nil {
+		err = insertRuns(conn, runs)
+	}
+	if err == nil {
+		err = conn.Exec("UPDATE layer SET allocation_generation = generation; COMMIT")
+	}
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	return conn.Close()
+}
+
+// insertRuns stores runs in the (empty) allocation table.
+func insertRuns(conn *sqlite3.Conn, runs []summaryRun) error {
+	insert, _, err := conn.Prepare("INSERT INTO allocation (start, count, kind) VALUES (?1, ?2, ?3)")
+	if err != nil {
+		return err
+	}
+	defer insert.Close()
+	for _, r := range runs {
+		kind := runData
+		if r.zero {
+			kind = runZero
+		}
+		insert.BindInt64(1, r.start)
+		insert.BindInt64(2, r.count)
+		insert.BindInt(3, kind)
+		if err := insert.Exec(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

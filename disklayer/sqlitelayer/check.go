@@ -170,6 +170,9 @@ func checkLayer(conn *sqlite3.Conn, r *Report) (info Info, ok bool) {
 			}
 		}
 	}
+	if err := checkSummary(conn, func(p string) { r.problemf("%s", p) }); err != nil {
+		r.problemf("allocation summary: cannot check: %v", mapStoreError(err))
+	}
 	runTableChecks(conn, info, r)
 	return info, true
 }
@@ -484,6 +487,24 @@ func repairLayer(conn *sqlite3.Conn, r *Report, force bool) (err error) {
 			r.Repairs = append(r.Repairs, fmt.Sprintf("%s: %s", t.table, describeKeys(n, q.repaired, t.key, keys)))
 		}
 	}
+	return repairSummary(conn, r)
+}
+
+// repairSummary drops an allocation summary that disagrees with the rows
+// (the layer is then mapped from its rows, as one without a summary):
+// nothing of the disk is lost.
+func repairSummary(conn *sqlite3.Conn, r *Report) error {
+	wrong := 0
+	if err := checkSummary(conn, func(string) { wrong++ }); err != nil {
+		return fmt.Errorf("repair %q: allocation summary: %w", r.Path, err)
+	}
+	if wrong == 0 {
+		return nil
+	}
+	if err := conn.Exec("DELETE FROM allocation; UPDATE layer SET allocation_generation = NULL"); err != nil {
+		return fmt.Errorf("repair %q: allocation summary: %w", r.Path, err)
+	}
+	r.Repairs = append(r.Repairs, "allocation summary: dropped (it disagreed with the sectors table; the layer is mapped from its rows)")
 	return nil
 }
 

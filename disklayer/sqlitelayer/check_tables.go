@@ -67,7 +67,7 @@ func tableCheckList() []TableCheck {
 
 // coreTables are the tables sqlitelayer itself checks, and internal/store's
 // record of the migrations applied (user_version is what is checked).
-var coreTables = []string{"layer", "sectors", "hibernate_blocks", "migrations"}
+var coreTables = []string{"layer", "sectors", "hibernate_blocks", "migrations", "allocation"}
 
 // runTableChecks runs every registered TableCheck on conn, then notes the
 // tables that hold rows but that no check covers (their package is not

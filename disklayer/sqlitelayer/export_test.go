@@ -128,3 +128,11 @@ func DirectReadsForTest(f *File) bool {
 	e := f.eng
 	return e.direct != nil && e.direct.clean.Load() && !e.dirty.Load()
 }
+
+// SetSummaryOffForTest makes Extents ignore allocation summaries (and
+// map from the rows) until the returned function restores it.
+func SetSummaryOffForTest(off bool) (restore func()) {
+	old := summaryOff
+	summaryOff = off
+	return func() { summaryOff = old }
+}

@@ -409,6 +409,9 @@ func newFile(conn *sqlite3.Conn, path string, readOnly, scratch bool) (*File, er
 	f := &File{eng: e}
 	f.disk, err = newBlockTable(e, "sectors", "sector", info.SectorSize, info.DiskSize)
 	if err == nil {
+		err = f.disk.prepareSummary()
+	}
+	if err == nil {
 		f.hib, err = newBlockTable(e, "hibernate_blocks", "block", info.SectorSize, HibernateSize)
 	}
 	if err != nil {

@@ -39,6 +39,9 @@ type blockTable struct {
 	deleteRange    *sqlite3.Stmt // drop rows in [?1, ?2]
 	deleteData     *sqlite3.Stmt // drop rows holding data in [?1, ?2]
 	tombstoneRange *sqlite3.Stmt // make every row in [?1, ?2] a tombstone
+	// The allocation summary's queries (summary.go): nil unless the
+	// table is a read-only layer's sectors with the summary's schema.
+	selectRuns, summaryValid *sqlite3.Stmt
 
 	block []byte // read-modify-write buffer, one block; guarded by e.mu
 
@@ -83,7 +86,7 @@ func newBlockTable(e *engine, table, key string, blockSize int, size int64) (*bl
 }
 
 func (t *blockTable) closeStatements() {
-	for _, s := range []*sqlite3.Stmt{t.selectRange, t.selectKinds, t.upsert, t.upsertRun, t.insertAbsent, t.deleteRange, t.deleteData, t.tombstoneRange} {
+	for _, s := range []*sqlite3.Stmt{t.selectRange, t.selectKinds, t.upsert, t.upsertRun, t.insertAbsent, t.deleteRange, t.deleteData, t.tombstoneRange, t.selectRuns, t.summaryValid} {
 		if s != nil {
 			s.Close()
 		}
@@ -601,8 +604,43 @@ func (t *blockTable) Extents(off, length int64) iter.Seq2[disklayer.Extent, erro
 		emit := func(e disklayer.Extent) bool { return lostAsData(e, lost, bs, clipped) }
 		next, last := off/bs, (end-1)/bs // next: first block not yet mapped
 		rows := make([]kindRow, 0, 64)
+		var runs []summaryRun
 		for next <= last {
+			// From the summary while it is valid: a few rows per region
+			// instead of one per sector.
+			var summarized bool
 			var err error
+			runs, summarized, err = t.runsChunk(runs[:0], next, last)
+			if err != nil {
+				yield(disklayer.Extent{}, err)
+				return
+			}
+			if summarized {
+				for _, r := range runs {
+					from, to := max(r.start, next), min(r.start+r.count, last+1)
+					if to <= from {
+						continue
+					}
+					if from > next && !emit(disklayer.Extent{Off: next * bs, Len: (from - next) * bs, Kind: disklayer.Absent}) {
+						return
+					}
+					kind := disklayer.Data
+					if r.zero {
+						kind = disklayer.Zero
+					}
+					if !emit(disklayer.Extent{Off: from * bs, Len: (to - from) * bs, Kind: kind}) {
+						return
+					}
+					next = to
+				}
+				if len(runs) < extentRowsPerLock {
+					if next <= last && !emit(disklayer.Extent{Off: next * bs, Len: (last + 1 - next) * bs, Kind: disklayer.Absent}) {
+						return
+					}
+					break
+				}
+				continue
+			}
 			rows, err = t.kindsChunk(rows[:0], next, last, &lost)
 			if err != nil {
 				yield(disklayer.Extent{}, err)

@@ -57,3 +57,26 @@ CREATE TRIGGER layer_size_generation AFTER UPDATE OF sector_size, disk_size ON l
 const ReadCacheColumn = `
 ALTER TABLE layer ADD COLUMN read_cache INTEGER NOT NULL DEFAULT 0 CHECK (read_cache IN (0, 1));
 `
+
+// AllocationTables is the DDL of version Allocation: the allocation
+// summary of the sectors table, one row per run of consecutive sectors
+// of one kind (1 a zero sector, a tombstone; 2 data), runs of absent
+// sectors not stored. It is written when a layer stops changing (convert
+// writes it with the layer, seal and compact before they finish), and
+// it describes the layer only while allocation_generation equals the
+// layer's generation: any later change to the content moves the
+// generation, and the summary is then ignored (and dropped by the next
+// summary written). Readers of a layer that cannot change under them map
+// it from these few rows instead of every row of sectors: a region's
+// map of a base of 16 GiB of data reads a handful of pages instead of
+// every leaf of the table, which for a base read lazily over the
+// network is the difference between fetching the map and fetching the
+// disk.
+const AllocationTables = `
+CREATE TABLE allocation (
+  start INTEGER PRIMARY KEY,           -- first sector of the run
+  count INTEGER NOT NULL CHECK (count > 0),
+  kind  INTEGER NOT NULL CHECK (kind IN (1, 2))  -- 1 zero (tombstones), 2 data
+);
+ALTER TABLE layer ADD COLUMN allocation_generation INTEGER;
+`

@@ -36,9 +36,12 @@ const (
 	Generations = 5
 	// ReadCache adds the layer's read_cache flag (ReadCacheColumn).
 	ReadCache = 6
+	// Allocation adds the allocation summary of a layer that no longer
+	// changes (AllocationTables).
+	Allocation = 7
 
 	// Current is the version this build writes.
-	Current = ReadCache
+	Current = Allocation
 	// ReadableFrom is the oldest version a read-only open accepts
 	// without migrating: everything after version 1 only adds what the
 	// disk does not need, so a version 1 layer reads and serves as
@@ -56,6 +59,7 @@ var History = []store.Migration{
 	VMState - 1:     {Name: "vm_state (QEMU device state of a machine snapshot)", Apply: exec(VMStateTables)},
 	Generations - 1: {Name: "changed-base detection: layer generation and full parent identity", Apply: exec(GenerationColumns)},
 	ReadCache - 1:   {Name: "read_cache: the layer is a read cache of what lies below it", Apply: exec(ReadCacheColumn)},
+	Allocation - 1:  {Name: "allocation summary: the runs of data and zero sectors, for layers that no longer change", Apply: exec(AllocationTables)},
 }
 
 func exec(sql string) func(*sqlite3.Conn) error {

@@ -30,7 +30,7 @@ func DowngradeToV1(t testing.TB, path string) {
 		drops = append(drops, "DROP "+stmt.ColumnText(0)+" "+stmt.ColumnText(1))
 	}
 	stmt.Close()
-	for _, col := range []string{"generation", "parent_generation", "parent_sha256", "parent_stat", "read_cache"} {
+	for _, col := range []string{"generation", "parent_generation", "parent_sha256", "parent_stat", "read_cache", "allocation_generation"} {
 		drops = append(drops, "ALTER TABLE layer DROP COLUMN "+col)
 	}
 	for _, sql := range append(append([]string{"PRAGMA foreign_keys = OFF"}, drops...), "PRAGMA user_version = 1") {
