@@ -76,8 +76,9 @@ var allowed = map[string][]string{
 
 // sqliteFree are packages that must not link SQLite at all, directly or
 // through another package: the NBD server and its disk adapter, the
-// layer contract, its pure-Go implementations, the conformance suite
-// the ext4 journal replay and the chunk reader of remote blobs. (A dependency whose path contains "sqlite" counts, so
+// layer contract, its pure-Go implementations, the conformance suite,
+// the ext4 journal replay and the chunk reader of remote blobs. (A
+// dependency whose path contains "sqlite" counts, so
 // disklayer/sqlitelayer does too.)
 var sqliteFree = []string{"report", "hibfile/swsusp", "vmm/nbd", "vmm/nbddisk", "disklayer", "disklayer/memlayer", "disklayer/rawlayer", "disklayer/layertest", "disklayer/nbdlayer", "inspect/jbd2", "remote/chunks"}
 
