@@ -19,8 +19,13 @@ const (
 	// reads fail with ErrUnavailable: diffdisk.DefaultReconnectDelay, what
 	// reads of a lost NBD parent wait.
 	DefaultMaxWait = 30 * time.Second
-	// DefaultParallel bounds the Source fetches in flight per Reader.
+	// DefaultParallel bounds the Source fetches in flight per Reader:
+	// at least this many, and as many as DefaultInFlightBytes of chunks.
 	DefaultParallel = 4
+	// DefaultInFlightBytes: small chunks get more fetches in flight, so
+	// that a sequential read's rate (chunks in flight x chunk size / the
+	// store's latency) does not fall with the chunk size.
+	DefaultInFlightBytes = 1 << 20
 	// DefaultReadAheadBytes is how far ahead of a sequential run of
 	// reads chunks are fetched (at least one chunk).
 	DefaultReadAheadBytes = 2 << 20
@@ -49,8 +54,9 @@ type Options struct {
 	// MaxWait is how long a failing Source is retried (DefaultMaxWait
 	// when 0).
 	MaxWait time.Duration
-	// Parallel bounds the Source fetches in flight (DefaultParallel
-	// when 0).
+	// Parallel bounds the Source fetches in flight (when 0,
+	// DefaultParallel or DefaultInFlightBytes of chunks, whichever is
+	// more).
 	Parallel int
 	// ReadAheadBytes is how far ahead of a sequential run to fetch
 	// (DefaultReadAheadBytes when 0, none when negative).
@@ -118,8 +124,9 @@ type call struct {
 
 // stream is a run of reads moving forward through the chunks.
 type stream struct {
-	last int64 // last chunk the run read
-	used uint64
+	start int64 // first chunk of the run
+	last  int64 // last chunk the run read
+	used  uint64
 }
 
 // NewReader returns a Reader of blob b from src.
@@ -131,7 +138,7 @@ func NewReader(b Blob, src Source, opts Options) (*Reader, error) {
 		opts.MaxWait = DefaultMaxWait
 	}
 	if opts.Parallel <= 0 {
-		opts.Parallel = DefaultParallel
+		opts.Parallel = max(DefaultParallel, int(DefaultInFlightBytes/b.ChunkSize))
 	}
 	if opts.ReadAheadBytes == 0 {
 		opts.ReadAheadBytes = DefaultReadAheadBytes
@@ -154,7 +161,7 @@ func NewReader(b Blob, src Source, opts Options) (*Reader, error) {
 	// Room for every chunk a read, its fetches and its read-ahead hold.
 	r.memBytes = max(opts.MemoryBytes, (int64(opts.Parallel)+r.ahead+2)*b.ChunkSize)
 	for i := range r.streams {
-		r.streams[i].last = -2
+		r.streams[i] = stream{start: -2, last: -2}
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r, nil
@@ -235,10 +242,15 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // noteRead follows sequential runs: a read that starts in the chunk
-// after the one a run last read continues it, and fetches the chunks
-// after this read's last ahead of need. A read within the run's last
-// chunk keeps the run alive without read-ahead; any other read starts a
-// run in place of the one used least recently.
+// after the one a run last read continues it; a read within the run's
+// last chunk keeps it alive; any other read starts a run in place of
+// the one used least recently. A run that continues fetches the chunks
+// after this read's last, as many as a quarter of the chunks it has
+// gone through (at most r.ahead): a guest reading a file of a few
+// chunks gets none (the bytes fetched stay close to the bytes read), a
+// long sequential read soon gets the whole window (the Source's latency
+// stays off its path), and at most a quarter of a run is fetched for
+// nothing when it stops.
 func (r *Reader) noteRead(first, last int64) {
 	if r.ahead == 0 {
 		return
@@ -252,7 +264,9 @@ func (r *Reader) noteRead(first, last int64) {
 		switch first {
 		case s.last + 1:
 			s.last, s.used = last, r.tick
-			r.readAheadLocked(last+1, min(last+r.ahead, ChunkCount(r.blob.Size, r.blob.ChunkSize)-1))
+			if n := min(r.ahead, (last-s.start+1)/4); n > 0 {
+				r.readAheadLocked(last+1, min(last+n, ChunkCount(r.blob.Size, r.blob.ChunkSize)-1))
+			}
 			return
 		case s.last:
 			s.last, s.used = last, r.tick
@@ -262,7 +276,7 @@ func (r *Reader) noteRead(first, last int64) {
 			oldest = i
 		}
 	}
-	r.streams[oldest] = stream{last: last, used: r.tick}
+	r.streams[oldest] = stream{start: first, last: last, used: r.tick}
 }
 
 // readAheadLocked starts loading chunks [from, to] that are neither in
