@@ -63,7 +63,7 @@ var allowed = map[string][]string{
 	"vmm/qemu":                   {"diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "vmm/nbd", "vmm/nbddisk"},
 	"internal/checkers":          {"datastore", "hibfile", "vmm/qemu"},
 	"internal/checktest":         {"diffdisk", "disklayer/sqlitelayer"},
-	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "hibfile/swsusp", "inspect", "report", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
+	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "hibfile/swsusp", "inspect", "remote/chunks", "report", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
 	"report":                     nil,
 	"remote/chunks":              nil,
 	"test/qemu":                  nil,
