@@ -2,14 +2,17 @@ package sqlitelayer_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/ncruces/go-sqlite3"
@@ -264,6 +267,31 @@ func TestOpenReaderAtOverChunks(t *testing.T) {
 		t.Error("the disk read over chunks differs from the file's")
 	}
 
+	// Two boots on one machine: the second fetches nothing.
+	cacheDir := t.TempDir()
+	for boot := range 2 {
+		cache, err := chunks.OpenCache(cacheDir, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := chunks.NewReader(blob, fs, chunks.Options{Cache: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := sqlitelayer.OpenReaderAt(blob.Name, r, sqlitelayer.ReaderAtOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(mustRead(t, l, 0, 16<<20), mustRead(t, plain, 0, 16<<20)) {
+			t.Errorf("boot %d: the disk read over cached chunks differs from the file's", boot)
+		}
+		l.Close()
+		r.Close()
+		if st := r.Stats(); boot == 1 && (st.FetchedChunks != 0 || st.CacheHits == 0) {
+			t.Errorf("second boot: %+v; want nothing fetched, everything from the cache", st)
+		}
+	}
+
 	// The store's copy changes under a chunk that holds disk data.
 	tampered := filepath.Join(dir, "tampered.db")
 	b, err := os.ReadFile(sealed)
@@ -313,4 +341,60 @@ func describeBlob(t testing.TB, path string, chunkSize int64) chunks.Blob {
 		t.Fatal(err)
 	}
 	return chunks.Blob{Name: "sha256:test-" + filepath.Base(path), Size: size, ChunkSize: chunkSize, Chunks: digests}
+}
+
+// failingSource is a FileSource whose fetches fail while down is set: a
+// store that went away.
+type failingSource struct {
+	*chunks.FileSource
+	down atomic.Bool
+}
+
+var errStoreDown = errors.New("injected: connection refused")
+
+func (s *failingSource) Fetch(ctx context.Context, off, n int64) ([]byte, error) {
+	if s.down.Load() {
+		return nil, errStoreDown
+	}
+	return s.FileSource.Fetch(ctx, off, n)
+}
+
+// TestOpenReaderAtStoreDown: a read that needs a store that stays away
+// fails, after the Reader's MaxWait, with an error that is still EIO
+// through SQLite (what NBD tells the guest); once the store is back,
+// reads succeed on the same layer.
+func TestOpenReaderAtStoreDown(t *testing.T) {
+	const size = 16 << 20
+	sealed := sealedLayer(t, size)
+	blob := describeBlob(t, sealed, chunks.MinChunkSize)
+	fs, err := chunks.OpenFileSource(sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	src := &failingSource{FileSource: fs}
+	r, err := chunks.NewReader(blob, src, chunks.Options{MaxWait: 200 * time.Millisecond, ReadAheadBytes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	l, err := sqlitelayer.OpenReaderAt(blob.Name, r, sqlitelayer.ReaderAtOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	src.down.Store(true)
+	_, err = l.ReadAt(make([]byte, 8192), size-8192)
+	if !errors.Is(err, chunks.ErrUnavailable) || !errors.Is(err, syscall.EIO) || !errors.Is(err, errStoreDown) {
+		t.Fatalf("read with the store down: %v; want ErrUnavailable, EIO and the store's error", err)
+	}
+	src.down.Store(false)
+	plain, err := sqlitelayer.Open(sealed, sqlitelayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if !bytes.Equal(mustRead(t, l, 0, size), mustRead(t, plain, 0, size)) {
+		t.Error("after the store came back, the disk differs from the file's")
+	}
 }

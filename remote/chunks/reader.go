@@ -223,8 +223,10 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		}
 		wg.Wait()
 	}
-	if err := errors.Join(errs...); err != nil {
-		return 0, err
+	for _, err := range errs {
+		if err != nil {
+			return 0, err // the first: errors are one line
+		}
 	}
 	n := 0
 	for i, c := range chunks {
