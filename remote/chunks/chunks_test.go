@@ -147,6 +147,13 @@ func openCache(t testing.TB, dir string, maxBytes int64) *Cache {
 // the order of perm (or in order), and compares with want.
 func readAll(t testing.TB, r io.ReaderAt, want []byte, step int64, perm []int) {
 	t.Helper()
+	if err := readAllErr(r, want, step, perm); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readAllErr is readAll for goroutines other than the test's.
+func readAllErr(r io.ReaderAt, want []byte, step int64, perm []int) error {
 	pieces := (int64(len(want)) + step - 1) / step
 	got := make([]byte, len(want))
 	for k := range pieces {
@@ -157,12 +164,13 @@ func readAll(t testing.TB, r io.ReaderAt, want []byte, step int64, perm []int) {
 		off := i * step
 		end := min(off+step, int64(len(want)))
 		if _, err := r.ReadAt(got[off:end], off); err != nil {
-			t.Fatalf("read [%d, %d): %v", off, end, err)
+			return fmt.Errorf("read [%d, %d): %w", off, end, err)
 		}
 	}
 	if !bytes.Equal(got, want) {
-		t.Fatal("the blob read through the Reader differs from the file")
+		return errors.New("the blob read through the Reader differs from the file")
 	}
+	return nil
 }
 
 // TestReadAt: reads of every shape return the file's bytes; a read
@@ -226,9 +234,17 @@ func TestGoroutinesFetchOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for g := range 12 {
 		wg.Go(func() {
-			r := newReader(t, blob, src, Options{Cache: openCache(t, cacheDir, 0), Parallel: 3})
-			perm := rand.New(rand.NewPCG(uint64(g), 9)).Perm(len(blob.Chunks))
-			readAll(t, r, data, cs, perm)
+			cache, err := OpenCache(cacheDir, 0)
+			if err == nil {
+				var r *Reader
+				if r, err = NewReader(blob, src, Options{Cache: cache, Parallel: 3}); err == nil {
+					defer r.Close()
+					err = readAllErr(r, data, cs, rand.New(rand.NewPCG(uint64(g), 9)).Perm(len(blob.Chunks)))
+				}
+			}
+			if err != nil {
+				t.Errorf("goroutine %d: %v", g, err)
+			}
 		})
 	}
 	wg.Wait()
