@@ -416,10 +416,7 @@ func (r *Reader) fetch(i int64, start time.Time) ([]byte, error) {
 		if errors.Is(err, ErrGone) {
 			return nil, fmt.Errorf("read blob %s chunk %d: %w", r.blob.Name, i, err)
 		}
-		since := r.down()
-		if start.Before(since) {
-			since = start
-		}
+		since := r.down(start)
 		waited := time.Since(since)
 		if waited >= r.maxWait {
 			return nil, fmt.Errorf("read blob %s chunk %d: %w: failing for %v: %w", r.blob.Name, i, ErrUnavailable, waited.Round(time.Millisecond), err)
@@ -446,13 +443,16 @@ func (r *Reader) fetchOnce(off, n int64) ([]byte, error) {
 	return r.src.Fetch(r.ctx, off, n)
 }
 
-// down notes a failed fetch and returns since when the Source has been
-// failing; up notes a success.
-func (r *Reader) down() time.Time {
+// down notes a failed fetch of a chunk wanted since start, and returns
+// since when the Source counts as failing: since the first failure
+// after the last success, or since start if that is earlier (the wait
+// for another process's fetch, which failed, counts). Later reads then
+// fail at once, without a wait of their own. up notes a success.
+func (r *Reader) down(start time.Time) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.downSince.IsZero() {
-		r.downSince = time.Now()
+	if r.downSince.IsZero() || start.Before(r.downSince) {
+		r.downSince = start
 	}
 	return r.downSince
 }
