@@ -45,6 +45,9 @@ var subcommandGroups = map[string]func() map[string]string{ // name -> summary
 	},
 	"ds": func() map[string]string { return namesOnly(sortedKeys(dsCommands)) },
 	"vm": func() map[string]string { return namesOnly(sortedKeys(vmCommands)) },
+	"cache": func() map[string]string {
+		return namesOnly(sortedKeys(cacheCommands))
+	},
 }
 
 func namesOnly(names []string) map[string]string {

@@ -5,7 +5,8 @@
 // other packages register for their tables) and its schema migration.
 //
 // The files, by job: layer.go (File, Create, Open, IsLayer, the
-// options), engine.go (the connection a File and its Hibernate view
+// options), reader.go (OpenReaderAt: a sealed layer read from its
+// bytes, e.g. a remote blob), engine.go (the connection a File and its Hibernate view
 // share: transactions, commit, the sticky failure), errors.go (engine
 // errors to the contract's sentinels), row.go (the layer row: write,
 // read, validate), metadata.go (SetParent, Resize, SetReadOnly,

@@ -112,6 +112,11 @@ type engine struct {
 	// sidecars: the -wal and -shm files a read-only open leaves, removed
 	// when it closes if nobody else has the layer open.
 	sidecars store.Sidecars
+	// release, for a layer opened over a reader (OpenReaderAt), lets
+	// the reader go after the connection closed; readerSize is the
+	// reader's size (the layer has no file of its own).
+	release    func()
+	readerSize int64
 
 	// contentChanged: the open write transaction changed content, so its
 	// commit bumps the generation (bumpGen, writable opens only).
@@ -247,6 +252,9 @@ func (e *engine) closeLocked() error {
 		err = fmt.Errorf("close layer %q: %w", e.path, cerr)
 	}
 	e.sidecars.Tidy()
+	if e.release != nil {
+		e.release()
+	}
 	// The lock outlives the connection: nobody else may write before
 	// the last commit and checkpoint are done.
 	if cerr := e.held.Release(); cerr != nil && err == nil {

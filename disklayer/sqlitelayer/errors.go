@@ -27,6 +27,8 @@ func mapStoreError(err error) error {
 		return fmt.Errorf("%w: %w", err, disklayer.ErrCorrupt)
 	case errors.Is(err, sqlite3.FULL), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return fmt.Errorf("%w: %w", err, disklayer.ErrNoSpace)
+	case errors.Is(err, store.ErrWAL):
+		return fmt.Errorf("%w: %w", err, disklayer.ErrInvalid)
 	case errors.Is(err, store.ErrNeedsMigration):
 		// The two sentinels have one text: keep it once.
 		return alsoIs{err, disklayer.ErrNeedsMigration}

@@ -51,6 +51,10 @@ func (f *File) Stats() (Stats, error) {
 	if s.Reclaims, err = isIncremental(e.conn); err != nil {
 		return Stats{}, fmt.Errorf("stats %q: %w", e.path, err)
 	}
+	if e.release != nil {
+		s.FileBytes = e.readerSize // OpenReaderAt: no file of its own
+		return s, nil
+	}
 	for _, p := range []string{e.path, e.path + "-wal"} {
 		if st, err := os.Stat(p); err == nil {
 			s.FileBytes += st.Size()

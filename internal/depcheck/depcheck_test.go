@@ -28,6 +28,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //	vmm/nbddisk                              a layer exported over NBD
 //	diffdisk                                 chains; convert (qemu-img reads over NBD)
 //	hibfile, datastore, inspect              what a layer chain holds
+//	remote/chunks                            verified lazy reads of blobs: nothing of the module
 //	vmm/qemu                                 machines
 //	internal/checkers, internal/checktest    every check linked in, for tests
 //	report                                   HTML of what the CLI gathered: nothing of the module
@@ -62,8 +63,9 @@ var allowed = map[string][]string{
 	"vmm/qemu":                   {"diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "vmm/nbd", "vmm/nbddisk"},
 	"internal/checkers":          {"datastore", "hibfile", "vmm/qemu"},
 	"internal/checktest":         {"diffdisk", "disklayer/sqlitelayer"},
-	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "hibfile/swsusp", "inspect", "report", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
+	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "hibfile/swsusp", "inspect", "remote/chunks", "report", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
 	"report":                     nil,
+	"remote/chunks":              nil,
 	"test/qemu":                  nil,
 	"test/qemu/guest":            {"test/qemu/guest/guestproto"},
 	"test/qemu/guest/guestproto": nil,
@@ -74,10 +76,11 @@ var allowed = map[string][]string{
 
 // sqliteFree are packages that must not link SQLite at all, directly or
 // through another package: the NBD server and its disk adapter, the
-// layer contract, its pure-Go implementations, the conformance suite
-// and the ext4 journal replay. (A dependency whose path contains "sqlite" counts, so
+// layer contract, its pure-Go implementations, the conformance suite,
+// the ext4 journal replay and the chunk reader of remote blobs. (A
+// dependency whose path contains "sqlite" counts, so
 // disklayer/sqlitelayer does too.)
-var sqliteFree = []string{"report", "hibfile/swsusp", "vmm/nbd", "vmm/nbddisk", "disklayer", "disklayer/memlayer", "disklayer/rawlayer", "disklayer/layertest", "disklayer/nbdlayer", "inspect/jbd2"}
+var sqliteFree = []string{"report", "hibfile/swsusp", "vmm/nbd", "vmm/nbddisk", "disklayer", "disklayer/memlayer", "disklayer/rawlayer", "disklayer/layertest", "disklayer/nbdlayer", "inspect/jbd2", "remote/chunks"}
 
 func goList(t *testing.T, format string) []string {
 	t.Helper()

@@ -78,7 +78,14 @@ type Header struct {
 	ValidFor      uint32 // version-valid-for number (offset 92)
 	UserVersion   uint32 // offset 60
 	ApplicationID uint32 // offset 68
+	// WriteVersion and ReadVersion (offsets 18 and 19) are 2 in WAL
+	// mode, 1 in the rollback journal modes.
+	WriteVersion, ReadVersion int
 }
+
+// WAL reports whether the database is in WAL mode: its file alone may
+// lack commits that are still in its -wal file.
+func (h Header) WAL() bool { return h.WriteVersion == 2 || h.ReadVersion == 2 }
 
 // PageCountValid reports whether PageCount can be trusted: SQLite only
 // keeps it current when ValidFor equals ChangeCounter.
@@ -100,10 +107,12 @@ func ReadHeader(path string) (Header, error) {
 		}
 		return Header{}, fmt.Errorf("read header of %q: %w", path, err)
 	}
-	return parseHeader(path, b[:])
+	return ParseHeader(path, b[:])
 }
 
-func parseHeader(path string, b []byte) (Header, error) {
+// ParseHeader parses the first HeaderSize bytes of a database; name is
+// how errors call it.
+func ParseHeader(path string, b []byte) (Header, error) {
 	if string(b[:len(headerMagic)]) != headerMagic {
 		return Header{}, fmt.Errorf("read header of %q: %w", path, ErrNotSQLite)
 	}
@@ -115,6 +124,8 @@ func parseHeader(path string, b []byte) (Header, error) {
 		UserVersion:   be.Uint32(b[60:]),
 		ApplicationID: be.Uint32(b[68:]),
 		ValidFor:      be.Uint32(b[92:]),
+		WriteVersion:  int(b[18]),
+		ReadVersion:   int(b[19]),
 	}
 	if h.PageSize == 1 {
 		h.PageSize = 65536
@@ -416,10 +427,6 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 	case create:
 		mode = "rwc"
 	}
-	ctx := context.Background()
-	if opts.MaxMemory > 0 {
-		ctx = sqlite3.WithMaxMemory(ctx, opts.MaxMemory)
-	}
 	// OpenContext is the only way to pass the memory limit, and it always
 	// creates missing files unless told otherwise by a URI's mode.
 	uri, err := FileURI(path, mode)
@@ -434,6 +441,16 @@ func openConn(path string, opts Options, create bool) (*sqlite3.Conn, error) {
 	}
 	if opts.Stable && opts.ReadOnly {
 		uri += "&" + stableParam + "=1"
+	}
+	return openURI(path, uri, opts)
+}
+
+// openURI opens the database at uri (named path in errors) and applies
+// the connection pragmas.
+func openURI(path, uri string, opts Options) (*sqlite3.Conn, error) {
+	ctx := context.Background()
+	if opts.MaxMemory > 0 {
+		ctx = sqlite3.WithMaxMemory(ctx, opts.MaxMemory)
 	}
 	conn, err := sqlite3.OpenContext(ctx, uri)
 	if err != nil {
