@@ -342,6 +342,9 @@ type LayerInfo struct {
 	Label     string
 	CreatedAt time.Time
 	ReadOnly  bool // the layer's read_only flag
+	// Sealed: read-only for good, its file's digest is its identity
+	// (sqlitelayer.Seal).
+	Sealed bool
 	// Generation counts the layer's content-changing commits (0 for a
 	// layer older than schema version 5).
 	Generation int64
@@ -366,7 +369,7 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 			}
 			li.Format = disklayer.FormatHibdisk
 			li.UUID, li.Label, li.CreatedAt, li.ReadOnly, li.Parent = info.UUID, info.Label, info.CreatedAt, info.ReadOnly, info.Parent
-			li.Generation, li.ReadCache = info.Generation, info.ReadCache
+			li.Generation, li.ReadCache, li.Sealed = info.Generation, info.ReadCache, info.Sealed
 			li.Stats = &stats
 		}
 		list[i] = li

@@ -77,6 +77,10 @@ type Header struct {
 	ValidFor      uint32 // version-valid-for number (offset 92)
 	UserVersion   uint32 // offset 60
 	ApplicationID uint32 // offset 68
+	// WAL: the file format read and write versions (offsets 18 and 19)
+	// are 2, the file is in WAL mode; 1 is a rollback journal mode
+	// (DELETE, TRUNCATE, ...), which a sealed layer has.
+	WAL bool
 }
 
 // PageCountValid reports whether PageCount can be trusted: SQLite only
@@ -114,6 +118,7 @@ func parseHeader(path string, b []byte) (Header, error) {
 		UserVersion:   be.Uint32(b[60:]),
 		ApplicationID: be.Uint32(b[68:]),
 		ValidFor:      be.Uint32(b[92:]),
+		WAL:           b[18] == 2 && b[19] == 2,
 	}
 	if h.PageSize == 1 {
 		h.PageSize = 65536

@@ -1,0 +1,186 @@
+package remote
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/disklayer"
+)
+
+// PushOptions configure Push.
+type PushOptions struct {
+	// ChunkSize is the manifest's chunk size; 0 means DefaultChunkSize.
+	ChunkSize int64
+
+	// beforeTag, when set (tests), runs after the manifest is stored and
+	// before the tag is swapped: where a concurrent push can slip in.
+	beforeTag func()
+}
+
+// PushedLayer is one layer of a push, base first.
+type PushedLayer struct {
+	Path     string // the layer file, as opened
+	Digest   string
+	Size     int64
+	Uploaded bool // false: the store had it already
+	Sealed   bool // this push sealed it (false: it was sealed before)
+}
+
+// PushResult is what Push did.
+type PushResult struct {
+	URL      URL    // s3://BUCKET/PREFIX:TAG
+	Manifest string // the manifest's digest, which the tag now names
+	// Previous is the manifest the tag named before ("" for a new tag).
+	Previous string
+	Layers   []PushedLayer
+}
+
+// chainLayer is a layer of the chain to push, as its manifest entry will
+// name it.
+type chainLayer struct {
+	path       string // as opened
+	rel        string // the manifest's path
+	uuid       string
+	generation int64
+}
+
+// Push seals the chain whose top is the layer at path (diffdisk.Seal),
+// uploads every layer the store lacks, then the manifest, then moves tag
+// to it with a compare-and-swap against the tag as it was when the push
+// began. See the package doc for what an interrupted push leaves.
+func Push(ctx context.Context, s *Store, path, tag string, opts PushOptions) (PushResult, error) {
+	res, err := push(ctx, s, path, tag, opts)
+	if err != nil {
+		return PushResult{}, fmt.Errorf("push %s to %s:%s: %w", path, s.url, tag, err)
+	}
+	return res, nil
+}
+
+func push(ctx context.Context, s *Store, path, tag string, opts PushOptions) (PushResult, error) {
+	if !tagPattern.MatchString(tag) {
+		return PushResult{}, fmt.Errorf("tag %q: want letters, digits, '_', '.', '-': %w", tag, ErrBadURL)
+	}
+	chunkSize := opts.ChunkSize
+	if chunkSize == 0 {
+		chunkSize = DefaultChunkSize
+	}
+	chain, m, err := pushPlan(path)
+	if err != nil {
+		return PushResult{}, err
+	}
+	m.ChunkSize = chunkSize
+	// The tag as it is before anything is uploaded: the swap at the end
+	// fails if another push moved it meanwhile.
+	prev, err := s.Tag(ctx, tag)
+	if err != nil && !errors.Is(err, ErrNoTag) {
+		return PushResult{}, err
+	}
+	sealed, err := diffdisk.Seal(path)
+	if err != nil {
+		return PushResult{}, err
+	}
+	if len(sealed.Layers) != len(chain) {
+		return PushResult{}, fmt.Errorf("sealed %d layers of a chain of %d (the chain changed during the push)", len(sealed.Layers), len(chain))
+	}
+	res := PushResult{URL: s.url, Previous: prev.Manifest}
+	res.URL.Tag = tag
+	for i, c := range chain {
+		sl := sealed.Layers[i]
+		l, err := pushLayer(ctx, s, c, sl.Digest, chunkSize)
+		if err != nil {
+			return PushResult{}, err
+		}
+		m.Layers = append(m.Layers, l.entry)
+		res.Layers = append(res.Layers, PushedLayer{Path: c.path, Digest: sl.Digest, Size: sl.Size, Uploaded: l.uploaded, Sealed: !sl.Already})
+	}
+	b, digest, err := m.Encode()
+	if err != nil {
+		return PushResult{}, err
+	}
+	if _, err := s.putBlob(ctx, digest, bytes.NewReader(b), int64(len(b))); err != nil {
+		return PushResult{}, fmt.Errorf("manifest: %w", err)
+	}
+	res.Manifest = digest
+	if opts.beforeTag != nil {
+		opts.beforeTag()
+	}
+	if prev.Manifest == digest {
+		return res, nil // the tag names this chain already
+	}
+	if err := s.SetTag(ctx, tag, digest, prev); err != nil {
+		return PushResult{}, err
+	}
+	return res, nil
+}
+
+type pushedLayer struct {
+	entry    ManifestLayer
+	uploaded bool
+}
+
+// pushLayer digests a sealed layer (which must still have the digest its
+// seal gave) and uploads it unless the store has it.
+func pushLayer(ctx context.Context, s *Store, c chainLayer, sealedDigest string, chunkSize int64) (pushedLayer, error) {
+	digest, size, chunks, err := digestFile(c.path, chunkSize)
+	if err != nil {
+		return pushedLayer{}, err
+	}
+	if digest != sealedDigest {
+		return pushedLayer{}, fmt.Errorf("layer %q has digest %s, its seal gave %s: it changed after it was sealed: %w", c.path, digest, sealedDigest, ErrDigestMismatch)
+	}
+	f, err := os.Open(c.path)
+	if err != nil {
+		return pushedLayer{}, err
+	}
+	defer f.Close()
+	uploaded, err := s.putBlob(ctx, digest, f, size)
+	if err != nil {
+		return pushedLayer{}, fmt.Errorf("layer %q: %w", c.path, err)
+	}
+	return pushedLayer{
+		entry:    ManifestLayer{Digest: digest, Size: size, Path: c.rel, UUID: c.uuid, Generation: c.generation, Chunks: chunks},
+		uploaded: uploaded,
+	}, nil
+}
+
+// pushPlan opens the chain at path and returns its layers base first,
+// with the paths pull will give them, and the manifest's disk geometry.
+// It refuses what cannot be pushed, saying how to fix it.
+func pushPlan(path string) ([]chainLayer, *Manifest, error) {
+	d, err := diffdisk.Open(path, diffdisk.Options{ReadOnly: true})
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := d.Layers()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	m := &Manifest{MediaType: ManifestMediaType, SectorSize: list[0].SectorSize, DiskSize: list[0].Size}
+	chain := make([]chainLayer, len(list))
+	rel := filepath.Base(path)
+	for i, l := range list {
+		if l.Format != disklayer.FormatHibdisk {
+			child := list[i-1]
+			return nil, nil, fmt.Errorf("layer %q has a %s parent %q: only hibdisk layers can be pushed; convert it (hibdisk convert -O hibdisk %s BASE.db) and record the new parent (hibdisk rebase -u -b BASE.db %s): %w",
+				child.Path, l.Format, child.Parent.Path, l.Path, child.Path, ErrNotPushable)
+		}
+		chain[len(list)-1-i] = chainLayer{path: l.Path, rel: rel, uuid: l.UUID, generation: l.Generation}
+		if p := l.Parent; p != nil {
+			next := filepath.Join(filepath.Dir(rel), p.Path)
+			if filepath.IsAbs(p.Path) || !filepath.IsLocal(next) {
+				return nil, nil, fmt.Errorf("layer %q records its parent as %q, which is absolute or climbs out of the top's directory with '..': move the parent beside or below its child and record it (hibdisk rebase -u -b NEWPATH %s): %w",
+					l.Path, p.Path, l.Path, ErrNotPushable)
+			}
+			rel = next
+		}
+	}
+	return chain, m, nil
+}
