@@ -16,10 +16,6 @@ import (
 type PushOptions struct {
 	// ChunkSize is the manifest's chunk size; 0 means DefaultChunkSize.
 	ChunkSize int64
-
-	// beforeTag, when set (tests), runs after the manifest is stored and
-	// before the tag is swapped: where a concurrent push can slip in.
-	beforeTag func()
 }
 
 // PushedLayer is one layer of a push, base first.
@@ -106,12 +102,11 @@ func push(ctx context.Context, s *Store, path, tag string, opts PushOptions) (Pu
 		return PushResult{}, fmt.Errorf("manifest: %w", err)
 	}
 	res.Manifest = digest
-	if opts.beforeTag != nil {
-		opts.beforeTag()
-	}
+	s.event("manifest")
 	if prev.Manifest == digest {
 		return res, nil // the tag names this chain already
 	}
+	s.event("tag")
 	if err := s.SetTag(ctx, tag, digest, prev); err != nil {
 		return PushResult{}, err
 	}

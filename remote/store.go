@@ -46,6 +46,16 @@ type Store struct {
 	url    URL // tag and digest cleared
 	client *s3.Client
 	stats  storeStats
+	// hook, when set (tests), is told of each step a push completes:
+	// "part" (a multipart part), "blob" (a blob stored or found),
+	// "manifest", "tag" (just before the tag is swapped).
+	hook func(event string)
+}
+
+func (s *Store) event(e string) {
+	if s.hook != nil {
+		s.hook(e)
+	}
 }
 
 type storeStats struct {
@@ -215,6 +225,7 @@ func (s *Store) putBlob(ctx context.Context, d string, r io.ReaderAt, size int64
 			return false, fmt.Errorf("blob %s in %s has %d bytes, the layer %d: the store holds other bytes under its digest: %w", d, s.url, info.Size, size, ErrDigestMismatch)
 		}
 		s.stats.blobsPresent.Add(1)
+		s.event("blob")
 		return false, nil
 	} else if !errors.Is(err, ErrMissingBlob) {
 		return false, err
@@ -232,6 +243,7 @@ func (s *Store) putBlob(ctx context.Context, d string, r io.ReaderAt, size int64
 	if isPreconditionFailed(err) {
 		// Another push put it there meanwhile: the same bytes, by digest.
 		s.stats.blobsPresent.Add(1)
+		s.event("blob")
 		return false, nil
 	}
 	if err != nil {
@@ -239,6 +251,7 @@ func (s *Store) putBlob(ctx context.Context, d string, r io.ReaderAt, size int64
 	}
 	s.stats.blobsUploaded.Add(1)
 	s.stats.bytesUploaded.Add(size)
+	s.event("blob")
 	return true, nil
 }
 
@@ -297,6 +310,7 @@ func (s *Store) putMultipart(ctx context.Context, d string, r io.ReaderAt, size 
 				return
 			}
 			parts[i] = types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(int32(i + 1))}
+			s.event("part")
 		}()
 	}
 	wg.Wait()
