@@ -25,7 +25,8 @@ type SealResult struct {
 // first, which verifies every parent's identity as Open does: a broken
 // chain is refused before anything is sealed. A layer in use (someone
 // holds it writable, or a chain over it is open) is refused, naming the
-// holder. A parent of another format stops nothing: it is left as it is
+// holder, before any layer is sealed (unless it is taken between that
+// check and its turn). A parent of another format stops nothing: it is left as it is
 // and reported in SealResult.Below (push refuses such a chain).
 func Seal(path string) (SealResult, error) {
 	d, err := Open(path, Options{ReadOnly: true})
@@ -47,6 +48,13 @@ func Seal(path string) (SealResult, error) {
 			res.Below = &below
 			hib = i
 			break
+		}
+	}
+	for _, l := range list[:hib] {
+		if !l.Sealed {
+			if err := sqlitelayer.CheckUnheld(l.Path); err != nil {
+				return SealResult{}, err
+			}
 		}
 	}
 	parentDigest := ""

@@ -94,6 +94,18 @@ func Seal(path string, opts SealOptions) (Sealed, error) {
 	return s, nil
 }
 
+// CheckUnheld refuses, as Seal would, a layer someone holds: an error
+// wrapping lock.ErrInUse that names the holder. A chain's seal asks it
+// of every layer before it seals the first, so a layer in use high in
+// the chain does not leave the layers below it sealed and it not.
+func CheckUnheld(path string) error {
+	held, err := lock.Acquire(path, lock.Exclusive)
+	if err != nil {
+		return fmt.Errorf("seal %q: %w", path, err)
+	}
+	return held.Release()
+}
+
 // resealed is Seal of a layer already sealed: it checks that the layer
 // recorded the parent digest asked for, and digests the file, holding it
 // stable meanwhile.
