@@ -2,7 +2,9 @@ package diffdisk
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
@@ -107,5 +109,39 @@ func TestSealLeavesRawBelow(t *testing.T) {
 	}
 	if res.Layers[0].Path != filepath.Join(dir, "mid.db") {
 		t.Errorf("first sealed %s, want mid.db", res.Layers[0].Path)
+	}
+}
+
+// TestCheckFindsChangedSealedParent: a parent replaced by a file with
+// its uuid and generation but other bytes (the copy taken before it was
+// sealed) still opens, but check names the digest the child recorded.
+func TestCheckFindsChangedSealedParent(t *testing.T) {
+	dir := t.TempDir() // not checked at the end: the test breaks the chain
+	top := chainFilesWriting(t, dir, 1<<20, 0, false, func(name string, d *Disk) {
+		mustWrite(t, d, bytes.Repeat([]byte{name[0]}, 8192), 0)
+	})
+	base := filepath.Join(dir, "base.db")
+	unsealed, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Seal(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mid := filepath.Join(dir, "mid.db")
+	if r, err := Check(mid); err != nil || !r.OK() {
+		t.Fatalf("check of the sealed chain: %v, %v", r, err)
+	}
+	if err := os.WriteFile(base, unsealed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustClose(t, mustOpen(t, top, Options{ReadOnly: true}))
+	r, err := Check(mid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OK() || !strings.Contains(strings.Join(r.Problems, "\n"), "sealed over "+res.Layers[0].Digest) {
+		t.Errorf("check of a layer whose sealed parent changed: %v", r.Problems)
 	}
 }
