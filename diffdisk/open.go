@@ -354,7 +354,14 @@ type LayerInfo struct {
 }
 
 // Layers describes every layer, top first.
-func (d *Disk) Layers() ([]LayerInfo, error) {
+func (d *Disk) Layers() ([]LayerInfo, error) { return d.layerInfos(true) }
+
+// Chain describes every layer, top first, as Layers does but without
+// Stats (nil), which count every row of a layer: what identifies the
+// layers and links them, read from their layer rows alone.
+func (d *Disk) Chain() ([]LayerInfo, error) { return d.layerInfos(false) }
+
+func (d *Disk) layerInfos(withStats bool) ([]LayerInfo, error) {
 	if d.closed.Load() {
 		return nil, fmt.Errorf("layers of %s: %w", d.name, disklayer.ErrClosed)
 	}
@@ -363,14 +370,16 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 		li := LayerInfo{Depth: i, Path: d.meta[i].path, Format: d.meta[i].format, Size: l.Size(), SectorSize: l.SectorSize()}
 		if f, ok := l.(*sqlitelayer.File); ok {
 			info := f.Info()
-			stats, err := f.Stats()
-			if err != nil {
-				return nil, fmt.Errorf("layers of %s: %w", d.name, err)
-			}
 			li.Format = disklayer.FormatHibdisk
 			li.UUID, li.Label, li.CreatedAt, li.ReadOnly, li.Parent = info.UUID, info.Label, info.CreatedAt, info.ReadOnly, info.Parent
 			li.Generation, li.ReadCache, li.Sealed = info.Generation, info.ReadCache, info.Sealed
-			li.Stats = &stats
+			if withStats {
+				stats, err := f.Stats()
+				if err != nil {
+					return nil, fmt.Errorf("layers of %s: %w", d.name, err)
+				}
+				li.Stats = &stats
+			}
 		}
 		list[i] = li
 	}

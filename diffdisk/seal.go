@@ -28,12 +28,22 @@ type SealResult struct {
 // holder, before any layer is sealed (unless it is taken between that
 // check and its turn). A parent of another format stops nothing: it is left as it is
 // and reported in SealResult.Below (push refuses such a chain).
-func Seal(path string) (SealResult, error) {
+func Seal(path string) (SealResult, error) { return SealWith(path, SealOptions{}) }
+
+// SealOptions configure SealWith.
+type SealOptions struct {
+	// Digest, when set, computes each layer file's digest in place of
+	// sqlitelayer.FileDigest (sqlitelayer.SealOptions.Digest).
+	Digest func(path string) (digest string, size int64, err error)
+}
+
+// SealWith is Seal with options.
+func SealWith(path string, opts SealOptions) (SealResult, error) {
 	d, err := Open(path, Options{ReadOnly: true})
 	if err != nil {
 		return SealResult{}, fmt.Errorf("seal %q: %w", path, err)
 	}
-	list, err := d.Layers()
+	list, err := d.Chain()
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}
@@ -59,7 +69,7 @@ func Seal(path string) (SealResult, error) {
 	}
 	parentDigest := ""
 	for i := hib - 1; i >= 0; i-- {
-		s, err := sqlitelayer.Seal(list[i].Path, sqlitelayer.SealOptions{ParentSHA256: parentDigest})
+		s, err := sqlitelayer.Seal(list[i].Path, sqlitelayer.SealOptions{ParentSHA256: parentDigest, Digest: opts.Digest})
 		if err != nil {
 			return SealResult{}, err
 		}

@@ -29,3 +29,9 @@ func ReplaceObjectForTest(ctx context.Context, s *Store, key string, b []byte) e
 	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.url.Bucket), Key: aws.String(key), Body: bytes.NewReader(b)})
 	return err
 }
+
+// PutBlobForTest uploads b as the blob with digest d (which need not be
+// b's), signed with parts for a multipart upload.
+func PutBlobForTest(ctx context.Context, s *Store, d string, b []byte, parts []string) (bool, error) {
+	return s.putBlob(ctx, d, bytes.NewReader(b), int64(len(b)), parts)
+}

@@ -70,16 +70,29 @@ func push(ctx context.Context, s *Store, path, tag string, opts PushOptions) (Pu
 		return PushResult{}, err
 	}
 	m.ChunkSize = chunkSize
+	s.event("planned")
 	// The tag as it is before anything is uploaded: the swap at the end
 	// fails if another push moved it meanwhile.
 	prev, err := s.Tag(ctx, tag)
 	if err != nil && !errors.Is(err, ErrNoTag) {
 		return PushResult{}, err
 	}
-	sealed, err := diffdisk.Seal(path)
+	// The seal digests each layer file (the one it made, or the one it
+	// found sealed) with digestFile, so that one read gives the chunk
+	// and part digests too.
+	digests := map[string]fileDigests{}
+	sealed, err := diffdisk.SealWith(path, diffdisk.SealOptions{Digest: func(p string) (string, int64, error) {
+		fd, err := digestFile(p, chunkSize)
+		if err != nil {
+			return "", 0, err
+		}
+		digests[fd.digest] = fd
+		return fd.digest, fd.size, nil
+	}})
 	if err != nil {
 		return PushResult{}, err
 	}
+	s.event("sealed")
 	if len(sealed.Layers) != len(chain) {
 		return PushResult{}, fmt.Errorf("sealed %d layers of a chain of %d (the chain changed during the push)", len(sealed.Layers), len(chain))
 	}
@@ -87,7 +100,7 @@ func push(ctx context.Context, s *Store, path, tag string, opts PushOptions) (Pu
 	res.URL.Tag = tag
 	for i, c := range chain {
 		sl := sealed.Layers[i]
-		l, err := pushLayer(ctx, s, c, sl.Digest, chunkSize)
+		l, err := pushLayer(ctx, s, c, digests[sl.Digest])
 		if err != nil {
 			return PushResult{}, err
 		}
@@ -98,7 +111,7 @@ func push(ctx context.Context, s *Store, path, tag string, opts PushOptions) (Pu
 	if err != nil {
 		return PushResult{}, err
 	}
-	if _, err := s.putBlob(ctx, digest, bytes.NewReader(b), int64(len(b))); err != nil {
+	if _, err := s.putBlob(ctx, digest, bytes.NewReader(b), int64(len(b)), nil); err != nil {
 		return PushResult{}, fmt.Errorf("manifest: %w", err)
 	}
 	res.Manifest = digest
@@ -118,27 +131,23 @@ type pushedLayer struct {
 	uploaded bool
 }
 
-// pushLayer digests a sealed layer (which must still have the digest its
-// seal gave) and uploads it unless the store has it.
-func pushLayer(ctx context.Context, s *Store, c chainLayer, sealedDigest string, chunkSize int64) (pushedLayer, error) {
-	digest, size, chunks, err := digestFile(c.path, chunkSize)
-	if err != nil {
-		return pushedLayer{}, err
-	}
-	if digest != sealedDigest {
-		return pushedLayer{}, fmt.Errorf("layer %q has digest %s, its seal gave %s: it changed after it was sealed: %w", c.path, digest, sealedDigest, ErrDigestMismatch)
+// pushLayer uploads a sealed layer, with the digests its seal took,
+// unless the store has it.
+func pushLayer(ctx context.Context, s *Store, c chainLayer, fd fileDigests) (pushedLayer, error) {
+	if fd.digest == "" {
+		return pushedLayer{}, fmt.Errorf("layer %q: sealed without its digests", c.path)
 	}
 	f, err := os.Open(c.path)
 	if err != nil {
 		return pushedLayer{}, err
 	}
 	defer f.Close()
-	uploaded, err := s.putBlob(ctx, digest, f, size)
+	uploaded, err := s.putBlob(ctx, fd.digest, f, fd.size, fd.parts)
 	if err != nil {
 		return pushedLayer{}, fmt.Errorf("layer %q: %w", c.path, err)
 	}
 	return pushedLayer{
-		entry:    ManifestLayer{Digest: digest, Size: size, Path: c.rel, UUID: c.uuid, Generation: c.generation, Chunks: chunks},
+		entry:    ManifestLayer{Digest: fd.digest, Size: fd.size, Path: c.rel, UUID: c.uuid, Generation: c.generation, Chunks: fd.chunks},
 		uploaded: uploaded,
 	}, nil
 }
@@ -151,7 +160,7 @@ func pushPlan(path string) ([]chainLayer, *Manifest, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	list, err := d.Layers()
+	list, err := d.Chain()
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}

@@ -3,6 +3,8 @@ package remote_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -564,5 +566,49 @@ func TestReadBlobAt(t *testing.T) {
 	}
 	if _, err := s.ReadBlobAt(ctx, l.Digest, info.ETag, p, 0); !errors.Is(err, remote.ErrBlobChanged) {
 		t.Errorf("ReadBlobAt of a replaced blob: %v, want ErrBlobChanged", err)
+	}
+}
+
+// TestUploadsAreSignedWithTheirDigest: a blob's upload is signed with
+// its digest (a part's with the part's SHA-256) and the server checks
+// the body against it: bytes other than those digested are refused and
+// nothing is stored under the digest.
+func TestUploadsAreSignedWithTheirDigest(t *testing.T) {
+	_, s := server(t, "s3://golden/p")
+	ctx := context.Background()
+	body := []byte("the bytes that were digested")
+	sum := sha256.Sum256(body)
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	other := append([]byte(nil), body...)
+	other[0] ^= 1
+	if _, err := remote.PutBlobForTest(ctx, s, d, other, nil); err == nil || !strings.Contains(err.Error(), "Sha256Mismatch") && !strings.Contains(err.Error(), "SHA256Mismatch") {
+		t.Fatalf("an upload of other bytes than its digest's: %v, want the server's SHA-256 mismatch", err)
+	}
+	if _, err := s.StatBlob(ctx, d); !errors.Is(err, remote.ErrMissingBlob) {
+		t.Errorf("after the refused upload: %v, want ErrMissingBlob", err)
+	}
+	if up, err := remote.PutBlobForTest(ctx, s, d, body, nil); err != nil || !up {
+		t.Fatalf("upload of the right bytes: %v, %v", up, err)
+	}
+	if testing.Short() {
+		return
+	}
+	big := make([]byte, remote.MultipartThreshold+1)
+	for i := range big {
+		big[i] = byte(i * 31)
+	}
+	p1, p2 := sha256.Sum256(big[:remote.PartSize]), sha256.Sum256(big[remote.PartSize:])
+	whole := sha256.Sum256(big)
+	bd := "sha256:" + hex.EncodeToString(whole[:])
+	parts := []string{hex.EncodeToString(p1[:]), hex.EncodeToString(p2[:])}
+	big[remote.PartSize] ^= 1 // the second part is not what was digested
+	if _, err := remote.PutBlobForTest(ctx, s, bd, big, parts); err == nil || !strings.Contains(err.Error(), "Sha256Mismatch") && !strings.Contains(err.Error(), "SHA256Mismatch") {
+		t.Fatalf("a multipart upload of other bytes than its parts' digests: %v, want the server's SHA-256 mismatch", err)
+	}
+	if _, err := s.StatBlob(ctx, bd); !errors.Is(err, remote.ErrMissingBlob) {
+		t.Errorf("after the refused multipart upload: %v, want ErrMissingBlob", err)
+	}
+	if n, err := remote.MultipartUploads(ctx, s); err != nil || n != 0 {
+		t.Errorf("multipart uploads left: %d, %v", n, err)
 	}
 }

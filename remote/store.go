@@ -13,11 +13,13 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/logging"
+	"github.com/aws/smithy-go/middleware"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
@@ -218,8 +220,11 @@ func (s *Store) StatBlob(ctx context.Context, d string) (BlobInfo, error) {
 
 // putBlob uploads size bytes of r (readable again from the start for
 // each part: an io.ReaderAt) as the blob with digest d unless it is there
-// already, and reports whether it uploaded it.
-func (s *Store) putBlob(ctx context.Context, d string, r io.ReaderAt, size int64) (bool, error) {
+// already, and reports whether it uploaded it. A single-part upload is
+// signed with d itself as its payload hash, each part of a multipart
+// upload with its entry of parts (fileDigests): the server refuses bytes
+// that are not those.
+func (s *Store) putBlob(ctx context.Context, d string, r io.ReaderAt, size int64, parts []string) (bool, error) {
 	if info, err := s.StatBlob(ctx, d); err == nil {
 		if info.Size != size {
 			return false, fmt.Errorf("blob %s in %s has %d bytes, the layer %d: the store holds other bytes under its digest: %w", d, s.url, info.Size, size, ErrDigestMismatch)
@@ -232,13 +237,16 @@ func (s *Store) putBlob(ctx context.Context, d string, r io.ReaderAt, size int64
 	}
 	var err error
 	if size > MultipartThreshold {
-		err = s.putMultipart(ctx, d, r, size)
+		if want := int((size + PartSize - 1) / PartSize); len(parts) != want {
+			return false, fmt.Errorf("upload blob %s: %d part digests for %d parts", d, len(parts), want)
+		}
+		err = s.putMultipart(ctx, d, r, size, parts)
 	} else {
 		_, err = s.client.PutObject(ctx, &s3.PutObjectInput{
 			Bucket: aws.String(s.url.Bucket), Key: aws.String(s.BlobKey(d)),
 			Body: io.NewSectionReader(r, 0, size), ContentLength: aws.Int64(size),
 			IfNoneMatch: aws.String("*"),
-		})
+		}, signedWith(strings.TrimPrefix(d, "sha256:")))
 	}
 	if isPreconditionFailed(err) {
 		// Another push put it there meanwhile: the same bytes, by digest.
@@ -255,10 +263,24 @@ func (s *Store) putBlob(ctx context.Context, d string, r io.ReaderAt, size int64
 	return true, nil
 }
 
+// signedWith signs a request's payload with a SHA-256 the caller
+// computed (hex) instead of reading the body once more for it: SigV4's
+// X-Amz-Content-Sha256, which the server checks the body against.
+func signedWith(payloadSHA256 string) func(*s3.Options) {
+	return func(o *s3.Options) {
+		o.APIOptions = append(o.APIOptions, func(stack *middleware.Stack) error {
+			return stack.Finalize.Insert(middleware.FinalizeMiddlewareFunc("hibdiskPayloadHash",
+				func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+					return next.HandleFinalize(v4.SetPayloadHash(ctx, payloadSHA256), in)
+				}), "ComputePayloadHash", middleware.Before)
+		})
+	}
+}
+
 // putMultipart uploads a large blob in parts, a few at a time, and
 // completes it with If-None-Match: *; a failure aborts the upload, which
 // leaves nothing in the store.
-func (s *Store) putMultipart(ctx context.Context, d string, r io.ReaderAt, size int64) (err error) {
+func (s *Store) putMultipart(ctx context.Context, d string, r io.ReaderAt, size int64, partSHA256 []string) (err error) {
 	bucket, key := aws.String(s.url.Bucket), aws.String(s.BlobKey(d))
 	created, err := s.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: bucket, Key: key})
 	if err != nil {
@@ -299,7 +321,7 @@ func (s *Store) putMultipart(ctx context.Context, d string, r io.ReaderAt, size 
 			out, err := s.client.UploadPart(ctx, &s3.UploadPartInput{
 				Bucket: bucket, Key: key, UploadId: created.UploadId,
 				PartNumber: aws.Int32(int32(i + 1)), Body: io.NewSectionReader(r, off, length), ContentLength: aws.Int64(length),
-			})
+			}, signedWith(partSHA256[i]))
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

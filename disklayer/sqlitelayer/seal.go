@@ -68,6 +68,17 @@ type SealOptions struct {
 	// base or a parent of another format. A layer already sealed must
 	// have recorded this very digest.
 	ParentSHA256 string
+	// Digest, when set, computes the file's digest in place of
+	// FileDigest (push digests its chunks in the same read). It is given
+	// the sealed file, under a temporary name when Seal just made it.
+	Digest func(path string) (digest string, size int64, err error)
+}
+
+func (o SealOptions) digest(path string) (string, int64, error) {
+	if o.Digest != nil {
+		return o.Digest(path)
+	}
+	return FileDigest(path)
 }
 
 // Seal seals the layer at path (see above) and returns its digest. A
@@ -125,7 +136,7 @@ func resealed(path string, opts SealOptions) (Sealed, error) {
 			return Sealed{}, fmt.Errorf("seal %q: the layer was sealed over a parent with digest %s, its parent is now %s: %w", path, recorded, opts.ParentSHA256, disklayer.ErrParentMismatch)
 		}
 	}
-	digest, size, err := FileDigest(path)
+	digest, size, err := opts.digest(path)
 	if err != nil {
 		return Sealed{}, fmt.Errorf("seal %q: %w", path, err)
 	}
@@ -194,7 +205,10 @@ func sealNew(path string, opts SealOptions) (s Sealed, err error) {
 	if err := markSealed(tmp); err != nil {
 		return Sealed{}, err
 	}
-	digest, size, err := syncAndDigest(tmp)
+	if err := syncFile(tmp); err != nil {
+		return Sealed{}, err
+	}
+	digest, size, err := opts.digest(tmp)
 	if err != nil {
 		return Sealed{}, err
 	}
@@ -259,17 +273,17 @@ func markSealed(path string) error {
 	return nil
 }
 
-// syncAndDigest fsyncs the file at path and returns its digest and size.
-func syncAndDigest(path string) (string, int64, error) {
+// syncFile fsyncs the file at path.
+func syncFile(path string) error {
 	fh, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return "", 0, err
+		return err
 	}
 	defer fh.Close()
 	if err := fh.Sync(); err != nil {
-		return "", 0, fmt.Errorf("sync %q: %w", path, err)
+		return fmt.Errorf("sync %q: %w", path, err)
 	}
-	return digestOf(fh)
+	return nil
 }
 
 // FileDigest returns the "sha256:<hex>" digest of the file at path and
