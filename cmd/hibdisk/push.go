@@ -16,19 +16,18 @@ func init() {
 
 // remoteFlags are the flags every store command takes.
 type remoteFlags struct {
+	imgFlags // --output, --json
 	endpoint *string
-	json     *bool
 }
 
-func addRemoteFlags(fs *flagSet, jsonHelp string) remoteFlags {
-	return remoteFlags{
-		endpoint: fs.String("endpoint", "", "URL of an S3-compatible server (default: AWS_ENDPOINT_URL_S3, the profile, or AWS); path-style addressing"),
-		json:     fs.Bool("json", false, jsonHelp),
-	}
+func addRemoteFlags(fs *flagSet, jsonHelp string) *remoteFlags {
+	f := &remoteFlags{endpoint: fs.String("endpoint", "", "URL of an S3-compatible server (default: AWS_ENDPOINT_URL_S3, the profile, or AWS); path-style addressing")}
+	f.addOutput(fs, jsonHelp)
+	return f
 }
 
 // openStore parses an s3:// URL and connects to its store.
-func openStore(ctx context.Context, f remoteFlags, arg string) (*remote.Store, remote.URL, error) {
+func openStore(ctx context.Context, f *remoteFlags, arg string) (*remote.Store, remote.URL, error) {
 	u, err := remote.ParseURL(arg)
 	if err != nil {
 		return nil, remote.URL{}, usagef("%v", err)
@@ -57,10 +56,13 @@ type pushLayerJSON struct {
 }
 
 func runPush(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "push", "[--endpoint URL] [--json] LAYER s3://BUCKET/PREFIX[:TAG]")
-	f := addRemoteFlags(fs, "print one JSON object: the tag, the manifest and each layer")
+	fs := newFlags(e, "push", "[--endpoint URL] [--json|--output=json] LAYER s3://BUCKET/PREFIX[:TAG]")
+	f := addRemoteFlags(fs, "one object: the tag, the manifest and each layer")
 	pos, err := parseArgs(fs, args, 2, 2)
 	if err != nil {
+		return err
+	}
+	if err := f.done(e); err != nil {
 		return err
 	}
 	s, u, err := openStore(ctx, f, pos[1])
@@ -82,7 +84,7 @@ func runPush(ctx context.Context, e *env, args []string) error {
 	for _, l := range res.Layers {
 		out.Layers = append(out.Layers, pushLayerJSON{Filename: l.Path, Digest: l.Digest, Size: l.Size, Uploaded: l.Uploaded, Sealed: l.Sealed})
 	}
-	if *f.json {
+	if f.json {
 		return writeJSON(e.stdout, out)
 	}
 	for _, l := range out.Layers {
@@ -111,10 +113,13 @@ type pullLayerJSON struct {
 }
 
 func runPull(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "pull", "[--endpoint URL] [--json] s3://BUCKET/PREFIX[:TAG|@sha256:HEX] DIR")
-	f := addRemoteFlags(fs, "print one JSON object: the manifest, the top layer and each layer")
+	fs := newFlags(e, "pull", "[--endpoint URL] [--json|--output=json] s3://BUCKET/PREFIX[:TAG|@sha256:HEX] DIR")
+	f := addRemoteFlags(fs, "one object: the manifest, the top layer and each layer")
 	pos, err := parseArgs(fs, args, 2, 2)
 	if err != nil {
+		return err
+	}
+	if err := f.done(e); err != nil {
 		return err
 	}
 	s, u, err := openStore(ctx, f, pos[0])
@@ -129,7 +134,7 @@ func runPull(ctx context.Context, e *env, args []string) error {
 	for _, l := range res.Layers {
 		out.Layers = append(out.Layers, pullLayerJSON{Filename: l.Path, Digest: l.Digest, Size: l.Size, Downloaded: l.Downloaded})
 	}
-	if *f.json {
+	if f.json {
 		return writeJSON(e.stdout, out)
 	}
 	for _, l := range out.Layers {
@@ -154,10 +159,13 @@ type lsRemoteJSON struct {
 }
 
 func runLsRemote(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "ls-remote", "[--endpoint URL] [--json] s3://BUCKET/PREFIX")
-	f := addRemoteFlags(fs, "print a JSON array: one object per tag")
+	fs := newFlags(e, "ls-remote", "[--endpoint URL] [--json|--output=json] s3://BUCKET/PREFIX")
+	f := addRemoteFlags(fs, "an array: one object per tag")
 	pos, err := parseArgs(fs, args, 1, 1)
 	if err != nil {
+		return err
+	}
+	if err := f.done(e); err != nil {
 		return err
 	}
 	s, u, err := openStore(ctx, f, pos[0])
@@ -175,7 +183,7 @@ func runLsRemote(ctx context.Context, e *env, args []string) error {
 	for i, t := range tags {
 		out[i] = lsRemoteJSON{Tag: t.Tag, Manifest: t.Manifest, Layers: t.Layers, Bytes: t.Bytes, DiskSize: t.DiskSize}
 	}
-	if *f.json {
+	if f.json {
 		return writeJSON(e.stdout, out)
 	}
 	if len(out) == 0 {

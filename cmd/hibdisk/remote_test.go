@@ -133,6 +133,11 @@ func TestPushPullCLI(t *testing.T) {
 	if !strings.HasPrefix(out, "v1  "+first.Manifest+"  3 layers") {
 		t.Errorf("ls-remote says %q", out)
 	}
+	var tags []lsRemoteJSON
+	out = mustHib(t, dir, "ls-remote", "--endpoint", srv.Endpoint, "--output=json", "s3://golden/ci/debian")
+	if err := json.Unmarshal([]byte(out), &tags); err != nil || len(tags) != 1 || tags[0].Tag != "v1" || tags[0].Manifest != first.Manifest || tags[0].Layers != 3 || tags[0].DiskSize != 8<<20 {
+		t.Errorf("ls-remote --output=json: %s (%v)", out, err)
+	}
 
 	pulled := filepath.Join(t.TempDir(), "pulled")
 	out = mustHib(t, dir, "pull", "--endpoint", srv.Endpoint, url, pulled)

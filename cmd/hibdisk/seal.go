@@ -25,10 +25,14 @@ type sealJSON struct {
 // hibdisk layer's digest, base first, as sha256sum prints: digest, two
 // spaces, file.
 func runSeal(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "seal", "[--json] LAYER")
-	asJSON := fs.Bool("json", false, "print a JSON array: one object per layer, base first")
+	fs := newFlags(e, "seal", "[--json|--output=json] LAYER")
+	var f imgFlags
+	f.addOutput(fs, "an array: one object per layer, base first")
 	pos, err := parseArgs(fs, args, 1, 1)
 	if err != nil {
+		return err
+	}
+	if err := f.done(e); err != nil {
 		return err
 	}
 	res, err := diffdisk.Seal(pos[0])
@@ -39,7 +43,7 @@ func runSeal(_ context.Context, e *env, args []string) error {
 	for i, l := range res.Layers {
 		out[i] = sealJSON{Filename: l.Path, Digest: l.Digest, Size: l.Size, AlreadySealed: l.Already}
 	}
-	if *asJSON {
+	if f.json {
 		return writeJSON(e.stdout, out)
 	}
 	for _, l := range out {
