@@ -26,6 +26,10 @@
 //     checked, fsynced, and renamed into place only when all match; a
 //     mismatch removes the partial file and fails naming the blob.
 //   - What the store says is not trusted: a manifest is verified against
-//     its digest before it is parsed, and its paths must stay inside the
-//     pull directory.
+//     its digest before it is parsed, its paths must stay inside the
+//     pull directory, and the pulled chain must open with the layers the
+//     manifest lists, in its order.
+//   - Uploads are signed with the SHA-256 of the bytes push digested (the
+//     blob's digest, or each multipart part's), which the server checks:
+//     nothing but those bytes is stored under a digest.
 package remote

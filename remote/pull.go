@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/hibdisk/hibdisk/diffdisk"
 )
 
 // PulledLayer is one layer of a pull, base first.
@@ -78,7 +80,38 @@ func pull(ctx context.Context, s *Store, u URL, dir string) (PullResult, error) 
 		res.Layers = append(res.Layers, PulledLayer{Path: dest, Digest: l.Digest, Size: l.Size, Downloaded: downloaded})
 	}
 	res.Top = res.Layers[len(res.Layers)-1].Path
+	if err := verifyChain(m, res.Top); err != nil {
+		return PullResult{}, err
+	}
 	return res, nil
+}
+
+// verifyChain opens the pulled chain, which checks every parent's
+// identity as any open does, and compares its layers with the
+// manifest's: each file's parent reference must lead to the file the
+// manifest put below it.
+func verifyChain(m *Manifest, top string) error {
+	d, err := diffdisk.Open(top, diffdisk.Options{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("the pulled chain does not open: %w", err)
+	}
+	list, err := d.Chain()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if len(list) != len(m.Layers) {
+		return fmt.Errorf("the pulled top %s opens as a chain of %d layers, the manifest lists %d: %w", top, len(list), len(m.Layers), ErrBadManifest)
+	}
+	for i, l := range list {
+		want := m.Layers[len(m.Layers)-1-i]
+		if l.UUID != want.UUID || l.Generation != want.Generation {
+			return fmt.Errorf("layer %d of the pulled chain (%s) is %s at generation %d, the manifest says %s at %d: %w", i, l.Path, l.UUID, l.Generation, want.UUID, want.Generation, ErrBadManifest)
+		}
+	}
+	return nil
 }
 
 // pullLayer puts the layer l at dest unless a file with its digest is

@@ -612,3 +612,36 @@ func TestUploadsAreSignedWithTheirDigest(t *testing.T) {
 		t.Errorf("multipart uploads left: %d, %v", n, err)
 	}
 }
+
+// TestPullVerifiesTheChain: a manifest whose paths do not match the
+// layers' parent references (here base and mid swapped) is refused
+// after the download, whose files are each verified but do not make the
+// chain the manifest claims.
+func TestPullVerifiesTheChain(t *testing.T) {
+	_, s := server(t, "s3://golden/p")
+	ctx := context.Background()
+	top := makeChain(t, t.TempDir(), 4<<20, 256<<10, 11)
+	res, err := remote.Push(ctx, s, top, "v1", remote.PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Manifest(ctx, res.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Layers[0].Path, m.Layers[1].Path = m.Layers[1].Path, m.Layers[0].Path
+	b, d, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.PutBlobForTest(ctx, s, d, b, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetTag(ctx, "swapped", d, remote.TagRef{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := remote.ParseURL("s3://golden/p:swapped")
+	if _, err := remote.Pull(ctx, s, u, t.TempDir()); err == nil || !strings.Contains(err.Error(), "pulled chain") {
+		t.Fatalf("pull of a manifest with swapped paths: %v", err)
+	}
+}
