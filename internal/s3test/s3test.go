@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -103,6 +104,8 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 	l.Close()
 	cmd := exec.Command(bin, "--port", addr, "posix", dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
+	// A test binary that is killed takes its server with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
@@ -115,6 +118,7 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 		<-exited
 	}
 	endpoint := "http://" + addr
+	client := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {
@@ -122,7 +126,7 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 			return nil, fmt.Errorf("versitygw exited: %v: %s", err, log.String())
 		default:
 		}
-		resp, err := http.Get(endpoint + "/")
+		resp, err := client.Get(endpoint + "/")
 		if err == nil {
 			resp.Body.Close()
 			break // any answer (403 without credentials) means it serves
