@@ -194,3 +194,57 @@ func TestSealRecordsParentDigest(t *testing.T) {
 		t.Errorf("reseal over the same digest: %+v, %v", again, err)
 	}
 }
+
+// TestSealWithSharedReader: a shared reader (info, map) does not stop a
+// seal; it keeps reading the old file, and the sealed file opens and
+// reads while that reader is still open and after it closes.
+func TestSealWithSharedReader(t *testing.T) {
+	path := newLayerPath(t, "base.db")
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := fill(64<<10, 5)
+	mustWrite(t, f, data, 0)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, reader, 0, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("reader reads other data")
+	}
+	s, err := sqlitelayer.Seal(path, sqlitelayer.SealOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		g, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true, HoldStable: true})
+		if err != nil {
+			t.Fatalf("open of the sealed layer %s: %v", when, err)
+		}
+		defer g.Close()
+		if !g.Info().Sealed {
+			t.Errorf("%s: not sealed", when)
+		}
+		if got := mustRead(t, g, 0, len(data)); !bytes.Equal(got, data) {
+			t.Errorf("%s: the sealed layer reads other data", when)
+		}
+	}
+	check("while the old reader is open")
+	if got := mustRead(t, reader, 0, len(data)); !bytes.Equal(got, data) {
+		t.Error("the old reader reads other data after the seal")
+	}
+	if err := reader.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check("after the old reader closed")
+	if d, _, err := sqlitelayer.FileDigest(path); err != nil || d != s.Digest {
+		t.Errorf("digest after all: %s, %v; sealed as %s", d, err, s.Digest)
+	}
+	if _, err := os.Stat(path + "-wal"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a WAL is left beside the sealed layer: %v", err)
+	}
+}
