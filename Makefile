@@ -1,12 +1,16 @@
 # hibdisk — two commands on a fresh Debian machine:
 #   make run    serve a demo disk over NBD and print how to boot QEMU from it
 #   make demo   boot, hibernate, resume, diff, sqlite3: the whole story, unattended
-#   make test   everything: lint, unit, conformance, crash, real peers, QEMU boot
+#   make test   everything: lint, unit, conformance, crash, real peers (QEMU, versitygw), QEMU boot
 GO          ?= go
 BIN         := bin/hibdisk
 TOOLS       := $(CURDIR)/build/tools
 STATICCHECK := $(TOOLS)/staticcheck
 STATICCHECK_VERSION := v0.8.2
+# The S3 server the remote tests run (internal/s3test finds it here, or
+# on PATH); ~2.5 minutes to build cold, then cached.
+VERSITYGW   := $(TOOLS)/versitygw
+VERSITYGW_VERSION := v1.8.0
 # Go test timeout for the whole suite; CI allows 90 minutes, we aim far lower.
 TEST_TIMEOUT ?= 20m
 
@@ -29,6 +33,9 @@ deps:
 $(STATICCHECK):
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
+$(VERSITYGW):
+	GOBIN=$(TOOLS) $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+
 lint: $(STATICCHECK)
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './build/*')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
@@ -39,7 +46,7 @@ lint: $(STATICCHECK)
 	    echo "go mod tidy changes go.mod/go.sum: run it and commit the result"; \
 	    cp build/go.mod.lint go.mod; cp build/go.sum.lint go.sum; exit 1; fi
 
-test: deps lint build
+test: deps lint build $(VERSITYGW)
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
 # Every native fuzz target for FUZZTIME each (go test runs one target at a

@@ -47,12 +47,15 @@ func Check(path string) (*sqlitelayer.Report, error) {
 	r, err := sqlitelayer.CheckWith(path, sqlitelayer.CheckOptions{VerifyExternalParent: externalParentMatches})
 	if err != nil {
 		if len(left) > 0 {
-			err = fmt.Errorf("%w (an interrupted create or convert left %s beside it: run it again, and remove the leftover)", err, strings.Join(left, ", "))
+			err = fmt.Errorf("%w (an interrupted create, convert or seal left %s beside it: run it again, and remove the leftover)", err, strings.Join(left, ", "))
 		}
 		return r, err
 	}
 	for _, l := range left {
-		r.Notes = append(r.Notes, fmt.Sprintf("%s is the leftover of an interrupted create or convert of %s: it is not a complete image; remove it", l, filepath.Base(path)))
+		r.Notes = append(r.Notes, fmt.Sprintf("%s is the leftover of an interrupted create, convert or seal of %s: it is not a complete image; remove it", l, filepath.Base(path)))
+	}
+	if p := sealedParentMismatch(path); p != "" {
+		r.Problems = append(r.Problems, p)
 	}
 	if loop := chainLoop(path, nil); loop != "" {
 		r.Problems = append(r.Problems, fmt.Sprintf("the backing chain loops: %s", loop))
@@ -99,6 +102,25 @@ func Repair(path string, opts sqlitelayer.RepairOptions) (*sqlitelayer.Report, e
 	return after, nil
 }
 
+// sealedParentMismatch compares the file of a hibdisk parent with the
+// digest the layer recorded when it was sealed (diffdisk.Seal): a sealed
+// layer's identity is its bytes, and uuid and generation cannot tell a
+// sealed parent from, say, a copy taken before it was sealed and written
+// by hand since. It returns the problem, or "" (also when the layer or
+// its parent cannot be read: the layer check reports that).
+func sealedParentMismatch(path string) string {
+	top, err := TopLayer(path)
+	if err != nil || top.Parent == nil || top.Parent.Format != disklayer.FormatHibdisk || top.Parent.SHA256 == "" {
+		return ""
+	}
+	parent := top.Parent.ResolvePath(path)
+	digest, _, err := sqlitelayer.FileDigest(parent)
+	if err != nil || digest == top.Parent.SHA256 {
+		return ""
+	}
+	return fmt.Sprintf("parent %q has digest %s, this layer was sealed over %s: the parent's file changed since it was sealed (a sealed layer never changes); restore it, or pull the chain again", top.Parent.Path, digest, top.Parent.SHA256)
+}
+
 // externalParentMatches checks a parent that is not a hibdisk layer the
 // way opening the chain does (verifyRaw, verifyExternal): the sampled
 // digest, and the whole content when the files' identity changed since
@@ -118,9 +140,10 @@ func externalParentMatches(parentPath string, ref disklayer.ParentRef) error {
 	return err
 }
 
-// Leftovers lists the temporary files an interrupted create or convert of
-// path left beside it (".NAME.creating-*" from the SQLite layer's store,
-// ".NAME.partial-*" from Convert), by base name.
+// Leftovers lists the temporary files an interrupted create, convert or
+// seal of path left beside it (".NAME.creating-*" from the SQLite layer's
+// store, ".NAME.partial-*" from Convert, ".NAME.sealing-*" from Seal), by
+// base name.
 func Leftovers(path string) []string {
 	entries, err := os.ReadDir(filepath.Dir(path))
 	if err != nil {
@@ -130,7 +153,7 @@ func Leftovers(path string) []string {
 	prefix := "." + filepath.Base(path) + "."
 	for _, e := range entries {
 		name := e.Name()
-		if rest, ok := strings.CutPrefix(name, prefix); ok && (strings.HasPrefix(rest, "partial-") || strings.HasPrefix(rest, "creating-")) {
+		if rest, ok := strings.CutPrefix(name, prefix); ok && (strings.HasPrefix(rest, "partial-") || strings.HasPrefix(rest, "creating-") || strings.HasPrefix(rest, "sealing-")) {
 			if strings.HasSuffix(name, "-wal") || strings.HasSuffix(name, "-shm") || strings.HasSuffix(name, "-journal") {
 				continue
 			}

@@ -360,6 +360,9 @@ type LayerInfo struct {
 	Label     string
 	CreatedAt time.Time
 	ReadOnly  bool // the layer's read_only flag
+	// Sealed: read-only for good, its file's digest is its identity
+	// (sqlitelayer.Seal).
+	Sealed bool
 	// Generation counts the layer's content-changing commits (0 for a
 	// layer older than schema version 5).
 	Generation int64
@@ -369,7 +372,14 @@ type LayerInfo struct {
 }
 
 // Layers describes every layer, top first.
-func (d *Disk) Layers() ([]LayerInfo, error) {
+func (d *Disk) Layers() ([]LayerInfo, error) { return d.layerInfos(true) }
+
+// Chain describes every layer, top first, as Layers does but without
+// Stats (nil), which count every row of a layer: what identifies the
+// layers and links them, read from their layer rows alone.
+func (d *Disk) Chain() ([]LayerInfo, error) { return d.layerInfos(false) }
+
+func (d *Disk) layerInfos(withStats bool) ([]LayerInfo, error) {
 	if d.closed.Load() {
 		return nil, fmt.Errorf("layers of %s: %w", d.name, disklayer.ErrClosed)
 	}
@@ -378,14 +388,16 @@ func (d *Disk) Layers() ([]LayerInfo, error) {
 		li := LayerInfo{Depth: i, Path: d.meta[i].path, Format: d.meta[i].format, Size: l.Size(), SectorSize: l.SectorSize()}
 		if f, ok := l.(*sqlitelayer.File); ok {
 			info := f.Info()
-			stats, err := f.Stats()
-			if err != nil {
-				return nil, fmt.Errorf("layers of %s: %w", d.name, err)
-			}
 			li.Format = disklayer.FormatHibdisk
 			li.UUID, li.Label, li.CreatedAt, li.ReadOnly, li.Parent = info.UUID, info.Label, info.CreatedAt, info.ReadOnly, info.Parent
-			li.Generation, li.ReadCache = info.Generation, info.ReadCache
-			li.Stats = &stats
+			li.Generation, li.ReadCache, li.Sealed = info.Generation, info.ReadCache, info.Sealed
+			if withStats {
+				stats, err := f.Stats()
+				if err != nil {
+					return nil, fmt.Errorf("layers of %s: %w", d.name, err)
+				}
+				li.Stats = &stats
+			}
 		}
 		list[i] = li
 	}

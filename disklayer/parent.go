@@ -54,7 +54,9 @@ type ParentRef struct {
 	// the sampled Digest of the export and, in Stat, what its server said
 	// about it (the export description), since nothing else identifies a
 	// remote disk. An OpenVMM parent records the digests of its guest
-	// view and the identity of its file and -wal.
+	// view and the identity of its file and -wal. A hibdisk parent
+	// records, in SHA256, its file's digest ("sha256:<hex>") once it was
+	// sealed (sqlitelayer.Seal): a sealed layer's identity is its bytes.
 	SHA256 string
 	Stat   string
 }

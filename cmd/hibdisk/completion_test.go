@@ -192,7 +192,7 @@ func TestZshCompletionInteractive(t *testing.T) {
 		}
 	}
 	cases := []struct{ typed, want string }{
-		{"hibdisk se", "hibdisk serve "},
+		{"hibdisk ser", "hibdisk serve "},
 		{"hibdisk serve --read-o", "hibdisk serve --read-only "},
 		{"hibdisk hib p", "hibdisk hib ps "},
 		{"hibdisk vm hi", "hibdisk vm hibernate "},

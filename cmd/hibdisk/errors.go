@@ -55,6 +55,9 @@ func explain(cmd string, err error) string {
 			return s
 		}
 	}
+	if msg := explainRemote(err); msg != "" {
+		return msg
+	}
 	// A file that is not there, or is in the way: the file's name and
 	// what to do, not the chain of layers the error came through.
 	var pe *fs.PathError

@@ -29,6 +29,7 @@ type layerJSON struct {
 	Label                 string `json:"label,omitempty"`
 	Created               string `json:"created,omitempty"`
 	ReadOnly              bool   `json:"read-only"`
+	Sealed                bool   `json:"sealed,omitempty"`
 	BackingFilename       string `json:"backing-filename,omitempty"`
 	FullBackingFilename   string `json:"full-backing-filename,omitempty"`
 	BackingFilenameFormat string `json:"backing-filename-format,omitempty"`
@@ -118,7 +119,7 @@ func runInfo(_ context.Context, e *env, args []string) error {
 func infoJSON(l diffdisk.LayerInfo) layerJSON {
 	j := layerJSON{
 		Filename: l.Path, Format: l.Format, VirtualSize: l.Size, SectorSize: l.SectorSize,
-		Depth: l.Depth, UUID: l.UUID, Label: l.Label, ReadOnly: l.ReadOnly, Generation: l.Generation, ReadCache: l.ReadCache,
+		Depth: l.Depth, UUID: l.UUID, Label: l.Label, ReadOnly: l.ReadOnly, Sealed: l.Sealed, Generation: l.Generation, ReadCache: l.ReadCache,
 	}
 	if !l.CreatedAt.IsZero() {
 		j.Created = l.CreatedAt.UTC().Format(time.RFC3339)
@@ -170,12 +171,18 @@ func printInfo(w io.Writer, l layerJSON) {
 	if l.ReadOnly {
 		fmt.Fprintln(w, "read only: yes")
 	}
+	if l.Sealed {
+		fmt.Fprintln(w, "sealed: yes (its identity is its file's sha256, which hibdisk seal prints)")
+	}
 	if l.ReadCache {
 		fmt.Fprintln(w, "read cache: yes (serving it writable fills it from below)")
 	}
 	if l.BackingFilename != "" {
 		fmt.Fprintf(w, "backing file: %s (actual path: %s)\n", l.BackingFilename, l.FullBackingFilename)
 		fmt.Fprintf(w, "backing file format: %s\n", l.BackingFilenameFormat)
+		if l.BackingFilenameFormat == "hibdisk" && l.BackingContentDigest != "" {
+			fmt.Fprintf(w, "backing file digest: %s (recorded when this layer was sealed)\n", l.BackingContentDigest)
+		}
 	}
 	if l.DataSectors != nil {
 		fmt.Fprintf(w, "data sectors: %d (%s)\n", *l.DataSectors, formatSize(*l.DataSectors*int64(l.SectorSize)))

@@ -102,6 +102,7 @@ func TestWritersRefuseHeldLayer(t *testing.T) {
 		{"resize", "--shrink", "top.db", "512K"},
 		{"check", "--repair", "top.db"},
 		{"compact", "top.db"},
+		{"seal", "top.db"},
 		{"vm", "run", "--kernel", "no-kernel-needed", "top.db"},
 	}
 	readers := [][]string{{"info", "top.db"}, {"map", "top.db"}, {"check", "top.db"}, {"compare", "top.db", "top.db"}}

@@ -41,6 +41,10 @@ type Info struct {
 	// ReadCache is the read_cache flag (schema version 6): serve the
 	// layer as a read cache of the layers below it.
 	ReadCache bool
+	// Sealed: the layer was sealed (Seal): marked read-only and out of
+	// WAL mode, so its file's bytes never change and its SHA-256 is its
+	// identity. Nothing may open it writable.
+	Sealed bool
 }
 
 // CreateOptions describe a new layer.
@@ -267,6 +271,17 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 	if err := checkFileLength(path); err != nil {
 		return nil, fileError("open layer", path, err)
 	}
+	// A sealed layer's bytes are its identity: even setting WAL mode,
+	// which every writable open does, would change them.
+	if !opts.ReadOnly {
+		sealed, err := isSealed(path)
+		if err != nil {
+			return nil, fmt.Errorf("open layer %q: %w", path, err)
+		}
+		if sealed {
+			return nil, sealedError(path)
+		}
+	}
 	// The lock comes before SQLite opens the file: a layer someone else
 	// writes is refused before a migration or a write could touch it.
 	held, err := lock.Acquire(path, holdMode(opts))
@@ -310,6 +325,13 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 		return nil, err
 	}
 	f.eng.held = held
+	if opts.ReadOnly && f.eng.info.ReadOnly {
+		// Read-only and out of WAL mode: sealed (seal.go). A writable
+		// open has just put the file in WAL mode: never sealed.
+		if h, err := store.ReadHeader(path); err == nil && !h.WAL() {
+			f.eng.info.Sealed = true
+		}
+	}
 	f.eng.sidecars = sidecars
 	if holdMode(opts) == lock.Exclusive {
 		// Direct reads are an optimisation: without them reads go

@@ -67,6 +67,8 @@ func OpenReaderAt(name string, r SizeReaderAt, opts ReaderAtOptions) (*File, err
 	}
 	f.eng.release = release
 	f.eng.readerSize = r.Size()
+	// Only a file out of WAL mode is opened here: read-only is sealed.
+	f.eng.info.Sealed = f.eng.info.ReadOnly
 	return f, nil
 }
 

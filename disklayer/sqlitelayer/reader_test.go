@@ -15,43 +15,28 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/ncruces/go-sqlite3"
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
 	"github.com/hibdisk/hibdisk/remote/chunks"
 )
 
-// sealForTest writes to dst what seal makes of the layer at src: the
-// committed database copied by VACUUM INTO, in the rollback journal
-// mode, marked read-only.
+// sealForTest writes to dst what seal makes of the layer at src: a copy
+// of src, sealed (sqlitelayer.Seal: VACUUM INTO, journal_mode=DELETE,
+// read_only=1).
 func sealForTest(t testing.TB, src, dst string) {
 	t.Helper()
-	conn, err := sqlite3.Open(src)
+	b, err := os.ReadFile(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmt, _, err := conn.Prepare("VACUUM INTO ?")
-	if err != nil {
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stmt.BindText(1, dst)
-	if err := stmt.Exec(); err != nil {
-		t.Fatalf("VACUUM INTO: %v", err)
-	}
-	stmt.Close()
-	conn.Close()
-	if conn, err = sqlite3.Open(dst); err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Exec("PRAGMA journal_mode=DELETE; UPDATE layer SET read_only = 1"); err != nil {
+	if _, err := sqlitelayer.Seal(dst, sqlitelayer.SealOptions{}); err != nil {
 		t.Fatalf("seal %s: %v", dst, err)
 	}
-	if err := conn.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(dst)
-	if err != nil {
+	if b, err = os.ReadFile(dst); err != nil {
 		t.Fatal(err)
 	}
 	if b[18] != 1 || b[19] != 1 {
@@ -76,7 +61,7 @@ func fileBytes(t testing.TB, path string) *io.SectionReader {
 
 // sealedLayer makes a layer with a parent, data, tombstones, hibernate
 // blocks and a label, seals it and returns the sealed file's path.
-func sealedLayer(t testing.TB, size int64) string {
+func sealedReaderLayer(t testing.TB, size int64) string {
 	t.Helper()
 	dir := t.TempDir()
 	src := filepath.Join(dir, "layer.db")
@@ -118,7 +103,7 @@ func collectExtents(t testing.TB, l disklayer.Layer, off, n int64) []disklayer.E
 // refuses writes.
 func TestOpenReaderAt(t *testing.T) {
 	const size = 16 << 20
-	sealed := sealedLayer(t, size)
+	sealed := sealedReaderLayer(t, size)
 	want, err := sqlitelayer.Open(sealed, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +174,7 @@ func TestOpenReaderAtRefuses(t *testing.T) {
 		t.Errorf("open of a WAL-mode layer: %v; want ErrInvalid saying WAL", err)
 	}
 
-	sealed := sealedLayer(t, 4<<20)
+	sealed := sealedReaderLayer(t, 4<<20)
 	whole := fileBytes(t, sealed)
 	short := io.NewSectionReader(whole, 0, whole.Size()-4096)
 	if _, err := sqlitelayer.OpenReaderAt("short", short, sqlitelayer.ReaderAtOptions{}); !errors.Is(err, disklayer.ErrCorrupt) {
@@ -365,7 +350,7 @@ func (s *failingSource) Fetch(ctx context.Context, off, n int64) ([]byte, error)
 // reads succeed on the same layer.
 func TestOpenReaderAtStoreDown(t *testing.T) {
 	const size = 16 << 20
-	sealed := sealedLayer(t, size)
+	sealed := sealedReaderLayer(t, size)
 	blob := describeBlob(t, sealed, chunks.MinChunkSize)
 	fs, err := chunks.OpenFileSource(sealed)
 	if err != nil {

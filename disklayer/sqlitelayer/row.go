@@ -21,8 +21,10 @@ func validateParent(r disklayer.ParentRef) error {
 		return fmt.Errorf("parent size %d is negative", r.Size)
 	case r.Format == disklayer.FormatHibdisk && r.UUID == "":
 		return errors.New("hibdisk parent without uuid")
-	case r.Format == disklayer.FormatHibdisk && (r.Digest != "" || r.SHA256 != "" || r.Stat != ""):
+	case r.Format == disklayer.FormatHibdisk && (r.Digest != "" || r.Stat != ""):
 		return errors.New("hibdisk parent with a raw digest")
+	case r.Format == disklayer.FormatHibdisk && r.SHA256 != "" && !ValidDigest(r.SHA256):
+		return fmt.Errorf("hibdisk parent's sha256 %q is not sha256:<64 hex digits>", r.SHA256)
 	case r.Format != disklayer.FormatHibdisk && r.Generation != 0:
 		return fmt.Errorf("%s parent with a generation", r.Format)
 	case r.Generation < 0:

@@ -196,3 +196,30 @@ func TestSummaryThatLiesIsCaught(t *testing.T) {
 	}
 	checkedLayer(t, path)
 }
+
+// TestSealKeepsASummary: a sealed layer carries a summary valid for its
+// generation, and maps from it as from its rows.
+func TestSealKeepsASummary(t *testing.T) {
+	path := newLayerPath(t, "l.db")
+	f, err := sqlitelayer.Create(path, sqlitelayer.CreateOptions{Size: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, f, fill(3*4096, 1), 4096)
+	if err := f.Zero(1<<20, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqlitelayer.Seal(path, sqlitelayer.SealOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if valid, runs := summaryState(t, path); !valid || runs != 1 {
+		t.Fatalf("sealed layer: summary valid %v with %d runs; want valid with 1 (a base keeps no tombstones)", valid, runs)
+	}
+	summary, rows := extentsBothWays(t, path, 0, 8<<20)
+	if !slices.Equal(summary, rows) {
+		t.Fatalf("sealed layer maps %v from its summary, %v from its rows", summary, rows)
+	}
+}

@@ -19,6 +19,7 @@ const module = "github.com/hibdisk/hibdisk/"
 // The floors, bottom up:
 //
 //	internal/lock, internal/store, vmm/nbd   nothing of the module
+//	internal/s3test                          versitygw for tests: nothing of the module
 //	inspect/jbd2                             ext4 journal replay: nothing of the module
 //	internal/schema                          the format, over store
 //	disklayer                                the layer contract: nothing of the module
@@ -30,6 +31,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //	hibfile, datastore, inspect              what a layer chain holds
 //	remote/chunks                            verified lazy reads of blobs: nothing of the module
 //	vmm/qemu                                 machines
+//	remote                                   sealed chains in S3 buckets: push, pull, ls-remote
 //	internal/checkers, internal/checktest    every check linked in, for tests
 //	report                                   HTML of what the CLI gathered: nothing of the module
 //	cmd/hibdisk                              the CLI: no internal/ package
@@ -63,7 +65,9 @@ var allowed = map[string][]string{
 	"vmm/qemu":                   {"diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "vmm/nbd", "vmm/nbddisk"},
 	"internal/checkers":          {"datastore", "hibfile", "vmm/qemu"},
 	"internal/checktest":         {"diffdisk", "disklayer/sqlitelayer"},
-	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "hibfile/swsusp", "inspect", "remote/chunks", "report", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
+	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "hibfile/swsusp", "inspect", "remote", "remote/chunks", "report", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
+	"remote":                     {"diffdisk", "disklayer", "disklayer/sqlitelayer"},
+	"internal/s3test":            nil,
 	"report":                     nil,
 	"remote/chunks":              nil,
 	"test/qemu":                  nil,
