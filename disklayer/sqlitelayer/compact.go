@@ -48,7 +48,7 @@ func (f *File) Compact() error {
 			e.direct.mu.Unlock()
 		}()
 	}
-	if err := e.conn.Exec(vacuum); err != nil {
+	if err := vacuumOnDisk(e.conn, vacuum); err != nil {
 		return fmt.Errorf("compact %q: %w", e.path, mapStoreError(err))
 	}
 	incremental, err := isIncremental(e.conn)

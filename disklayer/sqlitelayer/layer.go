@@ -397,6 +397,18 @@ func newFile(conn *sqlite3.Conn, path string, readOnly, scratch bool) (*File, er
 		return nil, fileError("open layer", path, err)
 	}
 	e.setInfo(info)
+	if !readOnly {
+		// Statement journals in memory: an upsert of a run of rows over
+		// existing ones journals more than SQLite's 64 KiB spill
+		// threshold, and spilled to a temporary file, a pwrite per page
+		// (fio's 1 MiB writes over written sectors: 230 -> 420 MiB/s).
+		// They hold what one statement changes (a TRIM of 1.5 GiB left
+		// anonymous memory as with files); a VACUUM, whose temporary
+		// database is the layer's size, switches back (vacuumOnDisk).
+		if err := conn.Exec("PRAGMA temp_store=MEMORY"); err != nil {
+			return nil, fileError("open layer", path, mapStoreError(err))
+		}
+	}
 	for _, s := range []struct {
 		stmt **sqlite3.Stmt
 		sql  string

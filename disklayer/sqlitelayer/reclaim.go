@@ -123,7 +123,21 @@ var createIncremental = true
 // freshly created layer takes milliseconds. (internal/store creates the
 // file and its tables before the layer sees the connection.)
 func makeIncremental(conn *sqlite3.Conn) error {
-	return conn.Exec("PRAGMA auto_vacuum=INCREMENTAL; VACUUM")
+	return vacuumOnDisk(conn, "PRAGMA auto_vacuum=INCREMENTAL; VACUUM")
+}
+
+// vacuumOnDisk runs sql, a VACUUM, with its temporary database in a file:
+// a writable layer's connection keeps temporary storage in memory (for
+// statement journals, newFile), and VACUUM's copy is as big as the layer.
+func vacuumOnDisk(conn *sqlite3.Conn, sql string) error {
+	if err := conn.Exec("PRAGMA temp_store=FILE"); err != nil {
+		return err
+	}
+	err := conn.Exec(sql)
+	if rerr := conn.Exec("PRAGMA temp_store=MEMORY"); err == nil {
+		err = rerr
+	}
+	return err
 }
 
 // isIncremental reports whether the database on conn has

@@ -412,9 +412,18 @@ type dbFile struct {
 	scratch bool
 }
 
+// WriteAt writes a database page. Outside scratch files the writes are
+// a checkpoint's, copying pages from the WAL: they go to pwrite, one call
+// a page, never through the mapping. A store through the writable
+// mapping costs a page fault the first time each page is touched since
+// the mapping was last emptied (4.4 µs here against pwrite's 1.4 µs a
+// page), and a checkpoint writes each page once: with the stores, the
+// faults were 11% of the server's CPU under fio's 1 MiB writes.
 func (d *dbFile) WriteAt(p []byte, off int64) (int, error) {
 	if !d.scratch {
-		return d.m.writeAt(d.File, p, off)
+		n, err := d.File.WriteAt(p, off)
+		d.m.wrote(off, n)
+		return n, noSpace(err)
 	}
 	if ok, err := d.gather(p, off); ok || err != nil {
 		if err != nil {

@@ -196,8 +196,18 @@ func TestFileMapCoherentAndSafe(t *testing.T) {
 		t.Fatal(err)
 	}
 	inner := d.File.(*fdFile)
+	// A database file's own writes (a checkpoint's) are pwrites even
+	// inside the file (dbFile.WriteAt); the mapping's write path is a
+	// scratch file's.
 	before := inner.writes
-	if _, err := d.WriteAt(page(3), 0); err != nil {
+	if _, err := d.WriteAt(page(5), 0); err != nil {
+		t.Fatal(err)
+	}
+	if inner.writes != before+1 {
+		t.Fatal("a checkpoint's write inside the file did not go to pwrite")
+	}
+	before = inner.writes
+	if _, err := d.m.writeAt(d.File, page(3), 0); err != nil {
 		t.Fatal(err)
 	}
 	if inner.writes != before {
@@ -429,7 +439,7 @@ func TestFileMapReadsReadOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := d.WriteAt(bytes.Repeat([]byte{9}, 4096), 8192); err != nil { // inside: through the mapping
+	if _, err := d.m.writeAt(d.File, bytes.Repeat([]byte{9}, 4096), 8192); err != nil { // inside: through the mapping
 		t.Fatal(err)
 	}
 	got := make([]byte, 4096)
@@ -448,7 +458,7 @@ func TestFileMapReadsReadOnly(t *testing.T) {
 	if d.m.data == nil || d.m.wdata == nil {
 		t.Fatal("the third read and the write did not each use a mapping")
 	}
-	if _, err := d.WriteAt(bytes.Repeat([]byte{5}, 4096), 12288); err != nil {
+	if _, err := d.m.writeAt(d.File, bytes.Repeat([]byte{5}, 4096), 12288); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.ReadAt(got, 12288); err != nil || got[0] != 5 {
