@@ -276,7 +276,7 @@ func Open(path string, opts OpenOptions) (f *File, err error) {
 	if !opts.ReadOnly {
 		sealed, err := isSealed(path)
 		if err != nil {
-			return nil, fmt.Errorf("open layer %q: %w", path, err)
+			return nil, fileError("open layer", path, err)
 		}
 		if sealed {
 			return nil, sealedError(path)

@@ -39,7 +39,7 @@ type ReaderAtOptions struct {
 // an EIO).
 func OpenReaderAt(name string, r SizeReaderAt, opts ReaderAtOptions) (*File, error) {
 	if err := checkReaderLength(name, r); err != nil {
-		return nil, fmt.Errorf("open layer %q: %w", name, err)
+		return nil, fileError("open layer", name, err)
 	}
 	conn, release, err := store.OpenReaderAt(name, r, r.Size(), store.Options{
 		CacheBytes:   readOnlyCacheBytes,
@@ -48,7 +48,7 @@ func OpenReaderAt(name string, r SizeReaderAt, opts ReaderAtOptions) (*File, err
 		ReadableFrom: schema.ReadableFrom,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open layer %q: %w", name, mapStoreError(err))
+		return nil, fileError("open layer", name, mapStoreError(err))
 	}
 	if opts.Strict {
 		rep := &Report{Path: name}
@@ -56,7 +56,7 @@ func OpenReaderAt(name string, r SizeReaderAt, opts ReaderAtOptions) (*File, err
 		if !rep.OK() {
 			conn.Close()
 			release()
-			return nil, fmt.Errorf("open layer %q strictly: %s: %w", name, strings.Join(rep.Problems, "; "), disklayer.ErrCorrupt)
+			return nil, fileError("open layer", name, fmt.Errorf("strictly: %s: %w", strings.Join(rep.Problems, "; "), disklayer.ErrCorrupt))
 		}
 	}
 	f, err := newFile(conn, name, true, false)
