@@ -413,7 +413,9 @@ func (d *Disk) layerInfos(withStats bool) ([]LayerInfo, error) {
 			}
 			li.UUID, li.Label, li.CreatedAt, li.ReadOnly, li.Parent = info.UUID, info.Label, info.CreatedAt, info.ReadOnly, info.Parent
 			li.Generation, li.ReadCache, li.Sealed = info.Generation, info.ReadCache, info.Sealed
-			if withStats {
+			// A layer read from a store is not counted: its rows would
+			// be fetched, the whole layer.
+			if withStats && d.meta[i].format != disklayer.FormatS3 {
 				stats, err := f.Stats()
 				if err != nil {
 					return nil, fmt.Errorf("layers of %s: %w", d.name, err)

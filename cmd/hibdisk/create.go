@@ -82,7 +82,7 @@ func runCreate(_ context.Context, e *env, args []string) error {
 		return err
 	}
 	defer d.Close()
-	layers, err := d.Layers()
+	layers, err := d.Chain() // not Layers: its counts would read a lazy base whole
 	if err != nil {
 		return err
 	}

@@ -44,8 +44,14 @@ type storeStatsJSON struct {
 
 // serveStats gathers the counters of every export's chain.
 func serveStats(o serveOptions, disks []*diffdisk.Disk) serveStatsJSON {
+	return diskStats(o.specs, disks)
+}
+
+// diskStats gathers the counters of each chain of specs (disks[i] is
+// specs[i]'s; disks may be longer, or shorter after a failed open).
+func diskStats(specs []exportSpec, disks []*diffdisk.Disk) serveStatsJSON {
 	var out serveStatsJSON
-	for i, s := range o.specs {
+	for i, s := range specs {
 		if i >= len(disks) {
 			break
 		}

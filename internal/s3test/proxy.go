@@ -1,6 +1,8 @@
 package s3test
 
 import (
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -31,7 +33,7 @@ func StartProxy(t testing.TB, s *Server) *Proxy {
 	p := &Proxy{ranged: map[string]int{}}
 	rp := &httputil.ReverseProxy{Director: func(r *http.Request) {
 		r.URL.Scheme, r.URL.Host = target.Scheme, target.Host
-	}}
+	}, ErrorLog: log.New(io.Discard, "", 0)} // a dead store is a 502, on purpose
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
