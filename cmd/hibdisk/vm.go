@@ -97,7 +97,7 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 		if len(disks) > 0 {
 			var specs []exportSpec
 			for _, s := range o.specs {
-				specs = append(specs, exportSpec{name: s.name, file: s.file})
+				specs = append(specs, exportSpec(s))
 			}
 			if serr := reportStats(e.stderr, o.stats, diskStats(specs, disks)); serr != nil {
 				errs = append(errs, serr)

@@ -31,8 +31,9 @@ func StartProxy(t testing.TB, s *Server) *Proxy {
 		t.Fatal(err)
 	}
 	p := &Proxy{ranged: map[string]int{}}
-	rp := &httputil.ReverseProxy{Director: func(r *http.Request) {
-		r.URL.Scheme, r.URL.Host = target.Scheme, target.Host
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(target)
+		r.Out.Host = r.In.Host // signed by the client
 	}, ErrorLog: log.New(io.Discard, "", 0)} // a dead store is a 502, on purpose
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -262,7 +262,9 @@ func TestLazyEightJobs(t *testing.T) {
 	var wg sync.WaitGroup
 	outs := make([]string, jobs)
 	for i := range jobs {
-		wg.Go(func() { outs[i] = qemuIOOutput(t, uris[i], fmt.Sprintf("read -P 0 %d 64k", diskSize-(64<<10)), fmt.Sprintf("read 0 %d", baseDataLen)) })
+		wg.Go(func() {
+			outs[i] = qemuIOOutput(t, uris[i], fmt.Sprintf("read -P 0 %d 64k", diskSize-(64<<10)), fmt.Sprintf("read 0 %d", baseDataLen))
+		})
 	}
 	wg.Wait()
 	var fetched, gets int64
