@@ -376,12 +376,23 @@ func TestLazyDebianBoot(t *testing.T) {
 			sizes = append(sizes, n)
 		}
 	}
+	// fetched[name] are the ranged GETs the store saw during that boot.
+	fetched := map[string]map[string]bool{}
 	boot := func(name, backing string, args ...string) (lazyCost, time.Duration, bool) {
 		job := name + ".db"
 		hibdisk(t, append([]string{"create", "-b", backing}, append(args, filepath.Join(dir, job))...)...)
 		if strings.HasPrefix(name, "cold") {
 			t.Setenv("HIBDISK_CACHE", t.TempDir()) // what create fetched counts too
 		}
+		before := proxy.Ranged()
+		defer func() {
+			fetched[name] = map[string]bool{}
+			for k, n := range proxy.Ranged() {
+				if n > before[k] {
+					fetched[name][k] = true
+				}
+			}
+		}()
 		started := time.Now()
 		statsFile := filepath.Join(dir, name+".json")
 		p := startVM(t, dir, "vm", "run", "--stats", statsFile, "--kernel", g.img.Kernel, "--initrd", g.img.Initrd,
@@ -397,12 +408,15 @@ func TestLazyDebianBoot(t *testing.T) {
 		return readStats(t, statsFile), took, true
 	}
 	gets0 := proxy.GETs()
-	var lastURL string
+	var lastURL, lastCold string
+	var cold lazyCost
 	for _, cs := range sizes {
 		url := pushLazy(t, srv, golden, fmt.Sprintf("debian-%d", cs), cs)
 		lastURL = url
 		before := proxy.GETs()
-		cold, took, _ := boot(fmt.Sprintf("cold-%d", cs), url, "--endpoint", proxy.Endpoint)
+		lastCold = fmt.Sprintf("cold-%d", cs)
+		var took time.Duration
+		cold, took, _ = boot(lastCold, url, "--endpoint", proxy.Endpoint)
 		t.Logf("chunk %4d KiB: cold boot %5.1f s, %v; %d GETs at the store (create included)", cs>>10, took.Seconds(), cold, proxy.GETs()-before)
 		// The target is 1.2x; no chunk size reaches it on a
 		// boot (docs/remote-work.md: 1.42x at 64 KiB, 1.88x at the
@@ -419,12 +433,18 @@ func TestLazyDebianBoot(t *testing.T) {
 	before := proxy.GETs()
 	warm, took, _ := boot("warm", lastURL, "--endpoint", proxy.Endpoint)
 	t.Logf("warm boot (chunk %d KiB): %5.1f s, %v", sizes[len(sizes)-1]>>10, took.Seconds(), warm)
-	if warm.chunks != 0 || warm.gets != 0 {
-		t.Errorf("warm boot: %v: want nothing fetched", warm)
+	// A boot does not read exactly what the last one read (systemd's
+	// random seed, the journal): the warm boot may fetch a chunk the
+	// cold one did not need, never one it fetched.
+	for k := range fetched["warm"] {
+		if fetched[lastCold][k] {
+			t.Errorf("warm boot fetched %s again: the cold boot on this machine had", k)
+		}
 	}
-	if n := proxy.GETs() - before; n > 1 { // create reads the tag
-		t.Errorf("warm boot: the store got %d GETs, want at most the tag's", n)
+	if warm.chunks > cold.chunks/20 {
+		t.Errorf("warm boot: %v: fetched more than a twentieth of the cold boot's %d chunks", warm, cold.chunks)
 	}
+	t.Logf("warm boot: %d GETs at the store (create's tag read included)", proxy.GETs()-before)
 	_, took, _ = boot("local", golden)
 	t.Logf("local base boot: %5.1f s; %d GETs in all", took.Seconds(), proxy.GETs()-gets0)
 }
