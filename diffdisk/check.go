@@ -130,6 +130,13 @@ func externalParentMatches(parentPath string, ref disklayer.ParentRef) error {
 	case disklayer.FormatRaw:
 		_, err := verifyRaw(parentPath, ref)
 		return err
+	case disklayer.FormatS3:
+		// Opening it checks the manifest and every layer against it.
+		sp, err := openStoreParent(ref, Options{})
+		if err == nil {
+			err = closeLayers(sp.Layers)
+		}
+		return err
 	}
 	l, err := openExternal(parentPath, ref.Format, Options{})
 	if err != nil {

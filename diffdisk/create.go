@@ -32,6 +32,10 @@ type CreateOptions struct {
 	// an OpenVMM file ("-F openvmm").
 	BackingFormat string
 	Label         string
+	// Endpoint is the URL of the store of an s3:// backing file when
+	// it is not the SDK's default (AWS_ENDPOINT_URL_S3, the profile,
+	// AWS). The child records it with the parent.
+	Endpoint string
 	// ReadCache marks the new diff layer a read cache of its backing
 	// file (sqlitelayer.Info.ReadCache): a writable open fills it with
 	// what reads find below (Options.ReadCache) without being asked.
@@ -65,7 +69,14 @@ func create(path string, opts CreateOptions) error {
 		}
 		return f.Close()
 	}
-	backing, ref, err := openBacking(path, opts.Backing, opts.BackingFormat)
+	var backing *Disk
+	var ref *disklayer.ParentRef
+	var err error
+	if isStoreURL(opts.Backing) || isStoreFormat(opts.BackingFormat) {
+		backing, ref, err = attachStoreParent(opts.Backing, opts.BackingFormat, opts.Endpoint)
+	} else {
+		backing, ref, err = openBacking(path, opts.Backing, opts.BackingFormat)
+	}
 	if err != nil {
 		return err
 	}
@@ -79,7 +90,7 @@ func create(path string, opts CreateOptions) error {
 	}
 	if sectorSize == 0 {
 		sectorSize = backing.SectorSize()
-		if ref.Format != disklayer.FormatHibdisk {
+		if ref.Format != disklayer.FormatHibdisk && ref.Format != disklayer.FormatS3 {
 			sectorSize = rawDiffSectorSize(size)
 		}
 	}

@@ -61,6 +61,12 @@ type Disk struct {
 	// regionBytes overrides the package's regionBytes (tests: many
 	// regions on a small disk).
 	regionBytes int64
+
+	// stores are the parents read from a store (ParentFormat), for
+	// StoreBases.
+	stores []*StoreParent
+	// reads and readBytes count ReadAt calls (GuestReads).
+	reads, readBytes atomic.Int64
 }
 
 // layerMeta records what a layer is, for Layers and error messages.
@@ -175,6 +181,8 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	d.reads.Add(1)
+	d.readBytes.Add(int64(len(p)))
 	if err := d.read(p, off, d.cacher != nil); err != nil {
 		return 0, fmt.Errorf("read %s at %d: %w", d.name, off, err)
 	}

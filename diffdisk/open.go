@@ -126,7 +126,20 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 	seen := []fs.FileInfo{topStat}
 
 	childPath, ref := path, top.Info().Parent
+	var store *StoreParent
 	for ref != nil {
+		if isStoreFormat(ref.Format) {
+			// The rest of the chain comes from the store, verified
+			// there; it ends with it.
+			link := fmt.Sprintf("parent %q of %q", ref.Path, childPath)
+			if writableParent && len(layers) == 1 {
+				return nil, &ParentError{Link: link, Child: childPath, Path: ref.Path, Ref: *ref, Err: fmt.Errorf("a parent read from a store is read-only: %w", disklayer.ErrReadOnly)}
+			}
+			if store, err = openStoreParent(*ref, opts); err != nil {
+				return nil, &ParentError{Link: link, Child: childPath, Path: ref.Path, Ref: *ref, Err: err}
+			}
+			break
+		}
 		writable := writableParent && len(layers) == 1
 		parentPath := ref.ResolvePath(childPath)
 		link := fmt.Sprintf("parent %q of %q", ref.Path, childPath)
@@ -172,6 +185,13 @@ func openChain(path string, opts Options, writableParent bool) (d *Disk, err err
 	// whenever it is open writable.
 	if top.Info().ReadCache && !opts.ReadOnly {
 		opts.ReadCache = true
+	}
+	if store != nil {
+		d, err := composeStore(opts, layers, metas, store)
+		if err != nil {
+			closeLayers(store.Layers)
+		}
+		return d, err
 	}
 	return compose(opts, layers, metas)
 }
@@ -388,10 +408,14 @@ func (d *Disk) layerInfos(withStats bool) ([]LayerInfo, error) {
 		li := LayerInfo{Depth: i, Path: d.meta[i].path, Format: d.meta[i].format, Size: l.Size(), SectorSize: l.SectorSize()}
 		if f, ok := l.(*sqlitelayer.File); ok {
 			info := f.Info()
-			li.Format = disklayer.FormatHibdisk
+			if li.Format != disklayer.FormatS3 {
+				li.Format = disklayer.FormatHibdisk
+			}
 			li.UUID, li.Label, li.CreatedAt, li.ReadOnly, li.Parent = info.UUID, info.Label, info.CreatedAt, info.ReadOnly, info.Parent
 			li.Generation, li.ReadCache, li.Sealed = info.Generation, info.ReadCache, info.Sealed
-			if withStats {
+			// A layer read from a store is not counted: its rows would
+			// be fetched, the whole layer.
+			if withStats && d.meta[i].format != disklayer.FormatS3 {
 				stats, err := f.Stats()
 				if err != nil {
 					return nil, fmt.Errorf("layers of %s: %w", d.name, err)

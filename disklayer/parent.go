@@ -16,6 +16,11 @@ const (
 	// FormatOpenVMM is an OpenVMM disklayer_sqlite file, identified
 	// like a raw image (size, digests of its guest view, file identity).
 	FormatOpenVMM = "openvmm"
+	// FormatS3 is a sealed chain pushed to an S3 bucket and read lazily
+	// from it (package remote): ParentRef.Path holds the pinned URL
+	// s3://BUCKET/PREFIX@sha256:<manifest hex>, SHA256 the digest of
+	// the manifest's top layer, UUID and Generation that layer's.
+	FormatS3 = "s3"
 )
 
 // QEMUFormats are the image formats hibdisk reads through QEMU's own code
@@ -27,7 +32,7 @@ func IsQEMUFormat(format string) bool { return slices.Contains(QEMUFormats, form
 
 // ParentFormats lists every format a parent may have, for messages.
 func ParentFormats() []string {
-	return append([]string{FormatHibdisk, FormatRaw, FormatNBD, FormatOpenVMM}, QEMUFormats...)
+	return append([]string{FormatHibdisk, FormatRaw, FormatNBD, FormatOpenVMM, FormatS3}, QEMUFormats...)
 }
 
 // KnownParentFormat reports whether format may be stored as a parent's.
@@ -63,9 +68,9 @@ type ParentRef struct {
 
 // ResolvePath returns the parent's file name as seen from the working
 // directory: Path joined to the directory of the child layer at childPath
-// unless Path is absolute or an NBD URI.
+// unless Path is absolute, an NBD URI or an s3:// URL.
 func (r ParentRef) ResolvePath(childPath string) string {
-	if filepath.IsAbs(r.Path) || r.Format == FormatNBD {
+	if filepath.IsAbs(r.Path) || r.Format == FormatNBD || r.Format == FormatS3 {
 		return r.Path
 	}
 	return filepath.Join(filepath.Dir(childPath), r.Path)

@@ -41,6 +41,10 @@ type Options struct {
 	// URL of an S3-compatible server. Requests then use path-style
 	// addressing (http://HOST/BUCKET/KEY).
 	Endpoint string
+	// MaxAttempts bounds the SDK's attempts of each request (0: the
+	// SDK's default, 3). Lazy reads set 1: the chunk reader retries
+	// them itself, within its bounded wait.
+	MaxAttempts int
 }
 
 // Store is one s3://BUCKET/PREFIX: its blobs and tags.
@@ -118,6 +122,9 @@ func Open(ctx context.Context, u URL, opts Options) (*Store, error) {
 		}
 		if o.BaseEndpoint != nil {
 			o.UsePathStyle = true
+		}
+		if opts.MaxAttempts > 0 {
+			o.RetryMaxAttempts = opts.MaxAttempts
 		}
 		// S3-compatible servers reject or lack the newer checksums.
 		o.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
@@ -394,6 +401,16 @@ func (s *Store) ReadBlobAt(ctx context.Context, d, etag string, p []byte, off in
 
 // Manifest reads, verifies and parses the manifest with digest d.
 func (s *Store) Manifest(ctx context.Context, d string) (*Manifest, error) {
+	b, err := s.manifestBytes(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	return DecodeManifest(b, d)
+}
+
+// manifestBytes reads the bytes of the manifest with digest d, not
+// verified.
+func (s *Store) manifestBytes(ctx context.Context, d string) ([]byte, error) {
 	body, size, err := s.getBlob(ctx, d)
 	if err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
@@ -407,7 +424,7 @@ func (s *Store) Manifest(ctx context.Context, d string) (*Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read manifest %s from %s: %w", d, s.url, err)
 	}
-	return DecodeManifest(b, d)
+	return b, nil
 }
 
 // TagRef is what a tag names, and the ETag that a compare-and-swap of it

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/hibdisk/hibdisk/diffdisk"
+	"github.com/hibdisk/hibdisk/remote"
 )
 
 func init() {
@@ -26,7 +28,7 @@ type createJSON struct {
 }
 
 func runCreate(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F FMT] [--read-cache]] [--label L] [-f hibdisk] [-q] [--output=human|json] FILE [SIZE]")
+	fs := newFlags(e, "create", "[-s SIZE] [--sector-size N] [-b BACKING [-F FMT] [--read-cache] [--endpoint URL]] [--label L] [-f hibdisk] [-q] [--output=human|json] FILE [SIZE]")
 	var f imgFlags
 	fs.StringVar(&f.format, "f", "", "the new image's format: hibdisk, the only one create makes (for others: qemu-img create, or hibdisk convert -O)")
 	f.addOutput(fs, "json: one object describing the new layer")
@@ -34,7 +36,8 @@ func runCreate(_ context.Context, e *env, args []string) error {
 	sizeFlag := fs.String("s", "", "virtual size (K/M/G/T suffixes); a diff layer defaults to its backing file's size")
 	sectorSize := fs.Int("sector-size", 0, "sector size in bytes, a power of two 512..65536 (default 4096, or the backing layer's)")
 	backing := fs.String("b", "", "backing file: the parent of the new diff layer")
-	format := fs.String("F", "", "backing file format, never guessed: hibdisk (may be omitted), raw, nbd (an NBD URI), openvmm, or one QEMU reads: qcow2, qcow, qed, vmdk, vhdx, vpc, vdi, parallels")
+	format := fs.String("F", "", "backing file format, never guessed: hibdisk (may be omitted), raw, nbd (an NBD URI), s3 (an s3://BUCKET/PREFIX[:TAG] URL, may be omitted), openvmm, or one QEMU reads: qcow2, qcow, qed, vmdk, vhdx, vpc, vdi, parallels")
+	endpoint := fs.String("endpoint", "", "with -b s3://...: URL of the S3-compatible server (default: AWS_ENDPOINT_URL_S3, the profile, or AWS), recorded in the layer")
 	label := fs.String("label", "", "free-text label stored in the layer")
 	readCache := fs.Bool("read-cache", false, "make the diff layer a read cache of its backing file: serving it writable fills it with what reads fetch from below (for remote bases)")
 	pos, err := parseArgs(fs, args, 1, 2)
@@ -65,9 +68,12 @@ func runCreate(_ context.Context, e *env, args []string) error {
 	if *format != "" && *backing == "" {
 		return usagef("-F needs -b")
 	}
+	if *endpoint != "" && !strings.HasPrefix(*backing, remote.Scheme) {
+		return usagef("--endpoint needs -b s3://BUCKET/PREFIX[:TAG]")
+	}
 	path := pos[0]
 	if err := diffdisk.Create(path, diffdisk.CreateOptions{
-		Size: size, SectorSize: *sectorSize, Backing: *backing, BackingFormat: *format, Label: *label, ReadCache: *readCache,
+		Size: size, SectorSize: *sectorSize, Backing: *backing, BackingFormat: *format, Label: *label, ReadCache: *readCache, Endpoint: *endpoint,
 	}); err != nil {
 		return err
 	}
@@ -76,7 +82,7 @@ func runCreate(_ context.Context, e *env, args []string) error {
 		return err
 	}
 	defer d.Close()
-	layers, err := d.Layers()
+	layers, err := d.Chain() // not Layers: its counts would read a lazy base whole
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ type serveOptions struct {
 	socket, listen      string
 	readOnly, readCache bool
 	reconnectDelay      time.Duration // diffdisk.Options.ReconnectDelay
+	stats               string        // --stats FILE
 	hibExport           string
 	create              string
 	// qemu-nbd's conventions (see the README's table).
@@ -81,6 +82,11 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	}
 	atOpen := remoteBases(disks)
 	defer func() { reportRemote(e.stderr, atOpen, remoteBases(disks)) }() // before the disks close
+	defer func() {
+		if err := reportStats(e.stderr, o.stats, serveStats(o, disks)); err != nil {
+			fmt.Fprintf(e.stderr, "hibdisk serve: %s\n", oneLine(err.Error()))
+		}
+	}()
 	stopDatastores, err := serveDatastores(e, o, disks)
 	defer stopDatastores() // before the disks close
 	if err != nil {
@@ -138,7 +144,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 
 // parseServeArgs parses serve's command line.
 func parseServeArgs(e *env, args []string) (serveOptions, error) {
-	fs := newFlags(e, "serve", "--nbd [-k|--socket PATH | --listen HOST:PORT | [-b ADDR] -p PORT] [-r|--read-only] [-x|--export NAME] [--export NAME=FILE]... [-t|--persistent[=false]] [--fork] [--pid-file FILE] [--json] [--hibernate-export NAME] [--create SIZE] [FILE]")
+	fs := newFlags(e, "serve", "--nbd [-k|--socket PATH | --listen HOST:PORT | [-b ADDR] -p PORT] [-r|--read-only] [-x|--export NAME] [--export NAME=FILE]... [-t|--persistent[=false]] [--fork] [--pid-file FILE] [--json] [--hibernate-export NAME] [--create SIZE] [--stats FILE] [FILE]")
 	nbdMode := fs.Bool("nbd", false, "serve over NBD (the only protocol so far; required)")
 	socket := fs.String("socket", "", "unix socket path (default: FILE with extension .sock, mode 0600)")
 	fs.StringVar(socket, "k", "", "same as --socket (qemu-nbd's -k)")
@@ -161,7 +167,8 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	hibExport := fs.String("hibernate-export", "", "also export the first chain's hibernate file under this name")
 	create := fs.String("create", "", "create FILE with this size when it does not exist")
 	readCache := fs.Bool("read-cache", false, "copy what reads find below into the top layer")
-	reconnect := fs.Duration("reconnect-delay", diffdisk.DefaultReconnectDelay, "how long reads wait for a lost NBD server of a remote base (-F nbd) before failing with EIO; 0 fails at once")
+	reconnect := fs.Duration("reconnect-delay", diffdisk.DefaultReconnectDelay, "how long reads wait for a lost server of a remote base (-F nbd, or an s3:// base's store) before failing with EIO; 0 fails at once")
+	statsFile := fs.String("stats", "", "when serving ends, write to this file (JSON) what each export's clients read and what its lazy remote bases fetched")
 	tlsFlags := addTLSFlags(fs)
 	maxConns := fs.Int("max-connections", 0, "serve at most N clients at once; more get an NBD error saying so (0: no limit)")
 	handshakeTimeout := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not finished the NBD handshake (TLS included) by then")
@@ -215,7 +222,7 @@ func parseServeArgs(e *env, args []string) (serveOptions, error) {
 	return serveOptions{
 		tls: tlsOpts, maxConns: *maxConns, handshakeTimeout: *handshakeTimeout, payloadTimeout: *payloadTimeout,
 		specs: specs, socket: *socket, listen: *listen, readOnly: *readOnly, readCache: *readCache,
-		hibExport: *hibExport, create: *create, reconnectDelay: noneIfZero(*reconnect),
+		hibExport: *hibExport, create: *create, reconnectDelay: noneIfZero(*reconnect), stats: *statsFile,
 		persistent: *persistent, fork: *fork, pidFile: *pidFile, asJSON: asJSON,
 	}, nil
 }

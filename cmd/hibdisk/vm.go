@@ -75,6 +75,7 @@ type vmRunOptions struct {
 	// hibDisk, when set, attaches the first disk's hibernate file as
 	// one more disk with this name (see attachHibernateDisk).
 	hibDisk string
+	stats   string // --stats FILE, as serve's
 }
 
 func runVMRun(ctx context.Context, e *env, args []string) (err error) {
@@ -93,6 +94,15 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 	var disks []*diffdisk.Disk // closed in reverse order, after the machine
 	closeDisks := func() error {
 		var errs []error
+		if len(disks) > 0 {
+			var specs []exportSpec
+			for _, s := range o.specs {
+				specs = append(specs, exportSpec(s))
+			}
+			if serr := reportStats(e.stderr, o.stats, diskStats(specs, disks)); serr != nil {
+				errs = append(errs, serr)
+			}
+		}
 		for i := len(disks) - 1; i >= 0; i-- {
 			if cerr := disks[i].Close(); cerr != nil {
 				errs = append(errs, fmt.Errorf("close %s: %w", o.specs[min(i, len(o.specs)-1)].file, cerr))
@@ -144,7 +154,7 @@ func runVMRun(ctx context.Context, e *env, args []string) (err error) {
 
 // parseVMRunArgs parses vm run's command line.
 func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
-	fs := newFlags(e, "vm run", "[--kernel K [--initrd I] [--append ARGS]] [--boot DISK] [--mem SIZE] [--cpus N] [--read-only] [--qmp PATH] [--hibernate-disk NAME] [--json] DISK...")
+	fs := newFlags(e, "vm run", "[--kernel K [--initrd I] [--append ARGS]] [--boot DISK] [--mem SIZE] [--cpus N] [--read-only] [--qmp PATH] [--hibernate-disk NAME] [--stats FILE] [--json] DISK...")
 	kernel := fs.String("kernel", "", "Linux kernel to boot directly")
 	initrd := fs.String("initrd", "", "initramfs for --kernel")
 	appendArgs := fs.String("append", "", `kernel command line, after "console=ttyS0 panic=-1"`)
@@ -154,6 +164,7 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	accel := fs.String("accel", "tcg", "QEMU accelerator (kvm only where it is known to work)")
 	readOnly := fs.Bool("read-only", false, "attach every disk read-only (layers opened read-only)")
 	qmpPath := fs.String("qmp", "", "QMP socket path (default: in a private temporary directory)")
+	statsFile := fs.String("stats", "", "when the machine ends, write to this file (JSON, as serve --stats) what it read of each disk and what their lazy remote bases fetched")
 	hibDisk := fs.String("hibernate-disk", "", "NAME: attach the first disk's hibernate file as a virtio disk with serial NAME (the guest's swap area for its own hibernation)")
 	output := outputFormat(fs)
 	pos, err := parseArgs(fs, args, 0, -1)
@@ -187,7 +198,7 @@ func parseVMRunArgs(e *env, args []string) (vmRunOptions, error) {
 	if len(pos) == 0 {
 		return vmRunOptions{}, usagef("no disk: give at least one DISK (the layer the machine writes to, and hibernates into)")
 	}
-	o := vmRunOptions{boot: *boot != "", readOnly: *readOnly, hibDisk: *hibDisk, asJSON: asJSON, cfg: qemu.Config{
+	o := vmRunOptions{boot: *boot != "", readOnly: *readOnly, hibDisk: *hibDisk, asJSON: asJSON, stats: *statsFile, cfg: qemu.Config{
 		Accel: *accel, MemoryMiB: int(memBytes >> 20), CPUs: *cpus,
 		Kernel: *kernel, Initrd: *initrd, Append: *appendArgs,
 		Console: console, Stderr: e.stderr, QMPSocket: *qmpPath,

@@ -334,8 +334,8 @@ func VerifyParent(childPath string, ref disklayer.ParentRef) error {
 	mismatch := func(format string, args ...any) error {
 		return fmt.Errorf("layer %q: parent %q: %s: %w", childPath, parentPath, fmt.Sprintf(format, args...), disklayer.ErrParentMismatch)
 	}
-	if ref.Format == disklayer.FormatNBD {
-		return nil // a remote export: VerifyExternalParent connects to it
+	if ref.Format == disklayer.FormatNBD || ref.Format == disklayer.FormatS3 {
+		return nil // remote: opening the chain connects to it and verifies it
 	}
 	st, err := os.Stat(parentPath)
 	if err != nil {

@@ -290,6 +290,7 @@ func (e *engine) writable(op string) error {
 // beginReadLocked opens a (deferred) transaction for reading if none is
 // open.
 func (e *engine) beginReadLocked(op string) error {
+	e.readTxEndedLocked()
 	if e.inTx {
 		return nil
 	}
@@ -300,6 +301,16 @@ func (e *engine) beginReadLocked(op string) error {
 	e.writeTx = false
 	e.pendingBytes = 0
 	return nil
+}
+
+// readTxEndedLocked notes a read transaction that SQLite ended by
+// itself: an I/O error of the file's reader (a lazy remote layer whose
+// store failed, readervfs) rolls it back. It held no writes; the next
+// read begins another.
+func (e *engine) readTxEndedLocked() {
+	if e.inTx && !e.writeTx && e.conn.GetAutocommit() {
+		e.inTx = false
+	}
 }
 
 // beginLocked opens the write batch unless it is open. An open read
@@ -333,6 +344,7 @@ func (e *engine) beginLocked(op string) error {
 // commitLocked commits the open batch, if any. A failed commit loses
 // writes that were acknowledged: it becomes the sticky failure.
 func (e *engine) commitLocked(op string) error {
+	e.readTxEndedLocked()
 	if !e.inTx {
 		return nil
 	}

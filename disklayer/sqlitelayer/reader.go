@@ -22,6 +22,9 @@ type ReaderAtOptions struct {
 	// Strict runs the layer's consistency checks on open, as
 	// OpenOptions.Strict does. It reads the whole layer.
 	Strict bool
+	// Closer, when set, is closed after the layer (the reader of its
+	// bytes, say), also when the open fails.
+	Closer io.Closer
 }
 
 // OpenReaderAt opens the sealed layer whose file's bytes r holds,
@@ -37,7 +40,14 @@ type ReaderAtOptions struct {
 // ErrCorrupt. Errors of r reach the caller of the read that met them
 // wrapped in the layer's error (an EIO of an unreachable store stays
 // an EIO).
-func OpenReaderAt(name string, r SizeReaderAt, opts ReaderAtOptions) (*File, error) {
+func OpenReaderAt(name string, r SizeReaderAt, opts ReaderAtOptions) (f *File, err error) {
+	if opts.Closer != nil {
+		defer func() {
+			if err != nil {
+				opts.Closer.Close()
+			}
+		}()
+	}
 	if err := checkReaderLength(name, r); err != nil {
 		return nil, fileError("open layer", name, err)
 	}
@@ -59,13 +69,19 @@ func OpenReaderAt(name string, r SizeReaderAt, opts ReaderAtOptions) (*File, err
 			return nil, fileError("open layer", name, fmt.Errorf("strictly: %s: %w", strings.Join(rep.Problems, "; "), disklayer.ErrCorrupt))
 		}
 	}
-	f, err := newFile(conn, name, true, false)
+	f, err = newFile(conn, name, true, false)
 	if err != nil {
 		conn.Close()
 		release()
 		return nil, err
 	}
 	f.eng.release = release
+	if c := opts.Closer; c != nil {
+		f.eng.release = func() {
+			release()
+			c.Close()
+		}
+	}
 	f.eng.readerSize = r.Size()
 	// Only a file out of WAL mode is opened here: read-only is sealed.
 	f.eng.info.Sealed = f.eng.info.ReadOnly

@@ -25,11 +25,13 @@ func validateParent(r disklayer.ParentRef) error {
 		return errors.New("hibdisk parent with a raw digest")
 	case r.Format == disklayer.FormatHibdisk && r.SHA256 != "" && !ValidDigest(r.SHA256):
 		return fmt.Errorf("hibdisk parent's sha256 %q is not sha256:<64 hex digits>", r.SHA256)
-	case r.Format != disklayer.FormatHibdisk && r.Generation != 0:
+	case r.Format == disklayer.FormatS3 && (r.UUID == "" || !ValidDigest(r.SHA256)):
+		return fmt.Errorf("s3 parent without the uuid and sha256 of its top layer")
+	case r.Format != disklayer.FormatHibdisk && r.Format != disklayer.FormatS3 && r.Generation != 0:
 		return fmt.Errorf("%s parent with a generation", r.Format)
 	case r.Generation < 0:
 		return fmt.Errorf("parent generation %d is negative", r.Generation)
-	case r.Format != disklayer.FormatHibdisk && r.UUID != "":
+	case r.Format != disklayer.FormatHibdisk && r.Format != disklayer.FormatS3 && r.UUID != "":
 		return fmt.Errorf("%s parent with a uuid", r.Format)
 	case !disklayer.KnownParentFormat(r.Format):
 		return fmt.Errorf("parent format %q is not one of %v", r.Format, disklayer.ParentFormats())

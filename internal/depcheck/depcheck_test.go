@@ -31,7 +31,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //	hibfile, datastore, inspect              what a layer chain holds
 //	remote/chunks                            verified lazy reads of blobs: nothing of the module
 //	vmm/qemu                                 machines
-//	remote                                   sealed chains in S3 buckets: push, pull, ls-remote
+//	remote                                   sealed chains in S3 buckets: push, pull, ls-remote, lazy bases
 //	internal/checkers, internal/checktest    every check linked in, for tests
 //	report                                   HTML of what the CLI gathered: nothing of the module
 //	cmd/hibdisk                              the CLI: no internal/ package
@@ -66,7 +66,7 @@ var allowed = map[string][]string{
 	"internal/checkers":          {"datastore", "hibfile", "vmm/qemu"},
 	"internal/checktest":         {"diffdisk", "disklayer/sqlitelayer"},
 	"cmd/hibdisk":                {"datastore", "diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile", "hibfile/swsusp", "inspect", "remote", "remote/chunks", "report", "vmm/nbd", "vmm/nbddisk", "vmm/qemu"},
-	"remote":                     {"diffdisk", "disklayer", "disklayer/sqlitelayer"},
+	"remote":                     {"diffdisk", "disklayer", "disklayer/sqlitelayer", "remote/chunks"},
 	"internal/s3test":            nil,
 	"report":                     nil,
 	"remote/chunks":              nil,

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +34,9 @@ type Server struct {
 	Endpoint string // http://127.0.0.1:PORT
 	// Dir is its posix root: bucket B's object K is the file Dir/B/K.
 	Dir string
+
+	bin, addr string
+	stop      func()
 }
 
 // Binary finds versitygw: in build/tools of the module (where `make
@@ -78,7 +82,7 @@ func Start(t testing.TB, buckets ...string) *Server {
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		s, err := start(t, bin, dir)
+		s, err := start(t, bin, dir, "")
 		if err == nil {
 			t.Setenv("AWS_ACCESS_KEY_ID", AccessKey)
 			t.Setenv("AWS_SECRET_ACCESS_KEY", SecretKey)
@@ -96,13 +100,15 @@ func Start(t testing.TB, buckets ...string) *Server {
 	}
 }
 
-func start(t testing.TB, bin, dir string) (*Server, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
+func start(t testing.TB, bin, dir, addr string) (*Server, error) {
+	if addr == "" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		addr = l.Addr().String()
+		l.Close()
 	}
-	addr := l.Addr().String()
-	l.Close()
 	cmd := exec.Command(bin, "--port", addr, "posix", dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
 	// A test binary that is killed takes its server with it.
@@ -125,9 +131,12 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 	if err := <-started; err != nil {
 		return nil, err
 	}
+	var once sync.Once
 	stop := func() {
-		cmd.Process.Kill()
-		<-exited
+		once.Do(func() {
+			cmd.Process.Kill()
+			<-exited
+		})
 	}
 	endpoint := "http://" + addr
 	client := &http.Client{Timeout: 2 * time.Second}
@@ -150,7 +159,26 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Cleanup(stop)
-	return &Server{Endpoint: endpoint, Dir: dir}, nil
+	return &Server{Endpoint: endpoint, Dir: dir, bin: bin, addr: addr, stop: stop}, nil
+}
+
+// Kill kills the server (SIGKILL) and waits for it to exit.
+func (s *Server) Kill() { s.stop() }
+
+// Restart starts the server again, after Kill, on the same address and
+// directory.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var n *Server
+		if n, err = start(t, s.bin, s.Dir, s.addr); err == nil {
+			s.stop = n.stop
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("restart versitygw on %s: %v", s.addr, err)
 }
 
 // ObjectPath is the file holding object key of bucket.
