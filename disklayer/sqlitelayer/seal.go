@@ -160,6 +160,7 @@ func sealNew(path string, opts SealOptions) (s Sealed, err error) {
 			err = fmt.Errorf("release lock: %w", rerr)
 		}
 	}()
+	var parent *disklayer.ParentRef
 	if opts.ParentSHA256 != "" {
 		info := f.Info()
 		if info.Parent == nil || info.Parent.Format != disklayer.FormatHibdisk {
@@ -169,16 +170,7 @@ func sealNew(path string, opts SealOptions) (s Sealed, err error) {
 		if info.Parent.SHA256 != opts.ParentSHA256 {
 			ref := *info.Parent
 			ref.SHA256 = opts.ParentSHA256
-			if err := e.updateMetadataAllowReadOnly("record parent digest", false, func(conn *sqlite3.Conn, info *Info) error {
-				if err := updateParent(conn, &ref); err != nil {
-					return err
-				}
-				info.Parent = &ref
-				return nil
-			}); err != nil {
-				f.Close()
-				return Sealed{}, err
-			}
+			parent = &ref // recorded in the copy (markSealed)
 		}
 	}
 	tmp, err := sealTempName(path)
@@ -202,7 +194,7 @@ func sealNew(path string, opts SealOptions) (s Sealed, err error) {
 	if err := f.Close(); err != nil {
 		return Sealed{}, err
 	}
-	if err := markSealed(tmp); err != nil {
+	if err := markSealed(tmp, parent); err != nil {
 		return Sealed{}, err
 	}
 	if err := syncFile(tmp); err != nil {
@@ -248,10 +240,12 @@ func (f *File) vacuumInto(dst string) error {
 // markSealed sets read_only = 1 and a rollback journal in the database
 // at path, which nobody else has open, and writes its allocation summary
 // (a sealed layer, lazily read, maps a region from a few pages of the
-// summary instead of fetching the region's leaves). Done on the copy,
-// the layer being sealed is not written: a reader that has it open
-// (info, map) keeps its WAL empty.
-func markSealed(path string) error {
+// summary instead of fetching the region's leaves), and parent, when not
+// nil, as its parent reference (the parent's digest recorded). Done on
+// the copy, the layer being sealed is not written: a reader that has it
+// open (info, map) keeps its WAL empty, and a seal that fails leaves it
+// as it was.
+func markSealed(path string, parent *disklayer.ParentRef) error {
 	uri, err := store.FileURI(path, "rw")
 	if err != nil {
 		return err
@@ -263,6 +257,9 @@ func markSealed(path string) error {
 	err = conn.Exec("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; BEGIN IMMEDIATE")
 	if err == nil {
 		err = writeSummary(conn)
+	}
+	if err == nil && parent != nil {
+		err = updateParent(conn, parent)
 	}
 	if err == nil {
 		err = conn.Exec("UPDATE layer SET read_only = 1; COMMIT")

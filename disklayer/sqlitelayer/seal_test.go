@@ -173,9 +173,26 @@ func TestSealRecordsParentDigest(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// A shared reader (info, map) holds the child open meanwhile: the
+	// digest is recorded in the sealed copy, so nothing is written into
+	// the old file's WAL, which could be left beside the sealed one.
+	reader, err := sqlitelayer.Open(child, sqlitelayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustRead(t, reader, 0, 8192)
 	cs, err := sqlitelayer.Seal(child, sqlitelayer.SealOptions{ParentSHA256: s.Digest})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := reader.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(child + "-wal"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a WAL is left beside the sealed child: %v", err)
+	}
+	if d, _, err := sqlitelayer.FileDigest(child); err != nil || d != cs.Digest {
+		t.Errorf("child's digest after its reader closed: %s, %v; sealed as %s", d, err, cs.Digest)
 	}
 	c, err := sqlitelayer.Open(child, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
