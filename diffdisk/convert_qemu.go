@@ -90,7 +90,8 @@ func checkQemuImgOptions(opts ConvertOptions) error {
 // path exists that another process could connect to or a killed run
 // could leave behind). Holes are reported by NBD block status, so
 // qemu-img neither reads nor writes them. The output is synced before
-// Convert publishes it: qemu-img writes it with cache=unsafe.
+// Convert publishes it (qemu-img writes it with cache=unsafe), unless
+// opts.Cache is CacheUnsafe.
 func convertQemu(src disklayer.Layer, tmp, dst string, opts ConvertOptions) error {
 	mine, theirs, err := socketPair()
 	if err != nil {
@@ -110,7 +111,7 @@ func convertQemu(src disklayer.Layer, tmp, dst string, opts ConvertOptions) erro
 	if err := srv.Shutdown(ctx); err != nil && runErr == nil {
 		runErr = fmt.Errorf("qemu-img convert: stop the NBD server: %w", err)
 	}
-	if runErr != nil {
+	if runErr != nil || !opts.Cache.synced() {
 		return runErr
 	}
 	return syncFile(tmp)

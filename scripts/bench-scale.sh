@@ -3,11 +3,13 @@
 # holding DATA_GIBS GiB of data (default "1 4 16"), each a raw image twice
 # that size with random data in every other 1 MiB:
 #   convert   hibdisk convert of the raw image, and qemu-img convert -O
-#             qcow2 of the same image: time, ratio, and file bytes per
-#             byte of data. hibdisk's output is synced when convert
-#             returns; qemu-img's is not (its default cache mode for the
-#             output is unsafe), so qemu-img is also timed with a sync of
-#             its output after it ("qemu+sync"), the durable comparison;
+#             qcow2 of the same image, like with like: unsynced
+#             (hibdisk -t unsafe against qemu-img's default, which is
+#             -t unsafe) and synced (hibdisk's default, writeback,
+#             against qemu-img -t writeback, which flushes its output
+#             before it exits); CONVERT_ROUNDS (default 3) interleaved
+#             rounds, each tool rewriting its own output, medians and
+#             their ratios; and file bytes per byte of data;
 #   first     a 3-deep chain (base <- mid <- top, mid holding a few
 #             writes) served by hibdisk serve: the latency of the first
 #             4 KiB read at a random offset (timed inside nbdsh, after
@@ -90,7 +92,9 @@ t = time.monotonic(); h.pread(4096, off); print(f'{(time.monotonic() - t) * 1000
   echo "$first $anon $file $anon2 $file2 $seq"
 }
 
-[ -n "$DATA_GIBS" ] && printf '%-6s %-8s %9s %9s %6s %10s %6s %10s %10s %11s %9s %11s %9s %10s\n' data binary convert qemu-img ratio "qemu+sync" ratio "bytes/dat" "qcow2 b/d" "1st read" "anon MiB" "file MiB" "seq read" "commit top"
+CONVERT_ROUNDS=${CONVERT_ROUNDS:-3}
+median() { $PY -c "import statistics,sys; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.2f}')" "$@"; }
+[ -n "$DATA_GIBS" ] && printf '%-6s %-8s %9s %9s %6s %9s %9s %6s %10s %10s %11s %9s %11s %9s %10s\n' data binary unsafe "qemu" ratio synced "qemu -t wb" ratio "bytes/dat" "qcow2 b/d" "1st read" "anon MiB" "file MiB" "seq read" "commit top"
 for gib in $DATA_GIBS; do
   raw="$DIR/base-$gib.raw"
   # Every other MiB holds data: 2*gib GiB of disk, gib GiB of data.
@@ -98,15 +102,33 @@ for gib in $DATA_GIBS; do
       --refill_buffers --buffer_compress_percentage=0 --output=/dev/null
   truncate -s "$((2 * gib))G" "$raw"
   data=$((gib << 30))
-  qsecs=$(secs qemu-img convert -O qcow2 "$raw" "$DIR/q.qcow2")
-  rm -f "$DIR/q.qcow2"
-  qsync=$(secs sh -c "qemu-img convert -O qcow2 '$raw' '$DIR/q.qcow2' && sync '$DIR/q.qcow2'")
+  # Interleaved rounds: qemu-img, then each binary, unsynced; then the
+  # same synced. Every run rewrites its tool's output.
+  declare -A conv=()
+  for _ in $(seq "$CONVERT_ROUNDS"); do
+    rm -f "$DIR/q.qcow2"
+    conv[q]+=" $(secs qemu-img convert -O qcow2 "$raw" "$DIR/q.qcow2")"
+    for nb in $BINS; do
+      name=${nb%%=*} bin=${nb#*=}
+      rm -f "$DIR/$name.db"
+      conv[u-$name]+=" $(secs "$bin" convert -t unsafe "$raw" "$DIR/$name.db")"
+    done
+    rm -f "$DIR/q.qcow2"
+    conv[qw]+=" $(secs qemu-img convert -t writeback -O qcow2 "$raw" "$DIR/q.qcow2")"
+    for nb in $BINS; do
+      name=${nb%%=*} bin=${nb#*=}
+      rm -f "$DIR/$name.db"
+      conv[s-$name]+=" $(secs "$bin" convert "$raw" "$DIR/$name.db")"
+    done
+  done
+  qsecs=$(median ${conv[q]}) qsync=$(median ${conv[qw]})
   qbytes=$(size_of "$DIR/q.qcow2")
   rm -f "$DIR/q.qcow2"
   for nb in $BINS; do
     name=${nb%%=*} bin=${nb#*=} d="$DIR/$name-$gib"
     mkdir -p "$d"
-    csecs=$(secs "$bin" convert "$raw" "$d/base.db")
+    mv "$DIR/$name.db" "$d/base.db"
+    usecs=$(median ${conv[u-$name]}) csecs=$(median ${conv[s-$name]})
     cbytes=$(size_of "$d/base.db" "$d/base.db-wal")
     read -r first anon file anon2 file2 seq <<<"$(measure_chain "$bin" "$d")"
     # Space after commit: 256 MiB written into a diff layer, committed.
@@ -118,18 +140,18 @@ for gib in $DATA_GIBS; do
     kill "$srv"; wait "$srv" 2>/dev/null || true; srv=
     "$bin" commit "$d/c.db" >/dev/null
     after=$(size_of "$d/c.db" "$d/c.db-wal")
-    $PY - "$gib" "$name" "$csecs" "$qsecs" "$qsync" "$cbytes" "$qbytes" "$data" "$first" "$anon/$anon2" "$file/$file2" "$seq" "$after" <<'PYEOF'
+    $PY - "$gib" "$name" "$usecs" "$qsecs" "$csecs" "$qsync" "$cbytes" "$qbytes" "$data" "$first" "$anon/$anon2" "$file/$file2" "$seq" "$after" <<'PYEOF'
 import sys
-gib, name, c, q, qs, cb, qb, data, first, anon, file, seq, after = sys.argv[1:]
-c, q, qs, cb, qb, data = float(c), float(q), float(qs), int(cb), int(qb), int(data)
-print(f"{gib + ' GiB':<6} {name:<8} {c:>8.1f}s {q:>8.1f}s {q / c:>5.2f}x {qs:>9.1f}s {qs / c:>5.2f}x {cb / data:>10.3f} {qb / data:>10.3f} "
+gib, name, u, q, c, qs, cb, qb, data, first, anon, file, seq, after = sys.argv[1:]
+u, q, c, qs, cb, qb, data = float(u), float(q), float(c), float(qs), int(cb), int(qb), int(data)
+print(f"{gib + ' GiB':<6} {name:<8} {u:>8.2f}s {q:>8.2f}s {q / u:>5.2f}x {c:>8.2f}s {qs:>8.2f}s {qs / c:>5.2f}x {cb / data:>10.3f} {qb / data:>10.3f} "
       f"{first + ' ms':>11} {anon:>9} {file:>11} {seq + ' s':>9} {int(after) / 1024:>8.0f} KiB", flush=True)
 PYEOF
     rm -rf "$d"
   done
   rm -f "$raw"
 done
-echo "convert ratios: qemu-img time (without, then with a sync of its output) / hibdisk time (>1: hibdisk faster); bytes/dat: layer file bytes per data byte;"
+echo "convert: medians of $CONVERT_ROUNDS interleaved rounds; ratios are qemu-img's time / hibdisk's (>1: hibdisk faster), unsynced (hibdisk -t unsafe, qemu-img's default) and synced (hibdisk's default, qemu-img -t writeback); bytes/dat: layer file bytes per data byte;"
 echo "anon/file MiB: after the first read / after reading the whole disk; commit top: the emptied layer after commit"
 
 # A large sparse disk (opt in: BIG=DISK_GIB:PERCENT, e.g. BIG=100:16, a

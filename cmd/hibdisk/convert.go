@@ -27,7 +27,7 @@ type convertJSON struct {
 }
 
 func runConvert(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "convert", "[-p] [-q] [-n] [-f FMT] [-U] [-O hibdisk|raw|openvmm|"+qemuFormats+"] [-o OPTIONS] [-c] [--sector-size N] [--output=human|json] SRC DST")
+	fs := newFlags(e, "convert", "[-p] [-q] [-n] [-t CACHE] [-f FMT] [-U] [-O hibdisk|raw|openvmm|"+qemuFormats+"] [-o OPTIONS] [-c] [--sector-size N] [--output=human|json] SRC DST")
 	var f imgFlags
 	f.addFormat(fs, "of SRC: hibdisk, raw, nbd, openvmm, qcow2, vmdk, vhdx, vpc, vdi, ...")
 	f.addOutput(fs, "json: one object describing the copy")
@@ -36,6 +36,7 @@ func runConvert(_ context.Context, e *env, args []string) error {
 	progress := fs.Bool("p", false, "show progress (on a terminal only)")
 	existing := fs.Bool("n", false, "DST exists: write into it (a hibdisk layer or a raw image at least as large as SRC) instead of creating it")
 	format := fs.String("O", "hibdisk", "output format: hibdisk, raw, openvmm (OpenVMM's disklayer_sqlite), or one qemu-img writes: "+qemuFormats)
+	cache := fs.String("t", "writeback", "how DST is written: writeback (page cache, synced before convert exits), none (O_DIRECT where the filesystem allows, synced), unsafe (page cache, not synced: qemu-img convert's default; a crash soon after may leave DST incomplete); -n always syncs")
 	sectorSize := fs.Int("sector-size", 0, "sector size of a hibdisk output (default: 4096 when the size allows) or an openvmm one (default: the source's)")
 	var q qemuFlags
 	q.register(fs.FlagSet)
@@ -51,6 +52,10 @@ func runConvert(_ context.Context, e *env, args []string) error {
 	}
 	if err := q.check(*format); err != nil {
 		return err
+	}
+	mode, err := diffdisk.ParseCache(*cache)
+	if err != nil {
+		return usagef("-t %q: want writeback, none, unsafe, writethrough or directsync", *cache)
 	}
 	srcFormat, err := checkFormat("-f", f.format, pos[0])
 	if err != nil {
@@ -89,7 +94,7 @@ func runConvert(_ context.Context, e *env, args []string) error {
 	if *existing {
 		err = diffdisk.ConvertInto(src, pos[1], report)
 	} else {
-		opts := diffdisk.ConvertOptions{Format: *format, SectorSize: *sectorSize, FormatOptions: q.options, Compressed: q.compressed, Progress: report}
+		opts := diffdisk.ConvertOptions{Format: *format, SectorSize: *sectorSize, FormatOptions: q.options, Compressed: q.compressed, Cache: mode, Progress: report}
 		err = diffdisk.Convert(src, pos[1], opts)
 	}
 	if err != nil {

@@ -214,6 +214,7 @@ func TestConvertForeignErrors(t *testing.T) {
 		{[]string{"-O", "raw", "-o", "compat=1.1"}, 2, `-o and -c are qemu-img's options, for -O qcow2|vmdk|vhdx|vdi|vpc; not for -O raw`},
 		{[]string{"-c"}, 2, `not for -O hibdisk`},
 		{[]string{"-O", "qed"}, 2, `-O "qed": want hibdisk, raw, openvmm, qcow2|vmdk|vhdx|vdi|vpc`},
+		{[]string{"-t", "directio"}, 2, `-t "directio": want writeback, none, unsafe, writethrough or directsync`},
 	}
 	for _, c := range cases {
 		r := hib(t, dir, append(append([]string{"convert"}, c.args...), top, "out")...)

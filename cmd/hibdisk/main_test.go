@@ -350,6 +350,49 @@ func TestConvertSparse(t *testing.T) {
 	}
 }
 
+// TestConvertCacheModes: every -t mode qemu-img names writes the same
+// image, for each kind of output hibdisk writes itself and for one
+// qemu-img writes.
+func TestConvertCacheModes(t *testing.T) {
+	dir := testDir(t)
+	src := filepath.Join(dir, "src.img")
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(64 << 20); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	chunk := make([]byte, 3<<20+512) // runs that end mid-sector of the layer
+	for i := int64(0); i < 8; i++ {
+		for j := range chunk {
+			chunk[j] = byte(rng.Uint32())
+		}
+		if _, err := f.WriteAt(chunk, i*(7<<20)+4096*i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	for _, mode := range []string{"writeback", "none", "unsafe", "writethrough", "directsync"} {
+		for _, format := range []string{"hibdisk", "raw", "qcow2"} {
+			out := "out-" + mode + "." + format
+			if format == "qcow2" && mode != "unsafe" && mode != "writeback" {
+				continue
+			}
+			if format == "qcow2" {
+				needTool(t, "qemu-img", "qemu-utils")
+			}
+			mustHib(t, dir, "convert", "-t", mode, "-O", format, "src.img", out)
+			mustHib(t, dir, "compare", "src.img", out)
+			if format == "hibdisk" {
+				mustHib(t, dir, "check", out)
+			}
+		}
+	}
+	noPartial(t, dir)
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{"0": 0, "512": 512, "1K": 1024, "1k": 1024, "64M": 64 << 20, "1G": 1 << 30, "2T": 2 << 40, "1.5K": 1536, "1GiB": 1 << 30} {
 		if got, err := parseSize(in); err != nil || got != want {

@@ -49,6 +49,7 @@ type Layer struct {
 	sectorSize int
 	size       int64
 	readOnly   bool
+	unsynced   bool // Unsynced: Flush and Close do not fsync
 
 	// mu guards closed against Close: every operation holds it shared
 	// while it uses the file, Close holds it exclusively.
@@ -66,6 +67,14 @@ type Option func(*options)
 type options struct {
 	sectorSize int
 	stable     bool
+	unsynced   bool
+}
+
+// Unsynced makes Flush and Close leave the writes to the kernel instead
+// of fsyncing them, as QEMU's cache=unsafe does: for a private output
+// (`hibdisk convert -t unsafe`) that a crash makes one write again.
+func Unsynced() Option {
+	return func(o *options) { o.unsynced = true }
 }
 
 // HoldStable holds a read-only image so that nobody may write it while
@@ -138,6 +147,7 @@ func Open(path string, readOnly bool, opts ...Option) (*Layer, error) {
 		sectorSize: o.sectorSize,
 		size:       (fileSize + ss - 1) / ss * ss,
 		readOnly:   readOnly,
+		unsynced:   o.unsynced,
 		held:       held,
 		file:       f,
 	}, nil
@@ -169,7 +179,7 @@ func Create(path string, size int64, opts ...Option) (*Layer, error) {
 		os.Remove(path)
 		return nil, fmt.Errorf("create raw image %q: %w", path, err)
 	}
-	return &Layer{path: path, sectorSize: o.sectorSize, size: size, file: f, held: held}, nil
+	return &Layer{path: path, sectorSize: o.sectorSize, size: size, file: f, held: held, unsynced: o.unsynced}, nil
 }
 
 // Path is the file the layer was opened from.
@@ -262,14 +272,15 @@ func (l *Layer) writeZeros(from, to int64) error {
 	return nil
 }
 
-// Flush fsyncs a writable image; a read-only one has nothing to flush.
+// Flush fsyncs a writable image (unless it was made Unsynced); a read-only
+// one has nothing to flush.
 func (l *Layer) Flush() error {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.closed {
 		return fmt.Errorf("flush raw image %q: %w", l.path, disklayer.ErrClosed)
 	}
-	if l.readOnly {
+	if l.readOnly || l.unsynced {
 		return nil
 	}
 	if err := l.file.Sync(); err != nil {
@@ -287,7 +298,7 @@ func (l *Layer) Close() error {
 	}
 	l.closed = true
 	var syncErr error
-	if !l.readOnly {
+	if !l.readOnly && !l.unsynced {
 		syncErr = l.file.Sync()
 	}
 	if err := errors.Join(syncErr, l.file.Close(), l.held.Release()); err != nil {

@@ -27,13 +27,16 @@ func TestBulk(t *testing.T) {
 		sectorSize int
 		size       int64
 		rows       int // about how many sectors hold data
+		how        sqlitelayer.BulkOptions
 	}{
-		{"empty", 0, 4096, 1 << 20, 0},
-		{"one-leaf", 0, 4096, 1 << 20, 5},
-		{"two-levels", 0, 4096, 64 << 20, 9000},
-		{"sector-512", 0, 512, 8 << 20, 9000},
-		{"pages-512-three-levels", 512, 512, 32 << 20, 40000},
-		{"pages-512-chains", 512, 4096, 16 << 20, 3000},
+		{"empty", 0, 4096, 1 << 20, 0, sqlitelayer.BulkOptions{}},
+		{"one-leaf", 0, 4096, 1 << 20, 5, sqlitelayer.BulkOptions{}},
+		{"two-levels", 0, 4096, 64 << 20, 9000, sqlitelayer.BulkOptions{}},
+		{"two-levels-direct", 0, 4096, 64 << 20, 9000, sqlitelayer.BulkOptions{Direct: true}},
+		{"two-levels-unsafe", 0, 4096, 64 << 20, 9000, sqlitelayer.BulkOptions{Unsynced: true}},
+		{"sector-512", 0, 512, 8 << 20, 9000, sqlitelayer.BulkOptions{}},
+		{"pages-512-three-levels", 512, 512, 32 << 20, 40000, sqlitelayer.BulkOptions{}},
+		{"pages-512-chains", 512, 4096, 16 << 20, 3000, sqlitelayer.BulkOptions{Unsynced: true}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -44,7 +47,7 @@ func TestBulk(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 2))
 			want := make([]byte, c.size)
 			path := newLayerPath(t, "bulk.hibdisk")
-			b, err := sqlitelayer.CreateBulk(path, sqlitelayer.CreateOptions{Size: c.size, SectorSize: c.sectorSize, Label: "bulk"})
+			b, err := sqlitelayer.CreateBulk(path, sqlitelayer.CreateOptions{Size: c.size, SectorSize: c.sectorSize, Label: "bulk"}, c.how)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -123,7 +126,7 @@ func TestBulkPastOneGiB(t *testing.T) {
 	}
 	const size = 1200 << 20
 	path := newLayerPath(t, "bulk-big.hibdisk")
-	b, err := sqlitelayer.CreateBulk(path, sqlitelayer.CreateOptions{Size: size})
+	b, err := sqlitelayer.CreateBulk(path, sqlitelayer.CreateOptions{Size: size}, sqlitelayer.BulkOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +170,7 @@ func TestBulkPastOneGiB(t *testing.T) {
 func TestBulkRefusesDisorder(t *testing.T) {
 	// Not newLayerPath, which checks the layer at the end: this one is
 	// left unfinished, for the caller to delete.
-	b, err := sqlitelayer.CreateBulk(filepath.Join(t.TempDir(), "bulk.hibdisk"), sqlitelayer.CreateOptions{Size: 1 << 20})
+	b, err := sqlitelayer.CreateBulk(filepath.Join(t.TempDir(), "bulk.hibdisk"), sqlitelayer.CreateOptions{Size: 1 << 20}, sqlitelayer.BulkOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -210,6 +210,20 @@ func createDatabase(path string, info Info, opts store.Options) (*sqlite3.Conn, 
 	return store.Create(path, opts)
 }
 
+// createDatabaseFile is createDatabase without the open: then, in the
+// transaction that wrote the layer row, it runs after (which may read
+// the new database's layout).
+func createDatabaseFile(path string, info Info, after func(*sqlite3.Conn) error) error {
+	opts := store.Options{PageSize: pageSizeFor(info.SectorSize), MaxMemory: maxMemory, Migrations: schema.History}
+	opts.Init = func(conn *sqlite3.Conn) error {
+		if err := insertLayerRow(conn, info); err != nil {
+			return err
+		}
+		return after(conn)
+	}
+	return store.CreateFile(path, opts)
+}
+
 func newInfo(opts CreateOptions) (Info, error) {
 	info := Info{
 		SectorSize: opts.SectorSize,

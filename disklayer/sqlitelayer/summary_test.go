@@ -74,7 +74,7 @@ func TestSummaryMapsAsRows(t *testing.T) {
 	}
 
 	bulkPath := newLayerPath(t, "bulk.db")
-	b, err := sqlitelayer.CreateBulk(bulkPath, sqlitelayer.CreateOptions{SectorSize: 4096, Size: size})
+	b, err := sqlitelayer.CreateBulk(bulkPath, sqlitelayer.CreateOptions{SectorSize: 4096, Size: size}, sqlitelayer.BulkOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -256,39 +256,49 @@ func prepareExisting(conn *sqlite3.Conn, path string, opts Options) error {
 // application_id and all migrations applied, and returns it open. It
 // refuses an existing path with an error wrapping fs.ErrExist.
 func Create(path string, opts Options) (*sqlite3.Conn, error) {
+	if err := CreateFile(path, opts); err != nil {
+		return nil, err
+	}
+	return Open(path, opts)
+}
+
+// CreateFile is Create without the open: the database is made, synced
+// and in place at path when it returns, and nothing has it open.
+func CreateFile(path string, opts Options) error {
 	if opts.ReadOnly {
-		return nil, fmt.Errorf("create %q: read-only create makes no sense", path)
+		return fmt.Errorf("create %q: read-only create makes no sense", path)
 	}
 	if _, err := os.Lstat(path); err == nil {
-		return nil, &fs.PathError{Op: "create", Path: path, Err: fs.ErrExist}
+		return &fs.PathError{Op: "create", Path: path, Err: fs.ErrExist}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("create %q: %w", path, err)
+		return fmt.Errorf("create %q: %w", path, err)
 	}
 	tmp, err := tempName(path)
 	if err != nil {
-		return nil, fmt.Errorf("create %q: %w", path, err)
+		return fmt.Errorf("create %q: %w", path, err)
 	}
 	defer removeDatabaseFiles(tmp)
 	if err := initialise(tmp, opts); err != nil {
-		return nil, fmt.Errorf("create %q: %w", path, err)
+		return fmt.Errorf("create %q: %w", path, err)
 	}
 	// A hard link is atomic and fails if path appeared meanwhile.
 	if err := os.Link(tmp, path); err != nil {
-		return nil, fmt.Errorf("create %q: %w", path, err)
+		return fmt.Errorf("create %q: %w", path, err)
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {
 		os.Remove(path)
-		return nil, fmt.Errorf("create %q: %w", path, err)
+		return fmt.Errorf("create %q: %w", path, err)
 	}
-	conn, err := Open(path, opts)
-	if err != nil {
-		return nil, err
-	}
-	return conn, nil
+	return nil
 }
 
 // initialise builds the database at tmp and closes it, which checkpoints
-// and removes the WAL, leaving one self-contained, synced file.
+// and removes the WAL, then syncs it: one self-contained, synced file.
+//
+// Nobody else knows tmp, so its transactions need not be durable one by
+// one: the connection runs with synchronous=OFF and the file is synced
+// once, whole, after the close. (With a sync per migration, creating a
+// layer took 15-17 ms, most of it in fdatasync.)
 func initialise(tmp string, opts Options) (err error) {
 	conn, err := openConn(tmp, opts, true)
 	if err != nil {
@@ -298,7 +308,13 @@ func initialise(tmp string, opts Options) (err error) {
 		if cerr := conn.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("close: %w", cerr)
 		}
+		if err == nil {
+			err = syncFile(tmp)
+		}
 	}()
+	if err := conn.Exec("PRAGMA synchronous=OFF"); err != nil {
+		return fmt.Errorf("set synchronous: %w", err)
+	}
 	if opts.PageSize != 0 {
 		// page_size only takes effect before the first table exists.
 		if err := conn.Exec(fmt.Sprintf("PRAGMA page_size=%d", opts.PageSize)); err != nil {
@@ -555,6 +571,19 @@ func removeDatabaseFiles(path string) {
 	for _, p := range []string{path, path + "-wal", path + "-shm", path + "-journal"} {
 		os.Remove(p)
 	}
+}
+
+// syncFile fsyncs the file at path.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	return nil
 }
 
 func syncDir(dir string) error {
