@@ -38,6 +38,9 @@ type RebaseOptions struct {
 	// Progress, when set, is called in safe mode with the bytes of the
 	// layer's unstored ranges compared so far and their total.
 	Progress func(done, total int64)
+	// Endpoint is the store's URL for a new base in an object store
+	// (s3://...) when it is not the SDK's default (create's Endpoint).
+	Endpoint string
 }
 
 // RebaseWith is Rebase with options.
@@ -48,9 +51,9 @@ func RebaseWith(path, newBase string, opts RebaseOptions) error {
 	}
 	var err error
 	if unsafe {
-		err = rebaseUnsafe(path, newBase, newBaseFormat)
+		err = rebaseUnsafe(path, newBase, opts)
 	} else {
-		err = rebaseSafe(path, newBase, newBaseFormat, opts.Progress)
+		err = rebaseSafe(path, newBase, opts)
 	}
 	if err != nil {
 		return fmt.Errorf("rebase %q: %w", path, err)
@@ -61,8 +64,8 @@ func RebaseWith(path, newBase string, opts RebaseOptions) error {
 // refuseCycle refuses a new backing file whose own chain reaches the
 // layer at path (or is the layer itself): the chain would loop.
 func refuseCycle(path, newBase, format string) error {
-	if newBase == "" || (format != "" && format != disklayer.FormatHibdisk) {
-		return nil // a raw backing file has no parent
+	if newBase == "" || (format != "" && format != disklayer.FormatHibdisk) || isStoreURL(newBase) {
+		return nil // a raw backing file has no parent; a pushed chain cannot hold a local layer
 	}
 	self, err := os.Stat(path)
 	if err != nil {
@@ -120,7 +123,21 @@ func chainLoop(start string, extra os.FileInfo) string {
 // maxChainDepth bounds the walk of refuseCycle.
 const maxChainDepth = 4096
 
-func rebaseUnsafe(path, newBase, format string) (err error) {
+// openNewBase opens the backing file a rebase moves path onto, and the
+// reference path will record: a file beside it, or a chain pushed to an
+// object store (pinned to the manifest its tag names now, as create -b
+// pins it).
+func openNewBase(path, newBase string, opts RebaseOptions) (*Disk, *disklayer.ParentRef, error) {
+	if isStoreURL(newBase) || isStoreFormat(opts.Format) {
+		return attachStoreParent(newBase, opts.Format, opts.Endpoint)
+	}
+	if opts.Endpoint != "" {
+		return nil, nil, fmt.Errorf("an endpoint is for a backing file in an object store (s3://...), not %q: %w", newBase, disklayer.ErrInvalid)
+	}
+	return openBacking(path, newBase, opts.Format)
+}
+
+func rebaseUnsafe(path, newBase string, opts RebaseOptions) (err error) {
 	top, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{})
 	if err != nil {
 		return err
@@ -132,7 +149,7 @@ func rebaseUnsafe(path, newBase, format string) (err error) {
 	}()
 	var ref *disklayer.ParentRef
 	if newBase != "" {
-		backing, r, err := openBacking(path, newBase, format)
+		backing, r, err := openNewBase(path, newBase, opts)
 		if err != nil {
 			return err
 		}
@@ -144,7 +161,7 @@ func rebaseUnsafe(path, newBase, format string) (err error) {
 	return top.SetParent(ref)
 }
 
-func rebaseSafe(path, newBase, format string, progress func(done, total int64)) (err error) {
+func rebaseSafe(path, newBase string, opts RebaseOptions) (err error) {
 	old, err := openChain(path, Options{}, false)
 	if err != nil {
 		return err
@@ -157,7 +174,7 @@ func rebaseSafe(path, newBase, format string, progress func(done, total int64)) 
 	var ref *disklayer.ParentRef
 	var newView *Disk // nil: the new view is all zeros
 	if newBase != "" {
-		if newView, ref, err = openBacking(path, newBase, format); err != nil {
+		if newView, ref, err = openNewBase(path, newBase, opts); err != nil {
 			return err
 		}
 		defer func() {
@@ -167,7 +184,7 @@ func rebaseSafe(path, newBase, format string, progress func(done, total int64)) 
 		}()
 	}
 	top := old.layers[0].(*sqlitelayer.File)
-	if err := keepView(old, newView, progress); err != nil {
+	if err := keepView(old, newView, opts.Progress); err != nil {
 		return err
 	}
 	if err := top.Flush(); err != nil {

@@ -9,7 +9,9 @@
 #             against qemu-img -t writeback, which flushes its output
 #             before it exits); CONVERT_ROUNDS (default 3) interleaved
 #             rounds, each tool rewriting its own output, medians and
-#             their ratios; and file bytes per byte of data;
+#             their ratios (every run's time on stderr: q is qemu-img,
+#             qw qemu-img -t writeback, u-NAME and s-NAME a binary's
+#             unsynced and synced runs); and file bytes per byte of data;
 #   first     a 3-deep chain (base <- mid <- top, mid holding a few
 #             writes) served by hibdisk serve: the latency of the first
 #             4 KiB read at a random offset (timed inside nbdsh, after
@@ -103,24 +105,28 @@ for gib in $DATA_GIBS; do
   truncate -s "$((2 * gib))G" "$raw"
   data=$((gib << 30))
   # Interleaved rounds: qemu-img, then each binary, unsynced; then the
-  # same synced. Every run rewrites its tool's output.
+  # same synced. Every run rewrites its tool's output, and starts with
+  # nothing dirty in the page cache (an unsynced run leaves gigabytes
+  # of it, and the next run would be throttled while the kernel writes
+  # them back).
   declare -A conv=()
   for _ in $(seq "$CONVERT_ROUNDS"); do
-    rm -f "$DIR/q.qcow2"
+    rm -f "$DIR/q.qcow2"; sync
     conv[q]+=" $(secs qemu-img convert -O qcow2 "$raw" "$DIR/q.qcow2")"
     for nb in $BINS; do
       name=${nb%%=*} bin=${nb#*=}
-      rm -f "$DIR/$name.db"
+      rm -f "$DIR/$name.db"; sync
       conv[u-$name]+=" $(secs "$bin" convert -t unsafe "$raw" "$DIR/$name.db")"
     done
-    rm -f "$DIR/q.qcow2"
+    rm -f "$DIR/q.qcow2"; sync
     conv[qw]+=" $(secs qemu-img convert -t writeback -O qcow2 "$raw" "$DIR/q.qcow2")"
     for nb in $BINS; do
       name=${nb%%=*} bin=${nb#*=}
-      rm -f "$DIR/$name.db"
+      rm -f "$DIR/$name.db"; sync
       conv[s-$name]+=" $(secs "$bin" convert "$raw" "$DIR/$name.db")"
     done
   done
+  echo "convert runs, $gib GiB:$(for k in "${!conv[@]}"; do printf ' %s [%s ]' "$k" "${conv[$k]}"; done)" >&2
   qsecs=$(median ${conv[q]}) qsync=$(median ${conv[qw]})
   qbytes=$(size_of "$DIR/q.qcow2")
   rm -f "$DIR/q.qcow2"

@@ -121,14 +121,16 @@ func reportSide(path string) (report.Side, error) {
 	}
 	defer d.Close()
 	s := report.Side{Path: path, Size: d.Size()}
-	layers, err := d.Layers()
+	// Chain, not Layers: the report shows no row counts, and counting
+	// would read every layer whole (fetch it, for a base in a store).
+	layers, err := d.Chain()
 	if err != nil {
 		return report.Side{}, err
 	}
 	for _, l := range layers {
 		size, err := fileSize(l.Path)
 		if err != nil {
-			size = -1 // an NBD export, say
+			size = -1 // an NBD export, a layer in a store
 		}
 		s.Layers = append(s.Layers, report.Layer{Path: l.Path, Format: l.Format, Size: l.Size, Label: l.Label, ReadOnly: l.ReadOnly, DiskBytes: size})
 	}
