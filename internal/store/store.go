@@ -327,24 +327,25 @@ func initialise(tmp string, opts Options) (err error) {
 	if err := conn.Exec("PRAGMA journal_mode=WAL"); err != nil {
 		return fmt.Errorf("set WAL: %w", err)
 	}
-	if err := migrate(conn, tmp, 0, opts.Migrations); err != nil {
-		return err
-	}
-	if opts.Init != nil {
-		if err := runInit(conn, opts.Init); err != nil {
-			return fmt.Errorf("initialise: %w", err)
-		}
-	}
-	return nil
-}
-
-func runInit(conn *sqlite3.Conn, init func(*sqlite3.Conn) error) (err error) {
+	// One transaction for every migration and Init: nobody can see the
+	// database half made, so one commit is as good as one each, and
+	// costs SQLite one schema reload instead of eight.
 	tx, err := conn.BeginImmediate()
 	if err != nil {
 		return err
 	}
 	defer tx.End(&err)
-	return init(conn)
+	for i, m := range opts.Migrations {
+		if err := applyMigration(conn, i+1, m); err != nil {
+			return fmt.Errorf("migrate %q to version %d (%s): %w", tmp, i+1, m.Name, err)
+		}
+	}
+	if opts.Init != nil {
+		if err := opts.Init(conn); err != nil {
+			return fmt.Errorf("initialise: %w", err)
+		}
+	}
+	return nil
 }
 
 func migrate(conn *sqlite3.Conn, path string, from int, migrations []Migration) error {
@@ -372,6 +373,12 @@ func runMigration(conn *sqlite3.Conn, version int, m Migration) (err error) {
 	if int(current) >= version {
 		return nil
 	}
+	return applyMigration(conn, version, m)
+}
+
+// applyMigration applies m, the migration to version, and records it,
+// in the caller's transaction.
+func applyMigration(conn *sqlite3.Conn, version int, m Migration) error {
 	if err := m.Apply(conn); err != nil {
 		return err
 	}
