@@ -306,7 +306,8 @@ func (b *Bulk) addRow(key int64, data []byte) {
 				next = b.next
 			}
 			binary.BigEndian.PutUint32(pg, next)
-			copy(pg[4:], data[from-hdrLen:to-hdrLen]) // local >= minLocal > hdrLen
+			n := copy(pg[4:], data[from-hdrLen:to-hdrLen]) // local >= minLocal > hdrLen
+			clear(pg[4+n:])
 		}
 	}
 	b.leafCells = cell
@@ -314,7 +315,8 @@ func (b *Bulk) addRow(key int64, data []byte) {
 	b.leafLast = key
 }
 
-// newPage returns the next page of the output (zeroed), numbered b.next,
+// newPage returns the next page of the output (not zeroed: the caller
+// writes all of it), numbered b.next,
 // and advances b.next, past the lock-byte page: b.next is never that
 // page, so that it can be used as the number of the page to come.
 func (b *Bulk) newPage() []byte {
@@ -323,12 +325,14 @@ func (b *Bulk) newPage() []byte {
 	}
 	pg := b.appendPage()
 	if b.next == b.lockPage() {
-		b.appendPage() // left empty
+		clear(b.appendPage()) // left empty
 	}
 	return pg
 }
 
-// appendPage adds a zeroed page to the output and advances b.next.
+// appendPage adds a page to the output, as the buffer holds it (not
+// zeroed: clearing each page before it was filled cost 3-5% of a
+// convert's CPU), and advances b.next.
 func (b *Bulk) appendPage() []byte {
 	if len(b.out)+b.pageSize > bulkOutBytes {
 		b.flushOut()
@@ -339,7 +343,6 @@ func (b *Bulk) appendPage() []byte {
 	start := len(b.out)
 	b.out = b.out[:start+b.pageSize]
 	pg := b.out[start:]
-	clear(pg)
 	b.next++
 	return pg
 }
