@@ -170,7 +170,7 @@ if [ -n "${BIG:-}" ]; then
   gib=${BIG%%:*} pct=${BIG#*:}
   b="$DIR/big"
   mkdir -p "$b"
-  nbdkit -U "$b/src.sock" sparse-random size="${gib}G" percent="$pct" seed=1 random-content=true & pids+=($!)
+  nbdkit -f -U "$b/src.sock" sparse-random size="${gib}G" percent="$pct" seed=1 random-content=true & pids+=($!)
   wait_sock "$b/src.sock"
   for nb in $BINS; do
     name=${nb%%=*} bin=${nb#*=}
