@@ -1,6 +1,7 @@
 package sqlitelayer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -93,12 +94,10 @@ type engine struct {
 	incremental bool
 	pageSize    int64
 	rc          *reclaimer
-	// fullReclaim: the reclaimer found a write batch open and asks
-	// its commit to give the free pages back right after it
-	// (reclaimFullLocked); fullReclaimed is what that did. Guarded
-	// by mu.
-	fullReclaim   bool
-	fullReclaimed reclaimRound
+	// reclaimCancel cancels the reclaimer's full reclaim while one runs
+	// (reclaimFullLocked); requests call it before they wait for mu
+	// (yieldReclaim).
+	reclaimCancel atomic.Pointer[context.CancelFunc]
 	pageCounts    *sqlite3.Stmt // free pages, all pages (freePagesLocked)
 	// keepWAL: Prefault grew the WAL file for a hibernate to come; a
 	// reclaim folds the WAL in without cutting the file.
@@ -365,11 +364,6 @@ func (e *engine) commitLocked(op string) error {
 		}
 		e.cleanLocked()
 		e.checkpointLocked(!e.noCatchUp)
-		if e.fullReclaim {
-			e.fullReclaim = false
-			n, _, err := e.reclaimFullLocked()
-			e.fullReclaimed = reclaimRound{n, err}
-		}
 		if e.rc != nil {
 			e.rc.noteCommit()
 			if reclaim {

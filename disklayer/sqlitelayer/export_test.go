@@ -1,6 +1,7 @@
 package sqlitelayer
 
 import (
+	"context"
 	"time"
 
 	"github.com/hibdisk/hibdisk/internal/store"
@@ -78,6 +79,14 @@ func SetReclaimFullForTest(pages int64) (restore func()) {
 	old := reclaimFullPages
 	reclaimFullPages = pages
 	return func() { reclaimFullPages = old }
+}
+
+// SetFullReclaimHookForTest runs hook as each of the reclaimer's full
+// reclaims begins, with the context a request cancels, until the returned
+// function restores none. Not safe to use from parallel tests.
+func SetFullReclaimHookForTest(hook func(ctx context.Context)) (restore func()) {
+	fullReclaimHook = hook
+	return func() { fullReclaimHook = nil }
 }
 
 // AutoVacuumForTest returns the auto_vacuum mode of f's file.

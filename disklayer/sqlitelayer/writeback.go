@@ -144,6 +144,7 @@ func (wb *writeBack) run() {
 	e := wb.t.e
 	for range wb.kick {
 		for {
+			e.yieldReclaim()
 			e.mu.Lock()
 			more := wb.applyLocked(applyBlocks)
 			e.mu.Unlock()
@@ -311,6 +312,7 @@ func (wb *writeBack) wait() { <-wb.done }
 // lock takes the engine's lock and applies what write-back holds, so the
 // caller sees every write that returned before.
 func (e *engine) lock() {
+	e.yieldReclaim()
 	e.mu.Lock()
 	if e.wb != nil {
 		e.wb.drainLocked()
@@ -320,6 +322,7 @@ func (e *engine) lock() {
 // lockFor takes the engine's lock for a read of blocks [first, last] of
 // t, applying what write-back holds only if some of it is in the range.
 func (e *engine) lockFor(t *blockTable, first, last int64) {
+	e.yieldReclaim()
 	e.mu.Lock()
 	if e.wb != nil && e.wb.t == t && e.wb.overlaps(first, last) {
 		e.wb.drainLocked()
