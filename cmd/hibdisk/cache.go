@@ -133,7 +133,7 @@ type cachePruneJSON struct {
 func runCachePrune(_ context.Context, e *env, args []string) error {
 	fs := newFlags(e, "cache prune", "[--dir DIR] [--max SIZE] [--json]")
 	dirFlag := addCacheDir(fs)
-	maxFlag := fs.String("max", formatSizeFlag(chunks.DefaultCacheBytes), "remove the least recently used chunks until the cache holds at most SIZE (0 empties it)")
+	maxFlag := fs.String("max", "", "remove the least recently used chunks until the cache holds at most SIZE (0 empties it; default: $HIBDISK_CACHE_SIZE, else "+formatSizeFlag(chunks.DefaultCacheBytes)+")")
 	asJSON := fs.Bool("json", false, "print JSON (what was removed and kept)")
 	if _, err := parseArgs(fs, args, 0, 0); err != nil {
 		return err
@@ -141,8 +141,13 @@ func runCachePrune(_ context.Context, e *env, args []string) error {
 	if *asJSON {
 		e.jsonErrors = true
 	}
-	maxBytes, err := parseSize(*maxFlag)
-	if err != nil {
+	var maxBytes int64
+	var err error
+	if *maxFlag == "" {
+		if maxBytes, err = chunks.DefaultMaxBytes(); err != nil {
+			return err
+		}
+	} else if maxBytes, err = parseSize(*maxFlag); err != nil {
 		return usageError{fmt.Sprintf("--max: %v (see hibdisk help cache prune)", err), "cache prune"}
 	}
 	dir, err := cacheDir(*dirFlag)

@@ -95,3 +95,29 @@ func TestCacheLsPrune(t *testing.T) {
 		t.Errorf("cache prune --max lots: exit %d, stderr %q; want exit 2 and one line", r.code, r.stderr)
 	}
 }
+
+// TestCacheSizeFromEnvironment: HIBDISK_CACHE_SIZE bounds the machine's
+// cache (prune without --max keeps it), and a value that is not a size
+// is one error line naming the variable.
+func TestCacheSizeFromEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	cache := filepath.Join(dir, "cache")
+	fillChunkCache(t, cache, 5)
+	t.Setenv("HIBDISK_CACHE_SIZE", "192K")
+	var pr cachePruneJSON
+	if err := json.Unmarshal([]byte(mustHib(t, dir, "cache", "prune", "--json", "--dir", cache)), &pr); err != nil {
+		t.Fatal(err)
+	}
+	if pr.Removed != 2 || pr.Kept != 3 {
+		t.Errorf("cache prune under HIBDISK_CACHE_SIZE=192K: %+v; want 2 removed, 3 kept", pr)
+	}
+	for _, bad := range []string{"lots", "0", "-1G"} {
+		t.Setenv("HIBDISK_CACHE_SIZE", bad)
+		for _, args := range [][]string{{"cache", "prune", "--dir", cache}, {"cache", "ls", "--dir", cache}} {
+			r := hib(t, dir, args...)
+			if r.code != 1 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "HIBDISK_CACHE_SIZE=") || !strings.Contains(r.stderr, "such as 32G") {
+				t.Errorf("%s under HIBDISK_CACHE_SIZE=%s: exit %d, stderr %q; want exit 1 and one line naming the variable", strings.Join(args, " "), bad, r.code, r.stderr)
+			}
+		}
+	}
+}

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,8 +19,45 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultCacheBytes is the size bound of a Cache opened with maxBytes 0.
+// DefaultCacheBytes is the size bound of a Cache opened with maxBytes 0,
+// unless $HIBDISK_CACHE_SIZE says otherwise (DefaultMaxBytes).
 const DefaultCacheBytes = 16 << 30
+
+// DefaultMaxBytes is the machine's bound on its cache: $HIBDISK_CACHE_SIZE
+// (bytes, or with a K, M, G or T suffix: powers of 1024), else
+// DefaultCacheBytes. A value it cannot read is an error naming the
+// variable, never a silent default.
+func DefaultMaxBytes() (int64, error) {
+	v := os.Getenv("HIBDISK_CACHE_SIZE")
+	if v == "" {
+		return DefaultCacheBytes, nil
+	}
+	n, err := parseBytes(v)
+	if err == nil && n == 0 {
+		err = errors.New("a cache of no bytes cannot hold the chunk being read")
+	}
+	if err != nil {
+		return 0, fmt.Errorf("HIBDISK_CACHE_SIZE=%q: %w; set it to a size such as 32G, or unset it for %d GiB", v, err, DefaultCacheBytes>>30)
+	}
+	return n, nil
+}
+
+// parseBytes reads a non-negative size: digits, then an optional K, M, G
+// or T (powers of 1024, an optional B or iB after it).
+func parseBytes(v string) (int64, error) {
+	s := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(v)), "B"), "I")
+	shift := 0
+	if s != "" {
+		if i := strings.IndexByte("KMGT", s[len(s)-1]); i >= 0 {
+			shift, s = 10*(i+1), s[:len(s)-1]
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64>>shift {
+		return 0, errors.New("not a size")
+	}
+	return n << shift, nil
+}
 
 // staleAfter: a temporary or lock file this old, with nobody holding it,
 // was left by a process that died; Prune removes it.
@@ -56,13 +95,16 @@ func DefaultDir() (string, error) {
 }
 
 // OpenCache opens (making it if needed) the cache in dir, bounded to
-// maxBytes of chunks (0 means DefaultCacheBytes).
+// maxBytes of chunks (0 means DefaultMaxBytes).
 func OpenCache(dir string, maxBytes int64) (*Cache, error) {
 	if maxBytes < 0 {
 		return nil, fmt.Errorf("chunk cache %s: negative size bound %d", dir, maxBytes)
 	}
 	if maxBytes == 0 {
-		maxBytes = DefaultCacheBytes
+		var err error
+		if maxBytes, err = DefaultMaxBytes(); err != nil {
+			return nil, fmt.Errorf("chunk cache %s: %w", dir, err)
+		}
 	}
 	c := &Cache{dir: dir, maxBytes: maxBytes}
 	if err := os.MkdirAll(c.root(), 0o755); err != nil {

@@ -569,3 +569,26 @@ func TestBlobValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheBoundFromEnvironment: a cache opened with no bound takes
+// $HIBDISK_CACHE_SIZE, with K/M/G/T suffixes, and refuses what is not a
+// size above zero.
+func TestCacheBoundFromEnvironment(t *testing.T) {
+	for v, want := range map[string]int64{"": DefaultCacheBytes, "123": 123, "64K": 64 << 10, "32G": 32 << 30, "2TiB": 2 << 40, " 5M ": 5 << 20} {
+		t.Setenv("HIBDISK_CACHE_SIZE", v)
+		c, err := OpenCache(t.TempDir(), 0)
+		if err != nil || c.MaxBytes() != want {
+			t.Errorf("HIBDISK_CACHE_SIZE=%q: bound %v, %v; want %d", v, c, err, want)
+		}
+	}
+	for _, v := range []string{"lots", "0", "-5", "5X", "99999999999T"} {
+		t.Setenv("HIBDISK_CACHE_SIZE", v)
+		if _, err := OpenCache(t.TempDir(), 0); err == nil || !strings.Contains(err.Error(), "HIBDISK_CACHE_SIZE") {
+			t.Errorf("HIBDISK_CACHE_SIZE=%q: %v; want an error naming the variable", v, err)
+		}
+	}
+	t.Setenv("HIBDISK_CACHE_SIZE", "1M")
+	if c, err := OpenCache(t.TempDir(), 4<<20); err != nil || c.MaxBytes() != 4<<20 {
+		t.Errorf("an explicit bound: %v, %v; want it to win over the environment", c, err)
+	}
+}
