@@ -375,20 +375,27 @@ func (g *gateBackend) ReadAt(p []byte, off int64) (int, error) {
 func TestOutOfOrderReplies(t *testing.T) {
 	g := &gateBackend{memBackend: newMemBackend(1 << 20), gateOff: 8192, release: make(chan struct{}), entered: make(chan struct{}, 1)}
 	_, sock := startWorkerServer(t, Export{Name: "d", Backend: g})
+	// Registered after the server's: runs before its Shutdown, so a
+	// failure below cannot leave read 1 stuck and Shutdown waiting for it.
+	var release sync.Once
+	open := func() { release.Do(func() { close(g.release) }) }
+	t.Cleanup(open)
 	c, _ := connect(t, sock, "d", false)
 	c.request(cmdRead, 0, 1, 8192, 512, nil)
 	<-g.entered
-	// While read 1 is stuck, a write and a read on the same connection
-	// complete and are answered first.
+	// While read 1 is stuck, a write and then a read on the same
+	// connection complete and are answered first. The read is sent once
+	// the write is answered: two requests in flight together may run in
+	// either order (under load, a CI run had the read's reply first).
 	c.request(cmdWrite, 0, 2, 0, 3, []byte("abc"))
-	c.request(cmdRead, 0, 3, 0, 3, nil)
 	if r := c.reply(0); r.handle != 2 || r.errno != 0 {
 		t.Fatalf("first reply: %+v", r)
 	}
+	c.request(cmdRead, 0, 3, 0, 3, nil)
 	if r := c.reply(3); r.handle != 3 || string(r.payload) != "abc" {
 		t.Fatalf("second reply: %+v", r)
 	}
-	close(g.release)
+	open()
 	if r := c.reply(512); r.handle != 1 || r.errno != 0 {
 		t.Fatalf("third reply: %+v", r)
 	}
