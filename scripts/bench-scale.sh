@@ -110,20 +110,18 @@ for gib in $DATA_GIBS; do
   # of it, and the next run would be throttled while the kernel writes
   # them back).
   declare -A conv=()
+  # Keys: q and u-NAME unsynced (-t unsafe, qemu-img's default), qw and
+  # s-NAME synced (-t writeback, hibdisk's default).
   for _ in $(seq "$CONVERT_ROUNDS"); do
-    rm -f "$DIR/q.qcow2"; sync
-    conv[q]+=" $(secs qemu-img convert -O qcow2 "$raw" "$DIR/q.qcow2")"
-    for nb in $BINS; do
-      name=${nb%%=*} bin=${nb#*=}
-      rm -f "$DIR/$name.db"; sync
-      conv[u-$name]+=" $(secs "$bin" convert -t unsafe "$raw" "$DIR/$name.db")"
-    done
-    rm -f "$DIR/q.qcow2"; sync
-    conv[qw]+=" $(secs qemu-img convert -t writeback -O qcow2 "$raw" "$DIR/q.qcow2")"
-    for nb in $BINS; do
-      name=${nb%%=*} bin=${nb#*=}
-      rm -f "$DIR/$name.db"; sync
-      conv[s-$name]+=" $(secs "$bin" convert "$raw" "$DIR/$name.db")"
+    for m in "q u unsafe" "qw s writeback"; do
+      read -r qk hk mode <<<"$m"
+      rm -f "$DIR/q.qcow2"; sync
+      conv[$qk]+=" $(secs qemu-img convert -t "$mode" -O qcow2 "$raw" "$DIR/q.qcow2")"
+      for nb in $BINS; do
+        name=${nb%%=*} bin=${nb#*=}
+        rm -f "$DIR/$name.db"; sync
+        conv[$hk-$name]+=" $(secs "$bin" convert -t "$mode" "$raw" "$DIR/$name.db")"
+      done
     done
   done
   echo "convert runs, $gib GiB:$(for k in "${!conv[@]}"; do printf ' %s [%s ]' "$k" "${conv[$k]}"; done)" >&2

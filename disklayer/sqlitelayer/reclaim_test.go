@@ -188,18 +188,22 @@ func testReclaimWhileOpen(t *testing.T, diff bool) {
 	}
 }
 
-// TestReclaimCutsWAL: after a reclaim with nothing committed since, the
-// WAL file is cut too, so the layer's files hold little more than its
-// data while it stays open.
-func TestReclaimCutsWAL(t *testing.T) {
-	path := newLayerPath(t, "wal.hibdisk")
-	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 128 << 20})
+// writeToFree writes 64 MiB at 0 and 1 MiB (seed 3) at 100 MiB into f
+// and flushes; freeWritten then zeroes the 64 MiB and flushes, a commit
+// that leaves 64 MiB free (a reclaim in one transaction with the default
+// reclaimFullPages), and returns the reclaimer's rounds, watched from
+// before the zeros.
+func writeToFree(t *testing.T, f *sqlitelayer.File) {
+	t.Helper()
 	writeMiB(t, f, 0, 64, 10)
 	writeMiB(t, f, 100<<20, 1, 3)
 	if err := f.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	before := fileSize(t, path) + fileSize(t, path+"-wal")
+}
+
+func freeWritten(t *testing.T, f *sqlitelayer.File) <-chan sqlitelayer.ReclaimRound {
+	t.Helper()
 	requireReclaims(t, f)
 	rounds := sqlitelayer.WatchReclaimForTest(f)
 	if err := f.Zero(0, 64<<20); err != nil {
@@ -208,6 +212,18 @@ func TestReclaimCutsWAL(t *testing.T) {
 	if err := f.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	return rounds
+}
+
+// TestReclaimCutsWAL: after a reclaim with nothing committed since, the
+// WAL file is cut too, so the layer's files hold little more than its
+// data while it stays open.
+func TestReclaimCutsWAL(t *testing.T) {
+	path := newLayerPath(t, "wal.hibdisk")
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 128 << 20})
+	writeToFree(t, f)
+	before := fileSize(t, path) + fileSize(t, path+"-wal")
+	rounds := freeWritten(t, f)
 	awaitReclaim(t, rounds)
 	after := fileSize(t, path) + fileSize(t, path+"-wal")
 	t.Logf("database and WAL: %d -> %d bytes", before, after)
@@ -607,19 +623,8 @@ func TestFullReclaimYields(t *testing.T) {
 	}))
 	path := newLayerPath(t, "yield.hibdisk")
 	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 128 << 20})
-	writeMiB(t, f, 0, 64, 10)
-	writeMiB(t, f, 100<<20, 1, 3)
-	if err := f.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	requireReclaims(t, f)
-	rounds := sqlitelayer.WatchReclaimForTest(f)
-	if err := f.Zero(0, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	writeToFree(t, f)
+	rounds := freeWritten(t, f)
 	select {
 	case <-started:
 	case <-time.After(2 * time.Minute):
