@@ -203,25 +203,30 @@ func Create(path string, opts CreateOptions) (*File, error) {
 // layer row (info), and returns its connection; opts gives the rest
 // (cache, Scratch).
 func createDatabase(path string, info Info, opts store.Options) (*sqlite3.Conn, error) {
-	opts.PageSize = pageSizeFor(info.SectorSize)
-	opts.MaxMemory = maxMemory
-	opts.Migrations = schema.History
-	opts.Init = func(conn *sqlite3.Conn) error { return insertLayerRow(conn, info) }
-	return store.Create(path, opts)
+	return store.Create(path, layerStoreOptions(info, opts, nil))
 }
 
 // createDatabaseFile is createDatabase without the open: then, in the
 // transaction that wrote the layer row, it runs after (which may read
 // the new database's layout).
 func createDatabaseFile(path string, info Info, after func(*sqlite3.Conn) error) error {
-	opts := store.Options{PageSize: pageSizeFor(info.SectorSize), MaxMemory: maxMemory, Migrations: schema.History}
+	return store.CreateFile(path, layerStoreOptions(info, store.Options{}, after))
+}
+
+// layerStoreOptions completes opts for creating a layer described by
+// info: its page size, memory bound, schema, and the layer row (then
+// after, if not nil) written in the creating transaction.
+func layerStoreOptions(info Info, opts store.Options, after func(*sqlite3.Conn) error) store.Options {
+	opts.PageSize = pageSizeFor(info.SectorSize)
+	opts.MaxMemory = maxMemory
+	opts.Migrations = schema.History
 	opts.Init = func(conn *sqlite3.Conn) error {
-		if err := insertLayerRow(conn, info); err != nil {
+		if err := insertLayerRow(conn, info); err != nil || after == nil {
 			return err
 		}
 		return after(conn)
 	}
-	return store.CreateFile(path, opts)
+	return opts
 }
 
 func newInfo(opts CreateOptions) (Info, error) {

@@ -328,8 +328,7 @@ func initialise(tmp string, opts Options) (err error) {
 		return fmt.Errorf("set WAL: %w", err)
 	}
 	// One transaction for every migration and Init: nobody can see the
-	// database half made, so one commit is as good as one each, and
-	// costs SQLite one schema reload instead of eight.
+	// database half made, so one commit is as good as one each.
 	tx, err := conn.BeginImmediate()
 	if err != nil {
 		return err
