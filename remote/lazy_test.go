@@ -94,8 +94,8 @@ func TestLazyChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 4 || list[1].Format != disklayer.FormatS3 || !strings.HasPrefix(list[1].Path, "s3://golden/ci/blobs/sha256/") {
-		t.Errorf("layers: %d, second %+v: want the job and the 3 pushed layers, read from s3", len(list), list[1])
+	if len(list) != 4 || list[1].Format != disklayer.FormatS3 || !strings.HasPrefix(list[1].Path, "s3://golden/ci/blobs/sha256/") || list[1].UUID != p.UUID || !list[1].Sealed {
+		t.Errorf("layers: %d, second %+v: want the job and the 3 pushed layers, read from s3, the first with uuid %s, sealed", len(list), list[1], p.UUID)
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
