@@ -3,12 +3,14 @@
 //
 // Layout under s3://BUCKET/PREFIX (docs/remote-work.md):
 //
-//	PREFIX/blobs/sha256/<hex>   a sealed layer file, or a manifest, by the SHA-256 of its bytes
+//	PREFIX/blobs/sha256/<hex>   a sealed layer file, a layer's page digests, or a manifest, by the SHA-256 of its bytes
 //	PREFIX/refs/<TAG>           "sha256:<hex>\n": the digest of the tag's manifest
 //
 // A manifest (Manifest, media type ManifestMediaType) lists a chain's
 // layers base first with their digests, sizes, the paths pull puts them
-// at, and the SHA-256 of every chunk of every layer file.
+// at, and the SHA-256 of every chunk of every layer file; and, for lazy
+// reads by page, each layer's page size and the blob of its page
+// digests (ManifestLayer.Pages).
 //
 // # Invariants
 //
@@ -29,6 +31,10 @@
 //     its digest before it is parsed, its paths must stay inside the
 //     pull directory, and the pulled chain must open with the layers the
 //     manifest lists, in its order.
+//   - Lazy reads hand out no unverified byte either: every chunk, or
+//     every page of a layer with page digests, is checked against the
+//     manifest (page digests through the page-digest blob's chunk
+//     digests) before SQLite sees it, from the store and the cache alike.
 //   - Uploads are signed with the SHA-256 of the bytes push digested (the
 //     blob's digest, or each multipart part's), which the server checks:
 //     nothing but those bytes is stored under a digest.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -58,9 +59,12 @@ type LazyChain struct {
 	// them (the blob's s3:// URL).
 	Layers  []*sqlitelayer.File
 	Names   []string
-	readers []*chunks.Reader
+	readers []statser // of the layers, and of their page digests
 	gets    *atomic.Int64
 }
+
+// statser is a chunks.Reader or chunks.PageReader.
+type statser interface{ Stats() chunks.Stats }
 
 // Counters sums what the chain's readers did.
 func (c *LazyChain) Counters() diffdisk.StoreCounters {
@@ -148,12 +152,12 @@ func openLazy(ctx context.Context, s *Store, digest string, opts LazyOptions) (_
 	ropts.Cache, ropts.MaxWait = opts.Cache, wait
 	for i := len(m.Layers) - 1; i >= 0; i-- {
 		ml := m.Layers[i]
-		f, r, err := openLazyLayer(ctx, s, m, ml, ropts, opts.Strict, c.gets)
+		f, rs, err := openLazyLayer(ctx, s, m, ml, ropts, opts.Strict, c.gets)
 		if err != nil {
 			return nil, err
 		}
 		c.Layers = append(c.Layers, f)
-		c.readers = append(c.readers, r)
+		c.readers = append(c.readers, rs...)
 		c.Names = append(c.Names, s.blobURL(ml.Digest))
 	}
 	if err := verifyLazyChain(c); err != nil {
@@ -162,24 +166,21 @@ func openLazy(ctx context.Context, s *Store, digest string, opts LazyOptions) (_
 	return c, nil
 }
 
-// openLazyLayer opens one layer of m over a chunk reader of its blob.
-func openLazyLayer(ctx context.Context, s *Store, m *Manifest, ml ManifestLayer, ropts chunks.Options, strict bool, gets *atomic.Int64) (*sqlitelayer.File, *chunks.Reader, error) {
+// openLazyLayer opens one layer of m over a reader of its blob: by
+// pages when the manifest has its page digests, else by chunks. It
+// returns the readers whose counters count.
+func openLazyLayer(ctx context.Context, s *Store, m *Manifest, ml ManifestLayer, ropts chunks.Options, strict bool, gets *atomic.Int64) (*sqlitelayer.File, []statser, error) {
+	src, err := openBlobSource(ctx, s, ml.Digest, ml.Size, ropts.MaxWait, gets)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ml.Pages != nil {
+		return openLazyPages(ctx, s, ml, src, ropts, strict, gets)
+	}
 	digests, err := chunks.ParseDigests(ml.Chunks)
 	if err != nil {
 		return nil, nil, fmt.Errorf("layer %s: %w: %w", ml.Digest, err, ErrBadManifest)
 	}
-	var info BlobInfo
-	err = retryStore(ctx, ropts.MaxWait, func() error {
-		info, err = s.StatBlob(ctx, ml.Digest)
-		return err
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	if info.Size != ml.Size {
-		return nil, nil, fmt.Errorf("blob %s in %s has %d bytes, the manifest says %d: it was changed in the store (push the chain again): %w", ml.Digest, s.url, info.Size, ml.Size, ErrDigestMismatch)
-	}
-	src := &blobSource{s: s, digest: ml.Digest, etag: info.ETag, gets: gets}
 	r, err := chunks.NewReader(chunks.Blob{Name: ml.Digest, Size: ml.Size, ChunkSize: m.ChunkSize, Chunks: digests}, src, ropts)
 	if err != nil {
 		return nil, nil, err
@@ -188,7 +189,72 @@ func openLazyLayer(ctx context.Context, s *Store, m *Manifest, ml ManifestLayer,
 	if err != nil {
 		return nil, nil, err
 	}
-	return f, r, nil
+	return f, []statser{r}, nil
+}
+
+// openLazyPages opens a layer over a chunks.PageReader of its blob,
+// whose page digests come from a chunks.Reader of the page-digest blob
+// (no read-ahead: a read needs the digests of its own pages).
+func openLazyPages(ctx context.Context, s *Store, ml ManifestLayer, src chunks.Source, ropts chunks.Options, strict bool, gets *atomic.Int64) (*sqlitelayer.File, []statser, error) {
+	pd := ml.Pages
+	pdigests, err := chunks.ParseDigests(pd.Chunks)
+	if err != nil {
+		return nil, nil, fmt.Errorf("layer %s: page digests: %w: %w", ml.Digest, err, ErrBadManifest)
+	}
+	id, err := chunks.ParseDigest(ml.Digest)
+	if err != nil {
+		return nil, nil, fmt.Errorf("layer %s: %w: %w", ml.Digest, err, ErrBadManifest)
+	}
+	psrc, err := openBlobSource(ctx, s, pd.Digest, pd.Size, ropts.MaxWait, gets)
+	if err != nil {
+		return nil, nil, fmt.Errorf("layer %s: page digests: %w", ml.Digest, err)
+	}
+	dopts := ropts
+	dopts.ReadAheadBytes = -1
+	dr, err := chunks.NewReader(chunks.Blob{Name: pd.Digest, Size: pd.Size, ChunkSize: pd.ChunkSize, Chunks: pdigests}, psrc, dopts)
+	if err != nil {
+		return nil, nil, err
+	}
+	popts := ropts
+	popts.ReadAheadBytes, popts.Parallel = 0, 0 // the page defaults
+	r, err := chunks.NewPageReader(chunks.PagedBlob{Name: ml.Digest, ID: id, Size: ml.Size, PageSize: ml.PageSize, Digests: dr}, src, popts)
+	if err != nil {
+		dr.Close()
+		return nil, nil, err
+	}
+	f, err := sqlitelayer.OpenReaderAt(s.blobURL(ml.Digest), r, sqlitelayer.ReaderAtOptions{Strict: strict, Closer: closers{r, dr}})
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, []statser{r, dr}, nil
+}
+
+// closers closes each in order.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var errs []error
+	for _, c := range cs {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// openBlobSource HEADs the blob with digest d (retrying for maxWait)
+// for the ETag its ranged GETs are pinned to, and checks its size.
+func openBlobSource(ctx context.Context, s *Store, d string, size int64, maxWait time.Duration, gets *atomic.Int64) (*blobSource, error) {
+	var info BlobInfo
+	err := retryStore(ctx, maxWait, func() (err error) {
+		info, err = s.StatBlob(ctx, d)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if info.Size != size {
+		return nil, fmt.Errorf("blob %s in %s has %d bytes, the manifest says %d: it was changed in the store (push the chain again): %w", d, s.url, info.Size, size, ErrDigestMismatch)
+	}
+	return &blobSource{s: s, digest: d, etag: info.ETag, gets: gets}, nil
 }
 
 // verifyLazyChain checks the opened layers against the manifest and

@@ -94,8 +94,8 @@ func TestLazyChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 4 || list[1].Format != disklayer.FormatS3 || !strings.HasPrefix(list[1].Path, "s3://golden/ci/blobs/sha256/") {
-		t.Errorf("layers: %d, second %+v: want the job and the 3 pushed layers, read from s3", len(list), list[1])
+	if len(list) != 4 || list[1].Format != disklayer.FormatS3 || !strings.HasPrefix(list[1].Path, "s3://golden/ci/blobs/sha256/") || list[1].UUID != p.UUID || !list[1].Sealed {
+		t.Errorf("layers: %d, second %+v: want the job and the 3 pushed layers, read from s3, the first with uuid %s, sealed", len(list), list[1], p.UUID)
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
@@ -291,5 +291,75 @@ func TestLazyStoreDown(t *testing.T) {
 	srv.Restart(t)
 	if got := readAll(t, job); !bytes.Equal(got[:64<<10], mine) {
 		t.Error("the job's flushed write did not survive the store going away")
+	}
+}
+
+// TestLazyChunkManifest: a manifest without page digests (pushed as
+// before them) still opens lazily and reads by whole chunks: every
+// fetch is a whole chunk, and a second open fetches nothing. With page
+// digests, the same reads fetch fewer bytes.
+func TestLazyChunkManifest(t *testing.T) {
+	srv, s := server(t, "s3://golden/old")
+	t.Setenv("HIBDISK_CACHE", t.TempDir())
+	top := makeChain(t, t.TempDir(), lazySize, lazyData, 9)
+	want := readAll(t, top)
+	fetched := map[bool]int64{}
+	for _, pages := range []bool{false, true} {
+		tag := map[bool]string{false: "chunks", true: "pages"}[pages]
+		res, err := remote.Push(context.Background(), s, top, tag, remote.PushOptions{NoPageDigests: !pages})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := remote.OpenLazy(context.Background(), s, res.Manifest, remote.LazyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range m.Manifest.Layers {
+			if (l.Pages != nil) != pages || (l.PageSize == 4096) != pages {
+				t.Errorf("%s: layer %s: page size %d, page digests %v", tag, l.Digest, l.PageSize, l.Pages)
+			}
+		}
+		m.Close()
+		job := filepath.Join(t.TempDir(), "job.db")
+		if err := diffdisk.Create(job, diffdisk.CreateOptions{Backing: "s3://golden/old:" + tag, Endpoint: srv.Endpoint}); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("HIBDISK_CACHE", t.TempDir()) // what create fetched counts too
+		for round := range 2 {
+			d, err := diffdisk.Open(job, diffdisk.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A few scattered sectors, then the whole disk.
+			got := make([]byte, 4096)
+			for _, off := range []int64{1 << 20, 3<<20 + 8192, 5 << 20} {
+				if _, err := d.ReadAt(got, off); err != nil || !bytes.Equal(got, want[off:off+4096]) {
+					t.Fatalf("%s: read at %d: %v", tag, off, err)
+				}
+			}
+			all := make([]byte, lazySize)
+			if _, err := d.ReadAt(all, 0); err != nil || !bytes.Equal(all, want) {
+				t.Fatalf("%s: the chain reads other bytes: %v", tag, err)
+			}
+			st := storeBase(t, d).StoreCounters
+			d.Close()
+			t.Logf("%s, open %d: %+v", tag, round, st)
+			if round == 1 {
+				if st.GETs != 0 || st.FetchedBytes != 0 {
+					t.Errorf("%s: second open on the same machine: %+v, want no GET", tag, st)
+				}
+				continue
+			}
+			fetched[pages] = st.FetchedBytes
+			if !pages && st.FetchedBytes != st.FetchedChunks*remote.DefaultChunkSize {
+				// Each layer's last chunk may be short: at most one a layer.
+				if st.FetchedBytes < (st.FetchedChunks-3)*remote.DefaultChunkSize {
+					t.Errorf("chunks: %+v: fetches smaller than chunks", st)
+				}
+			}
+		}
+	}
+	if fetched[true] >= fetched[false] {
+		t.Errorf("with page digests %d bytes fetched, by chunks %d: want fewer", fetched[true], fetched[false])
 	}
 }

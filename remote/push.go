@@ -16,6 +16,9 @@ import (
 type PushOptions struct {
 	// ChunkSize is the manifest's chunk size; 0 means DefaultChunkSize.
 	ChunkSize int64
+	// NoPageDigests leaves the page digests out of the manifest (as
+	// pushes before them did): lazy reads then fetch whole chunks.
+	NoPageDigests bool
 }
 
 // PushedLayer is one layer of a push, base first.
@@ -82,7 +85,7 @@ func push(ctx context.Context, s *Store, path, tag string, opts PushOptions) (Pu
 	// and part digests too.
 	digests := map[string]fileDigests{}
 	sealed, err := diffdisk.SealWith(path, diffdisk.SealOptions{Digest: func(p string) (string, int64, error) {
-		fd, err := digestFile(p, chunkSize)
+		fd, err := digestFile(p, chunkSize, !opts.NoPageDigests)
 		if err != nil {
 			return "", 0, err
 		}
@@ -146,10 +149,19 @@ func pushLayer(ctx context.Context, s *Store, c chainLayer, fd fileDigests) (pus
 	if err != nil {
 		return pushedLayer{}, fmt.Errorf("layer %q: %w", c.path, err)
 	}
-	return pushedLayer{
-		entry:    ManifestLayer{Digest: fd.digest, Size: fd.size, Path: c.rel, UUID: c.uuid, Generation: c.generation, Chunks: fd.chunks},
-		uploaded: uploaded,
-	}, nil
+	entry := ManifestLayer{Digest: fd.digest, Size: fd.size, Path: c.rel, UUID: c.uuid, Generation: c.generation, Chunks: fd.chunks}
+	if fd.pages != nil {
+		pd, err := bytesDigests(fd.pages, PageDigestChunkSize)
+		if err != nil {
+			return pushedLayer{}, fmt.Errorf("layer %q: page digests: %w", c.path, err)
+		}
+		if _, err := s.putBlob(ctx, pd.digest, bytes.NewReader(fd.pages), pd.size, pd.parts); err != nil {
+			return pushedLayer{}, fmt.Errorf("layer %q: page digests: %w", c.path, err)
+		}
+		entry.PageSize = fd.pageSize
+		entry.Pages = &PageDigests{Digest: pd.digest, Size: pd.size, ChunkSize: PageDigestChunkSize, Chunks: pd.chunks}
+	}
+	return pushedLayer{entry: entry, uploaded: uploaded}, nil
 }
 
 // pushPlan opens the chain at path and returns its layers base first,

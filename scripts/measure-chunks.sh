@@ -7,6 +7,7 @@
 # then runs BenchmarkChunkSizes (disklayer/sqlitelayer) over it.
 #
 #   MEASURE_DIR=/var/tmp/hibdisk-chunks (kept between runs; delete it to rebuild)
+#   MEASURE_BENCH=pages (only the page-granular rows; a sub-benchmark pattern)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${MEASURE_DIR:-/var/tmp/hibdisk-measure-chunks}
@@ -27,4 +28,4 @@ if [ ! -f "$DIR/sealed.db" ]; then
 fi
 ls -l "$DIR/fs.img" "$DIR/sealed.db"
 HIBDISK_CHUNKS_LAYER="$DIR/sealed.db" HIBDISK_CHUNKS_FILES="$DIR/blocks" \
-	go test ./disklayer/sqlitelayer/ -run '^$' -bench '^BenchmarkChunkSizes$' -benchtime 1x
+	go test ./disklayer/sqlitelayer/ -run '^$' -bench "^BenchmarkChunkSizes\$${MEASURE_BENCH:+/$MEASURE_BENCH}" -benchtime 1x

@@ -105,7 +105,7 @@ func runCacheLs(_ context.Context, e *env, args []string) error {
 		for _, en := range entries {
 			out.Count++
 			out.Bytes += en.Size
-			out.Chunks = append(out.Chunks, cacheChunkJSON{Digest: en.Digest.String(), Size: en.Size, Used: en.Used.UTC()})
+			out.Chunks = append(out.Chunks, cacheChunkJSON{Digest: en.Name(), Size: en.Size, Used: en.Used.UTC()})
 		}
 	}
 	if *asJSON {

@@ -117,8 +117,8 @@ func TestPushPullCLI(t *testing.T) {
 	}
 	blobs := filepath.Join(srv.Dir, "golden", "ci", "debian", "blobs", "sha256")
 	before := blobTimes(t, blobs)
-	if len(before) != 4 {
-		t.Errorf("%d blobs in the store, want 4 (3 layers, the manifest)", len(before))
+	if len(before) != 7 {
+		t.Errorf("%d blobs in the store, want 7 (3 layers, their page digests, the manifest)", len(before))
 	}
 
 	out = mustHib(t, dir, "push", "--endpoint", srv.Endpoint, "top.db", url)

@@ -2,10 +2,12 @@ package sqlitelayer_test
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,6 +61,94 @@ func BenchmarkChunkSizes(b *testing.B) {
 			})
 		}
 	}
+	// By pages (a manifest with page digests): the page digests' own
+	// fetches (16 KiB chunks, as push writes them) are counted.
+	digests := pageDigestsFile(b, layer)
+	for _, name := range []string{"big", "seq", "small", "dirs", "rand", "all"} {
+		b.Run("pages/"+name, func(b *testing.B) {
+			for range b.N {
+				read, st := measurePages(b, layer, digests, plans[name])
+				b.ReportMetric(float64(st.FetchedBytes)/float64(read), "fetched/read")
+				b.ReportMetric(float64(read)/(1<<20), "read-MiB")
+				b.ReportMetric(float64(st.FetchedBytes)/(1<<20), "fetched-MiB")
+				b.ReportMetric(float64(st.FetchedChunks), "GETs")
+			}
+		})
+	}
+}
+
+// pageSize is the measured layer's SQLite page size.
+const pageSize = 4096
+
+// pageDigestsFile writes the page digests of the layer at path to a
+// file, as push does, and returns that file.
+func pageDigestsFile(b *testing.B, path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var out []byte
+	for off := 0; off < len(data); off += pageSize {
+		sum := sha256.Sum256(data[off:min(off+pageSize, len(data))])
+		out = append(out, sum[:]...)
+	}
+	p := filepath.Join(b.TempDir(), "pages")
+	if err := os.WriteFile(p, out, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// measurePages is measure over a cold chunks.PageReader, whose page
+// digests come from a chunks.Reader of the digests file.
+func measurePages(b *testing.B, path, digests string, reads [][2]int64) (int64, chunks.Stats) {
+	fs, err := chunks.OpenFileSource(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fs.Close()
+	dfs, err := chunks.OpenFileSource(digests)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dfs.Close()
+	cache, err := chunks.OpenCache(b.TempDir(), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dblob := describeBlob(b, digests, 16<<10)
+	dr, err := chunks.NewReader(dblob, dfs, chunks.Options{Cache: cache, ReadAheadBytes: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dr.Close()
+	st, err := os.Stat(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ra, _ := strconv.ParseInt(os.Getenv("HIBDISK_CHUNKS_READAHEAD"), 10, 64)
+	r, err := chunks.NewPageReader(chunks.PagedBlob{Name: path, ID: sha256.Sum256([]byte(path)), Size: st.Size(), PageSize: pageSize, Digests: dr}, fs, chunks.Options{Cache: cache, ReadAheadBytes: ra})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	l, err := sqlitelayer.OpenReaderAt(path, r, sqlitelayer.ReaderAtOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	var read int64
+	buf := make([]byte, guestRead)
+	for _, rd := range reads {
+		if _, err := l.ReadAt(buf[:rd[1]], rd[0]); err != nil {
+			b.Fatal(err)
+		}
+		read += rd[1]
+	}
+	out, ds := r.Stats(), dr.Stats()
+	out.FetchedBytes += ds.FetchedBytes
+	out.FetchedChunks += ds.FetchedChunks
+	return read, out
 }
 
 // measure opens the layer over a cold Reader, makes the reads, and

@@ -214,11 +214,23 @@ func (c *Cache) lock(ctx context.Context, d Digest, deadline time.Time) (l *chun
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return nil, false, fmt.Errorf("lock cached chunk %s: %w", d, err)
 	}
+	l, ok, err = lockPath(ctx, p, deadline)
+	if err != nil {
+		return nil, false, fmt.Errorf("lock cached chunk %s: %w", d, err)
+	}
+	return l, ok, nil
+}
+
+// lockPath flocks the file at p (making it), waiting until deadline; ok
+// is false when the deadline came first. A file removed by whoever held
+// it (a chunk's lock file, a span file pruned) is started over on the
+// path's current file.
+func lockPath(ctx context.Context, p string, deadline time.Time) (l *chunkLock, ok bool, err error) {
 	wait := time.Millisecond
 	for {
 		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
-			return nil, false, fmt.Errorf("lock cached chunk %s: %w", d, err)
+			return nil, false, err
 		}
 		for {
 			err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
@@ -239,12 +251,12 @@ func (c *Cache) lock(ctx context.Context, d Digest, deadline time.Time) (l *chun
 		}
 		if err != nil {
 			f.Close()
-			return nil, false, fmt.Errorf("lock cached chunk %s: %w", d, err)
+			return nil, false, err
 		}
 		if sameFile(f, p) {
 			return &chunkLock{f: f, path: p}, true, nil
 		}
-		f.Close() // locked a lock file its holder removed: start over
+		f.Close() // locked a file its holder removed: start over
 	}
 }
 
@@ -280,12 +292,26 @@ func sameFile(f *os.File, p string) bool {
 	return err == nil && os.SameFile(a, b)
 }
 
-// Entry is one cached chunk.
+// Entry is one cached chunk, or one span file of a blob's pages.
 type Entry struct {
+	// Digest is the chunk's, or for a span file the blob's.
 	Digest Digest
-	Size   int64
+	// Pages marks a span file: pages of blob Digest from byte Offset
+	// (SpanBytes of them, those that were read).
+	Pages  bool
+	Offset int64
+	Size   int64     // bytes held (a span file's allocated bytes)
 	Used   time.Time // last use (modification time)
 	path   string
+}
+
+// Name is the chunk's digest, or the blob's with "+OFFSET" for a span
+// file.
+func (e Entry) Name() string {
+	if e.Pages {
+		return fmt.Sprintf("%s+%d", e.Digest, e.Offset)
+	}
+	return e.Digest.String()
 }
 
 // List returns the cached chunks, least recently used first.
@@ -318,6 +344,10 @@ func (c *Cache) list() ([]Entry, error) {
 			}
 			out = append(out, Entry{Digest: d, Size: info.Size(), Used: info.ModTime(), path: filepath.Join(c.root(), sub.Name(), f.Name())})
 		}
+	}
+	out, err = c.listSpans(out)
+	if err != nil {
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b Entry) int { return a.Used.Compare(b.Used) })
 	return out, nil
@@ -354,12 +384,18 @@ func (c *Cache) pruneLocked(maxBytes int64) (PruneResult, error) {
 		if r.KeptBytes <= maxBytes {
 			break
 		}
-		l, ok := tryLockFile(e.path + ".lock")
+		var l *chunkLock
+		var ok bool
+		if e.Pages {
+			l, ok = tryLockSpanFile(e.path)
+		} else {
+			l, ok = tryLockFile(e.path + ".lock")
+		}
 		if !ok {
 			continue // being fetched or checked right now
 		}
 		err := os.Remove(e.path)
-		l.release(true)
+		l.release(!e.Pages)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return r, fmt.Errorf("prune chunk cache %s: %w", c.dir, err)
 		}

@@ -9,20 +9,23 @@ import (
 	"syscall"
 )
 
-// Chunk size limits. A chunk size is a power of two in [MinChunkSize,
-// MaxChunkSize]: a multiple of every SQLite page size, so no page of a
-// layer straddles two chunks.
+// Chunk size limits. A chunk size is a power of two in
+// [SmallestChunkSize, MaxChunkSize]. A layer's chunks are at least
+// MinChunkSize, a multiple of every SQLite page size, so no page of a
+// layer straddles two chunks (remote's manifests check it); a
+// page-digest blob's chunks are smaller (remote.PageDigestChunkSize).
 const (
-	MinChunkSize = 64 << 10
-	MaxChunkSize = 64 << 20
+	SmallestChunkSize = 4 << 10
+	MinChunkSize      = 64 << 10
+	MaxChunkSize      = 64 << 20
 )
 
 // Errors a Reader returns, wrapped with the blob and the chunk. Each
 // wraps syscall.EIO: what a guest reading through NBD is told.
 var (
-	// ErrMismatch: a chunk's bytes do not match its digest (the blob was
+	// ErrMismatch: a chunk's or a page's bytes do not match its digest (the blob was
 	// changed or damaged in the store). Not retried; nothing is cached.
-	ErrMismatch error = &eioError{"chunk does not match its digest"}
+	ErrMismatch error = &eioError{"does not match its digest"}
 	// ErrGone: the Source reports that the blob is missing or is not the
 	// object the Reader was pinned to (a 404, or a 412 on If-Match).
 	// Sources wrap it; it is not retried.
@@ -70,8 +73,8 @@ type Blob struct {
 
 // Validate checks the chunk size and the number of digests.
 func (b Blob) Validate() error {
-	if b.ChunkSize < MinChunkSize || b.ChunkSize > MaxChunkSize || b.ChunkSize&(b.ChunkSize-1) != 0 {
-		return fmt.Errorf("blob %s: chunk size %d: want a power of two in [%d, %d]", b.Name, b.ChunkSize, MinChunkSize, MaxChunkSize)
+	if b.ChunkSize < SmallestChunkSize || b.ChunkSize > MaxChunkSize || b.ChunkSize&(b.ChunkSize-1) != 0 {
+		return fmt.Errorf("blob %s: chunk size %d: want a power of two in [%d, %d]", b.Name, b.ChunkSize, SmallestChunkSize, MaxChunkSize)
 	}
 	if b.Size < 0 {
 		return fmt.Errorf("blob %s: negative size %d", b.Name, b.Size)

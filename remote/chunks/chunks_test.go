@@ -560,7 +560,7 @@ func TestReadAhead(t *testing.T) {
 
 func TestBlobValidate(t *testing.T) {
 	for _, b := range []Blob{
-		{Name: "small", Size: 10, ChunkSize: 4096, Chunks: make([]Digest, 1)},
+		{Name: "small", Size: 10, ChunkSize: SmallestChunkSize / 2, Chunks: make([]Digest, 1)},
 		{Name: "odd", Size: 10, ChunkSize: 3 << 16, Chunks: make([]Digest, 1)},
 		{Name: "count", Size: MinChunkSize + 1, ChunkSize: MinChunkSize, Chunks: make([]Digest, 1)},
 	} {

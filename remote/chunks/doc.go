@@ -8,6 +8,12 @@
 // and a Cache (a directory shared by every process of the machine, keyed
 // by chunk digest).
 //
+// A blob whose manifest also has page digests (a sealed layer pushed
+// with them) is read by a PageReader instead: the same invariants, with
+// "page" for "chunk"; its page digests come through a Reader of the
+// page-digest blob, and the Cache keeps its pages in span files (see
+// SpanBytes), where a page is cached when its bytes match its digest.
+//
 // # Invariants
 //
 //   - No byte reaches a caller before the whole chunk holding it was
