@@ -24,6 +24,14 @@ func ExecForTest(f *File, sql string) error {
 	return f.eng.conn.Exec(sql)
 }
 
+// TotalChangesForTest is the number of rows the layer's connection has
+// inserted, updated or deleted since it was opened.
+func TotalChangesForTest(f *File) int64 {
+	f.eng.mu.Lock()
+	defer f.eng.mu.Unlock()
+	return f.eng.conn.TotalChanges()
+}
+
 // WALLimitBytes is the WAL size past which a commit waits for the
 // checkpointer.
 var WALLimitBytes = walLimitBytes

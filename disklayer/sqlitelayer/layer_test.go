@@ -902,7 +902,8 @@ func TestWriteBackReadsAndMapsSeeWrites(t *testing.T) {
 // tombstones (diff layer) or no rows (base layer); data written over them
 // while pending, and zeros over pending data, must both win. Tombstoning
 // a range where every row exists takes one UPDATE, a partly filled one
-// the upserts: both are checked against the rows.
+// the upserts, and zeros over tombstones change nothing: all are checked
+// against the rows.
 func TestWriteBackZeroWrites(t *testing.T) {
 	const bs = 4096
 	for _, diff := range []bool{true, false} {
@@ -947,8 +948,32 @@ func TestWriteBackZeroWrites(t *testing.T) {
 			if got := mustRead(t, f, 0, 192*bs); !bytes.Equal(got[:64*bs], want) || !bytes.Equal(got[64*bs:], make([]byte, 128*bs)) {
 				t.Fatal("content after flush is wrong")
 			}
+			// Zeros over zeros change no row of the table (the one change
+			// is the batch's commit bumping the generation). Then blocks 192-255: 192-207
+			// become tombstones, 208-223 data, 224-255 have no row, and
+			// zeros over all of them.
+			before := sqlitelayer.TotalChangesForTest(f)
+			mustWrite(t, f, make([]byte, 128*bs), 64*bs)
+			if err := f.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if changed := sqlitelayer.TotalChangesForTest(f) - before; changed > 1 {
+				t.Errorf("zeros written over zeros changed %d rows, want only the generation's", changed)
+			}
+			mustWrite(t, f, make([]byte, 16*bs), 192*bs)
+			mustWrite(t, f, bytes.Repeat(fill(bs, 7), 16), 208*bs)
+			if err := f.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			mustWrite(t, f, make([]byte, 64*bs), 192*bs)
+			if err := f.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if got := mustRead(t, f, 0, 256*bs); !bytes.Equal(got[:64*bs], want) || !bytes.Equal(got[64*bs:], make([]byte, 192*bs)) {
+				t.Fatal("content after zeros over a mixed range is wrong")
+			}
 			rows := rowKinds(t, path, "sectors")
-			for i := range int64(192) {
+			for i := range int64(256) {
 				wantKind := ""
 				switch {
 				case i < 64 && i%2 == 0:

@@ -63,6 +63,12 @@ type writeBack struct {
 	bufs  sync.Pool     // *[]byte of one block
 	zero  *[]byte       // a pending all-zero block: zeroBlock[:blockSize], never pooled
 	order []int64       // sorted pending keys not yet applied; guarded by mu
+	// fresh: keys that became pending since order was taken, in the order
+	// they came; guarded by mu. Every pending key is in order or fresh.
+	// (Taking order by ranging over pending cost the applier 5% of a
+	// qemu-img bench -w pass: a Go map does not shrink, and ranging over
+	// one that once held a 32 MiB backlog visits all its slots.)
+	fresh []int64
 
 	// Scratch of applyLocked; guarded by the engine's lock.
 	applyKeys []int64
@@ -106,6 +112,7 @@ func (wb *writeBack) write(p []byte, off int64) bool {
 		buf, ok := wb.pending[key]
 		if !ok {
 			wb.bytes += int64(bs)
+			wb.fresh = append(wb.fresh, key)
 		}
 		// An all-zero block becomes a tombstone or no row, never data:
 		// hold it as wb.zero rather than copy it.
@@ -199,9 +206,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 	// taken when the last one ran out; blocks written since wait for the
 	// next snapshot, and keys applied since (by a drain) are skipped.
 	if len(wb.order) == 0 {
-		for key := range wb.pending {
-			wb.order = append(wb.order, key)
-		}
+		wb.order, wb.fresh = wb.fresh, nil
 		slices.Sort(wb.order)
 	}
 	keys, bufs := wb.applyKeys[:0], wb.applyBufs[:0]
@@ -273,6 +278,7 @@ func (wb *writeBack) applyLocked(n int) bool {
 			wb.put(b)
 			delete(wb.pending, key)
 		}
+		wb.order, wb.fresh = nil, nil
 		wb.bytes = 0
 	}
 	more := len(wb.pending) > 0
