@@ -12,12 +12,13 @@
 # given --pattern, which hibdisk stores as tombstones and qcow2 as data;
 # the fio cells write real data. The three servers take turns within each
 # round of runs. Prints IOPS (4k) or MiB/s and the ratios hibdisk/qemu-nbd
-# and hibdisk/nbdkit.
+# and hibdisk/nbdkit, and every run on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1G}
 SECS=${SECS:-4}
 RUNS=${RUNS:-3}
+CELLS=${CELLS:-.} # a regular expression: only the cells whose names match
 DIR=${BENCH_DIR:-/dev/shm/hibdisk-bench}
 PY=/usr/bin/python3
 
@@ -87,6 +88,7 @@ median() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
 measure() {
   local name=$1 unit=$2 cmd=$3 h=() q=() m=() round=0 s
   shift 3
+  [[ $name =~ $CELLS ]] || return 0
   for _ in $(seq "$RUNS"); do
     for s in $(rotate $round h q m); do
       case $s in
@@ -97,6 +99,7 @@ measure() {
     done
     round=$((round + 1))
   done
+  echo "$name runs: hibdisk ${h[*]}; qemu-nbd ${q[*]}; nbdkit ${m[*]}" >&2
   $PY - "$name" "$unit" "$(median "${h[@]}")" "$(median "${q[@]}")" "$(median "${m[@]}")" <<'PYEOF'
 import sys
 name, unit, h, q, m = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])

@@ -75,18 +75,29 @@ func WatchReclaimForTest(f *File) <-chan ReclaimRound {
 // returned function restores the defaults. Not safe to use from parallel
 // tests.
 func SetReclaimForTest(minBytes int64, quiet time.Duration) (restore func()) {
-	oldMin, oldFraction, oldQuiet := reclaimMinBytes, reclaimFraction, reclaimQuiet
-	reclaimMinBytes, reclaimFraction, reclaimQuiet = minBytes, 1<<40, quiet
-	return func() { reclaimMinBytes, reclaimFraction, reclaimQuiet = oldMin, oldFraction, oldQuiet }
+	oldMin, oldFraction, oldQuiet, oldFull := reclaimMinBytes, reclaimFraction, reclaimQuiet, reclaimFullQuiet
+	reclaimMinBytes, reclaimFraction, reclaimQuiet, reclaimFullQuiet = minBytes, 1<<40, quiet, quiet
+	return func() {
+		reclaimMinBytes, reclaimFraction, reclaimQuiet, reclaimFullQuiet = oldMin, oldFraction, oldQuiet, oldFull
+	}
 }
 
 // SetReclaimFullForTest makes reclaims of more than pages free pages take
-// one transaction (reclaimFullLocked) until the returned function restores
-// the default. Not safe to use from parallel tests.
+// one transaction (reclaimFullLocked), after the quiet spell of other
+// reclaims, until the returned function restores the defaults. Not safe
+// to use from parallel tests.
 func SetReclaimFullForTest(pages int64) (restore func()) {
-	old := reclaimFullPages
-	reclaimFullPages = pages
-	return func() { reclaimFullPages = old }
+	return SetReclaimFullQuietForTest(pages, reclaimQuiet)
+}
+
+// SetReclaimFullQuietForTest makes reclaims of more than pages free pages
+// take one transaction, once quiet has passed without a commit, until
+// the returned function restores the defaults. Not safe to use from
+// parallel tests.
+func SetReclaimFullQuietForTest(pages int64, quiet time.Duration) (restore func()) {
+	oldPages, oldQuiet := reclaimFullPages, reclaimFullQuiet
+	reclaimFullPages, reclaimFullQuiet = pages, quiet
+	return func() { reclaimFullPages, reclaimFullQuiet = oldPages, oldQuiet }
 }
 
 // SetFullReclaimHookForTest runs hook as each of the reclaimer's full

@@ -93,20 +93,21 @@ func awaitReclaim(t testing.TB, rounds <-chan sqlitelayer.ReclaimRound) {
 // layer is compacted.
 //
 // Both ways of giving the space back run: in chunks, and at once (a free
-// list longer than reclaimFullPages; 64 MiB is just above it).
+// list longer than reclaimFullPages; 64 MiB is just above it), which
+// starts in a pause between bursts of requests.
 func TestReclaimWhileOpen(t *testing.T) {
 	for _, diff := range []bool{false, true} {
 		for _, full := range []bool{false, true} {
 			name := map[bool]string{false: "base", true: "diff"}[diff] + "/" + map[bool]string{false: "chunks", true: "full"}[full]
 			t.Run(name, func(t *testing.T) {
 				defer sqlitelayer.SetReclaimFullForTest(map[bool]int64{false: 1 << 40, true: 0}[full])()
-				testReclaimWhileOpen(t, diff)
+				testReclaimWhileOpen(t, diff, full)
 			})
 		}
 	}
 }
 
-func testReclaimWhileOpen(t *testing.T, diff bool) {
+func testReclaimWhileOpen(t *testing.T, diff, full bool) {
 	path := newLayerPath(t, "trim.hibdisk")
 	opts := sqlitelayer.CreateOptions{Size: 256 << 20}
 	if diff {
@@ -156,6 +157,11 @@ func testReclaimWhileOpen(t *testing.T, diff bool) {
 					errs <- err
 					return
 				}
+			}
+			if full && i%256 == 255 {
+				// A full reclaim waits for a pause in the commits
+				// (reclaimFullQuiet): requests come in bursts.
+				time.Sleep(time.Second)
 			}
 		}
 	}()
@@ -651,5 +657,37 @@ func TestFullReclaimYields(t *testing.T) {
 	}
 	if mode, err := sqlitelayer.AutoVacuumForTest(f); err != nil || mode != 2 {
 		t.Errorf("auto_vacuum after the reclaim: %d, %v; want 2 (INCREMENTAL)", mode, err)
+	}
+}
+
+// TestFullReclaimWaitsForQuiet: a long free list is not given back
+// while commits keep coming less than reclaimFullQuiet apart (a guest
+// that works in bursts), and is once they stop.
+func TestFullReclaimWaitsForQuiet(t *testing.T) {
+	t.Cleanup(sqlitelayer.SetReclaimFullQuietForTest(0, 3*time.Second))
+	path := newLayerPath(t, "quiet.hibdisk")
+	f := createLayer(t, path, sqlitelayer.CreateOptions{Size: 128 << 20})
+	writeToFree(t, f)
+	rounds := freeWritten(t, f)
+	for i := range 40 {
+		mustWrite(t, f, fill(4096, byte(i)), 120<<20)
+		if err := f.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-rounds:
+			if r.Pages > 0 || r.Err != nil {
+				t.Fatalf("a reclaim gave back %d pages (%v) while commits came 50 ms apart", r.Pages, r.Err)
+			}
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	awaitReclaim(t, rounds)
+	if got := mustRead(t, f, 120<<20, 4096); !bytes.Equal(got, fill(4096, 39)) {
+		t.Error("the last write before the reclaim does not read back")
+	}
+	checkMiB(t, f, 100<<20, 1, 3)
+	if size := fileSize(t, path); size > 8<<20 {
+		t.Errorf("database file is %d bytes after the reclaim, want < 8 MiB", size)
 	}
 }
