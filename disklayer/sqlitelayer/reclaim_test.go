@@ -691,3 +691,50 @@ func TestFullReclaimWaitsForQuiet(t *testing.T) {
 		t.Errorf("database file is %d bytes after the reclaim, want < 8 MiB", size)
 	}
 }
+
+// TestSmallZeroWritesPackTombstones: zeros written 64 KiB at a time over
+// a diff layer's data (qemu-img bench -w, a guest zeroing its free
+// space) leave the tombstones packed in few leaves, not one near-empty
+// leaf per eight sectors that no reclaim can give back, and the layer
+// reads as zeros over data it kept.
+func TestSmallZeroWritesPackTombstones(t *testing.T) {
+	path := newLayerPath(t, "zeros.hibdisk")
+	opts := sqlitelayer.CreateOptions{Size: 512 << 20}
+	opts.Parent = rawParent(t, filepath.Dir(path), opts.Size)
+	f := createWriteBack(t, path, opts)
+	writeMiB(t, f, 0, 256, 5)
+	writeMiB(t, f, 300<<20, 1, 9)
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Every other 64 KiB, then the rest: no two zero writes of a pass
+	// are adjacent, so write-back cannot join them into larger runs.
+	zeros := make([]byte, 64<<10)
+	for _, start := range []int64{0, 64 << 10} {
+		for off := start; off < 256<<20; off += 2 * int64(len(zeros)) {
+			mustWrite(t, f, zeros, off)
+		}
+		if err := f.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil { // finishes the reclaim
+		t.Fatal(err)
+	}
+	// 65,536 tombstones: about 2 MiB packed; 15 a leaf, 17 MiB.
+	if size := fileSize(t, path); size > 6<<20 {
+		t.Errorf("layer is %d bytes after 256 MiB of its data were zeroed 64 KiB at a time, want < 6 MiB", size)
+	}
+	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got := mustRead(t, f, 0, 256<<20); !bytes.Equal(got, make([]byte, 256<<20)) {
+		t.Error("the zeroed range does not read as zeros")
+	}
+	checkMiB(t, f, 300<<20, 1, 9)
+	if rows := rowKinds(t, path, "sectors"); len(rows) != 65536+256 {
+		t.Errorf("%d rows, want 65,536 tombstones and 256 rows of data", len(rows))
+	}
+}

@@ -405,30 +405,32 @@ func (t *blockTable) zeroBlocksLocked(first, last int64) error {
 
 // tombstonePackBytes: zeros over at least this much data in a diff layer
 // delete the data rows before making them tombstones (tombstoneBlocks).
-const tombstonePackBytes = 1 << 20
+const tombstonePackBytes = 64 << 10
 
 // tombstoneBlocks makes blocks [first, last] tombstones. It counts the
-// range's rows first: zeros over tombstones (the second pass of
+// range's rows first: zeros over tombstones (the later passes of
 // qemu-img bench -w, a guest zeroing what it zeroed before) write
-// nothing at all, where rewriting every cell to the NULL it held dirtied
-// every leaf of the range (0.53-0.63 s a pass over 1 GiB, qemu-nbd
-// 0.64-0.85 s). When every block has a row (zeros written over written
-// data, say) one UPDATE over the rows holding data does it; otherwise
-// every key is upserted. (BenchmarkZeroWrites with write-back off: 1.37-1.44 GB/s
-// with one recursive-CTE upsert per range, 2.38-2.83 GB/s this way.)
+// nothing, where rewriting every cell to the NULL it held dirtied every
+// leaf of the range (0.53-0.63 s a pass over 1 GiB). When every block has
+// a row (zeros written over written data, say) one UPDATE over the rows
+// holding data does it; otherwise every key is upserted.
+// (BenchmarkZeroWrites with write-back off: 1.37-1.44 GB/s with one
+// recursive-CTE upsert per range, 2.38-2.83 GB/s this way.)
 //
 // Over tombstonePackBytes or more, rows holding data are deleted first,
 // and then made again as tombstones: the UPDATE shrinks each cell in
 // place, and SQLite merges leaf pages when rows are deleted, not when
 // cells shrink, so every leaf kept the few cells it had (a 4 KiB sector
 // keeps 489 bytes in its leaf: 8 a page) as tombstones of a few bytes,
-// and a discarded range kept an eighth of its size in near-empty leaves
-// that no reclaim can give back (64 MiB of a diff layer's 66 discarded
-// through the server: 10.4 MiB left after the reclaim, 2.5 MiB this
-// way). The delete costs about twice the update (1 MiB of data: 0.79 ms
-// -> 1.42 ms delete + 0.32 ms insert), so smaller zero writes (qemu-img
-// bench's 64 KiB, a guest's zero pages) keep the update and leave their
-// few leaves.
+// near-empty leaves that no reclaim can give back. 64 MiB of a diff
+// layer's 66 discarded through the server: 10.4 MiB left after the
+// reclaim, 2.5 MiB this way. qemu-img bench -w's 64 KiB zero writes over
+// a 1 GiB diff layer of data: 17,389 leaves (68 MiB) holding its 262,144
+// tombstones, which every later pass read again, against 671 leaves
+// (2.7 MiB) this way. The delete costs about twice the update (1 MiB of
+// data: 0.79 ms -> 1.42 ms delete + 0.32 ms insert), but that pass took
+// the same time either way (1.12-1.23 s); a guest's single zero pages
+// keep the update.
 func (t *blockTable) tombstoneBlocks(first, last int64) error {
 	n := last - first + 1
 	t.countKinds.BindInt64(1, first)
