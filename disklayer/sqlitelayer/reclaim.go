@@ -104,8 +104,9 @@ var (
 	// second, it met the next burst of a guest that works in bursts
 	// (qemu-img bench -w passes over a 1 GiB diff layer, about 2 s apart,
 	// the first of them freeing the gigabyte: the second pass took
-	// 1.2-4.2 s instead of 0.7-0.8, the WAL it left being copied in
-	// while the pass committed). Until then writes reuse the free pages.
+	// 1.2-4.2 s instead of 0.7-0.8, the reclaim and the checkpoint after
+	// it taking a third of the server's CPU during it). Until then writes
+	// reuse the free pages.
 	reclaimFullQuiet = 5 * time.Second
 	// reclaimMaxBackoff bounds the quiet spell a full reclaim that
 	// requests cancelled waits for before it tries again (full).
@@ -555,9 +556,9 @@ func (r *reclaimer) run() {
 // join, it waits for the batch to commit and tries again; when a request
 // cancelled it, it waits for a quiet spell twice as long as the last
 // (reclaimFullQuiet, then doubling up to reclaimMaxBackoff) and tries
-// again. Under requests that never pause
-// for that long the free pages stay on the free list, where writes
-// reuse them, until a pause or Close.
+// again. Under requests that never pause for that long the free pages
+// stay on the free list, where writes reuse them, until a pause or
+// Close.
 func (r *reclaimer) full() (int64, error) {
 	e := r.e
 	backoff := reclaimFullQuiet
