@@ -3,13 +3,11 @@ package chunks
 import (
 	"bytes"
 	"container/list"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,30 +74,24 @@ func (b PagedBlob) pageLen(i int64) int64 { return min(b.PageSize, b.Size-i*b.Pa
 // under the span's lock so that the machine fetches each page once. It
 // is safe for concurrent use.
 type PageReader struct {
+	fetcher
 	blob     PagedBlob
 	pages    int64
-	src      Source
 	cache    *Cache
-	maxWait  time.Duration
 	ahead    int64 // pages of read-ahead
 	memBytes int64
+	wg       sync.WaitGroup
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	slots  chan struct{}
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	mem      map[int64]*list.Element // page -> element of lru (a *memChunk)
+	lru      list.List
+	memUsed  int64
+	inflight map[int64]*call
+	streams  [readStreams]pageStream
+	tick     uint64
+	closed   bool
 
-	mu        sync.Mutex
-	mem       map[int64]*list.Element // page -> element of lru (a *memChunk)
-	lru       list.List
-	memUsed   int64
-	inflight  map[int64]*call
-	streams   [readStreams]pageStream
-	tick      uint64
-	downSince time.Time
-	closed    bool
-
-	reads, readBytes, fetches, fetchedBytes, cacheHits, readAhead, retries atomic.Int64
+	reads, readBytes, fetches, fetchedBytes, cacheHits, readAhead atomic.Int64
 }
 
 // pageStream is a run of reads moving forward through the pages; mark
@@ -137,13 +129,11 @@ func NewPageReader(b PagedBlob, src Source, opts Options) (*PageReader, error) {
 	r := &PageReader{
 		blob:     b,
 		pages:    ChunkCount(b.Size, b.PageSize),
-		src:      src,
 		cache:    opts.Cache,
-		maxWait:  opts.MaxWait,
-		slots:    make(chan struct{}, opts.Parallel),
 		mem:      map[int64]*list.Element{},
 		inflight: map[int64]*call{},
 	}
+	r.fetcher.init(src, opts)
 	if opts.ReadAheadBytes > 0 {
 		r.ahead = max(1, opts.ReadAheadBytes/b.PageSize)
 	}
@@ -151,7 +141,6 @@ func NewPageReader(b PagedBlob, src Source, opts Options) (*PageReader, error) {
 	for i := range r.streams {
 		r.streams[i] = pageStream{start: -1, last: -1 - 2*pageStreamSlack, mark: -1 - 2*pageStreamSlack}
 	}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r, nil
 }
 
@@ -497,86 +486,38 @@ func (r *PageReader) fetchMissing(from int64, want []Digest, out [][]byte, start
 	return nil
 }
 
-// fetch gets pages [from, to] from the Source in one fetch and verifies
-// each, retrying transient failures as Reader.fetch does.
+// fetch gets pages [from, to] from the Source in one fetch
+// (fetcher.fetch: retried while the Source fails, for about maxWait) and
+// verifies each.
 func (r *PageReader) fetch(from, to int64, want []Digest, start time.Time) ([][]byte, error) {
 	off := from * r.blob.PageSize
 	n := min((to+1)*r.blob.PageSize, r.blob.Size) - off
-	backoff := firstBackoff
-	for {
-		b, err := r.fetchOnce(off, n)
-		if err == nil {
-			r.up()
-			if int64(len(b)) != n {
-				return nil, fmt.Errorf("read blob %s pages %d-%d: %d bytes for %d: %w", r.blob.Name, from, to, len(b), n, ErrMismatch)
-			}
-			pages := make([][]byte, to-from+1)
-			for i := range pages {
-				o := int64(i) * r.blob.PageSize
-				// A copy each: memory holds pages, not whole fetches.
-				pages[i] = bytes.Clone(b[o : o+r.blob.pageLen(from+int64(i))])
-				if sha256.Sum256(pages[i]) != want[i] {
-					pg := from + int64(i)
-					return nil, fmt.Errorf("read blob %s page %d (bytes %d-%d): %w: the blob was changed or damaged in the store; push the layer again", r.blob.Name, pg, pg*r.blob.PageSize, pg*r.blob.PageSize+int64(len(pages[i]))-1, ErrMismatch)
-				}
-			}
-			r.fetches.Add(1)
-			r.fetchedBytes.Add(n)
-			return pages, nil
-		}
-		if r.ctx.Err() != nil {
-			return nil, r.closedOr(from, to, err)
-		}
-		if errors.Is(err, ErrGone) {
-			return nil, fmt.Errorf("read blob %s pages %d-%d: %w", r.blob.Name, from, to, err)
-		}
-		since := r.down(start)
-		waited := time.Since(since)
-		if waited >= r.maxWait {
-			return nil, fmt.Errorf("read blob %s pages %d-%d: %w: failing for %v: %w", r.blob.Name, from, to, ErrUnavailable, waited.Round(time.Millisecond), err)
-		}
-		r.retries.Add(1)
-		sleep := min(backoff+rand.N(backoff/4+1), r.maxWait-waited)
-		select {
-		case <-r.ctx.Done():
-			return nil, r.closedOr(from, to, err)
-		case <-time.After(sleep):
-		}
-		backoff = min(2*backoff, maxBackoff)
+	b, err := r.fetcher.fetch(off, n, start)
+	if err != nil {
+		return nil, fmt.Errorf("read blob %s pages %d-%d: %w", r.blob.Name, from, to, err)
 	}
-}
-
-func (r *PageReader) fetchOnce(off, n int64) ([]byte, error) {
-	select {
-	case r.slots <- struct{}{}:
-	case <-r.ctx.Done():
-		return nil, r.ctx.Err()
+	if int64(len(b)) != n {
+		return nil, fmt.Errorf("read blob %s pages %d-%d: %d bytes for %d: %w", r.blob.Name, from, to, len(b), n, ErrMismatch)
 	}
-	defer func() { <-r.slots }()
-	return r.src.Fetch(r.ctx, off, n)
-}
-
-// down and up: as Reader's.
-func (r *PageReader) down(start time.Time) time.Time {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.downSince.IsZero() || start.Before(r.downSince) {
-		r.downSince = start
+	pages := make([][]byte, to-from+1)
+	for i := range pages {
+		o := int64(i) * r.blob.PageSize
+		// A copy each: memory holds pages, not whole fetches.
+		pages[i] = bytes.Clone(b[o : o+r.blob.pageLen(from+int64(i))])
+		if sha256.Sum256(pages[i]) != want[i] {
+			pg := from + int64(i)
+			return nil, fmt.Errorf("read blob %s page %d (bytes %d-%d): %w: the blob was changed or damaged in the store; push the layer again", r.blob.Name, pg, pg*r.blob.PageSize, pg*r.blob.PageSize+int64(len(pages[i]))-1, ErrMismatch)
+		}
 	}
-	return r.downSince
+	r.fetches.Add(1)
+	r.fetchedBytes.Add(n)
+	return pages, nil
 }
 
-func (r *PageReader) up() {
-	r.mu.Lock()
-	r.downSince = time.Time{}
-	r.mu.Unlock()
-}
-
+// closedOr is ErrClosed once the PageReader is closed, else err, naming
+// pages [from, to].
 func (r *PageReader) closedOr(from, to int64, err error) error {
-	if r.ctx.Err() != nil {
-		return fmt.Errorf("read blob %s pages %d-%d: %w", r.blob.Name, from, to, ErrClosed)
-	}
-	return fmt.Errorf("read blob %s pages %d-%d: %w", r.blob.Name, from, to, err)
+	return fmt.Errorf("read blob %s pages %d-%d: %w", r.blob.Name, from, to, r.fetcher.closedOr(err))
 }
 
 // ParseDigest parses "sha256:<64 hex digits>".

@@ -2,12 +2,9 @@ package chunks
 
 import (
 	"container/list"
-	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,17 +81,12 @@ type Stats struct {
 // Reader is an io.ReaderAt over one blob, verified chunk by chunk (see
 // the package documentation). It is safe for concurrent use.
 type Reader struct {
+	fetcher
 	blob     Blob
-	src      Source
 	cache    *Cache
-	maxWait  time.Duration
 	ahead    int64 // chunks of read-ahead
 	memBytes int64
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	slots  chan struct{} // Source fetches in flight
-	wg     sync.WaitGroup
+	wg       sync.WaitGroup
 
 	mu       sync.Mutex
 	mem      map[int64]*list.Element // chunk -> element of lru (a *memChunk)
@@ -103,11 +95,9 @@ type Reader struct {
 	inflight map[int64]*call
 	streams  [readStreams]stream
 	tick     uint64
-	// downSince: when the Source started failing, zero while it works.
-	downSince time.Time
-	closed    bool // Close was called: no more read-ahead
+	closed   bool // Close was called: no more read-ahead
 
-	reads, readBytes, fetchedChunks, fetchedBytes, cacheHits, readAhead, retries atomic.Int64
+	reads, readBytes, fetchedChunks, fetchedBytes, cacheHits, readAhead atomic.Int64
 }
 
 type memChunk struct {
@@ -148,13 +138,11 @@ func NewReader(b Blob, src Source, opts Options) (*Reader, error) {
 	}
 	r := &Reader{
 		blob:     b,
-		src:      src,
 		cache:    opts.Cache,
-		maxWait:  opts.MaxWait,
-		slots:    make(chan struct{}, opts.Parallel),
 		mem:      map[int64]*list.Element{},
 		inflight: map[int64]*call{},
 	}
+	r.fetcher.init(src, opts)
 	if opts.ReadAheadBytes > 0 {
 		r.ahead = max(1, opts.ReadAheadBytes/b.ChunkSize)
 	}
@@ -163,7 +151,6 @@ func NewReader(b Blob, src Source, opts Options) (*Reader, error) {
 	for i := range r.streams {
 		r.streams[i] = stream{start: -2, last: -2}
 	}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
 	return r, nil
 }
 
@@ -390,83 +377,24 @@ func (r *Reader) loadChunk(i int64) ([]byte, error) {
 	return b, nil
 }
 
-// fetch gets chunk i from the Source and verifies it, retrying transient
-// failures with back-off until the Source has been failing for maxWait,
-// or for as long as the chunk has been wanted (since start, which
-// counts waiting on another process that fetched and failed): a read
-// fails within about maxWait of needing a dead store, however many
-// processes take turns at the chunk's lock.
+// fetch gets chunk i from the Source (fetcher.fetch: retried while the
+// Source fails, for about maxWait) and verifies it.
 func (r *Reader) fetch(i int64, start time.Time) ([]byte, error) {
 	off, n := i*r.blob.ChunkSize, r.blob.chunkLen(i)
-	backoff := firstBackoff
-	for {
-		b, err := r.fetchOnce(off, n)
-		if err == nil {
-			r.up()
-			if int64(len(b)) != n || sha256.Sum256(b) != r.blob.Chunks[i] {
-				return nil, fmt.Errorf("read blob %s chunk %d (bytes %d-%d): %w: the blob was changed or damaged in the store; push the layer again", r.blob.Name, i, off, off+n-1, ErrMismatch)
-			}
-			r.fetchedChunks.Add(1)
-			r.fetchedBytes.Add(n)
-			return b, nil
-		}
-		if r.ctx.Err() != nil {
-			return nil, r.closedOr(i, err)
-		}
-		if errors.Is(err, ErrGone) {
-			return nil, fmt.Errorf("read blob %s chunk %d: %w", r.blob.Name, i, err)
-		}
-		since := r.down(start)
-		waited := time.Since(since)
-		if waited >= r.maxWait {
-			return nil, fmt.Errorf("read blob %s chunk %d: %w: failing for %v: %w", r.blob.Name, i, ErrUnavailable, waited.Round(time.Millisecond), err)
-		}
-		r.retries.Add(1)
-		sleep := min(backoff+rand.N(backoff/4+1), r.maxWait-waited)
-		select {
-		case <-r.ctx.Done():
-			return nil, r.closedOr(i, err)
-		case <-time.After(sleep):
-		}
-		backoff = min(2*backoff, maxBackoff)
+	b, err := r.fetcher.fetch(off, n, start)
+	if err != nil {
+		return nil, fmt.Errorf("read blob %s chunk %d: %w", r.blob.Name, i, err)
 	}
-}
-
-// fetchOnce is one Source fetch, in one of the Reader's slots.
-func (r *Reader) fetchOnce(off, n int64) ([]byte, error) {
-	select {
-	case r.slots <- struct{}{}:
-	case <-r.ctx.Done():
-		return nil, r.ctx.Err()
+	if int64(len(b)) != n || sha256.Sum256(b) != r.blob.Chunks[i] {
+		return nil, fmt.Errorf("read blob %s chunk %d (bytes %d-%d): %w: the blob was changed or damaged in the store; push the layer again", r.blob.Name, i, off, off+n-1, ErrMismatch)
 	}
-	defer func() { <-r.slots }()
-	return r.src.Fetch(r.ctx, off, n)
+	r.fetchedChunks.Add(1)
+	r.fetchedBytes.Add(n)
+	return b, nil
 }
 
-// down notes a failed fetch of a chunk wanted since start, and returns
-// since when the Source counts as failing: since the first failure
-// after the last success, or since start if that is earlier (the wait
-// for another process's fetch, which failed, counts). Later reads then
-// fail at once, without a wait of their own. up notes a success.
-func (r *Reader) down(start time.Time) time.Time {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.downSince.IsZero() || start.Before(r.downSince) {
-		r.downSince = start
-	}
-	return r.downSince
-}
-
-func (r *Reader) up() {
-	r.mu.Lock()
-	r.downSince = time.Time{}
-	r.mu.Unlock()
-}
-
-// closedOr is ErrClosed once the Reader is closed, else err.
+// closedOr is ErrClosed once the Reader is closed, else err, naming
+// chunk i.
 func (r *Reader) closedOr(i int64, err error) error {
-	if r.ctx.Err() != nil {
-		return fmt.Errorf("read blob %s chunk %d: %w", r.blob.Name, i, ErrClosed)
-	}
-	return fmt.Errorf("read blob %s chunk %d: %w", r.blob.Name, i, err)
+	return fmt.Errorf("read blob %s chunk %d: %w", r.blob.Name, i, r.fetcher.closedOr(err))
 }
