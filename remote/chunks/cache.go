@@ -314,6 +314,36 @@ func (e Entry) Name() string {
 	return e.Digest.String()
 }
 
+// walk calls fn with each file of dir's two-hex-digit subdirectories
+// (where chunks and span files are kept: their names' first two hex
+// digits). A dir that is not there holds nothing.
+func (c *Cache) walk(dir string, fn func(path, name string, info fs.FileInfo)) error {
+	subs, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list chunk cache %s: %w", c.dir, err)
+	}
+	for _, sub := range subs {
+		if !sub.IsDir() || len(sub.Name()) != 2 {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(dir, sub.Name()))
+		if err != nil {
+			return fmt.Errorf("list chunk cache %s: %w", c.dir, err)
+		}
+		for _, f := range files {
+			info, err := f.Info()
+			if err != nil {
+				continue // removed meanwhile
+			}
+			fn(filepath.Join(dir, sub.Name(), f.Name()), f.Name(), info)
+		}
+	}
+	return nil
+}
+
 // List returns the cached chunks, least recently used first.
 func (c *Cache) List() ([]Entry, error) {
 	return c.list()
@@ -321,32 +351,17 @@ func (c *Cache) List() ([]Entry, error) {
 
 func (c *Cache) list() ([]Entry, error) {
 	var out []Entry
-	dirs, err := os.ReadDir(c.root())
+	err := c.walk(c.root(), func(path, name string, info fs.FileInfo) {
+		var d Digest
+		if n, err := hex.Decode(d[:], []byte(name)); err != nil || n != len(d) || len(name) != 2*len(d) {
+			return // temporary and lock files, strangers
+		}
+		out = append(out, Entry{Digest: d, Size: info.Size(), Used: info.ModTime(), path: path})
+	})
 	if err != nil {
-		return nil, fmt.Errorf("list chunk cache %s: %w", c.dir, err)
+		return nil, err
 	}
-	for _, sub := range dirs {
-		if !sub.IsDir() || len(sub.Name()) != 2 {
-			continue
-		}
-		files, err := os.ReadDir(filepath.Join(c.root(), sub.Name()))
-		if err != nil {
-			return nil, fmt.Errorf("list chunk cache %s: %w", c.dir, err)
-		}
-		for _, f := range files {
-			var d Digest
-			if n, err := hex.Decode(d[:], []byte(f.Name())); err != nil || n != len(d) || len(f.Name()) != 2*len(d) {
-				continue // temporary and lock files, strangers
-			}
-			info, err := f.Info()
-			if err != nil {
-				continue // removed meanwhile
-			}
-			out = append(out, Entry{Digest: d, Size: info.Size(), Used: info.ModTime(), path: filepath.Join(c.root(), sub.Name(), f.Name())})
-		}
-	}
-	out, err = c.listSpans(out)
-	if err != nil {
+	if out, err = c.listSpans(out); err != nil {
 		return nil, err
 	}
 	slices.SortFunc(out, func(a, b Entry) int { return a.Used.Compare(b.Used) })

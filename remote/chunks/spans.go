@@ -100,40 +100,20 @@ func (c *Cache) usedSpan(id Digest, span int64) {
 // listSpans appends the span files to out, sized by the bytes they hold
 // (allocated blocks: they are sparse).
 func (c *Cache) listSpans(out []Entry) ([]Entry, error) {
-	dirs, err := os.ReadDir(c.pagesRoot())
-	if errors.Is(err, fs.ErrNotExist) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list chunk cache %s: %w", c.dir, err)
-	}
-	for _, sub := range dirs {
-		if !sub.IsDir() || len(sub.Name()) != 2 {
-			continue
+	err := c.walk(c.pagesRoot(), func(path, name string, info fs.FileInfo) {
+		h, num, ok := strings.Cut(name, ".")
+		var d Digest
+		span, serr := strconv.ParseInt(num, 10, 64)
+		if n, err := hex.Decode(d[:], []byte(h)); !ok || serr != nil || span < 0 || err != nil || n != len(d) || len(h) != 2*len(d) {
+			return // strangers
 		}
-		files, err := os.ReadDir(filepath.Join(c.pagesRoot(), sub.Name()))
-		if err != nil {
-			return nil, fmt.Errorf("list chunk cache %s: %w", c.dir, err)
+		size := info.Size()
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			size = min(size, st.Blocks*512)
 		}
-		for _, f := range files {
-			h, num, ok := strings.Cut(f.Name(), ".")
-			var d Digest
-			span, serr := strconv.ParseInt(num, 10, 64)
-			if n, err := hex.Decode(d[:], []byte(h)); !ok || serr != nil || span < 0 || err != nil || n != len(d) || len(h) != 2*len(d) {
-				continue // strangers
-			}
-			info, err := f.Info()
-			if err != nil {
-				continue // removed meanwhile
-			}
-			size := info.Size()
-			if st, ok := info.Sys().(*syscall.Stat_t); ok {
-				size = min(size, st.Blocks*512)
-			}
-			out = append(out, Entry{Digest: d, Pages: true, Offset: span * SpanBytes, Size: size, Used: info.ModTime(), path: filepath.Join(c.pagesRoot(), sub.Name(), f.Name())})
-		}
-	}
-	return out, nil
+		out = append(out, Entry{Digest: d, Pages: true, Offset: span * SpanBytes, Size: size, Used: info.ModTime(), path: path})
+	})
+	return out, err
 }
 
 // tryLockSpanFile takes the flock of an existing span file without
