@@ -160,8 +160,10 @@ func testReclaimWhileOpen(t *testing.T, diff, full bool) {
 			}
 			if full && i%256 == 255 {
 				// A full reclaim waits for a pause in the commits
-				// (reclaimFullQuiet): requests come in bursts.
-				time.Sleep(time.Second)
+				// (reclaimFullQuiet, here reclaimQuiet): requests come
+				// in bursts, with pauses long enough for a try and its
+				// first back-off (0.5 s, then 1 s).
+				time.Sleep(3 * time.Second)
 			}
 		}
 	}()
