@@ -96,9 +96,10 @@ func changes(a, b disklayer.Layer, unit int64, candidates []disklayer.Range, pro
 				}
 			}
 		} else {
-			for win := int64(0); win < common; win += compareWindow {
+			for win, w := int64(0), int64(compareWindow); win < common; {
 				tell(win)
-				runs, err := dataRuns(win, min(compareWindow, common-win), a, b)
+				n := min(w, common-win)
+				runs, err := dataRuns(win, n, a, b)
 				if err != nil {
 					yield(disklayer.Range{}, err)
 					return
@@ -108,6 +109,7 @@ func changes(a, b disklayer.Layer, unit int64, candidates []disklayer.Range, pro
 						return
 					}
 				}
+				win, w = win+n, nextWindow(w, len(runs))
 			}
 		}
 		// The larger image's tail must read as zeros.
@@ -115,13 +117,15 @@ func changes(a, b disklayer.Layer, unit int64, candidates []disklayer.Range, pro
 		if b.Size() > a.Size() {
 			larger = b
 		}
-		for win := common; win < larger.Size(); win += compareWindow {
+		for win, w := common, int64(compareWindow); win < larger.Size(); {
 			tell(win)
-			runs, err := dataRuns(win, min(compareWindow, larger.Size()-win), larger)
+			n := min(w, larger.Size()-win)
+			runs, err := dataRuns(win, n, larger)
 			if err != nil {
 				yield(disklayer.Range{}, err)
 				return
 			}
+			win, w = win+n, nextWindow(w, len(runs))
 			for _, r := range runs {
 				for off := r.Off; off < r.End(); off += copyChunk {
 					p := bufA[:min(copyChunk, r.End()-off)]

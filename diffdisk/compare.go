@@ -23,8 +23,23 @@ type CompareResult struct {
 }
 
 // compareWindow is how much of each image's allocation Compare asks for
-// at a time.
-const compareWindow = 64 << 20
+// at a time, while it finds data; maxCompareWindow is what the window
+// grows to, doubling, over stretches without any (nextWindow).
+const (
+	compareWindow    = 64 << 20
+	maxCompareWindow = 1 << 40
+)
+
+// nextWindow is the window after one of w bytes that held runs data
+// runs. A hibernate file is a 64 TiB address space, almost all of it
+// empty: at a fixed 64 MiB its million windows, each asking every layer
+// of both sides, took 5.8 s to diff two empty layers.
+func nextWindow(w int64, runs int) int64 {
+	if runs > 0 {
+		return compareWindow
+	}
+	return min(2*w, maxCompareWindow)
+}
 
 // Compare compares the content of two images (`hibdisk compare`), each a
 // chain or a raw image or any layer, like qemu-img compare in its default
