@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hibdisk/hibdisk/disklayer"
+	"github.com/hibdisk/hibdisk/internal/testbytes"
 )
 
 // testConcurrency runs one writer and several readers on one disk. The
@@ -81,6 +82,7 @@ func (f Factory) testConcurrency(t *testing.T) {
 		var wg sync.WaitGroup
 		wg.Go(func() {
 			defer close(done)
+			buf := make([]byte, 6*ss) // reused: see harness.scratch
 			for g := 1; g <= writes; g++ {
 				p := plan[g]
 				for i := p.first; i < p.first+p.count; i++ {
@@ -90,7 +92,9 @@ func (f Factory) testConcurrency(t *testing.T) {
 				if p.value == 0 {
 					err = d.Zero(p.first*ss, p.count*ss)
 				} else {
-					_, err = d.WriteAt(bytes.Repeat([]byte{p.value}, int(p.count*ss)), p.first*ss)
+					data := buf[:p.count*ss]
+					testbytes.Fill(data, p.value)
+					_, err = d.WriteAt(data, p.first*ss)
 				}
 				if err != nil {
 					t.Errorf("writer generation %d: %v", g, err)
@@ -109,13 +113,15 @@ func (f Factory) testConcurrency(t *testing.T) {
 		})
 
 		ownReader, _ := d.(disklayer.OwnReader)
-		// read reads [off, off+n) with ReadAt or ReadOwn and checks it.
-		read := func(off, n int64, own bool) error {
+		// read reads [off, off+len(p)) into p (zeroed first) with ReadAt
+		// or ReadOwn and checks it.
+		read := func(p []byte, off int64, own bool) error {
+			n := int64(len(p))
 			var lo, hi [sectors]int64
 			for i := range lo {
 				lo[i] = completed[i].Load()
 			}
-			p := make([]byte, n)
+			clear(p)
 			var err error
 			if own {
 				err = ownReader.ReadOwn(p, off, func(int64, int64) error { return nil })
@@ -151,6 +157,7 @@ func (f Factory) testConcurrency(t *testing.T) {
 		for r := range 3 {
 			readerRNG := rand.New(rand.NewPCG(rng.Uint64(), uint64(r)))
 			wg.Go(func() {
+				buf := make([]byte, 8*ss) // reused: see harness.scratch
 				for finished := false; !finished; {
 					select {
 					case <-done:
@@ -162,7 +169,7 @@ func (f Factory) testConcurrency(t *testing.T) {
 						off -= off % ss
 					}
 					n := min(size-off, 1+readerRNG.Int64N(8*ss))
-					if err := read(off, n, ownReader != nil && readerRNG.IntN(3) == 0); err != nil {
+					if err := read(buf[:n], off, ownReader != nil && readerRNG.IntN(3) == 0); err != nil {
 						t.Error(err)
 						return
 					}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hibdisk/hibdisk/disklayer"
 	"github.com/hibdisk/hibdisk/disklayer/memlayer"
+	"github.com/hibdisk/hibdisk/internal/testbytes"
 )
 
 // opKind is one kind of operation the random and fuzz drivers issue.
@@ -68,6 +69,23 @@ type harness struct {
 	oracle *memlayer.Layer
 	// log holds the operations so far, printed when a check fails.
 	log []op
+	// got and want are the read buffers of every check (scratch).
+	got, want []byte
+}
+
+// scratch returns buffers of n bytes for a check's reads: got filled
+// with poison (0xa5), so that bytes a read leaves unset show as a
+// difference, and want for the oracle, which sets every byte. They are
+// reused from check to check: under the race detector a fresh large
+// allocation costs a page fault for every page of its shadow memory,
+// which was most of a conformance run.
+func (h *harness) scratch(n int64) (got, want []byte) {
+	if int64(cap(h.got)) < n {
+		h.got, h.want = make([]byte, n), make([]byte, n)
+	}
+	got, want = h.got[:n], h.want[:n]
+	testbytes.Fill(got, 0xa5)
+	return got, want
 }
 
 func newHarness(t *testing.T, f Factory, c config, size int64) *harness {
@@ -139,7 +157,7 @@ func (h *harness) apply(o op) {
 	case opZero:
 		h.sameError(o, h.d.Zero(o.off, o.length), h.oracle.Zero(o.off, o.length))
 	case opRead:
-		got, want := make([]byte, o.length), make([]byte, o.length)
+		got, want := h.scratch(o.length)
 		n, err := h.d.ReadAt(got, o.off)
 		_, wantErr := h.oracle.ReadAt(want, o.off)
 		if h.sameError(o, err, wantErr) {
@@ -202,7 +220,7 @@ func (h *harness) checkExtents(off, length int64, got, want []disklayer.Extent) 
 		}
 		return
 	}
-	content := make([]byte, length)
+	content, _ := h.scratch(length)
 	if _, err := h.d.ReadAt(content, off); err != nil {
 		h.fail("ReadAt(%d, %d): %v", off, length, err)
 	}
@@ -217,7 +235,7 @@ func (h *harness) readOwn(o op) {
 	if !ok {
 		h.t.Fatalf("%v on a disk that is not an OwnReader", o)
 	}
-	got, want := make([]byte, o.length), make([]byte, o.length)
+	got, want := h.scratch(o.length)
 	var gotRuns, wantRuns []disklayer.Extent
 	err := reader.ReadOwn(got, o.off, func(off, length int64) error {
 		gotRuns = append(gotRuns, disklayer.Extent{Off: off, Len: length, Kind: disklayer.Absent})
@@ -262,7 +280,7 @@ func onlyKind(list []disklayer.Extent, kind disklayer.ExtentKind) []disklayer.Ex
 func (h *harness) verifyAll() {
 	h.t.Helper()
 	size := h.oracle.Size()
-	got, want := make([]byte, size), make([]byte, size)
+	got, want := h.scratch(size)
 	if _, err := h.d.ReadAt(got, 0); err != nil {
 		h.fail("ReadAt whole disk: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hibdisk/hibdisk/disklayer/sqlitelayer"
+	"github.com/hibdisk/hibdisk/internal/testbytes"
 )
 
 // TestDirectReadsMatchSQLite: the B-tree reader of direct.go returns what
@@ -34,9 +35,7 @@ func TestDirectReadsMatchSQLite(t *testing.T) {
 			for i := 0; i < c.blocks; i++ {
 				switch rng.IntN(5) {
 				case 0, 1, 2: // data
-					for j := range block {
-						block[j] = byte(rng.Uint32())
-					}
+					testbytes.Random(rng, block)
 					mustWrite(t, f, block, int64(i)*int64(c.sector))
 				case 3: // a tombstone
 					if err := f.Zero(int64(i)*int64(c.sector), int64(c.sector)); err != nil {
@@ -48,11 +47,14 @@ func TestDirectReadsMatchSQLite(t *testing.T) {
 			if err != nil || !on {
 				t.Fatalf("after a flush and a checkpoint direct reads are on: %v, %v", on, err)
 			}
+			// The read buffers are reused, poisoned for every check: a
+			// fresh large buffer per check cost more under the race
+			// detector (page faults in its shadow memory) than the reads.
+			pbuf, qbuf := make([]byte, size), make([]byte, size)
 			check := func(off int64, n int) {
-				p, q := make([]byte, n), make([]byte, n)
-				for i := range p {
-					p[i], q[i] = 0xee, 0xdd
-				}
+				p, q := pbuf[:n], qbuf[:n]
+				testbytes.Fill(p, 0xee)
+				testbytes.Fill(q, 0xdd)
 				ok, gd, gs, err := sqlitelayer.ReadWaysForTest(f, p, q, off)
 				if err != nil || !ok {
 					t.Fatalf("read %d+%d: direct %v, %v", off, n, ok, err)

@@ -1,6 +1,7 @@
 package sqlitelayer_test
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"testing"
@@ -81,15 +82,27 @@ func rawParent(t testing.TB, dir string, size int64) *disklayer.ParentRef {
 	return &disklayer.ParentRef{Path: "parent.img", Format: disklayer.FormatRaw, Size: size, Digest: "not-compared"}
 }
 
+// fill returns n bytes of a pattern that differs with seed, none of them
+// zero: byte i is seed + byte(i*7) + byte(i>>9), or 1 where that is 0.
+// It works eight bytes at a time (byte loops are slow under the race
+// detector; see internal/testbytes).
 func fill(n int, seed byte) []byte {
-	p := make([]byte, n)
-	for i := range p {
-		p[i] = seed + byte(i*7) + byte(i>>9)
-		if p[i] == 0 {
-			p[i] = 1
-		}
+	const ones, steps = 0x0101010101010101, 0x312a231c150e0700 // byte k: 7k
+	p := make([]byte, (n+7)&^7)
+	for i := 0; i < len(p); i += 8 {
+		// Bytes i..i+7 share i>>9, since i is a multiple of 8.
+		r := addBytes(addBytes(uint64(byte(i*7))*ones, steps), uint64(byte(i>>9)+seed)*ones)
+		const lows, highs = 0x7f7f7f7f7f7f7f7f, 0x8080808080808080
+		zero := ^(((r & lows) + lows) | r) & highs // the high bit of each zero byte
+		binary.LittleEndian.PutUint64(p[i:], r|zero>>7)
 	}
-	return p
+	return p[:n]
+}
+
+// addBytes adds x and y byte by byte, each byte wrapping on its own.
+func addBytes(x, y uint64) uint64 {
+	const lows, highs = 0x7f7f7f7f7f7f7f7f, 0x8080808080808080
+	return ((x & lows) + (y & lows)) ^ ((x ^ y) & highs)
 }
 
 func mustRead(t testing.TB, l disklayer.Layer, off int64, n int) []byte {

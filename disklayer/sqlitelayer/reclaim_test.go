@@ -701,11 +701,11 @@ func TestFullReclaimWaitsForQuiet(t *testing.T) {
 // reads as zeros over data it kept.
 func TestSmallZeroWritesPackTombstones(t *testing.T) {
 	path := newLayerPath(t, "zeros.hibdisk")
-	opts := sqlitelayer.CreateOptions{Size: 512 << 20}
+	opts := sqlitelayer.CreateOptions{Size: 128 << 20}
 	opts.Parent = rawParent(t, filepath.Dir(path), opts.Size)
 	f := createWriteBack(t, path, opts)
-	writeMiB(t, f, 0, 256, 5)
-	writeMiB(t, f, 300<<20, 1, 9)
+	writeMiB(t, f, 0, 64, 5)
+	writeMiB(t, f, 100<<20, 1, 9)
 	if err := f.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -713,7 +713,7 @@ func TestSmallZeroWritesPackTombstones(t *testing.T) {
 	// are adjacent, so write-back cannot join them into larger runs.
 	zeros := make([]byte, 64<<10)
 	for _, start := range []int64{0, 64 << 10} {
-		for off := start; off < 256<<20; off += 2 * int64(len(zeros)) {
+		for off := start; off < 64<<20; off += 2 * int64(len(zeros)) {
 			mustWrite(t, f, zeros, off)
 		}
 		if err := f.Flush(); err != nil {
@@ -723,20 +723,20 @@ func TestSmallZeroWritesPackTombstones(t *testing.T) {
 	if err := f.Close(); err != nil { // finishes the reclaim
 		t.Fatal(err)
 	}
-	// 65,536 tombstones: about 2 MiB packed; 15 a leaf, 17 MiB.
-	if size := fileSize(t, path); size > 6<<20 {
-		t.Errorf("layer is %d bytes after 256 MiB of its data were zeroed 64 KiB at a time, want < 6 MiB", size)
+	// 16,384 tombstones: about 0.5 MiB packed; 15 a leaf, 4.4 MiB.
+	if size := fileSize(t, path); size > 2<<20 {
+		t.Errorf("layer is %d bytes after 64 MiB of its data were zeroed 64 KiB at a time, want < 2 MiB", size)
 	}
 	f, err := sqlitelayer.Open(path, sqlitelayer.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if got := mustRead(t, f, 0, 256<<20); !bytes.Equal(got, make([]byte, 256<<20)) {
+	if got := mustRead(t, f, 0, 64<<20); !bytes.Equal(got, make([]byte, 64<<20)) {
 		t.Error("the zeroed range does not read as zeros")
 	}
-	checkMiB(t, f, 300<<20, 1, 9)
-	if rows := rowKinds(t, path, "sectors"); len(rows) != 65536+256 {
-		t.Errorf("%d rows, want 65,536 tombstones and 256 rows of data", len(rows))
+	checkMiB(t, f, 100<<20, 1, 9)
+	if rows := rowKinds(t, path, "sectors"); len(rows) != 16384+256 {
+		t.Errorf("%d rows, want 16,384 tombstones and 256 rows of data", len(rows))
 	}
 }
