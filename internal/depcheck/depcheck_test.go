@@ -20,6 +20,7 @@ const module = "github.com/hibdisk/hibdisk/"
 //
 //	internal/lock, internal/store, vmm/nbd   nothing of the module
 //	internal/s3test                          versitygw for tests: nothing of the module
+//	internal/testbytes                       tests' buffer fills: nothing of the module
 //	inspect/jbd2                             ext4 journal replay: nothing of the module
 //	internal/schema                          the format, over store
 //	disklayer                                the layer contract: nothing of the module
@@ -42,6 +43,7 @@ var allowed = map[string][]string{
 	"internal/store/storetest":   nil,
 	"internal/store/faultfs":     nil,
 	"internal/testenv":           nil,
+	"internal/testbytes":         nil,
 	"internal/schema":            {"internal/store"},
 	"vmm/nbd":                    nil,
 	"vmm/qemu/guestkit":          nil,
@@ -52,7 +54,7 @@ var allowed = map[string][]string{
 	"internal/openvmmtest":       {"internal/testenv"},
 	"disklayer/memlayer":         {"disklayer"},
 	"disklayer/rawlayer":         {"disklayer", "internal/lock"},
-	"disklayer/layertest":        {"disklayer", "disklayer/memlayer"},
+	"disklayer/layertest":        {"disklayer", "disklayer/memlayer", "internal/testbytes"},
 	"disklayer/nbdlayer":         {"disklayer", "vmm/nbd"},
 	"diffdisk":                   {"disklayer", "disklayer/nbdlayer", "disklayer/openvmmlayer", "disklayer/rawlayer", "disklayer/sqlitelayer", "vmm/nbd", "vmm/nbddisk"},
 	"hibfile":                    {"diffdisk", "disklayer", "disklayer/sqlitelayer", "hibfile/swsusp", "internal/schema", "internal/store"},
