@@ -1,7 +1,6 @@
 package layertest
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -429,11 +428,7 @@ func (g *opGen) data(n int64) []byte {
 			}
 		}
 	default:
-		for i := 0; i < len(p); i += 8 {
-			var word [8]byte
-			binary.LittleEndian.PutUint64(word[:], g.rng.Uint64())
-			copy(p[i:], word[:])
-		}
+		testbytes.Random(g.rng, p)
 	}
 	return p
 }

@@ -21,30 +21,18 @@ func Fill(p []byte, b byte) {
 	}
 }
 
-// Random fills p with bytes drawn from rng.
-func Random(rng *rand.Rand, p []byte) {
-	for len(p) >= 8 {
-		binary.LittleEndian.PutUint64(p, rng.Uint64())
-		p = p[8:]
-	}
-	if len(p) > 0 {
-		var w [8]byte
-		binary.LittleEndian.PutUint64(w[:], rng.Uint64())
-		copy(p, w[:])
-	}
-}
+// Random fills p with bytes drawn from rng, eight for each rng.Uint64.
+func Random(rng *rand.Rand, p []byte) { random(rng, p, 0) }
 
 // RandomNonZero fills p with random bytes none of which is zero, so that
 // no sector of it reads as zeros.
-func RandomNonZero(rng *rand.Rand, p []byte) {
-	const ones = 0x0101010101010101
-	for len(p) >= 8 {
-		binary.LittleEndian.PutUint64(p, rng.Uint64()|ones)
-		p = p[8:]
-	}
-	if len(p) > 0 {
-		var w [8]byte
-		binary.LittleEndian.PutUint64(w[:], rng.Uint64()|ones)
-		copy(p, w[:])
+func RandomNonZero(rng *rand.Rand, p []byte) { random(rng, p, 0x0101010101010101) }
+
+// random fills p with rng's words, each ORed with mask.
+func random(rng *rand.Rand, p []byte, mask uint64) {
+	var w [8]byte
+	for len(p) > 0 {
+		binary.LittleEndian.PutUint64(w[:], rng.Uint64()|mask)
+		p = p[copy(p, w[:]):]
 	}
 }
